@@ -1,0 +1,46 @@
+// cuda_backend.h — GPU rows of the test table: one CudaBackend per kernel version. Each method
+// copies the host inputs of the op to the device, runs dsa::cuda::<op>, copies outputs back, and
+// checks guard regions around every device output. Methods are defined in
+// tests/cuda/cuda_backend_*.cu next to the ops they wrap.
+#pragma once
+
+#include "backend.h"
+
+namespace dsa::test {
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int version) : version_(version) {}
+  std::string name() const override { return "cuda_v" + std::to_string(version_); }
+  int version() const { return version_; }
+
+  void fp8_block_quantize(const Fp8BlockQuantizeParams& p) override;
+  void fp8_block_dequantize(const Fp8BlockQuantizeParams& p) override;
+  void mla_cache_pack(const MlaCacheParams& p) override;
+  void mla_cache_unpack(const MlaCacheParams& p) override;
+  void indexer_cache_pack(const IndexerCacheParams& p) override;
+  void indexer_cache_unpack(const IndexerCacheParams& p) override;
+  void hadamard_transform(float* x, int64_t N, int D) override;
+  void rope_forward(const RopeParams& p) override;
+  void rope_backward(const RopeParams& p) override;
+  void indexer_quantize_fp8(const IndexerQuantizeParams& p) override;
+  void indexer_logits(const IndexerParams& p, float* logits) override;
+  void topk_select(const TopkParams& p) override;
+  void indexer_topk(const IndexerParams& p, int K, int32_t* indices) override;
+  void indexer_backward(const IndexerBackwardParams& p) override;
+  void sparse_attention_forward(const AttentionParams& p, const AttentionForwardOut& o) override;
+  void sparse_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b) override;
+  void dense_attention_forward(const AttentionParams& p, const AttentionForwardOut& o) override;
+  void dense_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b) override;
+  void indexer_kl_forward(const IndexerKlParams& p, float* loss) override;
+  void indexer_kl_backward(const IndexerKlParams& p, const float* dloss, float* d_index_logits) override;
+  void indexer_logits_paged(const PagedIndexerParams& p, float* logits) override;
+  void paged_to_physical(int B, int next_n, int K, const int32_t* block_table, int max_blocks, int num_pages,
+                         int32_t* indices) override;
+  void sparse_attention_decode(const SparseDecodeParams& p) override;
+
+ private:
+  int version_;
+};
+
+}  // namespace dsa::test
