@@ -3,7 +3,7 @@ BUILD   ?= build
 JOBS    ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build test bench demo clean
+.PHONY: all deps configure build test bench demo clean fuzz
 all: build
 
 deps:
@@ -23,6 +23,11 @@ bench: build
 
 demo: build
 	@./scripts/demo.sh $(BUILD)
+
+# libFuzzer target for the safetensors parser (clang, ASan/UBSan); not part of `make test`.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@./fuzz/run_fuzz.sh $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(BUILD)

@@ -15,5 +15,110 @@
 typedef struct CUstream_st* cudaStream_t;
 
 namespace dsa::cuda {
+
+// Kernel versions: every op with several implementations takes a trailing `int version`
+// (kDefaultVersion = the fastest that runs on this device). An op with a single kernel ignores it.
+// Every version is a row of the test table (tests/cuda/cuda_backend.cu registers one per entry).
+inline constexpr int kDefaultVersion = 0;
+inline constexpr int kKernelVersions[] = {1, 2};
+
 // Declarations are added op by op by src/cuda/<op>.cu owners (see README "adding an op").
+// Layout of this header: one block per op family, in ops.h catalogue order, each naming its file.
+// Workspace convention: `size_t <op>_workspace_bytes(...)` returns the scratch bytes the op needs
+// (possibly 0); the op takes (void* workspace, size_t workspace_bytes) and throws dsa::Error
+// ("<op>: workspace_bytes ...") when the buffer is null or too small while bytes are needed.
+
+// ── 1. numerics and cache records (src/cuda/numerics.cu) ─────────────────────────────────────
+void fp8_block_quantize(const Fp8BlockQuantizeParams& p, cudaStream_t stream);
+void fp8_block_dequantize(const Fp8BlockQuantizeParams& p, cudaStream_t stream);
+void mla_cache_pack(const MlaCacheParams& p, cudaStream_t stream);
+void mla_cache_unpack(const MlaCacheParams& p, cudaStream_t stream);
+void indexer_cache_pack(const IndexerCacheParams& p, cudaStream_t stream);
+void indexer_cache_unpack(const IndexerCacheParams& p, cudaStream_t stream);
+
+// ── 2. rotations (src/cuda/rotations.cu) ──────────────────────────────────────────────────────
+void hadamard_transform(float* x, int64_t N, int D, cudaStream_t stream);
+void rope_forward(const RopeParams& p, cudaStream_t stream);
+void rope_backward(const RopeParams& p, cudaStream_t stream);
+
+// ── 3. indexer quantisation and logits (src/cuda/indexer_quantize.cu, indexer_logits.cu) ───────
+void indexer_quantize_fp8(const IndexerQuantizeParams& p, cudaStream_t stream);
+// Per-element arithmetic (identical in indexer_logits and indexer_topk of the same version):
+//   v1: dot_h = fp32 fmaf chain over d = 0..DI−1; acc = fp32 fmaf(w[t,h], max(dot_h, 0), acc) for
+//       h = 0..HI−1 in order; logit = acc · k_scale[s] (kFp8) or acc.
+//   v2 (kFp8, DI == 128, HI % 16 == 0 ≤ 128, sm_89+; anything else falls back to v1): dot_h from
+//       e4m3 mma.sync (fp32 accumulate), then a fixed per-warp butterfly over 16-head groups and an
+//       in-order sum of the groups (src/cuda/indexer_logits_mma.cu documents the exact order).
+// kDefaultVersion picks v2 where it applies.
+void indexer_logits(const IndexerParams& p, float* logits, cudaStream_t stream, int version = kDefaultVersion);
+
+// ── 4. top-k (src/cuda/topk.cu): radix select, deterministic, no allocation, no host sync ─────
+size_t topk_select_workspace_bytes(int T, int S, int K, int version = kDefaultVersion);
+void topk_select(const TopkParams& p, void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                 int version = kDefaultVersion);
+
+// ── 5. fused indexer + top-k (src/cuda/indexer_topk.cu) ───────────────────────────────────────
+// v1: never writes logits, O(T·K) memory. v2 (where indexer_logits v2 applies): v2 logits of
+// ≤ 128 MiB of rows at a time in the workspace + topk_select (O(chunk·S) memory).
+size_t indexer_topk_workspace_bytes(const IndexerParams& p, int K, int version = kDefaultVersion);
+void indexer_topk(const IndexerParams& p, int K, int32_t* indices, void* workspace, size_t workspace_bytes,
+                  cudaStream_t stream, int version = kDefaultVersion);
+
+// ── 10. indexer backward (src/cuda/indexer_backward.cu): deterministic, no float atomics ───────
+size_t indexer_backward_workspace_bytes(const IndexerBackwardParams& p);
+void indexer_backward(const IndexerBackwardParams& p, void* workspace, size_t workspace_bytes,
+                      cudaStream_t stream);
+
+// ── 11. decode-time indexer (src/cuda/indexer_logits_paged.cu) ─────────────────────────────────
+void indexer_logits_paged(const PagedIndexerParams& p, float* logits, cudaStream_t stream);
+void paged_to_physical(int B, int next_n, int K, const int32_t* block_table, int max_blocks, int num_pages,
+                       int32_t* indices, cudaStream_t stream);
+
+// ── 6–9, 11. attention side (h6b appends below) ───────────────────────────────────────────────
+// Index / range data the host cannot see without a sync: an index outside [0, S) is invalid (as
+// −1), a malformed key range (ks > ke, outside [0, S]) is empty; topk_length is clamped to [0, K].
+// v1 of every op below: fp32 CUDA-core kernels, bitwise deterministic, every arch (sm_80+).
+// kDefaultVersion and the kKernelVersions rows run v1 for these ops (exact fp32, the table's
+// tolerances); the bf16 tensor-core versions below are opt-in (docs/kernels/sparse_attention.md).
+
+// 6. sparse_attention_forward.cu — FlashMLA flash_mla_sparse_fwd semantics, any H / Dqk / Dv.
+//    version == kSparseAttentionBf16Version: bf16 tensor cores (mma.sync, sm_80+) for the V3.2 shape
+//    (Dqk 576, Dv 512, H % 64 == 0; other shapes run v1). Opt-in, not a kKernelVersions row: its
+//    bf16 rounding (relative error ~1e-3..1e-2 vs fp64) is outside the table's fp32 tolerances, so
+//    tests/cuda/attention_bf16_test.cu checks it with a bf16 tolerance.
+inline constexpr int kSparseAttentionBf16Version = 3;
+//    version == kSparseAttentionPipelinedVersion: the same bf16 MMAs, kv converted to bf16 once into
+//    the workspace (S·1152 bytes) and gathered by cp.async, double-buffered (same tolerance, opt-in).
+//    Every version but this one needs no workspace (workspace_bytes query → 0).
+inline constexpr int kSparseAttentionPipelinedVersion = 4;
+size_t sparse_attention_forward_workspace_bytes(const AttentionParams& p, int version = kDefaultVersion);
+void sparse_attention_forward(const AttentionParams& p, const AttentionForwardOut& o, void* workspace,
+                              size_t workspace_bytes, cudaStream_t stream, int version = kDefaultVersion);
+void sparse_attention_forward(const AttentionParams& p, const AttentionForwardOut& o, cudaStream_t stream,
+                              int version = kDefaultVersion);
+// 7. sparse_attention_backward.cu — deterministic: a stable radix sort of the selection gives each
+//    key its (t, slot) entries in ascending order; dkv is summed key-major in that order.
+//    Workspace ≈ 16·T·K + 4·T·H + 4·S bytes (+ cub's sort storage).
+size_t sparse_attention_backward_workspace_bytes(const AttentionParams& p);
+void sparse_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b, void* workspace,
+                               size_t workspace_bytes, cudaStream_t stream, int version = kDefaultVersion);
+// 8. dense_attention_forward.cu / dense_attention_backward.cu — MQA over key ranges.
+//    Backward workspace: Δ, 4·T·H bytes.
+void dense_attention_forward(const AttentionParams& p, const AttentionForwardOut& o, cudaStream_t stream,
+                             int version = kDefaultVersion);
+size_t dense_attention_backward_workspace_bytes(const AttentionParams& p);
+void dense_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b, void* workspace,
+                              size_t workspace_bytes, cudaStream_t stream, int version = kDefaultVersion);
+// 9. indexer_kl.cu — no workspace (the backward parks p̃ in d_index_logits before rewriting it).
+void indexer_kl_forward(const IndexerKlParams& p, float* loss, cudaStream_t stream, int version = kDefaultVersion);
+void indexer_kl_backward(const IndexerKlParams& p, const float* dloss, float* d_index_logits, cudaStream_t stream,
+                         int version = kDefaultVersion);
+// 11. sparse_attention_decode.cu — split-KV over the K slots + combine; the split count depends on
+//     the shapes only. Workspace: splits·B·next_n·H·513 floats (0 when one split suffices).
+//     version == kSparseAttentionBf16Version: the bf16 tensor-core tile over the cache (H % 64 == 0),
+//     one block per row × 64 heads, no split-KV, no workspace (same bf16 tolerance, opt-in).
+size_t sparse_attention_decode_workspace_bytes(const SparseDecodeParams& p);
+void sparse_attention_decode(const SparseDecodeParams& p, void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                             int version = kDefaultVersion);
+
 }  // namespace dsa::cuda

@@ -35,7 +35,7 @@
 //   6  sparse_attention_forward   7 sparse_attention_backward          (src/cpu/sparse_attention.cpp)
 //   8  dense_attention_forward / dense_attention_backward              (src/cpu/dense_attention.cpp)
 //   9  indexer_kl_forward / indexer_kl_backward                        (src/cpu/indexer_kl.cpp)
-//  10  indexer_backward                                                (src/cpu/indexer.cpp)
+//  10  indexer_backward                                                (src/cpu/indexer_backward.cpp)
 //  11  indexer_logits_paged, paged_to_physical, sparse_attention_decode (src/cpu/decode.cpp)
 #pragma once
 
@@ -138,7 +138,8 @@ void indexer_cache_unpack(const IndexerCacheParams& p);
 //   Orthonormal and self-inverse, so it is its own backward.
 //
 // RoPE on R dims starting at `offset` inside each [D] vector of x [T, H, D], position pos[t]:
-//   angle_i = pos[t] · inv_freq[i],  i in [0, R/2)
+//   angle_i = pos[t] · inv_freq[i],  i in [0, R/2)   (formed in fp64: in fp32 it is off by up to
+//             ~1e-2 rad at pos ≈ 1.3e5, beyond the test tolerance; tests use positions to 131071)
 //   kInterleaved (GPT-J; main MLA, on its LAST 64 dims):  pairs (offset+2i, offset+2i+1)
 //   kRotateHalf  (NeoX; the indexer, on its FIRST 64 dims): pairs (offset+i, offset+i+R/2)
 //   each pair (a, b) ← (a·cos − b·sin, a·sin + b·cos).
@@ -175,7 +176,7 @@ double yarn_softmax_mscale(const YarnScaling& yarn);
 }  // namespace cpu
 
 // ═══════════════════════════════ 3–5, 10. Lightning indexer ══════════════════════════════════
-// I[t,s] = ks_scale[s] · Σ_h w[t,h] · ReLU(q[t,h,:] · k[s,:])    for s in [ks[t], ke[t])
+// I[t,s] = k_scale[s] · Σ_h w[t,h] · ReLU(q[t,h,:] · k[s,:])     for s in [ks[t], ke[t])
 // I[t,s] = −inf                                                  outside the range ("cleaned").
 // Precision of q and k (w and the output are fp32 in every mode):
 //   kFp32: q, k float; k_scale must be null (≡ 1).
@@ -216,7 +217,8 @@ struct IndexerQuantizeParams {
 //   given dI (dense: [T,S] over the ranges; sparse: [T,K] at indices, −1 slots ignored)
 //   u[t,h,s] = q[t,h]·k[s];  g = dI[t,s]·w[t,h]·1[u > 0]
 //   dw[t,h] = Σ_s dI[t,s]·ReLU(u);   dq[t,h] = Σ_s g·k[s];   dk[s] += Σ_{t,h} g·q[t,h]
-// Gradients are written (not accumulated). Requires precision == kFp32.
+// Gradients are written (not accumulated). Requires precision == kFp32. Sparse mode: every index
+// is −1 or inside its row's range [ks[t], ke[t]) (else an error); dense mode: indices must be null.
 struct IndexerBackwardParams {
   IndexerParams fwd;                  // q, k, w, ranges as in the forward (kFp32)
   int K = 0;                          // > 0 with indices: sparse dI [T,K]; 0: dense dI [T,S]
@@ -308,7 +310,8 @@ void dense_attention_backward(const AttentionParams& p, const AttentionBackwardA
 //   loss[t]  = Σ_{s∈A(t)} p·(log p − log π)      (terms with p = 0 contribute 0)
 //   dI[t,s]  = dloss[t] · (π[t,s] − p[t,s])        for s ∈ A(t); 0 elsewhere
 // A(t): dense mode (indices == null) = [ks[t], ke[t]), index logits I [T, S];
-//       sparse mode = the valid slots of indices[t, 0:K), index logits I [T, K] slot-aligned with
+//       sparse mode = the valid slots of indices[t, 0:len) (len = attn.topk_length[t] if given, else K,
+//       as in op 6), index logits I [T, K] slot-aligned with
 //       indices (both p and π renormalised on the selected set, dsa-spec §4 Eq. 4).
 // An empty A(t) gives loss 0 and dI 0. −inf logits inside A(t) get π = 0 (and dI = −dloss·p).
 struct IndexerKlParams {
@@ -373,6 +376,39 @@ void indexer_logits_paged(const PagedIndexerParams& p, float* logits /* [B·next
 void paged_to_physical(int B, int next_n, int K, const int32_t* block_table, int max_blocks, int num_pages,
                        int32_t* indices /* [B·next_n, K] in place */);
 void sparse_attention_decode(const SparseDecodeParams& p);
+}  // namespace cpu
+
+// ═══════════════════════════════ 12. Model layers (CPU only) ══════════════════════════════════
+// The dense layers of the model (src/cpu/layers.cpp; tests/op_layers.cpp). Rows are independent;
+// N rows of C features, row-major. Every backward ACCUMULATES into parameter gradients (dw, db,
+// dtable) and WRITES dx (unless stated). Matmuls run through BLAS (cblas_sgemm).
+//   linear:        y[N,O] = x[N,I] · W[O,I]ᵀ            (HF [out, in] weight layout)
+//     backward:    dx = dy · W (written, or added when accumulate_dx);  dW += dyᵀ · x
+//   rmsnorm:       y = x · rstd · w,  rstd = (mean(x²) + eps)^-1/2          (rstd [N] saved)
+//   layernorm:     y = (x − μ) · rstd · w + b, rstd = (var(x) + eps)^-1/2   (mean, rstd [N] saved)
+//   swiglu:        a = silu(g) · u = g·σ(g)·u
+//   embedding:     out[n] = table[tokens[n]]  (token in [0, V))
+//   cross_entropy: loss[n] = logsumexp(logits[n]) − logits[n, target[n]]; target −1 → loss 0.
+//     backward:    dlogits[n] = dloss · (softmax(logits[n]) − onehot(target)) (0 rows for −1)
+namespace cpu {
+void linear_forward(const float* x, const float* w, float* y, int64_t N, int I, int O);
+void linear_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, int64_t N,
+                     int I, int O, bool accumulate_dx);
+void rmsnorm_forward(const float* x, const float* w, float* y, float* rstd, int64_t N, int C, float eps);
+void rmsnorm_backward(const float* x, const float* w, const float* rstd, const float* dy, float* dx,
+                      float* dw, int64_t N, int C);
+void layernorm_forward(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd,
+                       int64_t N, int C, float eps);
+void layernorm_backward(const float* x, const float* w, const float* mean, const float* rstd,
+                        const float* dy, float* dx, float* dw, float* db, int64_t N, int C);
+void swiglu_forward(const float* g, const float* u, float* a, int64_t N);
+void swiglu_backward(const float* g, const float* u, const float* da, float* dg, float* du, int64_t N);
+void embedding_forward(const int32_t* tokens, const float* table, float* out, int64_t N, int V, int C);
+void embedding_backward(const int32_t* tokens, const float* dout, float* dtable, int64_t N, int V, int C);
+// Returns Σ_n loss[n] (fp64) and writes loss[n] when loss is non-null.
+double cross_entropy_forward(const float* logits, const int32_t* targets, float* loss, int64_t N, int V);
+void cross_entropy_backward(const float* logits, const int32_t* targets, float dloss, float* dlogits,
+                            int64_t N, int V);
 }  // namespace cpu
 
 }  // namespace dsa

@@ -1,8 +1,338 @@
-// PLACEHOLDER — replaced by its owner; every function throws until implemented.
+// decode.cpp — op 11 of the catalogue: the decode-time forms of the indexer (op 3) and of sparse
+// attention (op 6) over paged caches. docs/dsa.md §11 derives every line.
+//
+//   indexer_logits_paged     DeepGEMM fp8_paged_mqa_logits (2-D context_lens, logits always cleaned)
+//   paged_to_physical        logical top-k positions → physical cache slots (page·64 + offset)
+//   sparse_attention_decode  FlashMLA sparse decode over an fp32 / bf16 / FP8-record MLA cache
+//
+// Every argument is validated before anything is written; the checks are exported (decode_checks.h)
+// so that another backend's host wrapper runs the same checks with the same messages.
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "common/check.h"
+#include "cpu/decode_checks.h"
 #include "dsa/ops.h"
 
 namespace dsa::cpu {
-void indexer_logits_paged(const PagedIndexerParams&, float*) { throw Error("indexer_logits_paged: not implemented"); }
-void paged_to_physical(int, int, int, const int32_t*, int, int, int32_t*) { throw Error("paged_to_physical: not implemented"); }
-void sparse_attention_decode(const SparseDecodeParams&) { throw Error("sparse_attention_decode: not implemented"); }
+namespace {
+
+constexpr int kRowDim = kMlaLatentDim + kMlaRopeDim;                     // 576 = Dqk of the decode path
+constexpr int kMlaScaleBlocks = kMlaLatentDim / kQuantBlock;             // 4 fp32 scales per record
+constexpr size_t kMlaScaleOffset = kMlaLatentDim;                        // byte 512
+constexpr size_t kMlaRopeOffset = kMlaLatentDim + kMlaScaleBlocks * sizeof(float);  // byte 528
+constexpr size_t kIndexerPageBytes = static_cast<size_t>(kCachePageTokens) * kIndexerRecordBytes;  // 8448
+constexpr size_t kIndexerPageScaleOffset = static_cast<size_t>(kCachePageTokens) * kIndexerKeyDim;  // 8192
+static_assert(kMlaRopeOffset + kMlaRopeDim * sizeof(uint16_t) == kMlaRecordBytes, "MLA record layout");
+static_assert(kIndexerKeyDim + sizeof(float) == kIndexerRecordBytes, "indexer record layout");
+
+// All 256 e4m3 codes decoded once through the numerics of op 1 (exact in fp32).
+std::array<float, 256> e4m3_table() {
+  std::array<float, 256> t{};
+  for (int b = 0; b < 256; ++b) t[b] = fp8_e4m3_to_float(static_cast<uint8_t>(b));
+  return t;
+}
+
+float load_f32(const uint8_t* bytes) {
+  float v;
+  std::memcpy(&v, bytes, sizeof(float));
+  return v;
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+// ── argument checks (decode_checks.h) ─────────────────────────────────────────────────────────
+namespace detail {
+void validate_paged_indexer(const PagedIndexerParams& p, const float* logits) {
+  constexpr const char* op = "indexer_logits_paged";
+  ::dsa::detail::require_positive(p.B, op, "B");
+  DSA_REQUIRE(p.next_n == 1 || p.next_n == 2, op, "next_n = ", p.next_n, " must be 1 or 2");
+  ::dsa::detail::require_positive(p.HI, op, "HI");
+  ::dsa::detail::require_positive(p.num_pages, op, "num_pages");
+  ::dsa::detail::require_positive(p.max_blocks, op, "max_blocks");
+  ::dsa::detail::require_positive(p.max_context_len, op, "max_context_len");
+  ::dsa::detail::require_ptr(p.q_fp8, op, "q_fp8");
+  ::dsa::detail::require_ptr(p.cache, op, "cache");
+  ::dsa::detail::require_ptr(p.w, op, "w");
+  ::dsa::detail::require_ptr(p.context_lens, op, "context_lens");
+  ::dsa::detail::require_ptr(p.block_table, op, "block_table");
+  ::dsa::detail::require_ptr(logits, op, "logits");
+  const int64_t table_tokens = static_cast<int64_t>(p.max_blocks) * kCachePageTokens;
+  for (int b = 0; b < p.B; ++b) {
+    int longest = 0;
+    for (int n = 0; n < p.next_n; ++n) {
+      const int32_t len = p.context_lens[b * p.next_n + n];
+      DSA_REQUIRE(len >= 0 && len <= p.max_context_len, op, "context_lens[", b, ",", n, "] = ", len,
+                  " is outside [0, max_context_len = ", p.max_context_len, "]");
+      DSA_REQUIRE(len <= table_tokens, op, "context_lens[", b, ",", n, "] = ", len,
+                  " exceeds max_blocks·64 = ", table_tokens, " (the block_table row is too short)");
+      longest = std::max(longest, static_cast<int>(len));
+    }
+    // Only the pages a row reads are checked: DeepGEMM pads the rest of the table arbitrarily.
+    for (int64_t i = 0; i < ceil_div(longest, kCachePageTokens); ++i) {
+      const int32_t page = p.block_table[static_cast<int64_t>(b) * p.max_blocks + i];
+      DSA_REQUIRE(page >= 0 && page < p.num_pages, op, "block_table[", b, ",", i, "] = ", page,
+                  " is out of range [0, num_pages = ", p.num_pages, ")");
+    }
+  }
+}
+
+void validate_paged_to_physical(int B, int next_n, int K, const int32_t* block_table, int max_blocks,
+                                int num_pages, const int32_t* indices) {
+  constexpr const char* op = "paged_to_physical";
+  ::dsa::detail::require_positive(B, op, "B");
+  DSA_REQUIRE(next_n == 1 || next_n == 2, op, "next_n = ", next_n, " must be 1 or 2");
+  ::dsa::detail::require_positive(K, op, "K");
+  ::dsa::detail::require_positive(max_blocks, op, "max_blocks");
+  ::dsa::detail::require_positive(num_pages, op, "num_pages");
+  ::dsa::detail::require_ptr(block_table, op, "block_table");
+  ::dsa::detail::require_ptr(indices, op, "indices");
+  const int64_t rows = static_cast<int64_t>(B) * next_n;
+  // Every entry is checked before any is rewritten (in place, so no partial output).
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t b = r / next_n;
+    for (int k = 0; k < K; ++k) {
+      const int32_t j = indices[r * K + k];
+      if (j == kInvalidIndex) continue;
+      DSA_REQUIRE(j >= 0, op, "indices[", r, ",", k, "] = ", j, " is negative (and not -1)");
+      const int64_t blk = j / kCachePageTokens;
+      DSA_REQUIRE(blk < max_blocks, op, "indices[", r, ",", k, "] = ", j, " lies beyond the block_table (max_blocks = ",
+                  max_blocks, " pages of 64)");
+      const int32_t page = block_table[b * max_blocks + blk];
+      DSA_REQUIRE(page >= 0 && page < num_pages, op, "block_table[", b, ",", blk, "] = ", page,
+                  " (read for indices[", r, ",", k, "]) is out of range [0, num_pages = ", num_pages, ")");
+    }
+  }
+}
+
+void validate_sparse_decode(const SparseDecodeParams& p) {
+  constexpr const char* op = "sparse_attention_decode";
+  ::dsa::detail::require_positive(p.B, op, "B");
+  DSA_REQUIRE(p.next_n == 1 || p.next_n == 2, op, "next_n = ", p.next_n, " must be 1 or 2");
+  ::dsa::detail::require_positive(p.H, op, "H");
+  ::dsa::detail::require_positive(p.K, op, "K");
+  ::dsa::detail::require_positive(p.num_slots, op, "num_slots");
+  DSA_REQUIRE(std::isfinite(p.scale) && p.scale > 0.0f, op, "scale = ", p.scale, " must be finite and > 0");
+  DSA_REQUIRE(p.format == KvCacheFormat::kFp32 || p.format == KvCacheFormat::kBf16 ||
+                  p.format == KvCacheFormat::kFp8Record,
+              op, "format = ", static_cast<int>(p.format), " is not a KvCacheFormat");
+  ::dsa::detail::require_ptr(p.q, op, "q");
+  ::dsa::detail::require_ptr(p.cache, op, "cache");
+  ::dsa::detail::require_ptr(p.indices, op, "indices");
+  ::dsa::detail::require_ptr(p.out, op, "out");
+  ::dsa::detail::require_ptr(p.lse, op, "lse");
+  const int64_t rows = static_cast<int64_t>(p.B) * p.next_n;
+  for (int64_t r = 0; r < rows; ++r) {
+    int len = p.K;
+    if (p.topk_length != nullptr) {
+      len = p.topk_length[r];
+      DSA_REQUIRE(len >= 0 && len <= p.K, op, "topk_length[", r, "] = ", len, " is outside [0, K = ", p.K, "]");
+    }
+    // Only the slots a row reads ([0, len)) are checked; FlashMLA never reads past topk_length.
+    for (int k = 0; k < len; ++k) {
+      const int32_t s = p.indices[r * p.K + k];
+      DSA_REQUIRE(s == kInvalidIndex || (s >= 0 && s < p.num_slots), op, "indices[", r / p.next_n, ",",
+                  r % p.next_n, ",", k, "] = ", s, " is out of range [0, num_slots = ", p.num_slots,
+                  ") (and not -1)");
+    }
+  }
+}
+
+}  // namespace detail
+
+void indexer_logits_paged(const PagedIndexerParams& p, float* logits) {
+  detail::validate_paged_indexer(p, logits);
+  const std::array<float, 256> e4m3 = e4m3_table();
+  const int rows = p.B * p.next_n;
+  const int HI = p.HI;
+  const int64_t L = p.max_context_len;
+
+  // q decoded once (e4m3 values are exact in fp32) and transposed to qT [rows, 128, HI], so the
+  // dots of all heads with one key advance together (a loop over h that vectorises, while each
+  // head's dot still runs sequentially over d, as in op 3).
+  std::vector<float> qT(static_cast<size_t>(rows) * HI * kIndexerKeyDim);
+  for (int r = 0; r < rows; ++r)
+    for (int h = 0; h < HI; ++h)
+      for (int d = 0; d < kIndexerKeyDim; ++d)
+        qT[(static_cast<size_t>(r) * kIndexerKeyDim + d) * HI + h] =
+            e4m3[p.q_fp8[(static_cast<size_t>(r) * HI + h) * kIndexerKeyDim + d]];
+
+  // One task = one page-sized block of keys of one request: the key is decoded once and scored
+  // for the request's next_n rows. Blocks past a request's longest row only write −inf.
+  const int64_t blocks = ceil_div(L, kCachePageTokens);
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int b = 0; b < p.B; ++b) {
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      int longest = 0;
+      for (int n = 0; n < p.next_n; ++n) longest = std::max(longest, p.context_lens[b * p.next_n + n]);
+      const int64_t j0 = blk * kCachePageTokens, j1 = std::min<int64_t>(j0 + kCachePageTokens, L);
+      if (j0 >= longest) {
+        for (int n = 0; n < p.next_n; ++n)
+          std::fill(logits + (static_cast<int64_t>(b) * p.next_n + n) * L + j0,
+                    logits + (static_cast<int64_t>(b) * p.next_n + n) * L + j1, neg_inf);
+        continue;
+      }
+      const int32_t page = p.block_table[static_cast<int64_t>(b) * p.max_blocks + blk];
+      const uint8_t* page_bytes = p.cache + static_cast<size_t>(page) * kIndexerPageBytes;
+      float k[kIndexerKeyDim];
+      std::vector<float> dots(HI);
+      for (int64_t j = j0; j < j1; ++j) {
+        const int64_t o = j - j0;  // offset inside the page
+        const uint8_t* k_fp8 = page_bytes + o * kIndexerKeyDim;
+        const float k_scale = load_f32(page_bytes + kIndexerPageScaleOffset + o * sizeof(float));
+        bool decoded = false;
+        for (int n = 0; n < p.next_n; ++n) {
+          const int r = b * p.next_n + n;
+          float* out = logits + static_cast<int64_t>(r) * L + j;
+          if (j >= p.context_lens[r]) {  // causal / length mask (MTP rows have shorter lengths)
+            *out = neg_inf;
+            continue;
+          }
+          if (!decoded) {
+            for (int d = 0; d < kIndexerKeyDim; ++d) k[d] = e4m3[k_fp8[d]];
+            decoded = true;
+          }
+          // The arithmetic of op 3 (indexer.cpp), so that paged ≡ contiguous bitwise: each dot is
+          // an fp32 sum over d = 0..127 (the e4m3 products are exact in fp32), ReLU keeps NaN,
+          // w·ReLU is one fp32 multiply, and the head sum runs in fp32 in the order h = 0..HI−1.
+          const float* qr = qT.data() + static_cast<size_t>(r) * kIndexerKeyDim * HI;
+          std::fill(dots.begin(), dots.end(), 0.0f);
+          for (int d = 0; d < kIndexerKeyDim; ++d)
+            for (int h = 0; h < HI; ++h) dots[h] += qr[d * HI + h] * k[d];
+          float acc = 0.0f;
+          for (int h = 0; h < HI; ++h) {
+            const float relu = dots[h] < 0.0f ? 0.0f : dots[h];
+            acc += p.w[static_cast<size_t>(r) * HI + h] * relu;
+          }
+          *out = k_scale * acc;  // the k scale after the head sum, as in op 3 kFp8
+        }
+      }
+    }
+  }
+}
+
+// ── paged_to_physical ───────────────────────────────────────────────────────────────────────
+void paged_to_physical(int B, int next_n, int K, const int32_t* block_table, int max_blocks, int num_pages,
+                       int32_t* indices) {
+  detail::validate_paged_to_physical(B, next_n, K, block_table, max_blocks, num_pages, indices);  // all entries first
+  const int64_t rows = static_cast<int64_t>(B) * next_n;
+  // Logical position j of request b → slot block_table[b, j/64]·64 + j%64.
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t b = r / next_n;
+    for (int k = 0; k < K; ++k) {
+      int32_t& j = indices[r * K + k];
+      if (j == kInvalidIndex) continue;
+      j = block_table[b * max_blocks + j / kCachePageTokens] * kCachePageTokens + j % kCachePageTokens;
+    }
+  }
+}
+
+// ── sparse_attention_decode ─────────────────────────────────────────────────────────────────
+namespace {
+
+// Cache row `slot` → 576 fp32 values: the kFp8Record NoPE part is e4m3 · block scale (one fp32
+// multiply, exactly what mla_cache_unpack produces), the RoPE part bf16 → fp32 (exact).
+void dequantize_row(const SparseDecodeParams& p, const std::array<float, 256>& e4m3, int64_t slot, float* dst) {
+  switch (p.format) {
+    case KvCacheFormat::kFp32:
+      std::memcpy(dst, static_cast<const float*>(p.cache) + slot * kRowDim, kRowDim * sizeof(float));
+      break;
+    case KvCacheFormat::kBf16: {
+      const uint16_t* src = static_cast<const uint16_t*>(p.cache) + slot * kRowDim;
+      for (int d = 0; d < kRowDim; ++d) dst[d] = bf16_to_float(src[d]);
+      break;
+    }
+    case KvCacheFormat::kFp8Record: {
+      const uint8_t* rec = static_cast<const uint8_t*>(p.cache) + slot * kMlaRecordBytes;
+      for (int blk = 0; blk < kMlaScaleBlocks; ++blk) {
+        const float s = load_f32(rec + kMlaScaleOffset + blk * sizeof(float));
+        for (int d = blk * kQuantBlock; d < (blk + 1) * kQuantBlock; ++d) dst[d] = e4m3[rec[d]] * s;
+      }
+      for (int d = 0; d < kMlaRopeDim; ++d) {
+        uint16_t bits;
+        std::memcpy(&bits, rec + kMlaRopeOffset + d * sizeof(uint16_t), sizeof(bits));
+        dst[kMlaLatentDim + d] = bf16_to_float(bits);
+      }
+      break;
+    }
+  }
+}
+
+}  // namespace
+
+void sparse_attention_decode(const SparseDecodeParams& p) {
+  detail::validate_sparse_decode(p);
+  const std::array<float, 256> e4m3 = e4m3_table();
+  const int64_t rows = static_cast<int64_t>(p.B) * p.next_n;
+  const int H = p.H;
+  std::vector<int32_t> slots;   // the valid selected slots of one row (duplicates kept)
+  std::vector<float> kv;        // their dequantised rows [n_valid, 576]
+  std::vector<double> qT;       // q[r] transposed [576, H] (fp64)
+  std::vector<double> z;        // logits [H, n_valid]
+  slots.reserve(p.K);
+  kv.resize(static_cast<size_t>(p.K) * kRowDim);
+  qT.resize(static_cast<size_t>(kRowDim) * H);
+  z.resize(static_cast<size_t>(H) * p.K);
+
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t b = r / p.next_n, n = r % p.next_n;
+    const int len = p.topk_length != nullptr ? p.topk_length[r] : p.K;
+    slots.clear();
+    for (int k = 0; k < len; ++k)
+      if (p.indices[r * p.K + k] != kInvalidIndex) slots.push_back(p.indices[r * p.K + k]);
+    const int64_t nv = static_cast<int64_t>(slots.size());
+    for (int h = 0; h < H; ++h)
+      for (int d = 0; d < kRowDim; ++d) qT[static_cast<size_t>(d) * H + h] = p.q[(r * H + h) * kRowDim + d];
+
+    // Phase 1, one slot per task: dequantise its record ONCE for this row, then its logits for all
+    // H heads, z[h, i] = scale · Σ_d q[r,h,d]·kv[i,d] (fp64, sequential in d; the loop over h
+    // vectorises).
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < nv; ++i) {
+      float* row = kv.data() + i * kRowDim;
+      dequantize_row(p, e4m3, slots[i], row);
+      std::vector<double> dots(H, 0.0);
+      for (int d = 0; d < kRowDim; ++d) {
+        const double v = row[d];
+        for (int h = 0; h < H; ++h) dots[h] += qT[static_cast<size_t>(d) * H + h] * v;
+      }
+      for (int h = 0; h < H; ++h) z[h * nv + i] = static_cast<double>(p.scale) * dots[h];
+    }
+
+    // Phase 2, one head per task: the softmax and the V sum in fp64, in slot order.
+#pragma omp parallel for schedule(static)
+    for (int h = 0; h < H; ++h) {
+      float* out = p.out + (r * H + h) * kMlaLatentDim;
+      float* lse = p.lse + (b * H + h) * p.next_n + n;  // FlashMLA decode layout [B, H, next_n]
+      if (nv == 0) {  // no valid slot: out = 0, lse = +inf (ops.h conventions)
+        std::fill(out, out + kMlaLatentDim, 0.0f);
+        *lse = std::numeric_limits<float>::infinity();
+        continue;
+      }
+      const double* zh = z.data() + h * nv;
+      double m = -std::numeric_limits<double>::infinity();
+      for (int64_t i = 0; i < nv; ++i) m = std::max(m, zh[i]);
+      double sum = 0.0;
+      for (int64_t i = 0; i < nv; ++i) sum += std::exp(zh[i] - m);
+      const double log_sum = m + std::log(sum);           // lse = log Σ exp z
+      double acc[kMlaLatentDim] = {};
+      for (int64_t i = 0; i < nv; ++i) {
+        const double w = std::exp(zh[i] - log_sum);       // P = exp(z − lse)
+        const float* row = kv.data() + i * kRowDim;
+        for (int d = 0; d < kMlaLatentDim; ++d) acc[d] += w * row[d];  // V = the first 512 dims
+      }
+      for (int d = 0; d < kMlaLatentDim; ++d) out[d] = static_cast<float>(acc[d]);
+      *lse = static_cast<float>(log_sum);
+    }
+  }
+}
+
 }  // namespace dsa::cpu

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# run_bench.sh BUILD — the CPU scaling benchmark behind `make bench` (docs/perf.md, CPU section).
+# One attention layer forward, H=16 Dqk=192 Dv=128 HI=16 DI=64 K=512, dense causal vs DSA (fused
+# fp32 indexer + top-k, then sparse attention), each (mode, L) in its own process so its peak RSS
+# is its own. Then the unfused indexer (logits [L, L] + top-k) at one large L for memory, and
+# OpenBLAS cblas_sgemm as the GFLOP/s yardstick. Writes BUILD/bench/cpu_scaling.{tsv,md} and a
+# log-log plot of time vs L.
+#
+# Environment:
+#   DSA_BENCH_L          sequence lengths (default "1024 2048 4096 8192 16384 32768")
+#   DSA_BENCH_UNFUSED_L  L of the unfused-indexer memory run (default 16384; 0 skips it)
+#   DSA_BENCH_GEMM_N     sgemm size n×n×n (default 2048)
+#   DSA_BENCH_PLOT       plot path (default BUILD/bench/perf_cpu_scaling.png)
+#   DSA_BENCH_TIMEOUT    seconds allowed per process (default 1200)
+#   DSA_BENCH_NATIVE     1 (default): build the benchmark and the dsa library it links with
+#                        -march=native in BUILD/native (DSA_NATIVE=ON; the tests' build stays
+#                        portable); 0: use the library of BUILD as it is
+#   OMP_NUM_THREADS      threads of the dsa kernels (default: all cores)
+set -euo pipefail
+BUILD=${1:-build}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+LS=${DSA_BENCH_L:-"1024 2048 4096 8192 16384 32768"}
+LS=${LS//,/ }
+UNFUSED_L=${DSA_BENCH_UNFUSED_L:-16384}
+GEMM_N=${DSA_BENCH_GEMM_N:-2048}
+TIMEOUT=${DSA_BENCH_TIMEOUT:-1200}
+OUT="$BUILD/bench"
+PLOT=${DSA_BENCH_PLOT:-"$OUT/perf_cpu_scaling.png"}
+NATIVE=${DSA_BENCH_NATIVE:-1}
+
+if [ "$NATIVE" = "1" ]; then
+  NB="$BUILD/native"
+  cmake -S "$ROOT" -B "$NB" -DCMAKE_BUILD_TYPE=Release -DDSA_NATIVE=ON -DDSA_BUILD_TESTS=OFF \
+        -DDSA_ENABLE_CUDA=OFF >/dev/null
+  cmake --build "$NB" --target dsa_bench_cpu -j "$(nproc)"
+  BIN="$NB/bench/dsa_bench_cpu"
+else
+  cmake --build "$BUILD" --target dsa_bench_cpu -j "$(nproc)"
+  BIN="$BUILD/bench/dsa_bench_cpu"
+fi
+mkdir -p "$OUT"
+TSV="$OUT/cpu_scaling.tsv"
+MD="$OUT/cpu_scaling.md"
+
+"$BIN" --header > "$TSV"
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+run() {  # run MODE L: one process, its line appended to the TSV (a failure or timeout is reported)
+  echo "bench: $1 L=$2 ..." >&2
+  local line
+  if line=$(timeout "$TIMEOUT" "$BIN" "$1" "$2"); then
+    echo "$line" >> "$TSV"
+    echo "  $line" >&2
+  else
+    echo "bench: $1 $2 FAILED or exceeded ${TIMEOUT}s" >&2
+  fi
+}
+
+"$BIN" sgemm "$GEMM_N" >> "$TSV"
+for L in $LS; do
+  run dsa "$L"
+  run dense "$L"
+done
+if [ "$UNFUSED_L" != "0" ]; then
+  run fused "$UNFUSED_L"
+  run unfused "$UNFUSED_L"
+fi
+"$BIN" sgemm "$GEMM_N" >> "$TSV"   # again at the end: the yardstick under the same load
+
+# ── table ──
+{
+  echo "Machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset}, DSA_BENCH_NATIVE=$NATIVE"
+  echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC'); load average (1/5/15 min) at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo
+  awk -F'\t' '
+    NR == 1 { next }
+    $1 == "sgemm" { gemm = gemm (gemm ? ", " : "") sprintf("%.1f", $8); gemm_max = ($8 > gemm_max ? $8 : gemm_max); next }
+    $1 == "dense" { dt[$2] = $6; dg[$2] = $8; dp[$2] = $10; dw[$2] = $11; if (!($2 in seen)) { seen[$2] = 1; Ls[++n] = $2 + 0 }; next }
+    $1 == "dsa" { it[$2] = $4; at[$2] = $5; st[$2] = $6; ig[$2] = $7; ag[$2] = $8; sp[$2] = $10; sw[$2] = $11; if (!($2 in seen)) { seen[$2] = 1; Ls[++n] = $2 + 0 }; next }
+    $1 == "unfused" { uL = $2; ut = $4; ui = $9; up = $10; uw = $11; next }
+    $1 == "fused" { fL = $2; ft = $4; fp = $10; fw = $11; next }
+    END {
+      printf "| L | dense (s) | DSA (s) = indexer + sparse | speed-up | dense GFLOP/s | indexer GFLOP/s | sparse GFLOP/s | dense peak / work MiB | DSA peak / work MiB |\n"
+      printf "|---|---|---|---|---|---|---|---|---|\n"
+      for (i = 2; i <= n; i++)  # insertion sort (portable awk: no asorti)
+        for (j = i; j > 1 && Ls[j - 1] > Ls[j]; j--) { tmp = Ls[j]; Ls[j] = Ls[j - 1]; Ls[j - 1] = tmp }
+      for (i = 1; i <= n; i++) {
+        L = Ls[i]
+        ratio = (L in dt && L in st && st[L] > 0) ? sprintf("%.2f×", dt[L] / st[L]) : "–"
+        printf "| %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", L,
+          (L in dt) ? sprintf("%.3f", dt[L]) : "–",
+          (L in st) ? sprintf("%.3f = %.3f + %.3f", st[L], it[L], at[L]) : "–",
+          ratio,
+          (L in dg) ? sprintf("%.1f", dg[L]) : "–",
+          (L in ig) ? sprintf("%.1f", ig[L]) : "–",
+          (L in ag) ? sprintf("%.1f", ag[L]) : "–",
+          (L in dp) ? sprintf("%.0f / %.0f", dp[L], dw[L]) : "–",
+          (L in sp) ? sprintf("%.0f / %.0f", sp[L], sw[L]) : "–"
+      }
+      printf "\nOpenBLAS cblas_sgemm (start, end of run): %s GFLOP/s\n", gemm
+      if (uL || fL) {
+        printf "\nIndexer + top-k alone at L = %d, K = 512 (own processes; layer inputs %.0f MiB):\n\n", (uL ? uL : fL), ui
+        printf "| indexer path | time (s) | peak RSS MiB | work MiB (peak − inputs) |\n|---|---|---|---|\n"
+        if (fL) printf "| fused indexer_topk | %.3f | %.0f | %.0f |\n", ft, fp, fw
+        if (uL) printf "| unfused indexer_logits [L,L] + topk_select | %.3f | %.0f | %.0f |\n", ut, up, uw
+      }
+    }' "$TSV"
+} > "$MD"
+cat "$MD"
+
+# ── plot: time vs L, log-log ──
+if command -v gnuplot >/dev/null; then
+  awk -F'\t' '$1 == "dense" { print $2, $6 }' "$TSV" | sort -n > "$OUT/dense.dat"
+  awk -F'\t' '$1 == "dsa" { print $2, $6, $4, $5 }' "$TSV" | sort -n > "$OUT/dsa.dat"
+  gnuplot <<GP
+set terminal pngcairo size 760,480 font ",10"
+set output "$PLOT"
+set logscale xy 2
+set format y "%g"
+set xlabel "sequence length L (T = S = L, causal)"
+set ylabel "time of one layer forward (s)"
+set title "CPU, one attention layer: dense causal vs DSA (H=16, Dqk=192, Dv=128, HI=16, DI=64, K=512)"
+set key top left
+set grid
+plot "$OUT/dense.dat" using 1:2 with linespoints lw 2 title "dense attention", \
+     "$OUT/dsa.dat" using 1:2 with linespoints lw 2 title "DSA total", \
+     "$OUT/dsa.dat" using 1:3 with linespoints dt 2 title "  indexer + top-k (fused, fp32)", \
+     "$OUT/dsa.dat" using 1:4 with linespoints dt 2 title "  sparse attention"
+GP
+  echo "plot: $PLOT"
+else
+  echo "gnuplot not found: no plot (scripts/install_deps.sh installs gnuplot-nox)" >&2
+fi

@@ -1,0 +1,216 @@
+// dsa/model.h — the DeepSeek-V3.2 model (MLA + a lightning indexer in every layer) on the CPU:
+// config, parameters with Hugging Face names, checkpoints, training forward/backward per stage,
+// evaluation in dense / DSA / sliding-window mode, indexer recall, and an inference session with
+// chunked prefill and paged-cache decode. docs/model.md describes the architecture line by line.
+//
+// Architecture of one layer (x [T, D] = hidden_size, packed sequences, positions restart at 0 per
+// sequence, causal inside each sequence):
+//   h    = RMSNorm(x; input_layernorm)
+//   qr   = RMSNorm(h · q_a_projᵀ; q_a_layernorm)                       [T, q_lora_rank]
+//   q    = qr · q_b_projᵀ → [T, H, nope | rope]; interleaved RoPE on the LAST rope dims
+//   kva  = h · kv_a_proj_with_mqaᵀ → [c (kv_lora_rank) | k_pe (rope)]; c ← RMSNorm(c; kv_a_layernorm);
+//          interleaved RoPE on k_pe (shared by all heads)
+//   kv_b_proj [H·(nope + v), kv_lora_rank] = per head [W_UK (nope rows); W_UV (v rows)]
+//   MQA mode (training, DSA, inference): q_lat[h] = [q_nope[h]·W_UK[h] | q_pe[h]], kv = [c | k_pe],
+//          attention over latents (ops 6–8), out[h] = o_lat[h]·W_UV[h]ᵀ
+//   MHA mode (evaluation only, an oracle): k[h] = [c·W_UK[h]ᵀ | k_pe], v[h] = c·W_UV[h]ᵀ
+//   softmax scale = (nope + rope)^-0.5 · yarn_softmax_mscale²
+//   x   += (out [T, H·v]) · o_projᵀ
+//   x   += SwiGLU MLP(RMSNorm(x; post_attention_layernorm))
+// Indexer (per layer, inputs DETACHED in training): qi = qr · wq_bᵀ [T, HI, DI]; ki = LayerNorm(h·wkᵀ;
+//   k_norm weight+bias); rotate-half RoPE on the FIRST rope dims of qi and ki; Hadamard on both;
+//   w = h · weights_projᵀ · HI^-0.5 · DI^-0.5; I = Σ_h w·ReLU(qi·ki) (op 3); top-k of min(index_topk,
+//   available keys) (op 4). FP8 (op 3 kFp8, paged cache) in the inference session, fp32 in training.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "dsa/ops.h"
+
+namespace dsa::model {
+
+// ── Configuration (Hugging Face config.json keys of DeepSeek-V3.2) ──────────────────────────────
+struct Config {
+  int vocab_size = 256;
+  int hidden_size = 128;
+  int intermediate_size = 384;
+  int num_hidden_layers = 2;
+  int num_attention_heads = 4;
+  int q_lora_rank = 96;
+  int kv_lora_rank = 64;
+  int qk_nope_head_dim = 32;
+  int qk_rope_head_dim = 16;
+  int v_head_dim = 32;
+  int index_n_heads = 4;
+  int index_head_dim = 32;           // power of two (Hadamard), > qk_rope_head_dim
+  int index_topk = 64;
+  double rope_theta = 10000.0;
+  YarnScaling rope_scaling;          // "rope_scaling": {"type": "yarn", "factor", ...}; factor ≤ 1: none
+  bool has_rope_scaling = false;     // whether config.json carried a rope_scaling object
+  double rms_norm_eps = 1e-6;
+  int max_position_embeddings = 4096;
+  int first_k_dense_replace = 2;     // must equal num_hidden_layers (dense MLP everywhere) unless
+  int n_routed_experts = 0;          // n_routed_experts == 0; anything needing MoE is refused
+  bool tie_word_embeddings = false;
+  double initializer_range = 0.02;   // std of the random init of matrices
+
+  // A small config for tests and the CPU demo (the defaults above).
+  static Config tiny();
+  // Parses config.json text / file. Unknown keys are ignored (V3.2 configs carry many); missing keys
+  // keep the defaults above. Throws dsa::Error naming the file and the key on a bad value.
+  static Config from_json(const std::string& text, const std::string& label = "config.json");
+  static Config from_json_file(const std::string& path);
+  std::string to_json() const;       // HF keys, round-trips through from_json
+  // Throws dsa::Error naming the key: non-positive sizes, odd rope dims, index_head_dim not a power
+  // of two or < qk_rope_head_dim, MoE layers requested, etc.
+  void validate() const;
+
+  int qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
+  int mqa_dim() const { return kv_lora_rank + qk_rope_head_dim; }   // Dqk of the MQA-mode ops
+  float softmax_scale() const;       // qk_head_dim^-0.5 · mscale² (YaRN), explicit (dsa-spec §2.4)
+  int64_t num_params() const;        // total parameter count, indexer included
+};
+
+// ── Parameters, batches, stages ─────────────────────────────────────────────────────────────────
+// A parameter or gradient in fp32. `shape` is the HF shape ([out, in] for linear weights).
+struct Tensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::vector<float> data;
+  int64_t numel() const;
+};
+
+enum class AttentionMode {
+  kDense,    // every causal key
+  kSparse,   // DSA: indexer → top-k → sparse attention (MQA mode)
+  kWindow,   // baseline: the last k causal keys (sliding window of k = index_topk or the override)
+};
+
+enum class Stage {
+  kPretrain, // dense attention, LM loss → non-indexer params; indexer grads stay 0
+  kWarmup,   // dense attention, model frozen (non-indexer grads exactly 0); indexer gets the gradient
+             // of the dense KL(head-summed attention ‖ softmax(I)) (op 9 dense mode)
+  kSparse,   // top-k on: LM loss through sparse attention → non-indexer params; the indexer gets only
+             // the selected-set KL gradient (op 9 sparse mode); indexer inputs detached
+};
+
+// Packed sequences: tokens and targets have the same length Σ seq_lens; target −1 = not scored.
+// Positions restart at 0 at each sequence start; attention never crosses sequences.
+struct Batch {
+  std::vector<int32_t> tokens, targets;
+  std::vector<int> seq_lens;
+};
+
+struct Losses {
+  double lm_loss = 0;   // mean cross-entropy over scored targets (nats)
+  double kl_loss = 0;   // Σ over layers of the mean over query rows of the indexer KL (0 in kPretrain)
+  int64_t tokens = 0;   // scored targets
+};
+
+// ── Inference session options ───────────────────────────────────────────────────────────────────
+struct SessionOptions {
+  AttentionMode mode = AttentionMode::kSparse;      // kDense attends every cached key
+  // MLA latent cache: kFp32 (any dims), kBf16 or kFp8Record (656 B; need kv_lora_rank 512, rope 64).
+  KvCacheFormat kv_format = KvCacheFormat::kBf16;
+  // Indexer: kFp8 uses the paged 132 B cache (needs index_head_dim 128); kFp32 keeps fp32 keys.
+  Precision indexer_precision = Precision::kFp32;
+  int topk = 0;                                      // ≤ 0: config.index_topk
+  int max_tokens = 0;                                // cache capacity; ≤ 0: max_position_embeddings
+  uint64_t page_order_seed = 0;                      // ≠ 0: pages handed out in a shuffled order
+                                                     // (tests that indices really are physical)
+};
+
+// Sampling for generation: temperature ≤ 0 → greedy (argmax, smallest id on ties).
+struct SamplerOptions {
+  double temperature = 0.0;
+  double top_p = 1.0;
+};
+int32_t sample_token(const float* logits, int vocab, const SamplerOptions& opt, std::mt19937_64& rng);
+
+class Session;
+
+// ── The model ───────────────────────────────────────────────────────────────────────────────────
+class Model {
+ public:
+  explicit Model(const Config& config);          // validates; parameters zero until init/load
+  Model(Model&&) noexcept;
+  Model& operator=(Model&&) noexcept;
+  ~Model();
+
+  // Matrices ~ N(0, initializer_range²) (o_proj/down_proj scaled by 1/√(2·layers)), norm weights 1,
+  // k_norm bias 0. Deterministic for a seed.
+  void init_random(uint64_t seed);
+
+  // Checkpoint directory: config.json + model.safetensors (HF names). load accepts F32/BF16/F8_E4M3
+  // (+ 128×128 weight_scale_inv) and several *.safetensors shards; tensors of layers ≥
+  // num_hidden_layers (the MTP layer) are ignored. save writes F32 (bit-exact round trip) or BF16,
+  // into a temporary directory that is fsynced and then renamed over `dir` (never a partial write).
+  static Model load(const std::string& dir);
+  enum class SaveDtype { kF32, kBf16 };
+  void save(const std::string& dir, SaveDtype dtype = SaveDtype::kF32) const;
+
+  const Config& config() const;
+  // Same order, same names, same shapes. Names: model.embed_tokens.weight, model.layers.{i}.…,
+  // model.norm.weight, lm_head.weight (absent when tie_word_embeddings).
+  std::vector<Tensor>& params();
+  const std::vector<Tensor>& params() const;
+  std::vector<Tensor>& grads();
+  Tensor* find_param(const std::string& name);
+  static bool is_indexer_param(const std::string& name);   // "….self_attn.indexer.…"
+
+  // Zeroes every grad, then runs forward + backward per the stage's rules (see Stage). topk ≤ 0:
+  // config.index_topk (kSparse only). Gradients are of the reported means (lm_loss, kl_loss).
+  Losses forward_backward(const Batch& batch, Stage stage, int topk = 0);
+
+  // Forward only. MQA-mode attention; mha = true runs the MHA-mode oracle instead (kDense only).
+  Losses evaluate(const Batch& batch, AttentionMode mode, int topk = 0, bool mha = false) const;
+  // logits [Σ seq_lens, vocab] of a forward pass (tests and tools).
+  std::vector<float> logits(const Batch& batch, AttentionMode mode, int topk = 0, bool mha = false) const;
+
+  // For every layer and query row: the share of the head-summed dense attention mass
+  // (Σ_h P_h / H) on the indexer's top-k selection, and |selection ∩ dense-attention top-k| / k
+  // (k = min(topk, available keys)). Averaged over layers and rows.
+  struct RecallStats {
+    double mass_in_selected = 0, topk_overlap = 0;
+    int64_t rows = 0;
+  };
+  RecallStats indexer_recall(const Batch& batch, int topk = 0) const;
+
+  struct Impl;
+ private:
+  friend class Session;
+  std::unique_ptr<Impl> impl_;
+};
+
+// ── Inference session: one sequence, paged caches, chunked prefill, decode ─────────────────────
+// Every call appends n tokens at positions [length(), length() + n) in one step: their latents are
+// written to the caches (pages of kCachePageTokens slots), then each row attends over the cache
+// (indexer top-k over logical positions → physical slots → sparse attention). Prefill in chunks ≡
+// one shot; decode at position t ≡ prefill row t (same ops on the same cache contents).
+class Session {
+ public:
+  Session(const Model& model, const SessionOptions& options);
+  ~Session();
+  // Appends tokens (n ≥ 1) and returns the logits of the last row [vocab], or all rows [n, vocab].
+  std::vector<float> append(const std::vector<int32_t>& tokens, bool all_logits = false);
+  // prefill in chunks of chunk_size (≤ 0: one step); returns the last row's logits (or all rows).
+  std::vector<float> prefill(const std::vector<int32_t>& tokens, int chunk_size, bool all_logits = false);
+  std::vector<float> decode(int32_t token);                 // s_q = 1: logits [vocab]
+  std::vector<float> decode2(int32_t t0, int32_t t1);       // s_q = 2 (MTP verification): [2, vocab]
+  void truncate(int64_t length);                            // drop cached positions ≥ length
+  int64_t length() const;
+  int64_t capacity() const;
+  // Cache bytes per token summed over layers: MLA record + indexer record.
+  int64_t cache_bytes_per_token() const;
+  const SessionOptions& options() const;
+
+  struct Impl;
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace dsa::model

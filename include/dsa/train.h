@@ -1,0 +1,243 @@
+// dsa/train.h — the DSA training recipe on top of dsa::model::Model (dsa-spec §4):
+//   pretrain (dense attention, all non-indexer parameters)
+//   → warmup (every non-indexer parameter frozen; indexer trained with the dense KL, lr 1e-3)
+//   → sparse (top-k on; LM loss for the model, selected-set KL for the indexer, inputs detached).
+// Each stage starts from the previous stage's final checkpoint. Everything is seeded: the batch of
+// step s is a pure function of (seed, s), so a run killed at any moment and resumed from its last
+// checkpoint reproduces the same losses bitwise.
+//
+// Run folder layout (one per run; `dsa train` and `dsa eval` share it):
+//   run/tokens/                    tokenized corpus cache (train.bin, val.bin, meta.json)
+//   run/tokenizer.model            copy of the SentencePiece model (absent for "byte")
+//   run/<stage>/config.json        TrainOptions of that stage (what was asked)
+//   run/<stage>/metrics.csv        one row per step
+//   run/<stage>/loss.png           gnuplot of the stage's losses
+//   run/<stage>/ckpt-<step>/       checkpoint: HF folder (config.json, model.safetensors) +
+//                                  optimizer.safetensors + trainer_state.json
+//   run/<stage>/latest             name of the newest complete checkpoint (atomically replaced)
+//   run/<stage>/final -> ckpt-N    written last; the next stage loads it
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dsa/model.h"
+#include "dsa/tokenizer.h"
+
+namespace dsa::train {
+
+// ── Data ──────────────────────────────────────────────────────────────────────────────────────
+struct Document {
+  std::string name;                     // source path
+  std::vector<int32_t> tokens;
+};
+
+struct DataOptions {
+  std::vector<std::string> paths;       // files or folders of text documents
+  // A document whose path contains one of these substrings is held out (validation and the
+  // long-context evaluations). Default: two Austen novels (shared/docs/corpus.md §0 (c)).
+  std::vector<std::string> holdout = {"persuasion", "northangerabbey"};
+  std::string tokenizer = "byte";       // "byte" or a SentencePiece .model path
+  int threads = 2;
+};
+
+struct Corpus {
+  std::vector<Document> train, val;
+  int vocab_size = 0;
+  int32_t bos_id = 0;
+  int64_t train_tokens() const;
+  int64_t val_tokens() const;
+};
+
+// Lists, reads and tokenizes the documents and splits them by whole document. With cache_dir set,
+// the tokens are cached there (keyed by the file list, sizes and the tokenizer) and reused.
+// Throws dsa::Error naming a missing path, an empty split, or a bad tokenizer file.
+Corpus load_corpus(const DataOptions& options, const std::string& cache_dir = "");
+
+// Synthetic long-range sequences mixed into pretraining (and, with unseen keys, used by eval).
+enum class PasskeySplit { kTrain, kEval };   // disjoint key sets: eval keys never appear in training
+struct PasskeySample {
+  std::vector<int32_t> tokens;          // filler with the needle at `depth`, then the question + answer
+  int answer_begin = 0;                 // tokens[answer_begin, answer_begin + answer_len) = the key
+  int answer_len = 0;
+};
+// A passkey sequence of exactly `length` tokens whose filler comes from `filler` (a token stream),
+// the needle ("The pass key is 12345. Remember it.") placed at fractional depth in [0, 1].
+PasskeySample make_passkey(const Tokenizer& tok, const std::vector<int32_t>& filler, int length, double depth,
+                           PasskeySplit split, uint64_t seed);
+// Key–value recall: "name=digits" pairs spread through filler, then one name queried at the end.
+PasskeySample make_kv_recall(const Tokenizer& tok, const std::vector<int32_t>& filler, int length, uint64_t seed);
+
+struct LoaderOptions {
+  int batch_size = 4;                   // sequences per step
+  int seq_len = 256;                    // tokens per sequence
+  double synthetic_share = 0.0;         // share of sequences replaced by synthetic tasks
+  uint64_t seed = 1;
+};
+// batch(step) is a pure function of (options, corpus, step): counter-based randomness, no state.
+class Loader {
+ public:
+  Loader(const Corpus& corpus, const Tokenizer& tok, const LoaderOptions& options);
+  model::Batch batch(int64_t step) const;
+  // A fixed set of validation windows (same every call), n sequences of seq_len from the val split.
+  model::Batch val_batch(int n, int seq_len, uint64_t salt) const;
+  const std::vector<int32_t>& train_stream() const { return train_stream_; }
+  const std::vector<int32_t>& val_stream() const { return val_stream_; }
+
+ private:
+  const Tokenizer& tok_;
+  LoaderOptions o_;
+  std::vector<int32_t> train_stream_, val_stream_;   // documents joined with BOS separators
+};
+
+// ── Optimisation ──────────────────────────────────────────────────────────────────────────────
+struct GroupOptions {                   // one AdamW parameter group
+  double lr = 1e-3;
+  double weight_decay = 0.0;            // decoupled; applied to matrices only (ndim ≥ 2)
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  double clip = 1.0;                    // global-norm clip of the group's gradient (≤ 0: off)
+};
+
+// Linear warm-up over warmup_steps, then cosine from lr to lr·min_lr_ratio at total_steps.
+double lr_at(int64_t step, int64_t total_steps, int64_t warmup_steps, double min_lr_ratio);
+
+// AdamW over a model's parameters with two groups: the lightning indexer and everything else.
+// A frozen group is skipped entirely (its parameters stay bitwise unchanged, no weight decay).
+class AdamW {
+ public:
+  AdamW(const model::Model& m, const GroupOptions& model_group, const GroupOptions& indexer_group);
+  struct StepStats {
+    double model_grad_norm = 0, indexer_grad_norm = 0;
+  };
+  // lr_scale multiplies both groups' lr (the schedule); frozen groups are not touched.
+  StepStats step(model::Model& m, double lr_scale, bool train_model, bool train_indexer);
+  int64_t steps() const { return t_; }
+  void save(const std::string& path) const;     // safetensors: m.<name>, v.<name>; metadata t
+  void load(const std::string& path);           // dsa::Error naming the file / missing tensor
+
+ private:
+  GroupOptions model_, indexer_;
+  std::vector<std::vector<float>> m_, v_;
+  std::vector<std::string> names_;
+  std::vector<bool> is_indexer_;
+  int64_t t_model_ = 0, t_indexer_ = 0, t_ = 0;
+};
+
+// ── Stages ────────────────────────────────────────────────────────────────────────────────────
+const char* stage_name(model::Stage s);
+model::Stage parse_stage(const std::string& name);     // dsa::Error naming --stage
+
+struct TrainOptions {
+  std::string run_dir;                  // the run folder (created)
+  model::Stage stage = model::Stage::kPretrain;
+  model::Config config;                 // pretrain only: the model to create (vocab from tokenizer)
+  std::string init;                     // checkpoint to start from; "" = previous stage's final
+  LoaderOptions loader;
+  GroupOptions model_group, indexer_group;
+  int64_t steps = 100;
+  int64_t warmup_steps = 10;
+  double min_lr_ratio = 0.1;
+  int topk = 0;                         // sparse stage; ≤ 0: config.index_topk
+  int64_t checkpoint_every = 50;
+  int keep_checkpoints = 2;             // older ckpt-* are removed once a newer one is complete
+  int val_every = 0;                    // > 0: validation LM loss every N steps (dense or DSA)
+  int val_sequences = 8;
+  uint64_t seed = 1;
+  bool progress = true;                 // progress bar on stderr
+  bool plots = true;                    // loss.png via gnuplot (skipped with a note if absent)
+  // Test hooks. stop_after > 0 ends the run after that many steps of THIS process without a final
+  // checkpoint (a kill between checkpoints). on_checkpoint_phase is called with "model",
+  // "optimizer", "state" after each part of a checkpoint is written into its temporary folder
+  // (throwing from it simulates a crash in the middle of a checkpoint write).
+  int64_t stop_after = 0;
+  std::function<void(const std::string&)> on_checkpoint_phase;
+};
+
+struct StepRecord {
+  int64_t step = 0;
+  double lr = 0, lm_loss = 0, kl_loss = 0, model_grad_norm = 0, indexer_grad_norm = 0, tokens_per_s = 0;
+};
+struct TrainResult {
+  std::vector<StepRecord> records;      // the steps run by THIS call (resumed steps excluded)
+  int64_t start_step = 0;               // 0, or the step of the checkpoint resumed from
+  std::string final_checkpoint;         // empty when stopped early
+  double seconds = 0;
+  double val_loss = 0;                  // at the end (mode: dense for pretrain/warmup, DSA for sparse)
+};
+
+// Runs (or resumes) one stage. The corpus and tokenizer are those of the run.
+TrainResult train_stage(const TrainOptions& options, const Corpus& corpus, const Tokenizer& tok);
+
+// The newest complete checkpoint of a stage folder ("" if none); the final one of a finished stage.
+std::string latest_checkpoint(const std::string& stage_dir);
+std::string final_checkpoint(const std::string& stage_dir);   // dsa::Error if the stage did not finish
+
+// ── Evaluation (src/train/eval.cpp) ───────────────────────────────────────────────────────────
+struct EvalOptions {
+  std::string run_dir;                  // results go to run_dir/eval/
+  std::string checkpoint;               // "" = the sparse stage's final checkpoint
+  std::string baseline;                 // dense baseline; "" = the pretrain stage's final (if any)
+  int topk = 0;                         // the trained k; ≤ 0: config.index_topk
+  int seq_len = 0;                      // validation context; ≤ 0: 8·k
+  int val_sequences = 8;
+  std::vector<int> ks;                  // PPL / recall at these k; empty: k/4, k/2, k, 2k
+  std::vector<int> passkey_lengths;     // empty: 4k, 8k, 16k
+  std::vector<double> depths = {0.1, 0.3, 0.5, 0.7, 0.9};
+  int passkey_trials = 4;               // per (length, depth, mode)
+  int speed_context = 0;                // ≤ 0: the longest passkey length
+  int decode_tokens = 32;
+  int prefill_chunk = 256;
+  // Threads of the speed measurement (≤ 0: OpenMP's default). One thread by default: on a shared,
+  // oversubscribed machine the many short parallel regions of a decode step measure OpenMP's
+  // barrier waits rather than the arithmetic (measured at load ~15 on 2 cores, context 2048: DSA
+  // decode 693 ms/token with 2 threads, 1.24 ms/token with 1; docs/perf.md "Training demo").
+  int speed_threads = 1;
+  uint64_t seed = 7;
+  bool plots = true;
+};
+
+struct EvalReport {
+  struct PplRow { std::string what; int k = 0; double loss = 0, ppl = 0; };
+  struct RecallRow { int k = 0; double mass = 0, overlap = 0; };
+  // correct: trials whose whole key is the greedy continuation; digits_*: per key token (chance ≈ 0.1).
+  struct PasskeyRow { std::string mode; int length = 0; double depth = 0; int correct = 0, trials = 0, digits_correct = 0, digits_total = 0; };
+  struct SpeedRow { std::string mode; int context = 0; double prefill_s = 0, prefill_tok_s = 0, decode_ms_per_token = 0; };
+  std::vector<PplRow> ppl;
+  std::vector<RecallRow> recall;
+  std::vector<PasskeyRow> passkey;
+  std::vector<SpeedRow> speed;
+  int topk = 0, seq_len = 0;
+  double dense_ppl = 0, dsa_ppl = 0;    // the final model at the trained k
+  double ppl_ratio = 0;                 // dsa_ppl / dense_ppl
+  double recall_mass = 0, recall_overlap = 0;
+  double passkey_dense = 0, passkey_dsa = 0, passkey_window = 0;   // accuracies over every cell
+  double digits_dense = 0, digits_dsa = 0, digits_window = 0;      // per-token accuracies over every cell
+  double prefill_speedup = 0, decode_speedup = 0;                  // dense time / DSA time
+  int speed_threads = 1;
+};
+
+// Dense attention of one layer for one sequence (head mean, [T, T], 0 above the diagonal) and the
+// indexer's top-k selection at that layer ([T, K], −1 = unused): the evaluation's attention-map plot.
+struct AttentionMap {
+  int T = 0, K = 0;
+  std::vector<float> probs;
+  std::vector<int32_t> selected;
+};
+AttentionMap attention_map(const model::Model& m, const std::vector<int32_t>& tokens, int layer, int topk);
+void write_attention_map_plot(const AttentionMap& map, const std::string& dir, const std::string& title);
+
+// Evaluates a run; writes CSVs and PNGs into run_dir/eval and returns the numbers.
+EvalReport evaluate_run(const EvalOptions& options, const Corpus& corpus, const Tokenizer& tok);
+// The final table (terminal form), also written to run_dir/eval/summary.txt by evaluate_run.
+std::string format_report(const EvalReport& r);
+
+// ── Files ─────────────────────────────────────────────────────────────────────────────────────
+// Writes text to path through path.tmp + fsync + rename.
+void write_file_atomic(const std::string& path, const std::string& text);
+// Runs gnuplot on a script (returns false, printing nothing, when gnuplot is missing).
+bool run_gnuplot(const std::string& script_path);
+
+}  // namespace dsa::train

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# demo.sh BUILD — the DSA recipe end to end on a tiny model, on the CPU (`make demo`):
+#   fetch the corpus (Debian packages, no install) → train a SentencePiece BPE → pretrain a dense
+#   model → warm up its lightning indexer (model frozen) → sparse-train with top-k → evaluate
+#   (PPL dense vs DSA, indexer recall, passkey dense / DSA / sliding window, prefill/decode speed).
+# Sized for ~10 minutes on 2 cores. Everything lands in $DSA_DEMO_RUN (default runs/demo): stage
+# folders with metrics.csv + loss.png + checkpoints, eval/ with CSVs and PNGs, and demo.log.
+# Environment: DSA_DEMO_DATA (corpus folder, default data), DSA_DEMO_RUN, DSA_DEMO_RESUME=1 (keep an
+# existing run and continue it — every stage resumes from its last checkpoint), DSA_DEMO_SCALE
+# (multiplies every stage's steps, default 1).
+set -euo pipefail
+BUILD=${1:-build}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DSA="$BUILD/dsa"
+[ -x "$DSA" ] || { echo "demo: $DSA not found (run make first)" >&2; exit 1; }
+DATA=${DSA_DEMO_DATA:-data}
+RUN=${DSA_DEMO_RUN:-runs/demo}
+SCALE=${DSA_DEMO_SCALE:-1}
+# Threads: all cores on an idle machine; one when the machine is already busy (load ≥ cores), where
+# OpenMP's barrier waits between short parallel regions cost more than a second thread gains
+# (measured on a shared 2-core machine: docs/perf.md "Training demo").
+cores=$(getconf _NPROCESSORS_ONLN 2>/dev/null || nproc)
+if [ -z "${OMP_NUM_THREADS:-}" ]; then
+  load=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo 0)
+  if awk -v l="$load" -v c="$cores" 'BEGIN { exit !(l >= c) }'; then OMP_NUM_THREADS=1; else OMP_NUM_THREADS=$cores; fi
+fi
+export OMP_NUM_THREADS
+echo "demo: $OMP_NUM_THREADS OpenMP thread(s) ($cores cores, load $(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo ?))"
+
+# ── the demo config (context 256 = 8·k; see docs/perf.md "Training demo") ──
+K=32; CTX=256
+MODEL="--hidden 128 --layers 2 --heads 4 --intermediate 384 --q-lora 96 --kv-lora 64 --nope 32 --rope 16 --v-dim 32
+       --index-heads 4 --index-dim 32 --topk $K --max-pos 2048"
+VOCAB=1024
+steps() { echo $(( $1 * SCALE )); }
+
+if [ "${DSA_DEMO_RESUME:-0}" != 1 ]; then rm -rf "$RUN"; fi
+mkdir -p "$RUN"
+LOG="$RUN/demo.log"
+t0=$(date +%s)
+phase() { echo; echo "== $1 ($(( $(date +%s) - t0 )) s elapsed)"; }
+lap() { echo "$1 $(( $(date +%s) - t0 ))" >> "$RUN/timings.txt"; }
+
+phase "corpus"
+"$ROOT/scripts/fetch_corpus.sh" "$DATA"
+lap corpus
+
+phase "tokenizer (SentencePiece BPE, $VOCAB pieces, lossless)"
+if [ ! -f "$RUN/tokenizer.model" ]; then
+  "$DSA" tokenizer train --data "$DATA/txt" --out "$RUN/tokenizer" --vocab-size $VOCAB --max-lines 100000 --threads "$OMP_NUM_THREADS" 2>>"$LOG"
+fi
+lap tokenizer
+
+COMMON="--run $RUN --checkpoint-every 50 --seq-len $CTX --batch 4"
+phase "stage 1/3: dense pretraining (all parameters but the indexer; half synthetic long-range sequences)"
+# shellcheck disable=SC2086
+"$DSA" train $COMMON --stage pretrain --data "$DATA/txt" --tokenizer "$RUN/tokenizer.model" $MODEL \
+  --steps "$(steps 400)" --lr 3e-3 --synthetic 0.5
+lap pretrain
+
+phase "stage 2/3: indexer warm-up (model frozen; KL to the head-summed dense attention, lr 1e-3)"
+# shellcheck disable=SC2086
+"$DSA" train $COMMON --stage warmup --steps "$(steps 150)" --indexer-lr 1e-3 --synthetic 0.5
+lap warmup
+
+phase "stage 3/3: sparse training (top-$K; LM loss -> model, selected-set KL -> indexer)"
+# shellcheck disable=SC2086
+"$DSA" train $COMMON --stage sparse --topk $K --steps "$(steps 100)" --lr 5e-4 --indexer-lr 1e-3 --synthetic 0.5
+lap sparse
+
+phase "evaluation"
+"$DSA" eval --run "$RUN" --topk $K --seq-len $CTX --val-sequences 8 --trials 4 --speed-context 2048 --decode-tokens 16 | tee "$RUN/table.txt"
+lap eval
+echo
+echo "demo: finished in $(( $(date +%s) - t0 )) s; run folder $RUN (plots: $RUN/*/loss.png, $RUN/eval/*.png)"

@@ -1,0 +1,16 @@
+// indexer_common.h — internal helpers shared by the indexer ops (indexer.cpp, indexer_backward.cpp)
+// and topk.cpp. Not part of the public API.
+#pragma once
+
+#include "dsa/ops.h"
+
+namespace dsa::cpu::detail {
+
+// Checks every field of an IndexerParams (shapes, pointers, ranges, k_scale vs precision).
+// Throws dsa::Error "<op>: <argument> ..." before anything is written.
+void validate_indexer_params(const IndexerParams& p, const char* op);
+
+// 1 ≤ K ≤ kMaxTopK (topk.cpp).
+void require_topk_budget(int K, const char* op);
+
+}  // namespace dsa::cpu::detail

@@ -1,0 +1,374 @@
+// attention_common.cuh — what the CUDA attention kernels (ops 6–9 and the sparse decode) share:
+// the tile shape, the "key sources" that say which kv rows a query attends to, and the three tile
+// bodies (flash forward, dq backward, key-major dkv backward) every v1 kernel is built from.
+//
+// v1 design (fp32 CUDA cores, deterministic, runs on sm_80+):
+//   * A block owns one query t and a tile of kTileHeads heads (MQA: all heads share the keys).
+//   * Keys stream through shared memory in chunks of kTileKeys rows; a chunk's kTileHeads×kTileKeys
+//     scores are one dot product per thread (kThreads = kTileHeads·kTileKeys).
+//   * Every sum has a fixed order (dot products: d ascending; softmax/PV: chunk by chunk, key
+//     ascending; head sums: h ascending), so results are bitwise reproducible run to run.
+//   * Rows are padded by one float in shared memory (ld = D + 1) so the 16 keys a warp reads in
+//     the score phase fall in 16 different banks.
+// Key sources turn "slot j of query t" into a kv row id (−1 = invalid) and load one element of it:
+//   SparseKeys  indices[t, 0:len) (len = topk_length or K), id outside [0, S) → invalid
+//   DenseKeys   [ks[t], ke[t]) clamped (detail::clamp_range: a malformed range is empty)
+//   (the decode kernel adds CacheKeys for its three cache formats, in sparse_attention_decode.cu)
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "cuda/common.cuh"
+
+namespace dsa::cuda::attn {
+
+inline constexpr int kThreads = 128;        // every attention tile kernel
+inline constexpr int kTileHeads = 8;        // heads per block
+inline constexpr int kTileKeys = 16;        // keys per shared-memory chunk
+inline constexpr int kWarps = kThreads / detail::kWarpSize;
+static_assert(kTileHeads * kTileKeys == kThreads, "score phase: one (head, key) pair per thread");
+inline constexpr float kInf = std::numeric_limits<float>::infinity();
+
+__host__ __device__ inline int padded_ld(int D) { return D + 1; }
+
+// ── key sources ──────────────────────────────────────────────────────────────────────────────
+struct SparseKeys {
+  const int32_t* indices;      // [T, K]
+  const int32_t* topk_length;  // [T] or null
+  int K;
+  int S;
+  const float* kv;             // [S, Dqk]
+  int Dqk;
+  __device__ int count(int64_t t) const {
+    const int n = topk_length ? topk_length[t] : K;
+    return n < 0 ? 0 : (n > K ? K : n);
+  }
+  __device__ int64_t key(int64_t t, int j) const {
+    const int32_t s = indices[t * K + j];
+    return (s >= 0 && s < S) ? s : -1;
+  }
+  __device__ float load(int64_t key, int d) const { return kv[key * Dqk + d]; }
+};
+
+struct DenseKeys {
+  const int32_t* ks;           // [T]
+  const int32_t* ke;           // [T]
+  int S;
+  const float* kv;             // [S, Dqk]
+  int Dqk;
+  __device__ void range(int64_t t, int& lo, int& hi) const { detail::clamp_range(ks[t], ke[t], S, lo, hi); }
+  __device__ int count(int64_t t) const {
+    int lo, hi;
+    range(t, lo, hi);
+    return hi - lo;
+  }
+  __device__ int64_t key(int64_t t, int j) const {
+    int lo, hi;
+    range(t, lo, hi);
+    return lo + j;
+  }
+  __device__ float load(int64_t key, int d) const { return kv[key * Dqk + d]; }
+};
+
+// ── shared-memory plans (in floats; the int64 key ids go first for alignment) ─────────────────
+// forward: keys[KC] | q[HT][ld] | kv[KC][ld] | o[HT][Dv] | p[HT][KC] | m, l, alpha [HT]
+__host__ __device__ inline size_t forward_smem_bytes(int Dqk, int Dv) {
+  const size_t floats = static_cast<size_t>(kTileHeads + kTileKeys) * padded_ld(Dqk) +
+                        static_cast<size_t>(kTileHeads) * Dv + kTileHeads * kTileKeys + 3 * kTileHeads;
+  return kTileKeys * sizeof(int64_t) + floats * sizeof(float);
+}
+// dq backward: keys[KC] | q[HT][ld] | kv[KC][ld] | dout[HT][Dv] | dq[HT][Dqk] | dz[HT][KC] | lse, Δ [HT]
+__host__ __device__ inline size_t dq_smem_bytes(int Dqk, int Dv) {
+  const size_t floats = static_cast<size_t>(kTileHeads + kTileKeys) * padded_ld(Dqk) +
+                        static_cast<size_t>(kTileHeads) * (Dv + Dqk) + kTileHeads * kTileKeys + 2 * kTileHeads;
+  return kTileKeys * sizeof(int64_t) + floats * sizeof(float);
+}
+// dkv backward (one key per block): kv[Dqk] | acc[Dqk] | P[H] | dZ[H]
+__host__ __device__ inline size_t dkv_smem_bytes(int Dqk, int H) {
+  return (2 * static_cast<size_t>(Dqk) + 2 * static_cast<size_t>(H)) * sizeof(float);
+}
+
+// Host: the checks the host can make without reading device memory (ops.h conventions, same
+// messages as the CPU backend). Data checks (index range, ks ≤ ke) are the kernels' business:
+// such indices are invalid and such ranges empty.
+inline void validate_params(const AttentionParams& p, bool sparse, const char* op, bool check_dv = true) {
+  using namespace ::dsa::detail;
+  require_non_negative(p.T, op, "T");
+  require_non_negative(p.S, op, "S");
+  require_positive(p.H, op, "H");
+  require_positive(p.Dqk, op, "Dqk");
+  if (check_dv) {
+    require_positive(p.Dv, op, "Dv");
+    DSA_REQUIRE(p.Dv <= p.Dqk, op, "Dv = ", p.Dv, " must be <= Dqk = ", p.Dqk, " (V is the first Dv dims of a kv row)");
+  }
+  DSA_REQUIRE(p.scale > 0.0f && std::isfinite(p.scale), op, "scale = ", p.scale, " must be finite and > 0");
+  require_ptr(p.q, op, "q");
+  require_ptr(p.kv, op, "kv");
+  if (sparse) {
+    require_positive(p.K, op, "K");
+    require_ptr(p.indices, op, "indices");
+  } else {
+    require_ptr(p.ks, op, "ks");
+    require_ptr(p.ke, op, "ke");
+  }
+}
+
+// Host: opts a kernel into `bytes` of dynamic shared memory, or throws dsa::Error when the device
+// cannot give that much (the v1 tiles keep whole kv rows in shared memory, so Dqk is bounded).
+template <typename Kernel>
+inline void set_smem(Kernel kernel, size_t bytes, const char* op) {
+  const int limit = detail::max_dynamic_smem_bytes();
+  if (bytes > static_cast<size_t>(limit))
+    ::dsa::detail::fail(op, "Dqk/Dv/H too large for the v1 kernel: needs ", bytes, " B of shared memory, device allows ",
+                        limit);
+  DSA_CUDA_CALL(op, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
+// The bf16 tensor-core sparse forward (sparse_attention_forward_bf16.cu): whether it takes this
+// shape on this device (Dqk = 576, Dv = 512, H % 64 == 0, enough shared memory), and its launch.
+bool sparse_forward_bf16_fits(const AttentionParams& p);
+void sparse_forward_bf16(const AttentionParams& p, const AttentionForwardOut& o, cudaStream_t stream, const char* op);
+// The same kernel over the paged decode caches (no split-KV: one block per row × 64 heads).
+bool sparse_decode_bf16_fits(const SparseDecodeParams& p);
+void sparse_decode_bf16(const SparseDecodeParams& p, cudaStream_t stream, const char* op);
+// The pipelined bf16 forward (sparse_attention_forward_pipelined.cu): kv converted to bf16 in the
+// workspace (S·1152 bytes), cp.async double-buffered gathers.
+bool sparse_forward_pipelined_fits(const AttentionParams& p);
+size_t sparse_forward_pipelined_workspace(const AttentionParams& p);
+void sparse_forward_pipelined(const AttentionParams& p, const AttentionForwardOut& o, void* workspace,
+                              cudaStream_t stream, const char* op);
+
+// Dot product of two shared-memory rows, d ascending in 4 interleaved partial sums (fixed order).
+__device__ inline float dot_rows(const float* a, const float* b, int D) {
+  float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+  int d = 0;
+  for (; d + 4 <= D; d += 4) {
+    s0 = fmaf(a[d], b[d], s0);
+    s1 = fmaf(a[d + 1], b[d + 1], s1);
+    s2 = fmaf(a[d + 2], b[d + 2], s2);
+    s3 = fmaf(a[d + 3], b[d + 3], s3);
+  }
+  for (; d < D; ++d) s0 = fmaf(a[d], b[d], s0);
+  return (s0 + s1) + (s2 + s3);
+}
+
+// Loads the key ids of chunk [c, c + KC) of query t into key_s and the rows into kv_s (zeros for
+// invalid / past-the-end slots). Ends with a barrier.
+template <class Keys>
+__device__ inline void load_key_chunk(const Keys& keys, int64_t t, int c, int j_end, int Dqk, int64_t* key_s,
+                                      float* kv_s) {
+  const int ld = padded_ld(Dqk);
+  if (threadIdx.x < kTileKeys) {
+    const int j = c + threadIdx.x;
+    key_s[threadIdx.x] = j < j_end ? keys.key(t, j) : -1;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < kTileKeys * Dqk; i += kThreads) {
+    const int k = i / Dqk, d = i % Dqk;
+    const int64_t key = key_s[k];
+    kv_s[k * ld + d] = key >= 0 ? keys.load(key, d) : 0.0f;
+  }
+  __syncthreads();
+}
+
+// ── forward tile (online softmax) ────────────────────────────────────────────────────────────
+// Attention of nh ≤ kTileHeads heads of query t (q → q[t, h0, 0], heads contiguous) over slots
+// [j_begin, j_end) of the key source. Writes out[h·Dv + d] (normalised), lse[h·lse_stride] and, if
+// non-null, max_logits[h]. A tile that saw no valid key writes out = 0, lse = empty_lse (+inf for a
+// final result, −inf for a split-KV partial), max_logits = −inf.
+template <class Keys>
+__device__ void forward_tile(const Keys& keys, int64_t t, int j_begin, int j_end, const float* __restrict__ q, int nh,
+                             int Dqk, int Dv, float scale, float* __restrict__ out, float* __restrict__ lse,
+                             int lse_stride, float* __restrict__ max_logits, float empty_lse) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int ld = padded_ld(Dqk);
+  int64_t* key_s = reinterpret_cast<int64_t*>(smem_raw);
+  float* q_s = reinterpret_cast<float*>(key_s + kTileKeys);
+  float* kv_s = q_s + kTileHeads * ld;
+  float* o_s = kv_s + kTileKeys * ld;
+  float* p_s = o_s + kTileHeads * Dv;
+  float* m_s = p_s + kTileHeads * kTileKeys;
+  float* l_s = m_s + kTileHeads;
+  float* a_s = l_s + kTileHeads;
+  const int tid = threadIdx.x;
+
+  // Phase 1: q tile, zero accumulators.
+  for (int i = tid; i < nh * Dqk; i += kThreads) q_s[(i / Dqk) * ld + i % Dqk] = q[i];
+  for (int i = tid; i < kTileHeads * Dv; i += kThreads) o_s[i] = 0.0f;
+  if (tid < kTileHeads) {
+    m_s[tid] = -kInf;
+    l_s[tid] = 0.0f;
+  }
+  // Phase 2: key chunks.
+  const int sh = tid / kTileKeys, sk = tid % kTileKeys;   // this thread's score
+  for (int c = j_begin; c < j_end; c += kTileKeys) {
+    load_key_chunk(keys, t, c, j_end, Dqk, key_s, kv_s);   // barrier inside also orders phase 1
+    // 2a: scores z = scale·q·k (−inf for invalid slots / absent heads).
+    float z = -kInf;
+    if (sh < nh && key_s[sk] >= 0) z = scale * dot_rows(q_s + sh * ld, kv_s + sk * ld, Dqk);
+    p_s[sh * kTileKeys + sk] = z;
+    __syncthreads();
+    // 2b: online softmax, one thread per head, keys in ascending order.
+    if (tid < nh) {
+      float* p = p_s + tid * kTileKeys;
+      float cmax = -kInf;
+      for (int k = 0; k < kTileKeys; ++k) cmax = fmaxf(cmax, p[k]);
+      const float m_old = m_s[tid], m_new = fmaxf(m_old, cmax);
+      float alpha = 1.0f, sum = 0.0f;
+      if (m_new != -kInf) {
+        alpha = expf(m_old - m_new);                       // m_old = −inf → 0
+        for (int k = 0; k < kTileKeys; ++k) {
+          const float e = p[k] == -kInf ? 0.0f : expf(p[k] - m_new);
+          p[k] = e;
+          sum += e;
+        }
+      } else {
+        for (int k = 0; k < kTileKeys; ++k) p[k] = 0.0f;
+      }
+      l_s[tid] = l_s[tid] * alpha + sum;
+      m_s[tid] = m_new;
+      a_s[tid] = alpha;
+    }
+    __syncthreads();
+    // 2c: o = o·alpha + P·V.
+    for (int i = tid; i < nh * Dv; i += kThreads) {
+      const int h = i / Dv, d = i % Dv;
+      const float* p = p_s + h * kTileKeys;
+      float acc = o_s[i] * a_s[h];
+      for (int k = 0; k < kTileKeys; ++k) acc = fmaf(p[k], kv_s[k * ld + d], acc);
+      o_s[i] = acc;
+    }
+    __syncthreads();
+  }
+  __syncthreads();
+  // Phase 3: normalise and store.
+  for (int i = tid; i < nh * Dv; i += kThreads) {
+    const float l = l_s[i / Dv];
+    out[i] = l > 0.0f ? o_s[i] / l : 0.0f;
+  }
+  if (tid < nh) {
+    const float l = l_s[tid];
+    lse[tid * lse_stride] = l > 0.0f ? m_s[tid] + logf(l) : empty_lse;
+    if (max_logits) max_logits[tid] = l > 0.0f ? m_s[tid] : -kInf;
+  }
+}
+
+// ── backward: Δ = out·dout per (t, h) row (one warp per row) ─────────────────────────────────
+// Inverts nothing by itself: Δ is the FlashAttention-2 shortcut for Σ_s P·dP = out·dout.
+__device__ inline void row_delta(const float* out, const float* dout, int64_t rows, int Dv, float* delta) {
+  const int lane = threadIdx.x % detail::kWarpSize;
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / detail::kWarpSize;
+  if (row >= rows) return;
+  float s = 0.0f;
+  for (int d = lane; d < Dv; d += detail::kWarpSize) s = fmaf(out[row * Dv + d], dout[row * Dv + d], s);
+  s = detail::warp_sum(s);
+  if (lane == 0) delta[row] = s;
+}
+
+// ── backward dq tile (query-major) ───────────────────────────────────────────────────────────
+// For nh heads of query t over all its slots: recompute z (forward 2a), P = exp(z − lse) (inverts
+// the normalisation), dP = dout·v (inverts 2c), dZ = P(dP − Δ); dq = scale·Σ_s dZ·kv[s] (inverts 2a).
+template <class Keys>
+__device__ void dq_tile(const Keys& keys, int64_t t, const float* __restrict__ q, const float* __restrict__ dout,
+                        const float* __restrict__ lse, const float* __restrict__ delta, int nh, int Dqk, int Dv,
+                        float scale, float* __restrict__ dq) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int ld = padded_ld(Dqk);
+  int64_t* key_s = reinterpret_cast<int64_t*>(smem_raw);
+  float* q_s = reinterpret_cast<float*>(key_s + kTileKeys);
+  float* kv_s = q_s + kTileHeads * ld;
+  float* do_s = kv_s + kTileKeys * ld;
+  float* dq_s = do_s + kTileHeads * Dv;
+  float* dz_s = dq_s + kTileHeads * Dqk;
+  float* lse_s = dz_s + kTileHeads * kTileKeys;
+  float* delta_s = lse_s + kTileHeads;
+  const int tid = threadIdx.x;
+
+  for (int i = tid; i < nh * Dqk; i += kThreads) q_s[(i / Dqk) * ld + i % Dqk] = q[i];
+  for (int i = tid; i < nh * Dv; i += kThreads) do_s[i] = dout[i];
+  for (int i = tid; i < kTileHeads * Dqk; i += kThreads) dq_s[i] = 0.0f;
+  if (tid < nh) {
+    lse_s[tid] = lse[tid];
+    delta_s[tid] = delta[tid];
+  }
+  const int n = keys.count(t);
+  const int sh = tid / kTileKeys, sk = tid % kTileKeys;
+  for (int c = 0; c < n; c += kTileKeys) {
+    load_key_chunk(keys, t, c, n, Dqk, key_s, kv_s);
+    float dz = 0.0f;
+    if (sh < nh && key_s[sk] >= 0) {
+      const float* k = kv_s + sk * ld;
+      const float z = scale * dot_rows(q_s + sh * ld, k, Dqk);
+      const float p = expf(z - lse_s[sh]);                  // lse = +inf (empty row) → 0
+      const float dp = dot_rows(do_s + sh * Dv, k, Dv);
+      dz = p * (dp - delta_s[sh]);
+    }
+    dz_s[sh * kTileKeys + sk] = dz;
+    __syncthreads();
+    for (int i = tid; i < nh * Dqk; i += kThreads) {
+      const int h = i / Dqk, d = i % Dqk;
+      const float* g = dz_s + h * kTileKeys;
+      float acc = dq_s[i];
+      for (int k = 0; k < kTileKeys; ++k) acc = fmaf(g[k], kv_s[k * ld + d], acc);
+      dq_s[i] = acc;
+    }
+    __syncthreads();
+  }
+  __syncthreads();
+  for (int i = tid; i < nh * Dqk; i += kThreads) dq[i] = scale * dq_s[i];
+}
+
+// ── backward dkv (key-major, one key per block) ──────────────────────────────────────────────
+// dkv[s] = Σ_{entries (t, slot) that select s, in the order `visit` yields them} Σ_h
+//          scale·dZ[t,h,s]·q[t,h]  (K role, Dqk dims)  +  P[t,h,s]·dout[t,h]  (V role, Dv dims).
+// `visit(f)` calls f(t) once per entry in a fixed order. Warps own heads for the two dot products
+// (butterfly reductions, fixed order); threads own dims for the accumulation (h ascending).
+template <class Visit>
+__device__ void dkv_key(const float* __restrict__ kv_row, const float* __restrict__ q, const float* __restrict__ dout,
+                        const float* __restrict__ lse, const float* __restrict__ delta, int H, int Dqk, int Dv,
+                        float scale, float* __restrict__ dkv_row, const Visit& visit) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  float* kv_s = reinterpret_cast<float*>(smem_raw);
+  float* acc_s = kv_s + Dqk;
+  float* p_s = acc_s + Dqk;
+  float* dz_s = p_s + H;
+  const int tid = threadIdx.x, lane = tid % detail::kWarpSize, warp = tid / detail::kWarpSize;
+  for (int d = tid; d < Dqk; d += kThreads) {
+    kv_s[d] = kv_row[d];
+    acc_s[d] = 0.0f;
+  }
+  __syncthreads();
+  visit([&](int64_t t) {
+    for (int h = warp; h < H; h += kWarps) {
+      const float* qr = q + (t * H + h) * Dqk;
+      const float* dr = dout + (t * H + h) * Dv;
+      float z = 0.0f, dp = 0.0f;
+      for (int d = lane; d < Dqk; d += detail::kWarpSize) z = fmaf(qr[d], kv_s[d], z);
+      for (int d = lane; d < Dv; d += detail::kWarpSize) dp = fmaf(dr[d], kv_s[d], dp);
+      z = detail::warp_sum(z);
+      dp = detail::warp_sum(dp);
+      if (lane == 0) {
+        const float p = expf(scale * z - lse[t * H + h]);
+        p_s[h] = p;
+        dz_s[h] = p * (dp - delta[t * H + h]);
+      }
+    }
+    __syncthreads();
+    for (int d = tid; d < Dqk; d += kThreads) {
+      float a = acc_s[d];
+      for (int h = 0; h < H; ++h) {
+        a = fmaf(scale * dz_s[h], q[(t * H + h) * Dqk + d], a);
+        if (d < Dv) a = fmaf(p_s[h], dout[(t * H + h) * Dv + d], a);
+      }
+      acc_s[d] = a;
+    }
+    __syncthreads();
+  });
+  for (int d = tid; d < Dqk; d += kThreads) dkv_row[d] = acc_s[d];
+}
+
+}  // namespace dsa::cuda::attn

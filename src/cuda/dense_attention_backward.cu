@@ -1,0 +1,107 @@
+// dense_attention_backward.cu — op 8 backward on the GPU: dq [T,H,Dqk] and dkv [S,Dqk] of the dense
+// MQA attention over key ranges [ks[t], ke[t]). Deterministic: no float atomics.
+//
+// v1 (every arch), three launches on `stream`:
+//   1. delta  Δ[t,h] = out·dout                       (one warp per row, into the workspace)
+//   2. dq     query-major tiles over the row's range   (attention_common.cuh dq_tile)
+//   3. dkv    key-major: block s visits every query t (ascending) whose clamped range holds s and
+//             sums all H heads of it (dkv_key) — one fixed order per dkv row. The visit test is
+//             O(T) per key: fine for the warm-up / oracle sizes this op serves; a tiled
+//             FlashAttention-2 dkv pass is the v2 item (docs/kernels/dense_attention.md).
+// Workspace: Δ, T·H floats.
+#include "cuda/attention_common.cuh"
+#include "dsa/cuda_ops.h"
+
+namespace dsa::cuda {
+namespace {
+
+constexpr const char* kOp = "dense_attention_backward";
+
+__global__ void dense_bwd_delta(const float* out, const float* dout, int64_t rows, int Dv, float* delta) {
+  attn::row_delta(out, dout, rows, Dv, delta);
+}
+
+struct DqArgs {
+  attn::DenseKeys keys;
+  int H, Dqk, Dv;
+  float scale;
+  const float *q, *dout, *lse, *delta;
+  float* dq;
+};
+
+__global__ void __launch_bounds__(attn::kThreads) dense_bwd_dq(DqArgs a) {
+  const int64_t t = blockIdx.x;
+  const int h0 = blockIdx.y * attn::kTileHeads;
+  const int nh = min(attn::kTileHeads, a.H - h0);
+  const int64_t row = t * a.H + h0;
+  attn::dq_tile(a.keys, t, a.q + row * a.Dqk, a.dout + row * a.Dv, a.lse + row, a.delta + row, nh, a.Dqk, a.Dv,
+                a.scale, a.dq + row * a.Dqk);
+}
+
+struct DkvArgs {
+  attn::DenseKeys keys;
+  int T, H, Dqk, Dv;
+  float scale;
+  const float *q, *dout, *lse, *delta;
+  float* dkv;
+};
+
+__global__ void __launch_bounds__(attn::kThreads) dense_bwd_dkv(DkvArgs a) {
+  const int s = blockIdx.x;
+  attn::dkv_key(a.keys.kv + static_cast<int64_t>(s) * a.Dqk, a.q, a.dout, a.lse, a.delta, a.H, a.Dqk, a.Dv, a.scale,
+                a.dkv + static_cast<int64_t>(s) * a.Dqk, [&](auto&& f) {
+                  for (int t = 0; t < a.T; ++t) {
+                    int lo, hi;
+                    a.keys.range(t, lo, hi);
+                    if (s >= lo && s < hi) f(static_cast<int64_t>(t));
+                  }
+                });
+}
+
+void validate(const AttentionParams& p, const AttentionBackwardArgs& b) {
+  attn::validate_params(p, false, kOp);
+  ::dsa::detail::require_ptr(b.dout, kOp, "dout");
+  ::dsa::detail::require_ptr(b.out, kOp, "out");
+  ::dsa::detail::require_ptr(b.lse, kOp, "lse");
+  ::dsa::detail::require_ptr(b.dq, kOp, "dq");
+  ::dsa::detail::require_ptr(b.dkv, kOp, "dkv");
+}
+
+}  // namespace
+
+size_t dense_attention_backward_workspace_bytes(const AttentionParams& p) {
+  attn::validate_params(p, false, kOp);
+  return sizeof(float) * static_cast<size_t>(p.T) * p.H;
+}
+
+void dense_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b, void* workspace,
+                              size_t workspace_bytes, cudaStream_t stream, int version) {
+  (void)version;  // single kernel so far
+  validate(p, b);
+  const size_t need = sizeof(float) * static_cast<size_t>(p.T) * p.H;
+  DSA_REQUIRE(need == 0 || (workspace != nullptr && workspace_bytes >= need), kOp, "workspace_bytes = ",
+              workspace_bytes, " (workspace ", workspace ? "set" : "null", ") is smaller than the ", need,
+              " B dense_attention_backward_workspace_bytes asks for");
+  const size_t dq_smem = attn::dq_smem_bytes(p.Dqk, p.Dv), dkv_smem = attn::dkv_smem_bytes(p.Dqk, p.H);
+  attn::set_smem(dense_bwd_dq, dq_smem, kOp);
+  attn::set_smem(dense_bwd_dkv, dkv_smem, kOp);
+  float* delta = static_cast<float*>(workspace);
+  const attn::DenseKeys keys{p.ks, p.ke, p.S, p.kv, p.Dqk};
+  const int64_t rows = static_cast<int64_t>(p.T) * p.H;
+  if (rows > 0) {
+    const int64_t threads = rows * detail::kWarpSize;
+    dense_bwd_delta<<<detail::ceil_div(threads, attn::kThreads), attn::kThreads, 0, stream>>>(b.out, b.dout, rows,
+                                                                                             p.Dv, delta);
+    DSA_CUDA_LAUNCH_CHECK(kOp);
+    DqArgs a{keys, p.H, p.Dqk, p.Dv, p.scale, p.q, b.dout, b.lse, delta, b.dq};
+    dense_bwd_dq<<<dim3(p.T, detail::ceil_div(p.H, attn::kTileHeads)), attn::kThreads, dq_smem, stream>>>(a);
+    DSA_CUDA_LAUNCH_CHECK(kOp);
+  }
+  if (p.S > 0) {
+    DkvArgs a{keys, p.T, p.H, p.Dqk, p.Dv, p.scale, p.q, b.dout, b.lse, delta, b.dkv};
+    dense_bwd_dkv<<<p.S, attn::kThreads, dkv_smem, stream>>>(a);
+    DSA_CUDA_LAUNCH_CHECK(kOp);
+  }
+}
+
+}  // namespace dsa::cuda

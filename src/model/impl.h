@@ -1,0 +1,66 @@
+// impl.h — Model::Impl shared by the model's source files (params, forward/backward, session).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "dsa/model.h"
+
+namespace dsa::model {
+
+// Indices into params()/grads() of one layer's tensors.
+struct LayerParams {
+  int input_norm, q_a, q_a_norm, q_b, kv_a, kv_a_norm, kv_b, o;
+  int idx_wq, idx_wk, idx_norm_w, idx_norm_b, idx_w;
+  int post_norm, gate, up, down;
+};
+
+struct Model::Impl {
+  Config cfg;
+  std::vector<Tensor> params, grads;
+  std::vector<LayerParams> layers;
+  int embed = -1, final_norm = -1, lm_head = -1;   // lm_head = embed when tied
+  std::vector<float> inv_freq;                     // [qk_rope_head_dim / 2], YaRN-blended
+  float scale = 0.0f;                              // main softmax scale
+
+  explicit Impl(const Config& c);
+  const float* P(int i) const { return params[i].data.data(); }
+  float* G(int i) { return grads[i].data.data(); }
+};
+
+// Derived sizes used everywhere.
+struct Dims {
+  int D, H, qr, kvr, dn, dr, dv, dq, Dm, F, V, HI, DI;
+  explicit Dims(const Config& c)
+      : D(c.hidden_size), H(c.num_attention_heads), qr(c.q_lora_rank), kvr(c.kv_lora_rank),
+        dn(c.qk_nope_head_dim), dr(c.qk_rope_head_dim), dv(c.v_head_dim), dq(c.qk_nope_head_dim + c.qk_rope_head_dim),
+        Dm(c.kv_lora_rank + c.qk_rope_head_dim), F(c.intermediate_size), V(c.vocab_size), HI(c.index_n_heads),
+        DI(c.index_head_dim) {}
+};
+
+// Matmuls of the projections. exact = false: BLAS (training, evaluation). exact = true: every output
+// element is one dot product in a fixed order (8 interleaved partial sums, then a fixed tree), so a
+// row's result is the same whatever the number of rows in the call — the session uses it, which
+// makes chunked prefill ≡ one-shot and decode ≡ prefill row bitwise.
+//   mm_xwt: y[n, o] = Σ_i x[n·ldx + i] · W[o·ldw + i]   (W [O, I], the HF linear layout)
+//   mm_xw:  y[n, o] = Σ_i x[n·ldx + i] · W[i·ldw + o]   (W [I, O])
+void mm_xwt(bool exact, int64_t N, int I, int O, const float* x, int64_t ldx, const float* W, int64_t ldw, float* y,
+            int64_t ldy);
+void mm_xw(bool exact, int64_t N, int I, int O, const float* x, int64_t ldx, const float* W, int64_t ldw, float* y,
+           int64_t ldy);
+
+// Projections shared by training and the session (src/model/forward.cpp).
+// Main-path query/key latents of T rows of the normalised layer input xn [T, D]:
+//   qa, qan (+ rstd), q [T,H,dq] with RoPE, kva [T, kvr+dr] (c raw | k_pe roped), c_raw, cn (+ rstd),
+//   qm [T,H,Dm] (absorbed), kvm [T,Dm].
+void mla_project(const Model::Impl& m, int l, const float* xn, int64_t T, const int32_t* pos, float* qa,
+                 float* rstd_qa, float* qan, float* q, float* kva, float* c_raw, float* rstd_kv, float* cn,
+                 float* qm, float* kvm, bool exact = false);
+// Indexer q/k/w of T rows (fp32, after RoPE and Hadamard; w with the HI^-0.5·DI^-0.5 scale):
+//   kpre [T,DI] (wk output, for LayerNorm backward), kmean/krstd [T].
+void indexer_project(const Model::Impl& m, int l, const float* xn, const float* qan, int64_t T, const int32_t* pos,
+                     float* iq, float* kpre, float* kmean, float* krstd, float* ik, float* iw, bool exact = false);
+// out[t,h] = o_lat[t,h] · W_UV[h]ᵀ → o [T, H·dv]
+void absorb_out(const Model::Impl& m, int l, const float* olat, int64_t T, float* o, bool exact = false);
+
+}  // namespace dsa::model

@@ -1,0 +1,238 @@
+// model.cpp — Model: parameter table with Hugging Face names, random init, checkpoint save/load
+// (safetensors, F32/BF16/F8_E4M3 + weight_scale_inv), sampling.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+#include <sstream>
+
+#include "dsa/safetensors.h"
+#include "model/impl.h"
+
+namespace dsa::model {
+namespace fs = std::filesystem;
+namespace st = dsa::safetensors;
+
+namespace {
+
+constexpr int kWeightScaleBlock = 128;   // V3 FP8 weights: one weight_scale_inv per 128×128 block
+constexpr const char* kWeightsFile = "model.safetensors";
+constexpr const char* kConfigFile = "config.json";
+
+void fsync_path(const std::string& path, bool directory) {
+  const int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+  if (fd < 0) throw Error("save: cannot open " + path + " to fsync: " + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) throw Error("save: fsync of " + path + " failed: " + std::strerror(errno));
+}
+
+}  // namespace
+
+int64_t Tensor::numel() const {
+  int64_t n = 1;
+  for (const int64_t s : shape) n *= s;
+  return n;
+}
+
+Model::Impl::Impl(const Config& c) : cfg(c) {
+  cfg.validate();
+  const Dims d(cfg);
+  auto add = [&](const std::string& name, std::vector<int64_t> shape) {
+    Tensor t{name, std::move(shape), {}};
+    t.data.assign(static_cast<size_t>(t.numel()), 0.0f);
+    params.push_back(t);
+    return static_cast<int>(params.size() - 1);
+  };
+  embed = add("model.embed_tokens.weight", {d.V, d.D});
+  for (int l = 0; l < cfg.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    const std::string a = p + "self_attn.";
+    LayerParams lp{};
+    lp.input_norm = add(p + "input_layernorm.weight", {d.D});
+    lp.q_a = add(a + "q_a_proj.weight", {d.qr, d.D});
+    lp.q_a_norm = add(a + "q_a_layernorm.weight", {d.qr});
+    lp.q_b = add(a + "q_b_proj.weight", {static_cast<int64_t>(d.H) * d.dq, d.qr});
+    lp.kv_a = add(a + "kv_a_proj_with_mqa.weight", {d.Dm, d.D});
+    lp.kv_a_norm = add(a + "kv_a_layernorm.weight", {d.kvr});
+    lp.kv_b = add(a + "kv_b_proj.weight", {static_cast<int64_t>(d.H) * (d.dn + d.dv), d.kvr});
+    lp.o = add(a + "o_proj.weight", {d.D, static_cast<int64_t>(d.H) * d.dv});
+    lp.idx_wq = add(a + "indexer.wq_b.weight", {static_cast<int64_t>(d.HI) * d.DI, d.qr});
+    lp.idx_wk = add(a + "indexer.wk.weight", {d.DI, d.D});
+    lp.idx_norm_w = add(a + "indexer.k_norm.weight", {d.DI});
+    lp.idx_norm_b = add(a + "indexer.k_norm.bias", {d.DI});
+    lp.idx_w = add(a + "indexer.weights_proj.weight", {d.HI, d.D});
+    lp.post_norm = add(p + "post_attention_layernorm.weight", {d.D});
+    lp.gate = add(p + "mlp.gate_proj.weight", {d.F, d.D});
+    lp.up = add(p + "mlp.up_proj.weight", {d.F, d.D});
+    lp.down = add(p + "mlp.down_proj.weight", {d.D, d.F});
+    layers.push_back(lp);
+  }
+  final_norm = add("model.norm.weight", {d.D});
+  lm_head = cfg.tie_word_embeddings ? embed : add("lm_head.weight", {d.V, d.D});
+  grads = params;
+  inv_freq.assign(static_cast<size_t>(d.dr / 2), 0.0f);
+  YarnScaling yarn = cfg.rope_scaling;
+  if (!cfg.has_rope_scaling) yarn.factor = 1.0;
+  cpu::rope_inv_freq(d.dr, cfg.rope_theta, yarn, inv_freq.data());
+  scale = cfg.softmax_scale();
+}
+
+Model::Model(const Config& config) : impl_(std::make_unique<Impl>(config)) {}
+Model::Model(Model&&) noexcept = default;
+Model& Model::operator=(Model&&) noexcept = default;
+Model::~Model() = default;
+
+const Config& Model::config() const { return impl_->cfg; }
+std::vector<Tensor>& Model::params() { return impl_->params; }
+const std::vector<Tensor>& Model::params() const { return impl_->params; }
+std::vector<Tensor>& Model::grads() { return impl_->grads; }
+
+Tensor* Model::find_param(const std::string& name) {
+  for (Tensor& t : impl_->params)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+bool Model::is_indexer_param(const std::string& name) { return name.find(".self_attn.indexer.") != std::string::npos; }
+
+void Model::init_random(uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  const Config& c = impl_->cfg;
+  const double sigma = c.initializer_range;
+  const double resid_sigma = sigma / std::sqrt(2.0 * c.num_hidden_layers);
+  for (Tensor& t : impl_->params) {
+    const bool is_norm = t.shape.size() == 1;
+    if (is_norm) {
+      const bool is_bias = t.name.size() >= 5 && t.name.compare(t.name.size() - 5, 5, ".bias") == 0;
+      std::fill(t.data.begin(), t.data.end(), is_bias ? 0.0f : 1.0f);
+      continue;
+    }
+    const bool resid = t.name.find("o_proj") != std::string::npos || t.name.find("down_proj") != std::string::npos;
+    std::normal_distribution<double> nd(0.0, resid ? resid_sigma : sigma);
+    for (float& v : t.data) v = static_cast<float>(nd(rng));
+  }
+}
+
+// ── Checkpoints ─────────────────────────────────────────────────────────────────────────────────
+void Model::save(const std::string& dir, SaveDtype dtype) const {
+  static std::atomic<int> counter{0};
+  const fs::path target = fs::absolute(fs::path(dir).lexically_normal());
+  if (fs::exists(target) && !fs::is_directory(target))
+    throw Error("save: " + target.string() + " exists and is not a directory");
+  const fs::path parent = target.parent_path();
+  fs::create_directories(parent);
+  const fs::path tmp = parent / (target.filename().string() + ".tmp-" + std::to_string(::getpid()) + "-" +
+                                 std::to_string(counter++));
+  fs::remove_all(tmp);
+  fs::create_directory(tmp);
+  try {
+    {
+      std::ofstream out(tmp / kConfigFile, std::ios::binary);
+      out << impl_->cfg.to_json();
+      out.close();
+      if (!out) throw Error("save: cannot write " + (tmp / kConfigFile).string());
+      fsync_path((tmp / kConfigFile).string(), false);
+    }
+    std::vector<st::WriteTensor> ws;
+    for (const Tensor& t : impl_->params)
+      ws.push_back({t.name, dtype == SaveDtype::kF32 ? st::Dtype::kF32 : st::Dtype::kBF16, t.shape, t.data.data()});
+    st::write((tmp / kWeightsFile).string(), ws, {{"format", "pt"}, {"producer", "dsa"}});
+    fsync_path(tmp.string(), true);
+    if (fs::exists(target)) {
+      // Atomic swap of the complete new directory with the old one, then drop the old one.
+      if (::syscall(SYS_renameat2, AT_FDCWD, tmp.c_str(), AT_FDCWD, target.c_str(), 2 /*RENAME_EXCHANGE*/) != 0)
+        throw Error("save: cannot replace " + target.string() + ": " + std::strerror(errno));
+      fs::remove_all(tmp);
+    } else if (::rename(tmp.c_str(), target.c_str()) != 0) {
+      throw Error("save: cannot rename " + tmp.string() + " to " + target.string() + ": " + std::strerror(errno));
+    }
+    fsync_path(parent.string(), true);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
+Model Model::load(const std::string& dir) {
+  const fs::path root(dir);
+  if (!fs::is_directory(root)) throw Error("load: " + dir + " is not a directory");
+  Model m(Config::from_json_file((root / kConfigFile).string()));
+  std::vector<st::File> files;
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(root))
+    if (e.is_regular_file() && e.path().extension() == ".safetensors") names.push_back(e.path().string());
+  std::sort(names.begin(), names.end());
+  if (names.empty()) throw Error("load: no *.safetensors file in " + dir);
+  for (const std::string& n : names) files.push_back(st::File::open(n));
+  auto locate = [&](const std::string& name) -> std::pair<const st::File*, const st::TensorInfo*> {
+    for (const st::File& f : files)
+      if (const st::TensorInfo* t = f.find(name)) return {&f, t};
+    return {nullptr, nullptr};
+  };
+  for (Tensor& p : m.impl_->params) {
+    auto [f, t] = locate(p.name);
+    if (t == nullptr) throw Error("load: " + dir + ": tensor '" + p.name + "' is missing");
+    std::vector<float> v = f->to_float(p.name, p.shape);
+    if (t->dtype == st::Dtype::kF8E4M3) {
+      // FP8 weight: W = e4m3 · weight_scale_inv[row/128, col/128]
+      const std::string sname = p.name.substr(0, p.name.size() - 6) + "weight_scale_inv";
+      auto [sf, si] = locate(sname);
+      if (si == nullptr) throw Error("load: " + f->path() + ": F8_E4M3 tensor '" + p.name + "' has no '" + sname + "'");
+      if (p.shape.size() != 2) throw Error("load: " + f->path() + ": F8_E4M3 tensor '" + p.name + "' is not 2-D");
+      const int64_t R = p.shape[0], C = p.shape[1];
+      const int64_t br = (R + kWeightScaleBlock - 1) / kWeightScaleBlock, bc = (C + kWeightScaleBlock - 1) / kWeightScaleBlock;
+      if (si->dtype != st::Dtype::kF32 && si->dtype != st::Dtype::kBF16)
+        throw Error("load: " + sf->path() + ": tensor '" + sname + "' must be F32 or BF16");
+      const std::vector<float> s = sf->to_float(sname, {br, bc});
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t c = 0; c < C; ++c) v[r * C + c] *= s[(r / kWeightScaleBlock) * bc + c / kWeightScaleBlock];
+    }
+    for (const float x : v)
+      if (!std::isfinite(x)) throw Error("load: " + f->path() + ": tensor '" + p.name + "' has a non-finite value");
+    p.data = std::move(v);
+  }
+  return m;
+}
+
+// ── Sampling ────────────────────────────────────────────────────────────────────────────────────
+int32_t sample_token(const float* logits, int vocab, const SamplerOptions& opt, std::mt19937_64& rng) {
+  if (logits == nullptr || vocab <= 0) throw Error("sample_token: logits is null or vocab <= 0");
+  if (opt.temperature <= 0.0) {
+    int best = 0;
+    for (int v = 1; v < vocab; ++v)
+      if (logits[v] > logits[best]) best = v;
+    return best;
+  }
+  const float m = *std::max_element(logits, logits + vocab);
+  std::vector<std::pair<double, int>> p(static_cast<size_t>(vocab));
+  double z = 0.0;
+  for (int v = 0; v < vocab; ++v) {
+    p[v] = {std::exp((static_cast<double>(logits[v]) - m) / opt.temperature), v};
+    z += p[v].first;
+  }
+  std::sort(p.begin(), p.end(), [](const auto& a, const auto& b) { return a.first != b.first ? a.first > b.first : a.second < b.second; });
+  const double top_p = std::clamp(opt.top_p, 0.0, 1.0);
+  double keep = 0.0;
+  size_t n = 0;
+  while (n < p.size() && (n == 0 || keep < top_p * z)) keep += p[n++].first;
+  std::uniform_real_distribution<double> u(0.0, keep);
+  double r = u(rng);
+  for (size_t i = 0; i < n; ++i) {
+    r -= p[i].first;
+    if (r <= 0.0) return p[i].second;
+  }
+  return p[n - 1].second;
+}
+
+}  // namespace dsa::model

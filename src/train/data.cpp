@@ -1,0 +1,304 @@
+// data.cpp — corpus loading (whole-document split, token cache), synthetic long-range tasks, and
+// the stateless batch loader of the training recipe (include/dsa/train.h).
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "dsa/ops.h"
+#include "dsa/train.h"
+#include "train/rng.h"
+
+namespace fs = std::filesystem;
+
+namespace dsa::train {
+
+int64_t Corpus::train_tokens() const {
+  int64_t n = 0;
+  for (const auto& d : train) n += static_cast<int64_t>(d.tokens.size());
+  return n;
+}
+int64_t Corpus::val_tokens() const {
+  int64_t n = 0;
+  for (const auto& d : val) n += static_cast<int64_t>(d.tokens.size());
+  return n;
+}
+
+namespace {
+
+constexpr uint32_t kCacheMagic = 0x4b4f5444;   // "DTOK"
+
+// Cache key: the tokenizer (its file bytes, or "byte") and every document's path and size.
+uint64_t corpus_key(const std::vector<std::string>& files, const DataOptions& o) {
+  uint64_t h = fnv1a(o.tokenizer);
+  if (o.tokenizer != "byte") h = fnv1a(read_file(o.tokenizer), h);
+  for (const auto& f : files) {
+    h = fnv1a(f, h);
+    h = fnv1a(std::to_string(fs::file_size(f)), h);
+  }
+  for (const auto& p : o.holdout) h = fnv1a("holdout:" + p, h);
+  return h;
+}
+
+bool is_holdout(const std::string& path, const std::vector<std::string>& patterns) {
+  for (const auto& p : patterns)
+    if (!p.empty() && path.find(p) != std::string::npos) return true;
+  return false;
+}
+
+void write_docs(std::ofstream& out, const std::vector<Document>& docs) {
+  const uint64_t n = docs.size();
+  out.write(reinterpret_cast<const char*>(&n), sizeof n);
+  for (const auto& d : docs) {
+    const uint64_t len = d.name.size(), count = d.tokens.size();
+    out.write(reinterpret_cast<const char*>(&len), sizeof len);
+    out.write(d.name.data(), static_cast<std::streamsize>(len));
+    out.write(reinterpret_cast<const char*>(&count), sizeof count);
+    out.write(reinterpret_cast<const char*>(d.tokens.data()), static_cast<std::streamsize>(count * sizeof(int32_t)));
+  }
+}
+
+bool read_docs(std::ifstream& in, std::vector<Document>& docs) {
+  uint64_t n = 0;
+  if (!in.read(reinterpret_cast<char*>(&n), sizeof n)) return false;
+  docs.resize(n);
+  for (auto& d : docs) {
+    uint64_t len = 0, count = 0;
+    if (!in.read(reinterpret_cast<char*>(&len), sizeof len)) return false;
+    d.name.resize(len);
+    if (!in.read(d.name.data(), static_cast<std::streamsize>(len))) return false;
+    if (!in.read(reinterpret_cast<char*>(&count), sizeof count)) return false;
+    d.tokens.resize(count);
+    if (!in.read(reinterpret_cast<char*>(d.tokens.data()), static_cast<std::streamsize>(count * sizeof(int32_t)))) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+Corpus load_corpus(const DataOptions& o, const std::string& cache_dir) {
+  if (o.paths.empty()) throw Error("load_corpus: no data path (--data)");
+  const auto tok = load_tokenizer(o.tokenizer);
+  const auto files = list_documents(o.paths);
+  Corpus c;
+  c.vocab_size = tok->vocab_size();
+  c.bos_id = tok->bos_id();
+  const uint64_t key = corpus_key(files, o);
+  const std::string cache = cache_dir.empty() ? "" : (fs::path(cache_dir) / "tokens.bin").string();
+  if (!cache.empty() && fs::exists(cache)) {
+    std::ifstream in(cache, std::ios::binary);
+    uint32_t magic = 0;
+    uint64_t stored = 0;
+    in.read(reinterpret_cast<char*>(&magic), sizeof magic);
+    in.read(reinterpret_cast<char*>(&stored), sizeof stored);
+    if (in && magic == kCacheMagic && stored == key && read_docs(in, c.train) && read_docs(in, c.val)) return c;
+    c.train.clear();
+    c.val.clear();
+  }
+  // Tokenize documents in parallel; the order of the result is the sorted file order.
+  std::vector<Document> docs(files.size());
+  std::vector<std::string> errors(files.size());
+#pragma omp parallel for schedule(dynamic, 1) num_threads(std::max(1, o.threads))
+  for (long i = 0; i < static_cast<long>(files.size()); ++i) {
+    try {
+      docs[i].name = files[i];
+      docs[i].tokens = tok->encode(read_file(files[i]));
+    } catch (const std::exception& e) {
+      errors[i] = e.what();
+    }
+  }
+  for (const auto& e : errors)
+    if (!e.empty()) throw Error("load_corpus: " + e);
+  for (auto& d : docs) {
+    if (d.tokens.empty()) continue;
+    (is_holdout(d.name, o.holdout) ? c.val : c.train).push_back(std::move(d));
+  }
+  if (c.train.empty()) throw Error("load_corpus: no training document left after the hold-out (--data, --holdout)");
+  if (c.val.empty()) {
+    std::string pats;
+    for (const auto& p : o.holdout) pats += (pats.empty() ? "" : ",") + p;
+    throw Error("load_corpus: no document matches --holdout \"" + pats + "\"; validation needs held-out documents");
+  }
+  if (!cache.empty()) {
+    fs::create_directories(cache_dir);
+    const std::string tmp = cache + ".tmp";
+    {
+      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+      out.write(reinterpret_cast<const char*>(&kCacheMagic), sizeof kCacheMagic);
+      out.write(reinterpret_cast<const char*>(&key), sizeof key);
+      write_docs(out, c.train);
+      write_docs(out, c.val);
+      if (!out) throw Error("load_corpus: cannot write " + tmp);
+    }
+    fs::rename(tmp, cache);
+  }
+  return c;
+}
+
+// ── Synthetic tasks ────────────────────────────────────────────────────────────────────────────
+namespace {
+
+constexpr int kPasskeyDigits = 5;
+constexpr uint64_t kEvalKeyModulus = 7;      // eval keys are multiples of 7, training keys never
+
+std::string random_key(Rng& rng, PasskeySplit split) {
+  const uint64_t lo = 10000, span = 90000;
+  uint64_t key = lo + rng.below(span);
+  if (split == PasskeySplit::kEval) {
+    key -= key % kEvalKeyModulus;
+    if (key < lo) key += kEvalKeyModulus;
+  } else if (key % kEvalKeyModulus == 0) {
+    key += 1;
+  }
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%0*llu", kPasskeyDigits, static_cast<unsigned long long>(key));
+  return buf;
+}
+
+void append(std::vector<int32_t>& dst, const std::vector<int32_t>& src) { dst.insert(dst.end(), src.begin(), src.end()); }
+
+// Copies `count` filler tokens starting at a seeded offset (wrapping around the stream).
+std::vector<int32_t> filler_tokens(const std::vector<int32_t>& filler, int64_t count, Rng& rng) {
+  if (filler.empty()) throw Error("synthetic task: the filler stream is empty");
+  std::vector<int32_t> out(static_cast<size_t>(std::max<int64_t>(0, count)));
+  size_t at = static_cast<size_t>(rng.below(filler.size()));
+  for (auto& t : out) {
+    t = filler[at];
+    at = (at + 1) % filler.size();
+  }
+  return out;
+}
+
+}  // namespace
+
+PasskeySample make_passkey(const Tokenizer& tok, const std::vector<int32_t>& filler, int length, double depth,
+                           PasskeySplit split, uint64_t seed) {
+  Rng rng(seed);
+  const std::string key = random_key(rng, split);
+  // The key is encoded on its own in both places, so the answer tokens equal the needle's tokens.
+  const auto key_ids = tok.encode(key);
+  std::vector<int32_t> needle = tok.encode(" The pass key is ");
+  append(needle, key_ids);
+  append(needle, tok.encode(". Remember it. "));
+  std::vector<int32_t> question = tok.encode("\nWhat is the pass key? The pass key is ");
+  const int64_t fill = static_cast<int64_t>(length) - static_cast<int64_t>(needle.size() + question.size() + key_ids.size());
+  if (fill < 0) throw Error("make_passkey: length " + std::to_string(length) + " is too short for the needle and question");
+  const auto hay = filler_tokens(filler, fill, rng);
+  const int64_t at = std::clamp<int64_t>(static_cast<int64_t>(depth * static_cast<double>(fill) + 0.5), 0, fill);
+  PasskeySample s;
+  s.tokens.reserve(static_cast<size_t>(length));
+  s.tokens.insert(s.tokens.end(), hay.begin(), hay.begin() + at);
+  append(s.tokens, needle);
+  s.tokens.insert(s.tokens.end(), hay.begin() + at, hay.end());
+  append(s.tokens, question);
+  s.answer_begin = static_cast<int>(s.tokens.size());
+  s.answer_len = static_cast<int>(key_ids.size());
+  append(s.tokens, key_ids);
+  return s;
+}
+
+PasskeySample make_kv_recall(const Tokenizer& tok, const std::vector<int32_t>& filler, int length, uint64_t seed) {
+  static const char* const kNames[] = {"owl", "fox", "elk", "yak", "emu", "cat", "dog", "bee", "ant", "cod",
+                                       "eel", "hen", "jay", "koi", "ram", "asp", "bat", "cow", "doe", "gnu"};
+  constexpr int kNumNames = sizeof kNames / sizeof kNames[0];
+  constexpr int kPairs = 6;
+  Rng rng(seed);
+  std::vector<int> names(kNumNames);
+  for (int i = 0; i < kNumNames; ++i) names[i] = i;
+  for (int i = 0; i < kPairs; ++i) std::swap(names[i], names[i + static_cast<int>(rng.below(kNumNames - i))]);
+  std::vector<std::vector<int32_t>> items;
+  std::vector<std::vector<int32_t>> values;
+  size_t item_tokens = 0;
+  for (int i = 0; i < kPairs; ++i) {
+    values.push_back(tok.encode(random_key(rng, PasskeySplit::kTrain)));
+    std::vector<int32_t> item = tok.encode(std::string(" [") + kNames[names[i]] + " = ");
+    append(item, values.back());
+    append(item, tok.encode("] "));
+    item_tokens += item.size();
+    items.push_back(std::move(item));
+  }
+  const int q = static_cast<int>(rng.below(kPairs));
+  std::vector<int32_t> question = tok.encode(std::string("\nRecall: [") + kNames[names[q]] + " = ");
+  const int64_t fill = static_cast<int64_t>(length) - static_cast<int64_t>(item_tokens + question.size() + values[q].size());
+  if (fill < 0) throw Error("make_kv_recall: length " + std::to_string(length) + " is too short");
+  const auto hay = filler_tokens(filler, fill, rng);
+  std::vector<int64_t> cuts(kPairs);
+  for (auto& c : cuts) c = static_cast<int64_t>(rng.below(static_cast<uint64_t>(fill) + 1));
+  std::sort(cuts.begin(), cuts.end());
+  PasskeySample s;
+  int64_t prev = 0;
+  for (int i = 0; i < kPairs; ++i) {
+    s.tokens.insert(s.tokens.end(), hay.begin() + prev, hay.begin() + cuts[i]);
+    append(s.tokens, items[i]);
+    prev = cuts[i];
+  }
+  s.tokens.insert(s.tokens.end(), hay.begin() + prev, hay.end());
+  append(s.tokens, question);
+  s.answer_begin = static_cast<int>(s.tokens.size());
+  s.answer_len = static_cast<int>(values[q].size());
+  append(s.tokens, values[q]);
+  return s;
+}
+
+// ── Loader ─────────────────────────────────────────────────────────────────────────────────────
+namespace {
+std::vector<int32_t> join(const std::vector<Document>& docs, int32_t bos) {
+  std::vector<int32_t> s;
+  for (const auto& d : docs) {
+    s.push_back(bos);
+    s.insert(s.end(), d.tokens.begin(), d.tokens.end());
+  }
+  return s;
+}
+}  // namespace
+
+Loader::Loader(const Corpus& corpus, const Tokenizer& tok, const LoaderOptions& options)
+    : tok_(tok), o_(options), train_stream_(join(corpus.train, corpus.bos_id)), val_stream_(join(corpus.val, corpus.bos_id)) {
+  if (o_.batch_size <= 0) throw Error("loader: --batch = " + std::to_string(o_.batch_size) + " must be > 0");
+  if (o_.seq_len <= 1) throw Error("loader: --seq-len = " + std::to_string(o_.seq_len) + " must be > 1");
+  if (o_.synthetic_share < 0 || o_.synthetic_share > 1)
+    throw Error("loader: --synthetic = " + std::to_string(o_.synthetic_share) + " must be in [0, 1]");
+  if (static_cast<int64_t>(train_stream_.size()) <= o_.seq_len + 1)
+    throw Error("loader: the training split (" + std::to_string(train_stream_.size()) + " tokens) is shorter than --seq-len + 1");
+}
+
+model::Batch Loader::batch(int64_t step) const {
+  model::Batch b;
+  const int L = o_.seq_len;
+  for (int i = 0; i < o_.batch_size; ++i) {
+    Rng rng(mix_seed(o_.seed, static_cast<uint64_t>(step), static_cast<uint64_t>(i)));
+    std::vector<int32_t> seq;                                       // L + 1 tokens
+    if (rng.uniform() < o_.synthetic_share) {
+      const uint64_t task_seed = rng.next();
+      seq = (rng.uniform() < 0.5) ? make_passkey(tok_, train_stream_, L + 1, rng.uniform(), PasskeySplit::kTrain, task_seed).tokens
+                                  : make_kv_recall(tok_, train_stream_, L + 1, task_seed).tokens;
+    } else {
+      const uint64_t off = rng.below(train_stream_.size() - static_cast<size_t>(L) - 1);
+      seq.assign(train_stream_.begin() + static_cast<int64_t>(off), train_stream_.begin() + static_cast<int64_t>(off) + L + 1);
+    }
+    b.tokens.insert(b.tokens.end(), seq.begin(), seq.end() - 1);
+    b.targets.insert(b.targets.end(), seq.begin() + 1, seq.end());
+    b.seq_lens.push_back(L);
+  }
+  return b;
+}
+
+model::Batch Loader::val_batch(int n, int seq_len, uint64_t salt) const {
+  if (static_cast<int64_t>(val_stream_.size()) <= seq_len + 1)
+    throw Error("loader: the validation split (" + std::to_string(val_stream_.size()) + " tokens) is shorter than the context " +
+                std::to_string(seq_len) + " + 1");
+  model::Batch b;
+  const size_t room = val_stream_.size() - static_cast<size_t>(seq_len) - 1;
+  for (int i = 0; i < n; ++i) {
+    // Evenly spread windows, shifted by the salt so different evaluations can use different text.
+    const size_t off = (room * static_cast<size_t>(i) / static_cast<size_t>(std::max(1, n)) + salt * 7919) % (room + 1);
+    b.tokens.insert(b.tokens.end(), val_stream_.begin() + static_cast<int64_t>(off), val_stream_.begin() + static_cast<int64_t>(off) + seq_len);
+    b.targets.insert(b.targets.end(), val_stream_.begin() + static_cast<int64_t>(off) + 1,
+                     val_stream_.begin() + static_cast<int64_t>(off) + seq_len + 1);
+    b.seq_lens.push_back(seq_len);
+  }
+  return b;
+}
+
+}  // namespace dsa::train

@@ -1,0 +1,225 @@
+// cuda_backend_attention.cu — the attention side of the GPU test rows: CudaBackend methods for ops
+// 6–9 and the sparse decode. Each copies the host inputs to the device (DeviceBuffer, with device-
+// side guard regions), runs dsa::cuda::<op> with this backend's kernel version on the default
+// stream, synchronises, and copies the outputs back (checking the device guards).
+//
+// Argument errors: the GPU ops check what the host can see (shapes, null pointers) themselves; the
+// data checks the CPU makes (indices in [0, S), ks ≤ ke, topk_length ≤ K) need the data, which the
+// device ops only see on the device (they treat such indices as invalid and such ranges as empty,
+// cuda_ops.h). Here the data are on the host, so each method first runs the CPU validator on the
+// host copy: the table's bad-input cases then throw the same dsa::Error before anything is
+// uploaded or written, exactly as a caller holding host-side metadata would do.
+#include <cuda_runtime.h>
+
+#include "cpu/attention_common.h"
+#include "cuda/cuda_backend.h"
+#include "cuda/device_buffer.h"
+#include "common/check.h"
+#include "dsa/cuda_ops.h"
+
+namespace dsa::test {
+namespace {
+
+using cpu::attn::Selection;
+
+// Raw device scratch for an op's workspace (no guards: the op owns all of it).
+class DeviceScratch {
+ public:
+  explicit DeviceScratch(size_t bytes) : bytes_(bytes) {
+    if (bytes) DSA_CUDA_TEST_CHECK(cudaMalloc(&ptr_, bytes));
+  }
+  ~DeviceScratch() {
+    if (ptr_) cudaFree(ptr_);
+  }
+  DeviceScratch(const DeviceScratch&) = delete;
+  DeviceScratch& operator=(const DeviceScratch&) = delete;
+  void* data() const { return ptr_; }
+  size_t size() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+size_t sz(long long a, long long b = 1, long long c = 1) { return static_cast<size_t>(a) * b * c; }
+
+// Device copies of an AttentionParams' inputs; params() returns the struct with device pointers.
+struct DeviceAttention {
+  DeviceBuffer<float> q, kv;
+  DeviceBuffer<int32_t> indices, topk_length, ks, ke;
+  AttentionParams d;
+  explicit DeviceAttention(const AttentionParams& p)
+      : q(p.q, sz(p.T, p.H, p.Dqk)),
+        kv(p.kv, sz(p.S, p.Dqk)),
+        indices(p.indices, sz(p.T, p.K)),
+        topk_length(p.topk_length, sz(p.T)),
+        ks(p.ks, sz(p.T)),
+        ke(p.ke, sz(p.T)),
+        d(p) {
+    d.q = q.data();
+    d.kv = kv.data();
+    d.indices = indices.data();
+    d.topk_length = topk_length.data();
+    d.ks = ks.data();
+    d.ke = ke.data();
+  }
+};
+
+template <typename Op>
+void forward(const AttentionParams& p, const AttentionForwardOut& o, Selection sel, const char* name, Op op) {
+  cpu::attn::validate_params(p, sel, name);
+  cpu::attn::validate_forward_out(o, name);
+  DeviceAttention in(p);
+  DeviceBuffer<float> out(o.out, sz(p.T, p.H, p.Dv)), lse(o.lse, sz(p.T, p.H)), ml(o.max_logits, sz(p.T, p.H));
+  op(in.d, AttentionForwardOut{out.data(), lse.data(), ml.data()});
+  sync_and_check(name);
+  out.download(o.out, "out");
+  lse.download(o.lse, "lse");
+  ml.download(o.max_logits, "max_logits");
+}
+
+template <typename Bytes, typename Op>
+void backward(const AttentionParams& p, const AttentionBackwardArgs& b, Selection sel, const char* name, Bytes bytes,
+              Op op) {
+  cpu::attn::validate_params(p, sel, name);
+  cpu::attn::validate_backward_args(b, name);
+  DeviceAttention in(p);
+  DeviceBuffer<float> dout(b.dout, sz(p.T, p.H, p.Dv)), out(b.out, sz(p.T, p.H, p.Dv)), lse(b.lse, sz(p.T, p.H));
+  DeviceBuffer<float> dq(b.dq, sz(p.T, p.H, p.Dqk)), dkv(b.dkv, sz(p.S, p.Dqk));
+  DeviceScratch ws(bytes(in.d));
+  op(in.d, AttentionBackwardArgs{dout.data(), out.data(), lse.data(), dq.data(), dkv.data()}, ws.data(), ws.size());
+  sync_and_check(name);
+  dq.download(b.dq, "dq");
+  dkv.download(b.dkv, "dkv");
+}
+
+}  // namespace
+
+void CudaBackend::sparse_attention_forward(const AttentionParams& p, const AttentionForwardOut& o) {
+  forward(p, o, Selection::kSparse, "sparse_attention_forward", [&](const AttentionParams& d, const AttentionForwardOut& od) {
+    cuda::sparse_attention_forward(d, od, nullptr, version());
+  });
+}
+
+void CudaBackend::dense_attention_forward(const AttentionParams& p, const AttentionForwardOut& o) {
+  forward(p, o, Selection::kDense, "dense_attention_forward", [&](const AttentionParams& d, const AttentionForwardOut& od) {
+    cuda::dense_attention_forward(d, od, nullptr, version());
+  });
+}
+
+void CudaBackend::sparse_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b) {
+  backward(
+      p, b, Selection::kSparse, "sparse_attention_backward",
+      [](const AttentionParams& d) { return cuda::sparse_attention_backward_workspace_bytes(d); },
+      [&](const AttentionParams& d, const AttentionBackwardArgs& bd, void* ws, size_t n) {
+        cuda::sparse_attention_backward(d, bd, ws, n, nullptr, version());
+      });
+}
+
+void CudaBackend::dense_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b) {
+  backward(
+      p, b, Selection::kDense, "dense_attention_backward",
+      [](const AttentionParams& d) { return cuda::dense_attention_backward_workspace_bytes(d); },
+      [&](const AttentionParams& d, const AttentionBackwardArgs& bd, void* ws, size_t n) {
+        cuda::dense_attention_backward(d, bd, ws, n, nullptr, version());
+      });
+}
+
+namespace {
+struct DeviceKl {
+  DeviceAttention attn;
+  DeviceBuffer<float> lse, logits;
+  IndexerKlParams d;
+  size_t logits_n;
+  explicit DeviceKl(const IndexerKlParams& p)
+      : attn(p.attn),
+        lse(p.lse, sz(p.attn.T, p.attn.H)),
+        logits(p.index_logits, p.attn.indices ? sz(p.attn.T, p.attn.K) : sz(p.attn.T, p.attn.S)),
+        d(p),
+        logits_n(p.attn.indices ? sz(p.attn.T, p.attn.K) : sz(p.attn.T, p.attn.S)) {
+    d.attn = attn.d;
+    d.lse = lse.data();
+    d.index_logits = logits.data();
+  }
+};
+
+void validate_kl(const IndexerKlParams& p, const char* op) {
+  cpu::attn::validate_params(p.attn, p.attn.indices ? Selection::kSparse : Selection::kDense, op, /*check_dv=*/false);
+  detail::require_ptr(p.lse, op, "lse");
+  detail::require_ptr(p.index_logits, op, "index_logits");
+}
+}  // namespace
+
+void CudaBackend::indexer_kl_forward(const IndexerKlParams& p, float* loss) {
+  constexpr const char* op = "indexer_kl_forward";
+  validate_kl(p, op);
+  detail::require_ptr(loss, op, "loss");
+  DeviceKl in(p);
+  DeviceBuffer<float> l(loss, sz(p.attn.T));
+  cuda::indexer_kl_forward(in.d, l.data(), nullptr, version());
+  sync_and_check(op);
+  l.download(loss, "loss");
+}
+
+void CudaBackend::indexer_kl_backward(const IndexerKlParams& p, const float* dloss, float* d_index_logits) {
+  constexpr const char* op = "indexer_kl_backward";
+  validate_kl(p, op);
+  detail::require_ptr(d_index_logits, op, "d_index_logits");
+  DeviceKl in(p);
+  DeviceBuffer<float> dl(dloss, sz(p.attn.T)), g(d_index_logits, in.logits_n);
+  cuda::indexer_kl_backward(in.d, dl.data(), g.data(), nullptr, version());
+  sync_and_check(op);
+  g.download(d_index_logits, "d_index_logits");
+}
+
+void CudaBackend::sparse_attention_decode(const SparseDecodeParams& p) {
+  constexpr const char* op = "sparse_attention_decode";
+  constexpr int kRowDim = kMlaLatentDim + kMlaRopeDim;
+  // Host-visible checks first (the op repeats them on device pointers), then the data checks the
+  // CPU makes, with its messages (src/cpu/decode.cpp validate_sparse_decode).
+  cuda::sparse_attention_decode_workspace_bytes(p);
+  const int64_t rows = static_cast<int64_t>(p.B) * p.next_n;
+  detail::require_positive(p.num_slots, op, "num_slots");
+  detail::require_ptr(p.q, op, "q");
+  detail::require_ptr(p.cache, op, "cache");
+  detail::require_ptr(p.indices, op, "indices");
+  detail::require_ptr(p.out, op, "out");
+  detail::require_ptr(p.lse, op, "lse");
+  for (int64_t r = 0; r < rows; ++r) {
+    int len = p.K;
+    if (p.topk_length != nullptr) {
+      len = p.topk_length[r];
+      DSA_REQUIRE(len >= 0 && len <= p.K, op, "topk_length[", r, "] = ", len, " is outside [0, K = ", p.K, "]");
+    }
+    for (int k = 0; k < len; ++k) {
+      const int32_t s = p.indices[r * p.K + k];
+      DSA_REQUIRE(s == kInvalidIndex || (s >= 0 && s < p.num_slots), op, "indices[", r / p.next_n, ",",
+                  r % p.next_n, ",", k, "] = ", s, " is out of range [0, num_slots = ", p.num_slots,
+                  ") (and not -1)");
+    }
+  }
+  size_t cache_bytes = static_cast<size_t>(p.num_slots);
+  switch (p.format) {
+    case KvCacheFormat::kFp32: cache_bytes *= kRowDim * sizeof(float); break;
+    case KvCacheFormat::kBf16: cache_bytes *= kRowDim * sizeof(uint16_t); break;
+    default: cache_bytes *= kMlaRecordBytes; break;
+  }
+  DeviceBuffer<float> q(p.q, sz(rows, p.H, kRowDim));
+  DeviceBuffer<uint8_t> cache(static_cast<const uint8_t*>(p.cache), cache_bytes);
+  DeviceBuffer<int32_t> idx(p.indices, sz(rows, p.K)), len(p.topk_length, sz(rows));
+  DeviceBuffer<float> out(p.out, sz(rows, p.H, kMlaLatentDim)), lse(p.lse, sz(rows, p.H));
+  SparseDecodeParams d = p;
+  d.q = q.data();
+  d.cache = cache.data();
+  d.indices = idx.data();
+  d.topk_length = len.data();
+  d.out = out.data();
+  d.lse = lse.data();
+  DeviceScratch ws(cuda::sparse_attention_decode_workspace_bytes(d));
+  cuda::sparse_attention_decode(d, ws.data(), ws.size(), nullptr, version());
+  sync_and_check(op);
+  out.download(p.out, "out");
+  lse.download(p.lse, "lse");
+}
+
+}  // namespace dsa::test

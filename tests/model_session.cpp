@@ -1,0 +1,155 @@
+// model_session.cpp — the inference Session: chunked prefill ≡ one-shot, decode ≡ prefill row,
+// s_q = 2 ≡ two decodes, session ≡ the training forward, and the V3.2 paged caches (bf16 latent,
+// 656 B FP8 record, 132 B FP8 indexer keys) with pages handed out in a shuffled order.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "dsa/model.h"
+#include "model_util.h"
+
+namespace {
+
+using dsa::model::AttentionMode;
+using dsa::model::Model;
+using dsa::model::Session;
+using dsa::model::SessionOptions;
+using dsa::test_model::micro_config;
+using dsa::test_model::random_tokens;
+using dsa::test_model::v32_record_config;
+
+double max_diff(const std::vector<float>& a, const std::vector<float>& b, size_t off_a = 0, size_t off_b = 0,
+                size_t n = SIZE_MAX) {
+  n = std::min(n, std::min(a.size() - off_a, b.size() - off_b));
+  double d = 0;
+  for (size_t i = 0; i < n; ++i) d = std::max(d, std::fabs(static_cast<double>(a[off_a + i]) - b[off_b + i]));
+  return d;
+}
+
+// The session's projections are row-invariant (mm_xwt exact) and every op works per row, so
+// chunked ≡ one-shot and decode ≡ prefill row hold bitwise: difference exactly 0.
+constexpr double kExact = 0.0;
+// Session vs the training-path forward (BLAS projections, different summation order) and sparse
+// (descending-score order) vs dense (ascending order) sums: fp32 reassociation, 1e-4 absolute on
+// logits of magnitude ≲ 10.
+constexpr double kRowTol = 1e-4;
+
+std::vector<float> session_logits(const Model& m, const SessionOptions& o, const std::vector<int32_t>& toks, int chunk) {
+  Session s(m, o);
+  return s.prefill(toks, chunk, true);
+}
+
+TEST(ModelSession, ChunkedPrefillDecodeAndTrainingPathAgree) {
+  const auto c = micro_config();
+  Model m(c);
+  m.init_random(31);
+  const int n = 23;
+  const auto toks = random_tokens(c.vocab_size, n, 32);
+  for (const AttentionMode mode : {AttentionMode::kSparse, AttentionMode::kDense, AttentionMode::kWindow}) {
+    SessionOptions o;
+    o.mode = mode;
+    o.kv_format = dsa::KvCacheFormat::kFp32;
+    o.max_tokens = 40;
+    o.page_order_seed = 5;
+    const auto one = session_logits(m, o, toks, 0);
+    ASSERT_EQ(one.size(), static_cast<size_t>(n * c.vocab_size));
+    for (int chunk : {1, 4, 7}) EXPECT_EQ(max_diff(one, session_logits(m, o, toks, chunk)), kExact) << chunk;
+    // the training-path forward over the same tokens (fp32 indexer, same top-k)
+    dsa::model::Batch b;
+    b.tokens = toks;
+    b.targets.assign(toks.size(), -1);
+    b.seq_lens = {n};
+    EXPECT_LT(max_diff(one, m.logits(b, mode)), kRowTol);
+    // decode token by token after a prefill of 10; s_q = 2 for the last pair
+    Session s(m, o);
+    s.prefill(std::vector<int32_t>(toks.begin(), toks.begin() + 10), 3);
+    for (int t = 10; t < n - 2; ++t) {
+      const auto row = s.decode(toks[t]);
+      EXPECT_EQ(max_diff(row, one, 0, static_cast<size_t>(t) * c.vocab_size, c.vocab_size), kExact) << t;
+    }
+    const auto two = s.decode2(toks[n - 2], toks[n - 1]);
+    EXPECT_EQ(max_diff(two, one, 0, static_cast<size_t>(n - 2) * c.vocab_size), kExact);
+    EXPECT_EQ(s.length(), n);
+    // truncate + re-append reproduces the same rows (speculative rejection)
+    s.truncate(n - 2);
+    const auto again = s.decode2(toks[n - 2], toks[n - 1]);
+    EXPECT_EQ(max_diff(again, two), 0.0);
+  }
+}
+
+TEST(ModelSession, V32RecordCaches) {
+  const auto c = v32_record_config();
+  Model m(c);
+  m.init_random(33);
+  const int n = 70;   // spans two cache pages
+  const auto toks = random_tokens(c.vocab_size, n, 34);
+  SessionOptions ref;
+  ref.kv_format = dsa::KvCacheFormat::kFp32;
+  ref.max_tokens = 200;
+  ref.page_order_seed = 7;
+  // bf16 latent cache: chunked and decode rows equal to the one-shot prefill with the same cache
+  SessionOptions bf = ref;
+  bf.kv_format = dsa::KvCacheFormat::kBf16;
+  const auto b16 = session_logits(m, bf, toks, 0);
+  EXPECT_EQ(max_diff(b16, session_logits(m, bf, toks, 9)), kExact);
+  {
+    Session s(m, bf);
+    s.prefill(std::vector<int32_t>(toks.begin(), toks.begin() + 60), 0);
+    for (int t = 60; t < n; ++t)
+      EXPECT_EQ(max_diff(s.decode(toks[t]), b16, 0, static_cast<size_t>(t) * c.vocab_size, c.vocab_size), kExact) << t;
+  }
+  // FP8 record + FP8 indexer (K = 8 < 70: real selection): decode ≡ prefill row on the same cache
+  SessionOptions f8 = ref;
+  f8.kv_format = dsa::KvCacheFormat::kFp8Record;
+  f8.indexer_precision = dsa::Precision::kFp8;
+  const auto e4 = session_logits(m, f8, toks, 0);
+  {
+    Session s(m, f8);
+    s.prefill(std::vector<int32_t>(toks.begin(), toks.begin() + 64), 5);
+    for (int t = 64; t < n - 2; ++t)
+      EXPECT_EQ(max_diff(s.decode(toks[t]), e4, 0, static_cast<size_t>(t) * c.vocab_size, c.vocab_size), kExact) << t;
+    EXPECT_EQ(max_diff(s.decode2(toks[n - 2], toks[n - 1]), e4, 0, static_cast<size_t>(n - 2) * c.vocab_size), kExact);
+  }
+  // Precision of the caches against fp32, in dense mode (in sparse mode a cache rounding that flips a
+  // layer-2 top-k choice moves a logit by O(1), which says nothing about the cache). Logits here are
+  // <= 1 (initializer_range 0.05). bf16: 8-bit mantissa (2^-9 relative) -> observed 1.3e-3, bound 5e-3.
+  // FP8 record: e4m3 latent (2^-4 relative near the block max, coarser below) -> observed 3e-2, bound 0.1.
+  SessionOptions dense = ref;
+  dense.mode = AttentionMode::kDense;
+  const auto d32 = session_logits(m, dense, toks, 0);
+  dense.kv_format = dsa::KvCacheFormat::kBf16;
+  EXPECT_LT(max_diff(session_logits(m, dense, toks, 0), d32), 5e-3);
+  dense.kv_format = dsa::KvCacheFormat::kFp8Record;
+  EXPECT_LT(max_diff(session_logits(m, dense, toks, 0), d32), 0.1);
+  // The FP8 indexer with K >= context selects everything: equal to dense over the same FP8 cache.
+  SessionOptions all = f8;
+  all.topk = n;
+  EXPECT_LT(max_diff(session_logits(m, all, toks, 0), session_logits(m, dense, toks, 0)), kRowTol);
+  Session s(m, f8);
+  EXPECT_EQ(s.cache_bytes_per_token(), (dsa::kMlaRecordBytes + dsa::kIndexerRecordBytes) * c.num_hidden_layers);
+  // capacity and bad tokens
+  EXPECT_THROW(s.prefill(std::vector<int32_t>(static_cast<size_t>(s.capacity() + 1), 0), 0), dsa::Error);
+  EXPECT_THROW(s.decode(c.vocab_size), dsa::Error);
+  // record formats need the V3.2 latent dims
+  Model small(micro_config());
+  EXPECT_THROW(Session(small, bf), dsa::Error);
+}
+
+TEST(ModelSession, SamplerIsSeededAndRespectsTopP) {
+  const std::vector<float> logits = {0.0f, 3.0f, 1.0f, 3.0f, -2.0f};
+  std::mt19937_64 r1(1), r2(1);
+  dsa::model::SamplerOptions greedy;
+  EXPECT_EQ(dsa::model::sample_token(logits.data(), 5, greedy, r1), 1);   // ties → smaller id
+  dsa::model::SamplerOptions t;
+  t.temperature = 1.0;
+  t.top_p = 0.5;   // the two 3.0 logits carry > 50 % of the mass → only ids 1 and 3 remain
+  for (int i = 0; i < 200; ++i) {
+    const int a = dsa::model::sample_token(logits.data(), 5, t, r1);
+    EXPECT_TRUE(a == 1 || a == 3) << a;
+    EXPECT_EQ(a, dsa::model::sample_token(logits.data(), 5, t, r2));
+  }
+}
+
+}  // namespace

@@ -1,0 +1,77 @@
+// model_util.h — shared helpers of the tests/model_*.cpp files: tiny configs and batches.
+#pragma once
+
+#include <random>
+#include <vector>
+
+#include "dsa/model.h"
+
+namespace dsa::test_model {
+
+// A very small config: every dimension distinct so a transposed index shows up as a shape error.
+inline model::Config micro_config() {
+  model::Config c;
+  c.vocab_size = 13;
+  c.hidden_size = 16;
+  c.intermediate_size = 24;
+  c.num_hidden_layers = 2;
+  c.first_k_dense_replace = 2;
+  c.num_attention_heads = 2;
+  c.q_lora_rank = 12;
+  c.kv_lora_rank = 10;
+  c.qk_nope_head_dim = 6;
+  c.qk_rope_head_dim = 4;
+  c.v_head_dim = 5;
+  c.index_n_heads = 3;
+  c.index_head_dim = 8;
+  c.index_topk = 3;
+  c.max_position_embeddings = 64;
+  c.initializer_range = 0.5;   // large weights: gradients well above fp32 finite-difference noise
+  return c;
+}
+
+// V3.2 record dims (kv_lora_rank 512, rope 64, index_head_dim 128) at a tiny width, for the
+// paged bf16 / FP8 cache paths.
+inline model::Config v32_record_config() {
+  model::Config c;
+  c.vocab_size = 40;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  c.num_hidden_layers = 2;
+  c.first_k_dense_replace = 2;
+  c.num_attention_heads = 2;
+  c.q_lora_rank = 24;
+  c.kv_lora_rank = 512;
+  c.qk_nope_head_dim = 16;
+  c.qk_rope_head_dim = 64;
+  c.v_head_dim = 16;
+  c.index_n_heads = 2;
+  c.index_head_dim = 128;
+  c.index_topk = 8;
+  c.max_position_embeddings = 512;
+  c.initializer_range = 0.05;   // logits ≲ 1: cache-precision bounds stay meaningful
+  return c;
+}
+
+inline model::Batch random_batch(const model::Config& c, const std::vector<int>& lens, uint64_t seed) {
+  std::mt19937_64 g(seed);
+  std::uniform_int_distribution<int> tok(0, c.vocab_size - 1);
+  model::Batch b;
+  b.seq_lens = lens;
+  for (int len : lens)
+    for (int i = 0; i < len; ++i) {
+      b.tokens.push_back(tok(g));
+      b.targets.push_back(i % 5 == 4 ? -1 : tok(g));   // some unscored targets
+    }
+  return b;
+}
+
+inline std::vector<int32_t> random_tokens(int vocab, int n, uint64_t seed) {
+  std::mt19937_64 g(seed);
+  std::uniform_int_distribution<int> tok(0, vocab - 1);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& x : t) x = tok(g);
+  return t;
+}
+
+}  // namespace dsa::test_model

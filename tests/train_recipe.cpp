@@ -1,0 +1,291 @@
+// train_recipe.cpp — the training recipe's invariants on a tiny model (include/dsa/train.h):
+// warm-up freezes the model bitwise, the LM loss never reaches the indexer in the sparse stage,
+// loss falls, kill-and-resume is bitwise identical, an interrupted checkpoint write leaves the
+// previous checkpoint loadable, the loader is a pure function of the step, bad options name the flag.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "dsa/model.h"
+#include "dsa/ops.h"
+#include "dsa/tokenizer.h"
+#include "dsa/train.h"
+
+namespace fs = std::filesystem;
+using dsa::model::Stage;
+
+namespace {
+
+// A model small enough that a step takes milliseconds; seq_len 48 > 8·topk keeps top-k selective.
+dsa::model::Config tiny_config() {
+  dsa::model::Config c = dsa::model::Config::tiny();
+  c.vocab_size = dsa::kByteVocab + 1;
+  c.hidden_size = 32;
+  c.intermediate_size = 64;
+  c.num_hidden_layers = 2;
+  c.first_k_dense_replace = 2;
+  c.num_attention_heads = 2;
+  c.q_lora_rank = 16;
+  c.kv_lora_rank = 16;
+  c.qk_nope_head_dim = 8;
+  c.qk_rope_head_dim = 8;
+  c.v_head_dim = 8;
+  c.index_n_heads = 2;
+  c.index_head_dim = 16;
+  c.index_topk = 6;
+  c.max_position_embeddings = 256;
+  return c;
+}
+
+dsa::train::Corpus tiny_corpus(const dsa::Tokenizer& tok) {
+  dsa::train::Corpus c;
+  c.vocab_size = tok.vocab_size();
+  c.bos_id = tok.bos_id();
+  const char* words[] = {"the ", "quick ", "brown ", "fox ", "jumps ", "over ", "a ", "lazy ", "dog. "};
+  for (int d = 0; d < 4; ++d) {
+    std::string text;
+    for (int i = 0; i < 400; ++i) text += words[(i * (d + 2) + i / 9) % 9];
+    (d == 3 ? c.val : c.train).push_back({"doc" + std::to_string(d), tok.encode(text)});
+  }
+  return c;
+}
+
+struct TrainRecipe : ::testing::Test {
+  std::unique_ptr<dsa::Tokenizer> tok = dsa::make_byte_tokenizer();
+  dsa::train::Corpus corpus = tiny_corpus(*tok);
+  fs::path root;
+  void SetUp() override {
+    root = fs::temp_directory_path() / ("dsa_train_recipe_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(root);
+  }
+  void TearDown() override { fs::remove_all(root); }
+
+  dsa::train::TrainOptions options(const std::string& run, Stage stage, int64_t steps) const {
+    dsa::train::TrainOptions o;
+    o.run_dir = (root / run).string();
+    o.stage = stage;
+    o.config = tiny_config();
+    o.loader.batch_size = 2;
+    o.loader.seq_len = 48;
+    o.loader.synthetic_share = 0.0;
+    o.model_group.lr = 1e-2;
+    o.indexer_group.lr = 1e-2;
+    o.steps = steps;
+    o.warmup_steps = 1;
+    o.checkpoint_every = 2;
+    o.progress = false;
+    o.plots = false;
+    o.val_sequences = 2;
+    return o;
+  }
+};
+
+bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+TEST_F(TrainRecipe, WarmupLeavesEveryNonIndexerParameterBitwiseUnchanged) {
+  dsa::train::train_stage(options("run", Stage::kPretrain, 2), corpus, *tok);
+  const auto r = dsa::train::train_stage(options("run", Stage::kWarmup, 3), corpus, *tok);
+  const auto before = dsa::model::Model::load(dsa::train::final_checkpoint((root / "run/pretrain").string()));
+  const auto after = dsa::model::Model::load(r.final_checkpoint);
+  int indexer_changed = 0, frozen = 0;
+  for (size_t i = 0; i < before.params().size(); ++i) {
+    const auto& a = before.params()[i];
+    const auto& b = after.params()[i];
+    ASSERT_EQ(a.name, b.name);
+    if (dsa::model::Model::is_indexer_param(a.name)) {
+      indexer_changed += bitwise_equal(a.data, b.data) ? 0 : 1;
+    } else {
+      EXPECT_TRUE(bitwise_equal(a.data, b.data)) << a.name << " changed during the warm-up";
+      ++frozen;
+    }
+  }
+  EXPECT_GT(frozen, 0);
+  EXPECT_GT(indexer_changed, 0) << "the warm-up did not train the indexer";
+  for (const auto& rec : r.records) EXPECT_GT(rec.kl_loss, 0.0);
+}
+
+TEST_F(TrainRecipe, SparseLmLossGivesZeroGradientToTheIndexer) {
+  // Same inputs, different LM targets: the indexer's gradient (selected-set KL only) must not move
+  // by a single bit, while the model's gradient does.
+  dsa::model::Model m(tiny_config());
+  m.init_random(3);
+  dsa::train::LoaderOptions lo;
+  lo.batch_size = 2;
+  lo.seq_len = 48;
+  const dsa::train::Loader loader(corpus, *tok, lo);
+  dsa::model::Batch a = loader.batch(0);
+  dsa::model::Batch b = a;
+  for (size_t i = 0; i < b.targets.size(); ++i) b.targets[i] = (b.targets[i] * 7 + 3) % tok->vocab_size();
+  m.forward_backward(a, Stage::kSparse);
+  const auto grads_a = m.grads();
+  m.forward_backward(b, Stage::kSparse);
+  const auto& grads_b = m.grads();
+  int model_differs = 0, indexer_nonzero = 0;
+  for (size_t i = 0; i < grads_a.size(); ++i) {
+    if (dsa::model::Model::is_indexer_param(grads_a[i].name)) {
+      EXPECT_TRUE(bitwise_equal(grads_a[i].data, grads_b[i].data)) << grads_a[i].name << " depends on the LM targets";
+      for (float g : grads_a[i].data) indexer_nonzero += g != 0.0f;
+    } else {
+      model_differs += bitwise_equal(grads_a[i].data, grads_b[i].data) ? 0 : 1;
+    }
+  }
+  EXPECT_GT(model_differs, 0);
+  EXPECT_GT(indexer_nonzero, 0) << "the indexer got no KL gradient";
+}
+
+TEST_F(TrainRecipe, LossFallsOverAFewSteps) {
+  auto o = options("run", Stage::kPretrain, 16);
+  o.checkpoint_every = 16;
+  const auto r = dsa::train::train_stage(o, corpus, *tok);
+  ASSERT_EQ(r.records.size(), 16u);
+  double first = 0, last = 0;
+  for (int i = 0; i < 4; ++i) first += r.records[i].lm_loss / 4;
+  for (int i = 12; i < 16; ++i) last += r.records[i].lm_loss / 4;
+  // A repetitive 9-word text is easy: the mean of the last 4 losses must be well below the first 4
+  // (ln 257 ≈ 5.55 at init; the margin 1 nat is far above step-to-step noise at batch 2).
+  EXPECT_LT(last, first - 1.0) << "first " << first << " last " << last;
+}
+
+TEST_F(TrainRecipe, KillAndResumeIsBitwiseIdentical) {
+  // Reference: pretrain → warm-up → sparse, uninterrupted.
+  for (const char* run : {"a", "b"}) {
+    dsa::train::train_stage(options(run, Stage::kPretrain, 2), corpus, *tok);
+    dsa::train::train_stage(options(run, Stage::kWarmup, 2), corpus, *tok);
+  }
+  const auto full = dsa::train::train_stage(options("a", Stage::kSparse, 6), corpus, *tok);
+  // Killed after 3 steps (last checkpoint at step 2), then resumed.
+  auto o = options("b", Stage::kSparse, 6);
+  o.stop_after = 3;
+  const auto part = dsa::train::train_stage(o, corpus, *tok);
+  EXPECT_TRUE(part.final_checkpoint.empty());
+  EXPECT_EQ(part.records.size(), 3u);
+  o.stop_after = 0;
+  const auto resumed = dsa::train::train_stage(o, corpus, *tok);
+  EXPECT_EQ(resumed.start_step, 2);
+  ASSERT_EQ(resumed.records.size(), 4u);
+  for (size_t i = 0; i < resumed.records.size(); ++i) {
+    const auto& x = full.records[i + 2];
+    const auto& y = resumed.records[i];
+    EXPECT_EQ(x.step, y.step);
+    EXPECT_EQ(std::memcmp(&x.lm_loss, &y.lm_loss, sizeof(double)), 0) << "step " << x.step;
+    EXPECT_EQ(std::memcmp(&x.kl_loss, &y.kl_loss, sizeof(double)), 0) << "step " << x.step;
+    EXPECT_EQ(std::memcmp(&x.model_grad_norm, &y.model_grad_norm, sizeof(double)), 0) << "step " << x.step;
+  }
+  const auto ma = dsa::model::Model::load(full.final_checkpoint);
+  const auto mb = dsa::model::Model::load(resumed.final_checkpoint);
+  for (size_t i = 0; i < ma.params().size(); ++i)
+    EXPECT_TRUE(bitwise_equal(ma.params()[i].data, mb.params()[i].data)) << ma.params()[i].name;
+}
+
+TEST_F(TrainRecipe, InterruptedCheckpointWriteLeavesThePreviousOneLoadable) {
+  auto o = options("run", Stage::kPretrain, 4);
+  int writes = 0;
+  o.on_checkpoint_phase = [&](const std::string& phase) {
+    // The second checkpoint (step 4) dies after its model files, before the optimizer state.
+    if (phase == "model" && ++writes == 2) throw std::runtime_error("simulated crash");
+  };
+  EXPECT_THROW(dsa::train::train_stage(o, corpus, *tok), std::runtime_error);
+  const std::string stage_dir = (root / "run/pretrain").string();
+  const std::string latest = dsa::train::latest_checkpoint(stage_dir);
+  ASSERT_FALSE(latest.empty());
+  EXPECT_EQ(fs::path(latest).filename(), "ckpt-00000002");
+  EXPECT_NO_THROW(dsa::model::Model::load(latest));
+  EXPECT_THROW(dsa::train::final_checkpoint(stage_dir), dsa::Error);
+  // Resuming completes the stage from step 2 and cleans the debris.
+  o.on_checkpoint_phase = nullptr;
+  const auto r = dsa::train::train_stage(o, corpus, *tok);
+  EXPECT_EQ(r.start_step, 2);
+  EXPECT_EQ(fs::path(r.final_checkpoint).filename(), "ckpt-00000004");
+  for (const auto& e : fs::directory_iterator(stage_dir)) EXPECT_NE(e.path().filename().string().rfind(".tmp-", 0), 0u) << e.path();
+}
+
+TEST_F(TrainRecipe, LoaderIsAPureFunctionOfTheStep) {
+  dsa::train::LoaderOptions lo;
+  lo.batch_size = 3;
+  lo.seq_len = 160;   // room for the synthetic tasks' needles in bytes
+  lo.synthetic_share = 0.5;
+  lo.seed = 11;
+  const dsa::train::Loader a(corpus, *tok, lo), b(corpus, *tok, lo);
+  const auto x = a.batch(7), y = b.batch(7), z = a.batch(8);
+  EXPECT_EQ(x.tokens, y.tokens);
+  EXPECT_EQ(x.targets, y.targets);
+  EXPECT_NE(x.tokens, z.tokens);
+  ASSERT_EQ(x.seq_lens, std::vector<int>({160, 160, 160}));
+  for (size_t i = 0; i + 1 < 160; ++i) EXPECT_EQ(x.targets[i], x.tokens[i + 1]);   // next-token targets
+  // Some sequences of a few steps are synthetic tasks (their text carries the needle phrases).
+  int synthetic = 0;
+  for (int64_t step = 0; step < 8; ++step) {
+    const std::string text = tok->decode(a.batch(step).tokens);
+    for (size_t at = 0; (at = text.find("The pass key is", at)) != std::string::npos; ++at) ++synthetic;
+    for (size_t at = 0; (at = text.find("Recall: [", at)) != std::string::npos; ++at) ++synthetic;
+  }
+  EXPECT_GT(synthetic, 0);
+}
+
+TEST_F(TrainRecipe, PasskeyAnswerIsTheNeedleAndEvalKeysAreUnseen) {
+  const dsa::train::Loader loader(corpus, *tok, {});
+  for (double depth : {0.0, 0.5, 1.0}) {
+    const auto s = dsa::train::make_passkey(*tok, loader.val_stream(), 200, depth, dsa::train::PasskeySplit::kEval, 5);
+    ASSERT_EQ(s.tokens.size(), 200u);
+    ASSERT_EQ(s.answer_begin + s.answer_len, 200);
+    const std::string text = tok->decode(s.tokens);
+    const std::string key = text.substr(text.size() - static_cast<size_t>(s.answer_len));
+    EXPECT_NE(text.find("The pass key is " + key + ". Remember it."), std::string::npos);
+    EXPECT_EQ(std::stoi(key) % 7, 0);   // eval keys: multiples of 7
+  }
+  for (uint64_t seed = 0; seed < 50; ++seed) {
+    const auto s = dsa::train::make_passkey(*tok, loader.train_stream(), 120, 0.3, dsa::train::PasskeySplit::kTrain, seed);
+    const std::string text = tok->decode(s.tokens);
+    EXPECT_NE(std::stoi(text.substr(text.size() - 5)) % 7, 0);   // training keys never are
+  }
+  EXPECT_THROW(dsa::train::make_passkey(*tok, loader.val_stream(), 10, 0.5, dsa::train::PasskeySplit::kEval, 1), dsa::Error);
+}
+
+TEST_F(TrainRecipe, BadOptionsNameTheFlag) {
+  auto expect_error = [](auto&& fn, const std::string& needle) {
+    try {
+      fn();
+      FAIL() << "expected dsa::Error mentioning " << needle;
+    } catch (const dsa::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error([] { dsa::train::parse_stage("finetune"); }, "--stage");
+  auto o = options("run", Stage::kPretrain, 0);
+  expect_error([&] { dsa::train::train_stage(o, corpus, *tok); }, "--steps");
+  o.steps = 2;
+  o.loader.seq_len = 1000;   // > max_position_embeddings 256
+  expect_error([&] { dsa::train::train_stage(o, corpus, *tok); }, "--seq-len");
+  o = options("run", Stage::kWarmup, 2);   // no pretrain stage has run
+  expect_error([&] { dsa::train::train_stage(o, corpus, *tok); }, "final checkpoint");
+  o.init = (root / "nowhere").string();
+  expect_error([&] { dsa::train::train_stage(o, corpus, *tok); }, "--init");
+  dsa::train::LoaderOptions lo;
+  lo.batch_size = 0;
+  expect_error([&] { dsa::train::Loader(corpus, *tok, lo); }, "--batch");
+  lo.batch_size = 1;
+  lo.synthetic_share = 2;
+  expect_error([&] { dsa::train::Loader(corpus, *tok, lo); }, "--synthetic");
+  dsa::train::DataOptions d;
+  d.paths = {(root / "no_such_corpus").string()};
+  expect_error([&] { dsa::train::load_corpus(d); }, "no_such_corpus");
+  fs::create_directories(root / "corpus");
+  {
+    std::ofstream(root / "corpus" / "a.txt") << "some text for a document";
+  }
+  d.paths = {(root / "corpus").string()};
+  d.holdout = {"persuasion"};
+  expect_error([&] { dsa::train::load_corpus(d); }, "--holdout");
+  d.tokenizer = (root / "missing.model").string();
+  expect_error([&] { dsa::train::load_corpus(d); }, "missing.model");
+}
+
+}  // namespace

@@ -1,0 +1,21 @@
+// `dsa init --config FILE --out DIR [--seed N] [--bf16]` — a randomly initialised DeepSeek-V3.2 model
+// (config.json + model.safetensors with Hugging Face tensor names), written atomically.
+#include <cstdio>
+
+#include "command.h"
+#include "dsa/model.h"
+
+namespace {
+const dsa::cli::Register kInit(
+    "init", "create a randomly initialised model: --config FILE --out DIR [--seed N] [--bf16]",
+    [](const dsa::cli::Args& args) {
+      const dsa::cli::Flags f(args, {"config", "out", "seed"}, {"bf16"});
+      const dsa::model::Config cfg = dsa::model::Config::from_json_file(f.require("config"));
+      dsa::model::Model m(cfg);
+      m.init_random(static_cast<uint64_t>(f.get_int("seed", 0)));
+      m.save(f.require("out"), f.has("bf16") ? dsa::model::Model::SaveDtype::kBf16 : dsa::model::Model::SaveDtype::kF32);
+      std::printf("wrote %s: %lld parameters, %d layers\n", f.require("out").c_str(),
+                  static_cast<long long>(cfg.num_params()), cfg.num_hidden_layers);
+      return 0;
+    });
+}  // namespace

@@ -1,0 +1,157 @@
+// `dsa train` — one stage of the DSA recipe (pretrain → warmup → sparse) in a run folder.
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "command.h"
+#include "dsa/model.h"
+#include "dsa/ops.h"
+#include "dsa/tokenizer.h"
+#include "dsa/train.h"
+#include "model/json.h"
+#include "run_data.h"
+
+namespace fs = std::filesystem;
+
+namespace dsa::cli {
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string p; std::getline(ss, p, ',');)
+    if (!p.empty()) out.push_back(p);
+  return out;
+}
+
+// The data of a run: flags given now, else what `dsa train` recorded in run/data.json.
+train::DataOptions run_data(const Flags& f, const std::string& run_dir) {
+  train::DataOptions d;
+  const fs::path record = fs::path(run_dir) / "data.json";
+  if (!f.has("data") && fs::exists(record)) {
+    const auto v = json::parse(read_file(record.string()), record.string());
+    const auto* paths = v.get("paths");
+    const auto* holdout = v.get("holdout");
+    const auto* tok = v.get("tokenizer");
+    if (!paths || !holdout || !tok) throw Error(record.string() + ": needs \"paths\", \"holdout\", \"tokenizer\"");
+    for (const auto& p : paths->items) d.paths.push_back(p.text);
+    d.holdout.clear();
+    for (const auto& p : holdout->items) d.holdout.push_back(p.text);
+    d.tokenizer = tok->text;
+  } else {
+    d.paths = split_list(f.require("data"));
+  }
+  if (f.has("holdout")) d.holdout = split_list(f.get("holdout"));
+  if (f.has("tokenizer")) d.tokenizer = f.get("tokenizer");
+  d.threads = static_cast<int>(f.get_int("threads", d.threads));
+  return d;
+}
+
+void record_run_data(const train::DataOptions& d, const std::string& run_dir) {
+  auto list = [](const std::vector<std::string>& v) {
+    std::string s = "[";
+    for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + json::quote(v[i]);
+    return s + "]";
+  };
+  train::write_file_atomic((fs::path(run_dir) / "data.json").string(), "{\"paths\": " + list(d.paths) + ", \"holdout\": " + list(d.holdout) +
+                                                                             ", \"tokenizer\": " + json::quote(d.tokenizer) + "}\n");
+}
+
+}  // namespace dsa::cli
+
+namespace {
+
+using dsa::cli::Flags;
+
+const char* kUsage =
+    "usage: dsa train --run DIR --stage pretrain|warmup|sparse [flags]\n"
+    "  data:      --data PATH[,PATH…] (files or folders; remembered in DIR/data.json)  --tokenizer byte|FILE.model\n"
+    "             --holdout SUBSTR[,…] (held-out documents; default persuasion,northangerabbey)  --threads N\n"
+    "  model:     (pretrain) --config FILE.json | --hidden N --layers N --heads N --intermediate N --q-lora N\n"
+    "             --kv-lora N --nope N --rope N --v-dim N --index-heads N --index-dim N --topk K --max-pos N\n"
+    "  schedule:  --steps N --batch N --seq-len N --lr X --indexer-lr X --weight-decay X --clip X --warmup-steps N\n"
+    "             --min-lr-ratio X --synthetic SHARE --seed N --init CKPT --topk K (sparse stage)\n"
+    "  output:    --checkpoint-every N --keep N --val-every N --no-progress --no-plots\n";
+
+int run_train(const dsa::cli::Args& args) {
+  if (!args.empty() && args[0] == "--help") {
+    std::printf("%s", kUsage);
+    return 0;
+  }
+  Flags f(args,
+          {"run", "stage", "data", "tokenizer", "holdout", "threads", "config", "hidden", "layers", "heads", "intermediate", "q-lora",
+           "kv-lora", "nope", "rope", "v-dim", "index-heads", "index-dim", "topk", "max-pos", "steps", "batch", "seq-len", "lr",
+           "indexer-lr", "weight-decay", "clip", "warmup-steps", "min-lr-ratio", "synthetic", "seed", "init", "checkpoint-every", "keep",
+           "val-every"},
+          {"no-progress", "no-plots"});
+  if (!f.positional().empty()) throw dsa::Error("train: unexpected argument \"" + f.positional()[0] + "\"");
+  dsa::train::TrainOptions o;
+  o.run_dir = f.require("run");
+  o.stage = dsa::train::parse_stage(f.require("stage"));
+  fs::create_directories(o.run_dir);
+  dsa::train::DataOptions data = dsa::cli::run_data(f, o.run_dir);
+  if (data.tokenizer != "byte" && !fs::exists(data.tokenizer)) throw dsa::Error("train: --tokenizer file " + data.tokenizer + " does not exist");
+  dsa::cli::record_run_data(data, o.run_dir);
+
+  dsa::model::Config& c = o.config;
+  if (f.has("config")) c = dsa::model::Config::from_json_file(f.get("config"));
+  else c = dsa::model::Config::tiny();
+  auto set = [&](const char* flag, int& field) { field = static_cast<int>(f.get_int(flag, field)); };
+  set("hidden", c.hidden_size);
+  set("layers", c.num_hidden_layers);
+  c.first_k_dense_replace = c.num_hidden_layers;
+  set("heads", c.num_attention_heads);
+  set("intermediate", c.intermediate_size);
+  set("q-lora", c.q_lora_rank);
+  set("kv-lora", c.kv_lora_rank);
+  set("nope", c.qk_nope_head_dim);
+  set("rope", c.qk_rope_head_dim);
+  set("v-dim", c.v_head_dim);
+  set("index-heads", c.index_n_heads);
+  set("index-dim", c.index_head_dim);
+  set("max-pos", c.max_position_embeddings);
+  if (o.stage == dsa::model::Stage::kPretrain) set("topk", c.index_topk);
+  o.topk = static_cast<int>(f.get_int("topk", 0));
+
+  // Stage defaults: pretraining a tiny model from scratch tolerates a high lr; the indexer warm-up
+  // uses the paper's 1e-3; sparse training continues the model gently (dsa-spec §4).
+  const bool pre = o.stage == dsa::model::Stage::kPretrain, warm = o.stage == dsa::model::Stage::kWarmup;
+  o.model_group.lr = f.get_double("lr", pre ? 2e-3 : 3e-4);
+  o.indexer_group.lr = f.get_double("indexer-lr", 1e-3);
+  o.model_group.weight_decay = f.get_double("weight-decay", 0.1);
+  o.indexer_group.weight_decay = 0.0;
+  o.model_group.clip = o.indexer_group.clip = f.get_double("clip", 1.0);
+  o.steps = f.get_int("steps", pre ? 300 : warm ? 100 : 100);
+  o.warmup_steps = f.get_int("warmup-steps", std::max<long long>(1, o.steps / 10));
+  o.min_lr_ratio = f.get_double("min-lr-ratio", 0.1);
+  o.loader.batch_size = static_cast<int>(f.get_int("batch", 4));
+  o.loader.seq_len = static_cast<int>(f.get_int("seq-len", 512));
+  o.loader.synthetic_share = f.get_double("synthetic", pre ? 0.25 : 0.1);
+  o.seed = static_cast<uint64_t>(f.get_int("seed", 1));
+  o.init = f.get("init", "");
+  o.checkpoint_every = f.get_int("checkpoint-every", 50);
+  o.keep_checkpoints = static_cast<int>(f.get_int("keep", 2));
+  o.val_every = static_cast<int>(f.get_int("val-every", 0));
+  o.progress = !f.has("no-progress");
+  o.plots = !f.has("no-plots");
+
+  const auto tok = dsa::load_tokenizer(data.tokenizer);
+  const auto corpus = dsa::train::load_corpus(data, (fs::path(o.run_dir) / "tokens").string());
+  std::fprintf(stderr, "[%-8s] corpus: %zu train documents (%lld tokens), %zu held out (%lld tokens), vocab %d\n",
+               dsa::train::stage_name(o.stage), corpus.train.size(), static_cast<long long>(corpus.train_tokens()), corpus.val.size(),
+               static_cast<long long>(corpus.val_tokens()), corpus.vocab_size);
+  const auto r = dsa::train::train_stage(o, corpus, *tok);
+  if (r.start_step > 0) std::fprintf(stderr, "[%-8s] resumed from step %lld\n", dsa::train::stage_name(o.stage), static_cast<long long>(r.start_step));
+  if (r.final_checkpoint.empty()) {
+    std::printf("%s: stopped before the end (%zu steps run)\n", dsa::train::stage_name(o.stage), r.records.size());
+    return 0;
+  }
+  std::printf("%s: done in %.1f s; validation loss %.4f (ppl %.2f); checkpoint %s\n", dsa::train::stage_name(o.stage), r.seconds, r.val_loss,
+              std::exp(r.val_loss), r.final_checkpoint.c_str());
+  return 0;
+}
+
+const dsa::cli::Register kTrain("train", "run one stage of the DSA recipe (pretrain, warmup, sparse)", run_train);
+
+}  // namespace
