@@ -7,6 +7,7 @@
 //   * fused indexer_topk ≡ topk_select(indexer_logits) bitwise;
 //   * backward: an fp64 backward, itself checked against central differences of the fp64 forward.
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <numeric>
 #include <set>
@@ -436,6 +437,7 @@ void check_topk_select(Backend& b) {
   add("random", 8, 300, 64, [&] { return rng.normal(); });
   add("ties_3_values", 8, 200, 50, [&] { return float(rng.integer(0, 2)); });
   add("all_equal", 4, 130, 64, [] { return 0.5f; });
+  add("signed_zeros", 6, 150, 40, [&] { return std::array<float, 3>{-0.0f, 0.0f, 1.0f}[size_t(rng.integer(0, 2))]; });  // −0 == +0: a tie
   add("nan_inf", 8, 100, 40, [&] {
     const int r = rng.integer(0, 9);
     return r == 0 ? kNanF : r == 1 ? kInfF : r == 2 ? -kInfF : r == 3 ? -kNanF : rng.normal();

@@ -30,14 +30,14 @@ dsa::KvCacheFormat parse_cache(const std::string& s) {
 const dsa::cli::Register kGenerate(
     "generate",
     "generate text: --model DIR --prompt TEXT [--max-new N] [--temperature T] [--top-p P] [--seed S] "
-    "[--mode dense|sparse|window] [--topk K] [--kv-cache fp32|bf16|fp8] [--fp8-indexer] [--chunk N] [--tokenizer SPEC] "
+    "[--mode dense|sparse|window] [--topk K] [--kv-cache fp32|bf16|fp8] [--indexer fp8|fp32] [--chunk N] [--tokenizer SPEC] "
     "[--random-prompt N]",
     [](const dsa::cli::Args& args) {
       using Clock = std::chrono::steady_clock;
       const dsa::cli::Flags f(args,
                               {"model", "prompt", "max-new", "temperature", "top-p", "seed", "mode", "topk", "kv-cache",
-                               "chunk", "max-tokens", "random-prompt", "tokenizer"},
-                              {"fp8-indexer", "quiet"});
+                               "chunk", "max-tokens", "random-prompt", "tokenizer", "indexer"},
+                              {"fp8-indexer"});
       const std::string dir = f.require("model");
       const dsa::model::Model m = dsa::model::Model::load(dir);
       const dsa::model::Config& c = m.config();
@@ -73,7 +73,10 @@ const dsa::cli::Register kGenerate(
       so.topk = static_cast<int>(f.get_int("topk", 0));
       const bool v32 = c.kv_lora_rank == dsa::kMlaLatentDim && c.qk_rope_head_dim == dsa::kMlaRopeDim;
       so.kv_format = parse_cache(f.get("kv-cache", v32 ? "bf16" : "fp32"));
-      so.indexer_precision = f.has("fp8-indexer") ? dsa::Precision::kFp8 : dsa::Precision::kFp32;
+      // The indexer runs FP8 in inference (V3.2) whenever its record fits (index_head_dim 128).
+      const std::string idx = f.has("fp8-indexer") ? "fp8" : f.get("indexer", c.index_head_dim == dsa::kIndexerKeyDim ? "fp8" : "fp32");
+      if (idx != "fp8" && idx != "fp32") throw dsa::Error("generate: --indexer must be fp8 or fp32, not '" + idx + "'");
+      so.indexer_precision = idx == "fp8" ? dsa::Precision::kFp8 : dsa::Precision::kFp32;
       so.max_tokens = static_cast<int>(f.get_int("max-tokens", static_cast<long long>(prompt.size()) + max_new + 1));
       dsa::model::Session session(m, so);
       dsa::model::SamplerOptions sp;

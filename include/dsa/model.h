@@ -116,7 +116,8 @@ struct SessionOptions {
   AttentionMode mode = AttentionMode::kSparse;      // kDense attends every cached key
   // MLA latent cache: kFp32 (any dims), kBf16 or kFp8Record (656 B; need kv_lora_rank 512, rope 64).
   KvCacheFormat kv_format = KvCacheFormat::kBf16;
-  // Indexer: kFp8 uses the paged 132 B cache (needs index_head_dim 128); kFp32 keeps fp32 keys.
+  // Indexer: kFp8 uses the paged 132 B cache (needs index_head_dim 128; V3.2 inference, ue8m0
+  // scales); kFp32 keeps fp32 keys (any index_head_dim; equals the training path's selection).
   Precision indexer_precision = Precision::kFp32;
   int topk = 0;                                      // ≤ 0: config.index_topk
   int max_tokens = 0;                                // cache capacity; ≤ 0: max_position_embeddings
@@ -190,7 +191,9 @@ class Model {
 // Every call appends n tokens at positions [length(), length() + n) in one step: their latents are
 // written to the caches (pages of kCachePageTokens slots), then each row attends over the cache
 // (indexer top-k over logical positions → physical slots → sparse attention). Prefill in chunks ≡
-// one shot; decode at position t ≡ prefill row t (same ops on the same cache contents).
+// one shot and decode at position t ≡ prefill row t, bitwise: the session's projections use a
+// row-invariant matmul and every op works per row, on the same cache contents.
+// The Session keeps a reference to the model's parameters: the Model must outlive it.
 class Session {
  public:
   Session(const Model& model, const SessionOptions& options);

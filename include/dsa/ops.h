@@ -37,6 +37,7 @@
 //   9  indexer_kl_forward / indexer_kl_backward                        (src/cpu/indexer_kl.cpp)
 //  10  indexer_backward                                                (src/cpu/indexer_backward.cpp)
 //  11  indexer_logits_paged, paged_to_physical, sparse_attention_decode (src/cpu/decode.cpp)
+//  12  model layers: linear, rmsnorm, layernorm, swiglu, embedding, cross_entropy (src/cpu/layers.cpp)
 #pragma once
 
 #include <cstddef>
