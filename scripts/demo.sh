@@ -55,17 +55,17 @@ COMMON="--run $RUN --checkpoint-every 50 --seq-len $CTX --batch 4"
 phase "stage 1/3: dense pretraining (all parameters but the indexer; half synthetic long-range sequences)"
 # shellcheck disable=SC2086
 "$DSA" train $COMMON --stage pretrain --data "$DATA/txt" --tokenizer "$RUN/tokenizer.model" $MODEL \
-  --steps "$(steps 400)" --lr 3e-3 --synthetic 0.5
+  --steps "$(steps 300)" --lr 3e-3 --synthetic 0.5
 lap pretrain
 
 phase "stage 2/3: indexer warm-up (model frozen; KL to the head-summed dense attention, lr 1e-3)"
 # shellcheck disable=SC2086
-"$DSA" train $COMMON --stage warmup --steps "$(steps 150)" --indexer-lr 1e-3 --synthetic 0.5
+"$DSA" train $COMMON --stage warmup --steps "$(steps 100)" --indexer-lr 1e-3 --synthetic 0.5
 lap warmup
 
 phase "stage 3/3: sparse training (top-$K; LM loss -> model, selected-set KL -> indexer)"
 # shellcheck disable=SC2086
-"$DSA" train $COMMON --stage sparse --topk $K --steps "$(steps 100)" --lr 5e-4 --indexer-lr 1e-3 --synthetic 0.5
+"$DSA" train $COMMON --stage sparse --topk $K --steps "$(steps 80)" --lr 5e-4 --indexer-lr 1e-3 --synthetic 0.5
 lap sparse
 
 phase "evaluation"

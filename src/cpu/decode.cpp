@@ -5,8 +5,8 @@
 //   paged_to_physical        logical top-k positions → physical cache slots (page·64 + offset)
 //   sparse_attention_decode  FlashMLA sparse decode over an fp32 / bf16 / FP8-record MLA cache
 //
-// Every argument is validated before anything is written; the checks are exported (decode_checks.h)
-// so that another backend's host wrapper runs the same checks with the same messages.
+// Every argument is validated before anything is written; the checks live in common/op_checks.h
+// (shared with the GPU launchers and test wrappers, so every backend reports the same messages).
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "common/check.h"
-#include "cpu/decode_checks.h"
+#include "common/op_checks.h"
 #include "dsa/ops.h"
 
 namespace dsa::cpu {
@@ -47,107 +47,9 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace
 
-// ── argument checks (decode_checks.h) ─────────────────────────────────────────────────────────
-namespace detail {
-void validate_paged_indexer(const PagedIndexerParams& p, const float* logits) {
-  constexpr const char* op = "indexer_logits_paged";
-  ::dsa::detail::require_positive(p.B, op, "B");
-  DSA_REQUIRE(p.next_n == 1 || p.next_n == 2, op, "next_n = ", p.next_n, " must be 1 or 2");
-  ::dsa::detail::require_positive(p.HI, op, "HI");
-  ::dsa::detail::require_positive(p.num_pages, op, "num_pages");
-  ::dsa::detail::require_positive(p.max_blocks, op, "max_blocks");
-  ::dsa::detail::require_positive(p.max_context_len, op, "max_context_len");
-  ::dsa::detail::require_ptr(p.q_fp8, op, "q_fp8");
-  ::dsa::detail::require_ptr(p.cache, op, "cache");
-  ::dsa::detail::require_ptr(p.w, op, "w");
-  ::dsa::detail::require_ptr(p.context_lens, op, "context_lens");
-  ::dsa::detail::require_ptr(p.block_table, op, "block_table");
-  ::dsa::detail::require_ptr(logits, op, "logits");
-  const int64_t table_tokens = static_cast<int64_t>(p.max_blocks) * kCachePageTokens;
-  for (int b = 0; b < p.B; ++b) {
-    int longest = 0;
-    for (int n = 0; n < p.next_n; ++n) {
-      const int32_t len = p.context_lens[b * p.next_n + n];
-      DSA_REQUIRE(len >= 0 && len <= p.max_context_len, op, "context_lens[", b, ",", n, "] = ", len,
-                  " is outside [0, max_context_len = ", p.max_context_len, "]");
-      DSA_REQUIRE(len <= table_tokens, op, "context_lens[", b, ",", n, "] = ", len,
-                  " exceeds max_blocks·64 = ", table_tokens, " (the block_table row is too short)");
-      longest = std::max(longest, static_cast<int>(len));
-    }
-    // Only the pages a row reads are checked: DeepGEMM pads the rest of the table arbitrarily.
-    for (int64_t i = 0; i < ceil_div(longest, kCachePageTokens); ++i) {
-      const int32_t page = p.block_table[static_cast<int64_t>(b) * p.max_blocks + i];
-      DSA_REQUIRE(page >= 0 && page < p.num_pages, op, "block_table[", b, ",", i, "] = ", page,
-                  " is out of range [0, num_pages = ", p.num_pages, ")");
-    }
-  }
-}
-
-void validate_paged_to_physical(int B, int next_n, int K, const int32_t* block_table, int max_blocks,
-                                int num_pages, const int32_t* indices) {
-  constexpr const char* op = "paged_to_physical";
-  ::dsa::detail::require_positive(B, op, "B");
-  DSA_REQUIRE(next_n == 1 || next_n == 2, op, "next_n = ", next_n, " must be 1 or 2");
-  ::dsa::detail::require_positive(K, op, "K");
-  ::dsa::detail::require_positive(max_blocks, op, "max_blocks");
-  ::dsa::detail::require_positive(num_pages, op, "num_pages");
-  ::dsa::detail::require_ptr(block_table, op, "block_table");
-  ::dsa::detail::require_ptr(indices, op, "indices");
-  const int64_t rows = static_cast<int64_t>(B) * next_n;
-  // Every entry is checked before any is rewritten (in place, so no partial output).
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t b = r / next_n;
-    for (int k = 0; k < K; ++k) {
-      const int32_t j = indices[r * K + k];
-      if (j == kInvalidIndex) continue;
-      DSA_REQUIRE(j >= 0, op, "indices[", r, ",", k, "] = ", j, " is negative (and not -1)");
-      const int64_t blk = j / kCachePageTokens;
-      DSA_REQUIRE(blk < max_blocks, op, "indices[", r, ",", k, "] = ", j, " lies beyond the block_table (max_blocks = ",
-                  max_blocks, " pages of 64)");
-      const int32_t page = block_table[b * max_blocks + blk];
-      DSA_REQUIRE(page >= 0 && page < num_pages, op, "block_table[", b, ",", blk, "] = ", page,
-                  " (read for indices[", r, ",", k, "]) is out of range [0, num_pages = ", num_pages, ")");
-    }
-  }
-}
-
-void validate_sparse_decode(const SparseDecodeParams& p) {
-  constexpr const char* op = "sparse_attention_decode";
-  ::dsa::detail::require_positive(p.B, op, "B");
-  DSA_REQUIRE(p.next_n == 1 || p.next_n == 2, op, "next_n = ", p.next_n, " must be 1 or 2");
-  ::dsa::detail::require_positive(p.H, op, "H");
-  ::dsa::detail::require_positive(p.K, op, "K");
-  ::dsa::detail::require_positive(p.num_slots, op, "num_slots");
-  DSA_REQUIRE(std::isfinite(p.scale) && p.scale > 0.0f, op, "scale = ", p.scale, " must be finite and > 0");
-  DSA_REQUIRE(p.format == KvCacheFormat::kFp32 || p.format == KvCacheFormat::kBf16 ||
-                  p.format == KvCacheFormat::kFp8Record,
-              op, "format = ", static_cast<int>(p.format), " is not a KvCacheFormat");
-  ::dsa::detail::require_ptr(p.q, op, "q");
-  ::dsa::detail::require_ptr(p.cache, op, "cache");
-  ::dsa::detail::require_ptr(p.indices, op, "indices");
-  ::dsa::detail::require_ptr(p.out, op, "out");
-  ::dsa::detail::require_ptr(p.lse, op, "lse");
-  const int64_t rows = static_cast<int64_t>(p.B) * p.next_n;
-  for (int64_t r = 0; r < rows; ++r) {
-    int len = p.K;
-    if (p.topk_length != nullptr) {
-      len = p.topk_length[r];
-      DSA_REQUIRE(len >= 0 && len <= p.K, op, "topk_length[", r, "] = ", len, " is outside [0, K = ", p.K, "]");
-    }
-    // Only the slots a row reads ([0, len)) are checked; FlashMLA never reads past topk_length.
-    for (int k = 0; k < len; ++k) {
-      const int32_t s = p.indices[r * p.K + k];
-      DSA_REQUIRE(s == kInvalidIndex || (s >= 0 && s < p.num_slots), op, "indices[", r / p.next_n, ",",
-                  r % p.next_n, ",", k, "] = ", s, " is out of range [0, num_slots = ", p.num_slots,
-                  ") (and not -1)");
-    }
-  }
-}
-
-}  // namespace detail
-
 void indexer_logits_paged(const PagedIndexerParams& p, float* logits) {
-  detail::validate_paged_indexer(p, logits);
+  ::dsa::detail::validate_paged_indexer_args(p, logits);
+  ::dsa::detail::validate_paged_indexer_data(p);
   const std::array<float, 256> e4m3 = e4m3_table();
   const int rows = p.B * p.next_n;
   const int HI = p.HI;
@@ -221,7 +123,9 @@ void indexer_logits_paged(const PagedIndexerParams& p, float* logits) {
 // ── paged_to_physical ───────────────────────────────────────────────────────────────────────
 void paged_to_physical(int B, int next_n, int K, const int32_t* block_table, int max_blocks, int num_pages,
                        int32_t* indices) {
-  detail::validate_paged_to_physical(B, next_n, K, block_table, max_blocks, num_pages, indices);  // all entries first
+  ::dsa::detail::validate_paged_to_physical_args(B, next_n, K, block_table, max_blocks, num_pages, indices);
+  ::dsa::detail::validate_paged_to_physical_data(B, next_n, K, block_table, max_blocks, num_pages,
+                                                 indices);  // all entries first
   const int64_t rows = static_cast<int64_t>(B) * next_n;
   // Logical position j of request b → slot block_table[b, j/64]·64 + j%64.
 #pragma omp parallel for schedule(static)
@@ -269,7 +173,8 @@ void dequantize_row(const SparseDecodeParams& p, const std::array<float, 256>& e
 }  // namespace
 
 void sparse_attention_decode(const SparseDecodeParams& p) {
-  detail::validate_sparse_decode(p);
+  ::dsa::detail::validate_sparse_decode_args(p);
+  ::dsa::detail::validate_sparse_decode_data(p);
   const std::array<float, 256> e4m3 = e4m3_table();
   const int64_t rows = static_cast<int64_t>(p.B) * p.next_n;
   const int H = p.H;

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "common/check.h"
+#include "common/op_checks.h"
 #include "cpu/indexer_common.h"
 #include "cpu/topk_stream.h"
 
@@ -227,25 +228,7 @@ void for_each_logit_block(const IndexerParams& p, int t, RowScratch& sc, Sink&& 
 // V3.2 Indexer.forward step 5 (act_quant of q per head and k per token, block 128) and step 7
 // (w' = w · q_scale): produces exactly the inputs of the kFp8 logits.
 void indexer_quantize_fp8(const IndexerQuantizeParams& p) {
-  constexpr const char* op = "indexer_quantize_fp8";
-  using ::dsa::detail::fail;
-  ::dsa::detail::require_non_negative(p.T, op, "T");
-  ::dsa::detail::require_non_negative(p.S, op, "S");
-  ::dsa::detail::require_positive(p.HI, op, "HI");
-  ::dsa::detail::require_positive(p.DI, op, "DI");
-  if (p.DI % kQuantBlock != 0) fail(op, "DI = ", p.DI, " must be a multiple of kQuantBlock = ", kQuantBlock);
-  if (p.DI != kIndexerKeyDim)
-    fail(op, "DI = ", p.DI, " must be kIndexerKeyDim = ", kIndexerKeyDim,
-         " (one k scale per token and one q scale per head, folded into w)");
-  if (p.format != ScaleFormat::kFloat && p.format != ScaleFormat::kUe8m0)
-    fail(op, "format = ", static_cast<int>(p.format), " is not a ScaleFormat");
-  ::dsa::detail::require_ptr(p.q, op, "q");
-  ::dsa::detail::require_ptr(p.k, op, "k");
-  ::dsa::detail::require_ptr(p.w, op, "w");
-  ::dsa::detail::require_ptr(p.q_fp8, op, "q_fp8");
-  ::dsa::detail::require_ptr(p.k_fp8, op, "k_fp8");
-  ::dsa::detail::require_ptr(p.k_scale, op, "k_scale");
-  ::dsa::detail::require_ptr(p.w_folded, op, "w_folded");
+  ::dsa::detail::validate_indexer_quantize_args(p);
 
   const int64_t heads = static_cast<int64_t>(p.T) * p.HI;
   std::vector<float> q_scale(static_cast<size_t>(heads));  // s_q[t,h]: DI == 128 → one block per head

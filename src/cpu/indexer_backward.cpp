@@ -28,15 +28,15 @@ inline double dot64(const float* a, const float* b, int n) {
 
 }  // namespace
 
-void indexer_backward(const IndexerBackwardParams& p) {
-  constexpr const char* op = "indexer_backward";
+namespace detail {
+
+void validate_indexer_backward_inputs(const IndexerBackwardParams& p, const char* op) {
   using ::dsa::detail::fail;
   const IndexerParams& f = p.fwd;
-  detail::validate_indexer_params(f, op);
+  validate_indexer_params(f, op);
   if (f.precision != Precision::kFp32) fail(op, "fwd.precision must be kFp32 (the backward is fp32 only)");
   ::dsa::detail::require_non_negative(p.K, op, "K");
-  const bool sparse = p.K > 0;
-  if (sparse) {
+  if (p.K > 0) {
     if (p.K > kMaxTopK) fail(op, "K = ", p.K, " must be in [1, kMaxTopK = ", kMaxTopK, "] (or 0 for dense dI)");
     ::dsa::detail::require_ptr(p.indices, op, "indices");
     // A selected key must lie in its row's range: outside it the forward logit is −inf (no gradient).
@@ -50,6 +50,15 @@ void indexer_backward(const IndexerBackwardParams& p) {
   } else if (p.indices != nullptr) {
     fail(op, "indices must be null when K = 0 (dense d_logits [T,S])");
   }
+}
+
+}  // namespace detail
+
+void indexer_backward(const IndexerBackwardParams& p) {
+  constexpr const char* op = "indexer_backward";
+  detail::validate_indexer_backward_inputs(p, op);
+  const IndexerParams& f = p.fwd;
+  const bool sparse = p.K > 0;
   ::dsa::detail::require_ptr(p.d_logits, op, "d_logits");
   ::dsa::detail::require_ptr(p.dq, op, "dq");
   ::dsa::detail::require_ptr(p.dk, op, "dk");

@@ -10,6 +10,12 @@ namespace dsa::cpu::detail {
 // Throws dsa::Error "<op>: <argument> ..." before anything is written.
 void validate_indexer_params(const IndexerParams& p, const char* op);
 
+// indexer_backward (indexer_backward.cpp) up to its output pointers: the forward params (as above),
+// fp32 precision, 0 ≤ K ≤ kMaxTopK, indices null iff K = 0, every selected key −1 or in
+// [ks[t], ke[t]). Reads ks, ke and indices, so they must be in host memory (the GPU test wrapper runs
+// it on its host copy).
+void validate_indexer_backward_inputs(const IndexerBackwardParams& p, const char* op);
+
 // 1 ≤ K ≤ kMaxTopK (topk.cpp).
 void require_topk_budget(int K, const char* op);
 

@@ -13,6 +13,7 @@
 // Plan: one thread per (r, j), kKeysPerBlock consecutive keys of one row per block; no shared memory.
 #include <cmath>
 
+#include "common/op_checks.h"
 #include "cuda/indexer_common.cuh"
 
 namespace dsa::cuda {
@@ -69,18 +70,7 @@ __global__ void paged_to_physical_kernel(int rows, int next_n, int K, const int3
 
 void indexer_logits_paged(const PagedIndexerParams& p, float* logits, cudaStream_t stream) {
   constexpr const char* op = "indexer_logits_paged";
-  ::dsa::detail::require_positive(p.B, op, "B");
-  DSA_REQUIRE(p.next_n == 1 || p.next_n == 2, op, "next_n = ", p.next_n, " must be 1 or 2");
-  ::dsa::detail::require_positive(p.HI, op, "HI");
-  ::dsa::detail::require_positive(p.num_pages, op, "num_pages");
-  ::dsa::detail::require_positive(p.max_blocks, op, "max_blocks");
-  ::dsa::detail::require_positive(p.max_context_len, op, "max_context_len");
-  ::dsa::detail::require_ptr(p.q_fp8, op, "q_fp8");
-  ::dsa::detail::require_ptr(p.cache, op, "cache");
-  ::dsa::detail::require_ptr(p.w, op, "w");
-  ::dsa::detail::require_ptr(p.context_lens, op, "context_lens");
-  ::dsa::detail::require_ptr(p.block_table, op, "block_table");
-  ::dsa::detail::require_ptr(logits, op, "logits");
+  ::dsa::detail::validate_paged_indexer_args(p, logits);  // host-visible part only (no data read)
   const int key_tiles = detail::ceil_div(p.max_context_len, kKeysPerBlock);
   const int64_t blocks = int64_t(key_tiles) * p.B * p.next_n;
   indexer_logits_paged_v1_kernel<<<blocks, kKeysPerBlock, 0, stream>>>(p, key_tiles, logits);
@@ -90,13 +80,7 @@ void indexer_logits_paged(const PagedIndexerParams& p, float* logits, cudaStream
 void paged_to_physical(int B, int next_n, int K, const int32_t* block_table, int max_blocks, int num_pages,
                        int32_t* indices, cudaStream_t stream) {
   constexpr const char* op = "paged_to_physical";
-  ::dsa::detail::require_positive(B, op, "B");
-  DSA_REQUIRE(next_n == 1 || next_n == 2, op, "next_n = ", next_n, " must be 1 or 2");
-  ::dsa::detail::require_positive(K, op, "K");
-  ::dsa::detail::require_positive(max_blocks, op, "max_blocks");
-  ::dsa::detail::require_positive(num_pages, op, "num_pages");
-  ::dsa::detail::require_ptr(block_table, op, "block_table");
-  ::dsa::detail::require_ptr(indices, op, "indices");
+  ::dsa::detail::validate_paged_to_physical_args(B, next_n, K, block_table, max_blocks, num_pages, indices);
   const int rows = B * next_n;
   paged_to_physical_kernel<<<detail::ceil_div(int64_t(rows) * K, kMapThreads), kMapThreads, 0, stream>>>(
       rows, next_n, K, block_table, max_blocks, num_pages, indices);

@@ -5,6 +5,7 @@
 // with the CPU (same amax, common.cuh scale and e4m3 conversion, IEEE division and product).
 // One warp per 128-block, 4 elements per lane (16-byte loads); no shared memory. Two kernels:
 // quantize_q_kernel (q blocks + the folded weight) and quantize_k_kernel (key rows).
+#include "common/op_checks.h"
 #include "cuda/common.cuh"
 #include "dsa/cuda_ops.h"
 
@@ -50,24 +51,7 @@ __global__ void quantize_k_kernel(IndexerQuantizeParams p) {
 
 void indexer_quantize_fp8(const IndexerQuantizeParams& p, cudaStream_t stream) {
   constexpr const char* op = "indexer_quantize_fp8";
-  ::dsa::detail::require_non_negative(p.T, op, "T");
-  ::dsa::detail::require_non_negative(p.S, op, "S");
-  ::dsa::detail::require_positive(p.HI, op, "HI");
-  ::dsa::detail::require_positive(p.DI, op, "DI");
-  if (p.DI % kQuantBlock != 0)
-    ::dsa::detail::fail(op, "DI = ", p.DI, " must be a multiple of kQuantBlock = ", kQuantBlock);
-  if (p.DI != kIndexerKeyDim)
-    ::dsa::detail::fail(op, "DI = ", p.DI, " must be kIndexerKeyDim = ", kIndexerKeyDim,
-                        " (one k scale per token and one q scale per head, folded into w)");
-  if (p.format != ScaleFormat::kFloat && p.format != ScaleFormat::kUe8m0)
-    ::dsa::detail::fail(op, "format = ", static_cast<int>(p.format), " is not a ScaleFormat");
-  ::dsa::detail::require_ptr(p.q, op, "q");
-  ::dsa::detail::require_ptr(p.k, op, "k");
-  ::dsa::detail::require_ptr(p.w, op, "w");
-  ::dsa::detail::require_ptr(p.q_fp8, op, "q_fp8");
-  ::dsa::detail::require_ptr(p.k_fp8, op, "k_fp8");
-  ::dsa::detail::require_ptr(p.k_scale, op, "k_scale");
-  ::dsa::detail::require_ptr(p.w_folded, op, "w_folded");
+  ::dsa::detail::validate_indexer_quantize_args(p);
   const int64_t q_blocks = int64_t(p.T) * p.HI;
   if (q_blocks > 0) {
     quantize_q_kernel<<<detail::ceil_div(q_blocks, kWarpsPerBlock), kThreads, 0, stream>>>(p);

@@ -14,6 +14,7 @@
 //   the cache (H % 64 == 0, sm_80 / sm_90 shared memory), one block per row × 64 heads, no split-KV.
 // Splits depend only on the shapes (never on the device): enough blocks to cover ~2 waves of a
 // 132-SM part, at least kMinKeysPerSplit keys each. Workspace: splits·rows·H·513 floats (0 if 1).
+#include "common/op_checks.h"
 #include "cuda/attention_common.cuh"
 #include "dsa/cuda_ops.h"
 
@@ -77,24 +78,6 @@ Plan plan(const SparseDecodeParams& p) {
   splits = detail::ceil_div(p.K, per);
   const size_t ws = splits > 1 ? sizeof(float) * static_cast<size_t>(splits) * rows * p.H * (kDv + 1) : 0;
   return {splits, per, ws};
-}
-
-void validate(const SparseDecodeParams& p) {
-  using namespace ::dsa::detail;
-  require_positive(p.B, kOp, "B");
-  DSA_REQUIRE(p.next_n == 1 || p.next_n == 2, kOp, "next_n = ", p.next_n, " must be 1 or 2");
-  require_positive(p.H, kOp, "H");
-  require_positive(p.K, kOp, "K");
-  require_positive(p.num_slots, kOp, "num_slots");
-  DSA_REQUIRE(std::isfinite(p.scale) && p.scale > 0.0f, kOp, "scale = ", p.scale, " must be finite and > 0");
-  DSA_REQUIRE(p.format == KvCacheFormat::kFp32 || p.format == KvCacheFormat::kBf16 ||
-                  p.format == KvCacheFormat::kFp8Record,
-              kOp, "format = ", static_cast<int>(p.format), " is not a KvCacheFormat");
-  require_ptr(p.q, kOp, "q");
-  require_ptr(p.cache, kOp, "cache");
-  require_ptr(p.indices, kOp, "indices");
-  require_ptr(p.out, kOp, "out");
-  require_ptr(p.lse, kOp, "lse");
 }
 
 struct DecodeArgs {
@@ -166,7 +149,8 @@ size_t sparse_attention_decode_workspace_bytes(const SparseDecodeParams& p) {
 
 void sparse_attention_decode(const SparseDecodeParams& p, void* workspace, size_t workspace_bytes, cudaStream_t stream,
                              int version) {
-  validate(p);
+  // Host-visible checks only: indices and topk_length live on the device (cuda_ops.h contract).
+  ::dsa::detail::validate_sparse_decode_args(p);
   if (version == kSparseAttentionBf16Version && attn::sparse_decode_bf16_fits(p)) {
     attn::sparse_decode_bf16(p, stream, kOp);   // needs no workspace
     return;

@@ -15,6 +15,7 @@
 #include "cuda/cuda_backend.h"
 #include "cuda/device_buffer.h"
 #include "common/check.h"
+#include "common/op_checks.h"
 #include "dsa/cuda_ops.h"
 
 namespace dsa::test {
@@ -176,28 +177,10 @@ void CudaBackend::sparse_attention_decode(const SparseDecodeParams& p) {
   constexpr const char* op = "sparse_attention_decode";
   constexpr int kRowDim = kMlaLatentDim + kMlaRopeDim;
   // Host-visible checks first (the op repeats them on device pointers), then the data checks the
-  // CPU makes, with its messages (src/cpu/decode.cpp validate_sparse_decode).
-  cuda::sparse_attention_decode_workspace_bytes(p);
+  // CPU makes, on the host copy (common/op_checks.h, shared with the CPU op).
+  ::dsa::detail::validate_sparse_decode_args(p);
+  ::dsa::detail::validate_sparse_decode_data(p);
   const int64_t rows = static_cast<int64_t>(p.B) * p.next_n;
-  detail::require_positive(p.num_slots, op, "num_slots");
-  detail::require_ptr(p.q, op, "q");
-  detail::require_ptr(p.cache, op, "cache");
-  detail::require_ptr(p.indices, op, "indices");
-  detail::require_ptr(p.out, op, "out");
-  detail::require_ptr(p.lse, op, "lse");
-  for (int64_t r = 0; r < rows; ++r) {
-    int len = p.K;
-    if (p.topk_length != nullptr) {
-      len = p.topk_length[r];
-      DSA_REQUIRE(len >= 0 && len <= p.K, op, "topk_length[", r, "] = ", len, " is outside [0, K = ", p.K, "]");
-    }
-    for (int k = 0; k < len; ++k) {
-      const int32_t s = p.indices[r * p.K + k];
-      DSA_REQUIRE(s == kInvalidIndex || (s >= 0 && s < p.num_slots), op, "indices[", r / p.next_n, ",",
-                  r % p.next_n, ",", k, "] = ", s, " is out of range [0, num_slots = ", p.num_slots,
-                  ") (and not -1)");
-    }
-  }
   size_t cache_bytes = static_cast<size_t>(p.num_slots);
   switch (p.format) {
     case KvCacheFormat::kFp32: cache_bytes *= kRowDim * sizeof(float); break;

@@ -6,8 +6,9 @@
 //
 // Argument errors: the device ops check what the host can see; the data checks of the CPU (ranges,
 // indices, context lengths, page ids) need the data, which here is on the host, so each method first
-// runs the same checks on the host copy (the CPU's own validators where they are exported), and the
-// table's bad-input cases throw the same dsa::Error before anything is uploaded or written.
+// runs the same checks on the host copy (the CPU's own validators: common/op_checks.h,
+// cpu/indexer_common.h), and the table's bad-input cases throw the same dsa::Error before anything
+// is uploaded or written.
 // Shapes are clamped at 0 when sizing the device copies, so a negative dimension reaches the op
 // (which names it) instead of a huge allocation.
 #include <cuda_runtime.h>
@@ -15,6 +16,7 @@
 #include <algorithm>
 
 #include "common/check.h"
+#include "common/op_checks.h"
 #include "cpu/indexer_common.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/device_buffer.h"
@@ -75,90 +77,6 @@ struct DeviceIndexer {
     d.ke = ke.data();
   }
 };
-
-// The CPU's indexer_backward data checks (src/cpu/indexer_backward.cpp), on the host copy.
-void validate_backward_host(const IndexerBackwardParams& p, const char* op) {
-  using ::dsa::detail::fail;
-  const IndexerParams& f = p.fwd;
-  cpu::detail::validate_indexer_params(f, op);
-  if (f.precision != Precision::kFp32) fail(op, "fwd.precision must be kFp32 (the backward is fp32 only)");
-  ::dsa::detail::require_non_negative(p.K, op, "K");
-  if (p.K > 0) {
-    if (p.K > kMaxTopK) fail(op, "K = ", p.K, " must be in [1, kMaxTopK = ", kMaxTopK, "] (or 0 for dense dI)");
-    ::dsa::detail::require_ptr(p.indices, op, "indices");
-    for (int t = 0; t < f.T; ++t)
-      for (int j = 0; j < p.K; ++j) {
-        const int32_t s = p.indices[static_cast<int64_t>(t) * p.K + j];
-        if (s != kInvalidIndex && (s < f.ks[t] || s >= f.ke[t]))
-          fail(op, "indices[", t, ",", j, "] = ", s, " is out of range [ks, ke) = [", f.ks[t], ", ", f.ke[t],
-               ") (and not -1)");
-      }
-  } else if (p.indices != nullptr) {
-    fail(op, "indices must be null when K = 0 (dense d_logits [T,S])");
-  }
-}
-
-// The CPU's indexer_logits_paged data checks (src/cpu/decode.cpp), on the host copy.
-void validate_paged_host(const PagedIndexerParams& p, const float* logits) {
-  constexpr const char* op = "indexer_logits_paged";
-  ::dsa::detail::require_positive(p.B, op, "B");
-  DSA_REQUIRE(p.next_n == 1 || p.next_n == 2, op, "next_n = ", p.next_n, " must be 1 or 2");
-  ::dsa::detail::require_positive(p.HI, op, "HI");
-  ::dsa::detail::require_positive(p.num_pages, op, "num_pages");
-  ::dsa::detail::require_positive(p.max_blocks, op, "max_blocks");
-  ::dsa::detail::require_positive(p.max_context_len, op, "max_context_len");
-  ::dsa::detail::require_ptr(p.q_fp8, op, "q_fp8");
-  ::dsa::detail::require_ptr(p.cache, op, "cache");
-  ::dsa::detail::require_ptr(p.w, op, "w");
-  ::dsa::detail::require_ptr(p.context_lens, op, "context_lens");
-  ::dsa::detail::require_ptr(p.block_table, op, "block_table");
-  ::dsa::detail::require_ptr(logits, op, "logits");
-  const int64_t table_tokens = static_cast<int64_t>(p.max_blocks) * kCachePageTokens;
-  for (int b = 0; b < p.B; ++b) {
-    int longest = 0;
-    for (int n = 0; n < p.next_n; ++n) {
-      const int32_t len = p.context_lens[b * p.next_n + n];
-      DSA_REQUIRE(len >= 0 && len <= p.max_context_len, op, "context_lens[", b, ",", n, "] = ", len,
-                  " is outside [0, max_context_len = ", p.max_context_len, "]");
-      DSA_REQUIRE(len <= table_tokens, op, "context_lens[", b, ",", n, "] = ", len, " exceeds max_blocks·64 = ",
-                  table_tokens, " (the block_table row is too short)");
-      longest = std::max(longest, static_cast<int>(len));
-    }
-    for (int64_t i = 0; i < (longest + kCachePageTokens - 1) / kCachePageTokens; ++i) {
-      const int32_t page = p.block_table[static_cast<int64_t>(b) * p.max_blocks + i];
-      DSA_REQUIRE(page >= 0 && page < p.num_pages, op, "block_table[", b, ",", i, "] = ", page,
-                  " is out of range [0, num_pages = ", p.num_pages, ")");
-    }
-  }
-}
-
-// The CPU's paged_to_physical checks (src/cpu/decode.cpp pass 1), on the host copy.
-void validate_p2p_host(int B, int next_n, int K, const int32_t* block_table, int max_blocks, int num_pages,
-                       const int32_t* indices) {
-  constexpr const char* op = "paged_to_physical";
-  ::dsa::detail::require_positive(B, op, "B");
-  DSA_REQUIRE(next_n == 1 || next_n == 2, op, "next_n = ", next_n, " must be 1 or 2");
-  ::dsa::detail::require_positive(K, op, "K");
-  ::dsa::detail::require_positive(max_blocks, op, "max_blocks");
-  ::dsa::detail::require_positive(num_pages, op, "num_pages");
-  ::dsa::detail::require_ptr(block_table, op, "block_table");
-  ::dsa::detail::require_ptr(indices, op, "indices");
-  const int64_t rows = static_cast<int64_t>(B) * next_n;
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t b = r / next_n;
-    for (int k = 0; k < K; ++k) {
-      const int32_t j = indices[r * K + k];
-      if (j == kInvalidIndex) continue;
-      DSA_REQUIRE(j >= 0, op, "indices[", r, ",", k, "] = ", j, " is negative (and not -1)");
-      const int64_t blk = j / kCachePageTokens;
-      DSA_REQUIRE(blk < max_blocks, op, "indices[", r, ",", k, "] = ", j,
-                  " lies beyond the block_table (max_blocks = ", max_blocks, " pages of 64)");
-      const int32_t page = block_table[b * max_blocks + blk];
-      DSA_REQUIRE(page >= 0 && page < num_pages, op, "block_table[", b, ",", blk, "] = ", page, " (read for indices[",
-                  r, ",", k, "]) is out of range [0, num_pages = ", num_pages, ")");
-    }
-  }
-}
 
 }  // namespace
 
@@ -269,7 +187,7 @@ void rope(const RopeParams& p, bool forward) {
   if (forward) cuda::rope_forward(d, nullptr);
   else cuda::rope_backward(d, nullptr);
   sync_and_check(op);
-  x.download(p.x, "x");
+  x.download(const_cast<float*>(p.x), "x");
 }
 }  // namespace
 
@@ -344,7 +262,7 @@ void CudaBackend::indexer_topk(const IndexerParams& p, int K, int32_t* indices) 
 
 void CudaBackend::indexer_backward(const IndexerBackwardParams& p) {
   constexpr const char* op = "indexer_backward";
-  validate_backward_host(p, op);
+  cpu::detail::validate_indexer_backward_inputs(p, op);  // the CPU's checks, on the host copy
   DeviceIndexer in(p.fwd);
   DeviceBuffer<int32_t> idx(p.indices, sz(p.fwd.T, p.K));
   DeviceBuffer<float> dI(p.d_logits, p.K > 0 ? sz(p.fwd.T, p.K) : sz(p.fwd.T, p.fwd.S));
@@ -368,7 +286,8 @@ void CudaBackend::indexer_backward(const IndexerBackwardParams& p) {
 // ── 11. paged indexer ─────────────────────────────────────────────────────────────────────────
 void CudaBackend::indexer_logits_paged(const PagedIndexerParams& p, float* logits) {
   constexpr const char* op = "indexer_logits_paged";
-  validate_paged_host(p, logits);
+  ::dsa::detail::validate_paged_indexer_args(p, logits);
+  ::dsa::detail::validate_paged_indexer_data(p);  // host copy: the device op cannot read it
   const size_t rows = sz(p.B, p.next_n);
   DeviceBuffer<uint8_t> q(p.q_fp8, rows * sz(p.HI, kIndexerKeyDim));
   DeviceBuffer<uint8_t> cache(p.cache, sz(p.num_pages, kCachePageTokens, kIndexerRecordBytes));
@@ -387,7 +306,8 @@ void CudaBackend::indexer_logits_paged(const PagedIndexerParams& p, float* logit
 
 void CudaBackend::paged_to_physical(int B, int next_n, int K, const int32_t* block_table, int max_blocks,
                                     int num_pages, int32_t* indices) {
-  validate_p2p_host(B, next_n, K, block_table, max_blocks, num_pages, indices);
+  ::dsa::detail::validate_paged_to_physical_args(B, next_n, K, block_table, max_blocks, num_pages, indices);
+  ::dsa::detail::validate_paged_to_physical_data(B, next_n, K, block_table, max_blocks, num_pages, indices);
   DeviceBuffer<int32_t> table(block_table, sz(B, max_blocks)), idx(indices, sz(B, next_n, K));
   cuda::paged_to_physical(B, next_n, K, table.data(), max_blocks, num_pages, idx.data(), nullptr);
   sync_and_check("paged_to_physical");
