@@ -59,8 +59,13 @@ __global__ void __launch_bounds__(kChunk) indexer_topk_v1_kernel(IndexerParams p
       if (!has_threshold || key > threshold) buf[atomicAdd(&count, 1)] = key;
     }
     __syncthreads();
-    if (count > cap - kChunk) {  // block-uniform: compact to the K best
-      for (int i = count + threadIdx.x; i < cap; i += kChunk) buf[i] = 0ull;
+    // Snapshot count, then a second barrier: without it a fast thread's next atomicAdd (or thread
+    // 0's reset below) changes count while slower threads still test it, the branch diverges and
+    // the block's barriers desynchronise (compute-sanitizer racecheck found exactly this).
+    const int filled = count;
+    __syncthreads();
+    if (filled > cap - kChunk) {  // block-uniform: compact to the K best
+      for (int i = filled + threadIdx.x; i < cap; i += kChunk) buf[i] = 0ull;
       __syncthreads();
       detail::bitonic_sort_desc(buf, cap);
       if (threadIdx.x == 0) {
