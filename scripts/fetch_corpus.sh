@@ -27,6 +27,8 @@ command -v apt-get >/dev/null || { echo "fetch_corpus.sh: needs apt-get (Debian/
 DL="$OUT/dl"; R="$OUT/root"; T="$OUT/txt.partial"
 rm -rf "$T"; mkdir -p "$DL" "$R" "$T"/{kjv,web,austen,jargon}
 start=$(date +%s)
+# A machine whose package lists were never fetched knows no package: fetch them once.
+apt-cache show bible-kjv >/dev/null 2>&1 || apt-get update -qq
 (cd "$DL" && apt-get download -q bible-kjv bible-kjv-text r-cran-janeaustenr jargon-text \
    diatheke libsword1.9.0 libsword-common libclucene-core1v5 sword-text-web 2>&1 | grep -v -e unsandboxed -e '^Get:' || true)
 for f in "$DL"/*.deb; do dpkg-deb -x "$f" "$R"; done

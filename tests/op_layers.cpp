@@ -33,11 +33,6 @@ F32 randn(size_t n, uint64_t seed, float s = 1.0f) {
 }
 D64 to64(const F32& v) { return D64(v.begin(), v.end()); }
 
-double max_abs(const F32& v) {
-  double m = 0;
-  for (float x : v) m = std::max(m, std::fabs(static_cast<double>(x)));
-  return m;
-}
 
 // Central differences of f at every entry of x (x restored afterwards).
 D64 fd_grad(D64& x, const std::function<double()>& f) {

@@ -173,9 +173,15 @@ void check_rope(Backend& be) {
     for (size_t i = 0; i < ref.size(); ++i) {
       EXPECT_NEAR(inv_freq[i], ref[i], ref[i] * kU32) << "inv_freq[" << i << "]";  // one fp32 rounding
       const double plain = std::pow(kRopeTheta, -2.0 * double(i) / kMlaRopeDim);
-      if (double(i) <= low) EXPECT_NEAR(inv_freq[i], plain, plain * kU32) << "high-frequency dim " << i << " kept";
-      if (double(i) >= high) EXPECT_NEAR(inv_freq[i], plain / yarn.factor, plain / yarn.factor * kU32) << "dim " << i;
-      if (i > 0) EXPECT_LT(inv_freq[i], inv_freq[i - 1]);
+      if (double(i) <= low) {
+        EXPECT_NEAR(inv_freq[i], plain, plain * kU32) << "high-frequency dim " << i << " kept";
+      }
+      if (double(i) >= high) {
+        EXPECT_NEAR(inv_freq[i], plain / yarn.factor, plain / yarn.factor * kU32) << "dim " << i;
+      }
+      if (i > 0) {
+        EXPECT_LT(inv_freq[i], inv_freq[i - 1]);
+      }
     }
     EXPECT_EQ(inv_freq[0], 1.0f);
     // factor ≤ 1 disables YaRN: plain θ^(−2i/R).
