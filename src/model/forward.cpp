@@ -215,15 +215,7 @@ RunResult run(const Model::Impl& m, const Batch& batch, const RunOptions& opt, s
     }
 
     // ── main attention (MQA mode over latents) ──
-    AttentionParams ap;
-    ap.T = Ti;
-    ap.S = Ti;
-    ap.H = d.H;
-    ap.Dqk = d.Dm;
-    ap.Dv = d.kvr;
-    ap.scale = m.scale;
-    ap.q = A.qm.data();
-    ap.kv = A.kvm.data();
+    AttentionParams ap = mqa_attention_params(m, d, Ti, Ti, A.qm.data(), A.kvm.data());
     if (selection) {
       ap.K = K;
       ap.indices = A.idx.data();
@@ -423,15 +415,7 @@ RunResult run(const Model::Impl& m, const Batch& batch, const RunOptions& opt, s
              1.0f, dWkvb + uv, d.kvr);
       }
       // inverts the MQA attention over (qm, kvm)
-      AttentionParams ap;
-      ap.T = Ti;
-      ap.S = Ti;
-      ap.H = d.H;
-      ap.Dqk = d.Dm;
-      ap.Dv = d.kvr;
-      ap.scale = m.scale;
-      ap.q = A.qm.data();
-      ap.kv = A.kvm.data();
+      AttentionParams ap = mqa_attention_params(m, d, Ti, Ti, A.qm.data(), A.kvm.data());
       if (selection) {
         ap.K = K;
         ap.indices = A.idx.data();

@@ -60,6 +60,23 @@ void mla_project(const Model::Impl& m, int l, const float* xn, int64_t T, const 
 //   kpre [T,DI] (wk output, for LayerNorm backward), kmean/krstd [T].
 void indexer_project(const Model::Impl& m, int l, const float* xn, const float* qan, int64_t T, const int32_t* pos,
                      float* iq, float* kpre, float* kmean, float* krstd, float* ik, float* iw, bool exact = false);
+// The main attention of a layer in MQA mode over the latents: qm [T,H,Dm] against kvm [S,Dm] (V = the
+// first kvr dims) with the model's explicit softmax scale. The caller adds the key set: indices/K
+// (sparse) or ks/ke (dense).
+inline AttentionParams mqa_attention_params(const Model::Impl& m, const Dims& d, int T, int S, const float* qm,
+                                            const float* kvm) {
+  AttentionParams ap;
+  ap.T = T;
+  ap.S = S;
+  ap.H = d.H;
+  ap.Dqk = d.Dm;
+  ap.Dv = d.kvr;
+  ap.scale = m.scale;
+  ap.q = qm;
+  ap.kv = kvm;
+  return ap;
+}
+
 // out[t,h] = o_lat[t,h] · W_UV[h]ᵀ → o [T, H·dv]
 void absorb_out(const Model::Impl& m, int l, const float* olat, int64_t T, float* o, bool exact = false);
 

@@ -240,15 +240,8 @@ struct Session::Impl {
         sp.lse = lse.data();
         cpu::sparse_attention_decode(sp);
       } else {
-        AttentionParams ap;
-        ap.T = static_cast<int>(n);
-        ap.S = static_cast<int>(capacity);
-        ap.H = d.H;
-        ap.Dqk = d.Dm;
-        ap.Dv = d.kvr;
-        ap.scale = m.scale;
-        ap.q = qm.data();
-        ap.kv = kv_f32[l].data();
+        AttentionParams ap = mqa_attention_params(m, d, static_cast<int>(n), static_cast<int>(capacity), qm.data(),
+                                                  kv_f32[l].data());
         ap.K = Kr;
         ap.indices = sel.data();
         cpu::sparse_attention_forward(ap, AttentionForwardOut{olat.data(), lse.data(), nullptr});

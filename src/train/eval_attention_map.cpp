@@ -43,15 +43,7 @@ AttentionMap attention_map(const model::Model& mdl, const std::vector<int32_t>& 
                        craw = vec(T * d.kvr), rkv = vec(T), cn = vec(T * d.kvr), qm = vec(T * d.H * d.Dm), kvm = vec(T * d.Dm);
     model::mla_project(m, l, xn.data(), T, pos.data(), qa.data(), rqa.data(), qan.data(), q.data(), kva.data(), craw.data(), rkv.data(),
                        cn.data(), qm.data(), kvm.data());
-    AttentionParams ap;
-    ap.T = static_cast<int>(T);
-    ap.S = static_cast<int>(T);
-    ap.H = d.H;
-    ap.Dqk = d.Dm;
-    ap.Dv = d.kvr;
-    ap.scale = m.scale;
-    ap.q = qm.data();
-    ap.kv = kvm.data();
+    AttentionParams ap = model::mqa_attention_params(m, d, static_cast<int>(T), static_cast<int>(T), qm.data(), kvm.data());
     ap.ks = ks.data();
     ap.ke = ke.data();
     std::vector<float> olat = vec(T * d.H * d.kvr), lse = vec(T * d.H);
