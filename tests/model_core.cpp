@@ -89,9 +89,26 @@ TEST(ModelConfig, JsonRoundTripAndValidation) {
   } catch (const dsa::Error& e) {
     EXPECT_NE(std::string(e.what()).find("cfg.json: key 'hidden_size'"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(Config::from_json(R"({"index_head_dim": 48})"), dsa::Error);   // not a power of two
-  EXPECT_THROW(Config::from_json(R"({"qk_rope_head_dim": 5})"), dsa::Error);  // odd
-  EXPECT_THROW(Config::from_json(R"({"vocab_size": 0})"), dsa::Error);
+  // A complete config with one key changed (or removed, value empty).
+  const auto with = [&](const std::string& key, const std::string& value) {
+    std::string text = micro_config().to_json();
+    const size_t at = text.find("\"" + key + "\": ");
+    EXPECT_NE(at, std::string::npos) << key;
+    const size_t end = text.find_first_of(",\n", at);
+    if (value.empty()) return text.erase(at, end + 1 - at);
+    return text.replace(at, end - at, "\"" + key + "\": " + value);
+  };
+  EXPECT_NO_THROW(Config::from_json(with("vocab_size", "300")));
+  EXPECT_THROW(Config::from_json(with("index_head_dim", "48")), dsa::Error);   // not a power of two
+  EXPECT_THROW(Config::from_json(with("qk_rope_head_dim", "5")), dsa::Error);  // odd
+  EXPECT_THROW(Config::from_json(with("vocab_size", "0")), dsa::Error);
+  try {  // an architecture key is never filled in silently
+    Config::from_json(with("hidden_size", ""), "cfg.json");
+    FAIL() << "config without hidden_size accepted";
+  } catch (const dsa::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cfg.json: required key 'hidden_size' is missing"), std::string::npos)
+        << e.what();
+  }
   EXPECT_THROW(Config::from_json("{\"vocab_size\": 3"), dsa::Error);          // truncated JSON
   int64_t n = 0;
   Model m(micro_config());

@@ -84,6 +84,18 @@ Config Config::from_json(const std::string& text, const std::string& label) {
     read_double(*rs, "mscale", &y.mscale, label);
     read_double(*rs, "mscale_all_dim", &y.mscale_all_dim, label);
   }
+  // A V3.2 MoE config is refused for what it is before anything else is asked of it.
+  if (c.n_routed_experts > 0 && c.first_k_dense_replace < c.num_hidden_layers) c.validate();
+  // The keys that define the architecture have no safe default: a config that omits one is refused
+  // rather than silently filled in with the tiny defaults of Config::tiny().
+  static const char* const kRequired[] = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                          "num_attention_heads", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
+                                          "qk_rope_head_dim", "v_head_dim", "index_n_heads", "index_head_dim",
+                                          "index_topk"};
+  for (const char* key : kRequired) {
+    const json::Value* v = root.get(key);
+    if (v == nullptr || v->kind == json::Value::Kind::kNull) fail(label, "required key '", key, "' is missing");
+  }
   c.validate();
   return c;
 }
