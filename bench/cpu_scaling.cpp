@@ -1,12 +1,13 @@
 // cpu_scaling.cpp — the CPU scaling benchmark of one attention layer forward (docs/perf.md):
-// dense causal MQA attention vs DSA (fused indexer + top-k in fp32, then sparse attention), at one
+// dense causal MQA attention vs DSA (fused indexer + top-k, then sparse attention), at one
 // sequence length per process so that the process's peak RSS belongs to that configuration alone.
 //
 //   dsa_bench_cpu dense   L     dense_attention_forward over causal ranges
-//   dsa_bench_cpu dsa     L     indexer_topk (kFp32, fused) + sparse_attention_forward
+//   dsa_bench_cpu dsa     L     FP8 indexer as in V3.2 (q, k quantised to e4m3, timed) + indexer_topk
+//                               (kFp8, fused) + sparse_attention_forward
+//   dsa_bench_cpu dsa_fp32 L    the same with the indexer in fp32 (indexer_topk kFp32, no quantisation)
 //   dsa_bench_cpu fused   L     indexer_topk alone (fused; memory O(T·K))
 //   dsa_bench_cpu unfused L     indexer_logits [L, L] + topk_select (memory O(T·S))
-//   dsa_bench_cpu sgemm   [n]   OpenBLAS cblas_sgemm n×n×n (default 2048), the GFLOP/s yardstick
 //
 // Each prints one tab-separated line (header with --header):
 //   mode L reps t_indexer_s t_attention_s t_total_s gflop_indexer gflop_attention
@@ -18,7 +19,6 @@
 // any internal buffers. FLOP conventions (dsa-spec / the issue):
 //   dense causal 2·H·(Dqk + Dv)·pairs,  sparse 2·H·(Dqk + Dv)·T·K,  indexer 2·HI·DI·pairs,
 //   pairs = Σ_t (ke − ks) = L(L+1)/2.
-#include <cblas.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -42,7 +42,6 @@ namespace {
 constexpr int kH = 16, kDqk = 192, kDv = 128, kHI = 16, kDI = 64, kTopK = 512;
 constexpr int kRepsSmall = 3;
 constexpr int kSmallL = 4096;
-constexpr int kDefaultGemm = 2048;
 constexpr double kMiB = 1024.0 * 1024.0;
 
 double now_s() {
@@ -161,14 +160,66 @@ Result run_dense(int L) {
   return r;
 }
 
-Result run_dsa(int L) {
+// The FP8 indexer inputs of V3.2 (Indexer.forward steps 5 and 7): q per (t, h) row and k per key
+// quantised to e4m3 with a ue8m0 scale (act_quant, one block per row), the q scale folded into w.
+// indexer_quantize_fp8 does exactly this for the model's DI = 128 (one 128-block per row); this
+// benchmark's DI = 64 is one shorter block per row, so the same steps are written out here.
+struct Fp8Indexer {
+  std::vector<uint8_t> q8, k8;
+  std::vector<float> k_scale, w_folded;
+};
+
+float ue8m0_scale(const float* x, int n) {  // 2^ceil(log2(max(amax, floor) / 448)), as ScaleFormat::kUe8m0
+  float amax = 0.0f;
+  for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+  int e = 0;
+  const float m = std::frexp(std::max(amax, dsa::kQuantAmaxFloor) / dsa::kFp8E4m3Max, &e);
+  return std::ldexp(1.0f, m == 0.5f ? e - 1 : e);
+}
+
+void quantize_rows(const float* x, int64_t rows, uint8_t* q, float* scales) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float s = ue8m0_scale(x + r * kDI, kDI);
+    for (int d = 0; d < kDI; ++d) q[r * kDI + d] = dsa::cpu::fp8_e4m3_from_float(x[r * kDI + d] / s);
+    scales[r] = s;
+  }
+}
+
+void quantize_indexer(const Layer& layer, Fp8Indexer& f) {
+  const int64_t heads = int64_t(layer.L) * kHI;
+  std::vector<float> q_scale(static_cast<size_t>(heads));
+  quantize_rows(layer.iq.data(), heads, f.q8.data(), q_scale.data());
+  quantize_rows(layer.ik.data(), layer.L, f.k8.data(), f.k_scale.data());
+  for (int64_t i = 0; i < heads; ++i) f.w_folded[size_t(i)] = layer.w[size_t(i)] * q_scale[size_t(i)];
+}
+
+// DSA: indexer (FP8 with its quantisation, or fp32) + top-k, then sparse attention on its indices.
+Result run_dsa(int L, bool fp8) {
   Layer layer(L);
-  Result r{"dsa", L, L <= kSmallL ? kRepsSmall : 1};
+  Result r{fp8 ? "dsa" : "dsa_fp32", L, L <= kSmallL ? kRepsSmall : 1};
   r.rss_inputs = rss_now_mib();
   std::vector<int32_t> idx(size_t(L) * kTopK);
   std::vector<float> out(size_t(L) * kH * kDv), lse(size_t(L) * kH);
-  const auto ip = layer.indexer();
-  r.t_indexer = time_median(r.reps, [&] { dsa::cpu::indexer_topk(ip, kTopK, idx.data()); });
+  Fp8Indexer f;
+  if (fp8) {
+    f.q8.resize(layer.iq.size());
+    f.k8.resize(layer.ik.size());
+    f.k_scale.resize(size_t(L));
+    f.w_folded.resize(layer.w.size());
+  }
+  auto ip = layer.indexer();
+  if (fp8) {
+    ip.precision = dsa::Precision::kFp8;
+    ip.q = f.q8.data();
+    ip.k = f.k8.data();
+    ip.k_scale = f.k_scale.data();
+    ip.w = f.w_folded.data();
+  }
+  r.t_indexer = time_median(r.reps, [&] {
+    if (fp8) quantize_indexer(layer, f);
+    dsa::cpu::indexer_topk(ip, kTopK, idx.data());
+  });
   auto ap = layer.attention();
   ap.ks = ap.ke = nullptr;
   ap.K = kTopK;
@@ -213,19 +264,6 @@ Result run_unfused(int L) {
   return r;
 }
 
-Result run_sgemm(int n) {
-  const auto a = random_vec(size_t(n) * n, 6, 1.0f), b = random_vec(size_t(n) * n, 7, 1.0f);
-  std::vector<float> c(size_t(n) * n);
-  Result r{"sgemm", n, kRepsSmall};
-  r.rss_inputs = rss_now_mib();
-  // C = A·Bᵀ (row-major), the q·kᵀ shape of attention scores.
-  r.t_attention = time_median(r.reps, [&] {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
-  });
-  r.flop_attention = 2.0 * n * double(n) * n;
-  return r;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -233,22 +271,22 @@ int main(int argc, char** argv) {
     print_header();
     return 0;
   }
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: %s {dense|dsa|fused|unfused} L | sgemm [n] | --header\n", argv[0]);
+  if (argc < 3) {
+    std::fprintf(stderr, "usage: %s {dense|dsa|dsa_fp32|fused|unfused} L | --header\n", argv[0]);
     return 2;
   }
   const std::string mode = argv[1];
-  const int n = argc >= 3 ? std::atoi(argv[2]) : kDefaultGemm;
+  const int n = std::atoi(argv[2]);
   if (n <= 0) {
-    std::fprintf(stderr, "bad size %s\n", argc >= 3 ? argv[2] : "");
+    std::fprintf(stderr, "bad size %s\n", argv[2]);
     return 2;
   }
   try {
     if (mode == "dense") print(run_dense(n));
-    else if (mode == "dsa") print(run_dsa(n));
+    else if (mode == "dsa") print(run_dsa(n, true));
+    else if (mode == "dsa_fp32") print(run_dsa(n, false));
     else if (mode == "fused") print(run_fused(n));
     else if (mode == "unfused") print(run_unfused(n));
-    else if (mode == "sgemm") print(run_sgemm(n));
     else {
       std::fprintf(stderr, "unknown mode %s\n", mode.c_str());
       return 2;

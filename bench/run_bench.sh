@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # run_bench.sh BUILD — the CPU scaling benchmark behind `make bench` (docs/perf.md, CPU section).
 # One attention layer forward, H=16 Dqk=192 Dv=128 HI=16 DI=64 K=512, dense causal vs DSA (fused
-# fp32 indexer + top-k, then sparse attention), each (mode, L) in its own process so its peak RSS
+# FP8 indexer + top-k as in V3.2, its quantisation timed, then sparse attention; and the same with
+# an fp32 indexer, "dsa_fp32"), each (mode, L) in its own process so its peak RSS
 # is its own. Then the unfused indexer (logits [L, L] + top-k) at one large L for memory, and
-# OpenBLAS cblas_sgemm as the GFLOP/s yardstick. Writes BUILD/bench/cpu_scaling.{tsv,md} and a
+# cblas_sgemm of BLIS and OpenBLAS (the libraries found) as the GFLOP/s yardstick. Writes BUILD/bench/cpu_scaling.{tsv,md} and a
 # log-log plot of time vs L.
 #
 # Environment:
@@ -33,12 +34,17 @@ if [ "$NATIVE" = "1" ]; then
   NB="$BUILD/native"
   cmake -S "$ROOT" -B "$NB" -DCMAKE_BUILD_TYPE=Release -DDSA_NATIVE=ON -DDSA_BUILD_TESTS=OFF \
         -DDSA_ENABLE_CUDA=OFF >/dev/null
-  cmake --build "$NB" --target dsa_bench_cpu -j "$(nproc)"
-  BIN="$NB/bench/dsa_bench_cpu"
 else
-  cmake --build "$BUILD" --target dsa_bench_cpu -j "$(nproc)"
-  BIN="$BUILD/bench/dsa_bench_cpu"
+  NB="$BUILD"
 fi
+cmake --build "$NB" --target dsa_bench_cpu -j "$(nproc)"
+BIN="$NB/bench/dsa_bench_cpu"
+GEMM_BINS=()
+for lib in blis openblas; do
+  if cmake --build "$NB" --target "dsa_bench_sgemm_$lib" -j "$(nproc)" >/dev/null 2>&1; then
+    GEMM_BINS+=("$NB/bench/dsa_bench_sgemm_$lib")
+  fi
+done
 mkdir -p "$OUT"
 TSV="$OUT/cpu_scaling.tsv"
 MD="$OUT/cpu_scaling.md"
@@ -56,25 +62,35 @@ run() {  # run MODE L: one process, its line appended to the TSV (a failure or t
   fi
 }
 
-# OpenBLAS 0.3.21 does not know every recent CPU model and then falls back to a generic SSE3
-# ("Prescott") kernel; the yardstick is measured both as detected and with the core type forced to
-# the best one the CPU supports (only the sgemm runs get OPENBLAS_CORETYPE; dsa does not use BLAS).
-BLAS_CORE=$(OPENBLAS_VERBOSE=2 "$BIN" sgemm 64 2>&1 | sed -n 's/^Core: //p' | head -n1)
+# The yardstick: cblas_sgemm of each BLAS library found. OpenBLAS 0.3.21 does not know every recent
+# CPU model and then falls back to a generic SSE3 ("Prescott") kernel; its row is measured both as
+# detected and with the core type forced to the best one the CPU supports (only these sgemm runs get
+# OPENBLAS_CORETYPE). BLIS picks its kernel from the CPU's feature bits; dsa links BLIS by default.
 FORCE_CORE=""
-if [ -z "${OPENBLAS_CORETYPE:-}" ]; then
-  if grep -qw avx512f /proc/cpuinfo; then FORCE_CORE=SkylakeX; elif grep -qw avx2 /proc/cpuinfo; then FORCE_CORE=Haswell; fi
-  [ "$FORCE_CORE" = "$BLAS_CORE" ] && FORCE_CORE=""
-fi
 gemm() {
-  "$BIN" sgemm "$GEMM_N" | sed "s/^sgemm/sgemm_${BLAS_CORE:-auto}/" >> "$TSV"
-  if [ -n "$FORCE_CORE" ]; then
-    OPENBLAS_CORETYPE=$FORCE_CORE "$BIN" sgemm "$GEMM_N" | sed "s/^sgemm/sgemm_forced_$FORCE_CORE/" >> "$TSV"
-  fi
+  local bin
+  for bin in "${GEMM_BINS[@]}"; do
+    case "$bin" in
+      *openblas)
+        local core
+        core=$(OPENBLAS_VERBOSE=2 "$bin" 64 2>&1 | sed -n 's/^Core: //p' | head -n1)
+        if [ -z "${OPENBLAS_CORETYPE:-}" ]; then
+          if grep -qw avx512f /proc/cpuinfo; then FORCE_CORE=SkylakeX; elif grep -qw avx2 /proc/cpuinfo; then FORCE_CORE=Haswell; fi
+          [ "$FORCE_CORE" = "$core" ] && FORCE_CORE=""
+        fi
+        "$bin" "$GEMM_N" | sed "s/^sgemm_OpenBLAS/sgemm_OpenBLAS-${core:-auto}/" >> "$TSV"
+        if [ -n "$FORCE_CORE" ]; then
+          OPENBLAS_CORETYPE=$FORCE_CORE "$bin" "$GEMM_N" | sed "s/^sgemm_OpenBLAS/sgemm_OpenBLAS-forced-$FORCE_CORE/" >> "$TSV"
+        fi ;;
+      *) "$bin" "$GEMM_N" >> "$TSV" ;;
+    esac
+  done
 }
 
 gemm
 for L in $LS; do
   run dsa "$L"
+  run dsa_fp32 "$L"
   run dense "$L"
 done
 if [ "$UNFUSED_L" != "0" ]; then
@@ -94,17 +110,19 @@ gemm   # again at the end: the yardstick under the same load
                      gemm[name] = gemm[name] (gemm[name] != "" ? ", " : "") sprintf("%.1f", $8); gn = $2; next }
     $1 == "dense" { dt[$2] = $6; dg[$2] = $8; dp[$2] = $10; dw[$2] = $11; if (!($2 in seen)) { seen[$2] = 1; Ls[++n] = $2 + 0 }; next }
     $1 == "dsa" { it[$2] = $4; at[$2] = $5; st[$2] = $6; ig[$2] = $7; ag[$2] = $8; sp[$2] = $10; sw[$2] = $11; if (!($2 in seen)) { seen[$2] = 1; Ls[++n] = $2 + 0 }; next }
+    $1 == "dsa_fp32" { ft32[$2] = $6; fi32[$2] = $4; fg32[$2] = $7; next }
     $1 == "unfused" { uL = $2; ut = $4; ui = $9; up = $10; uw = $11; next }
     $1 == "fused" { fL = $2; ft = $4; fp = $10; fw = $11; next }
     END {
-      printf "| L | dense (s) | DSA (s) = indexer + sparse | speed-up | dense GFLOP/s | indexer GFLOP/s | sparse GFLOP/s | dense peak / work MiB | DSA peak / work MiB |\n"
-      printf "|---|---|---|---|---|---|---|---|---|\n"
+      printf "| L | dense (s) | DSA (s) = FP8 indexer + sparse | speed-up | dense GFLOP/s | indexer GFLOP/s | sparse GFLOP/s | dense peak / work MiB | DSA peak / work MiB | DSA, fp32 indexer (s) = indexer + sparse | speed-up | fp32 indexer GFLOP/s |\n"
+      printf "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
       for (i = 2; i <= n; i++)  # insertion sort (portable awk: no asorti)
         for (j = i; j > 1 && Ls[j - 1] > Ls[j]; j--) { tmp = Ls[j]; Ls[j] = Ls[j - 1]; Ls[j - 1] = tmp }
       for (i = 1; i <= n; i++) {
         L = Ls[i]
         ratio = (L in dt && L in st && st[L] > 0) ? sprintf("%.2f×", dt[L] / st[L]) : "–"
-        printf "| %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", L,
+        ratio32 = (L in dt && L in ft32 && ft32[L] > 0) ? sprintf("%.2f×", dt[L] / ft32[L]) : "–"
+        printf "| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", L,
           (L in dt) ? sprintf("%.3f", dt[L]) : "–",
           (L in st) ? sprintf("%.3f = %.3f + %.3f", st[L], it[L], at[L]) : "–",
           ratio,
@@ -112,10 +130,13 @@ gemm   # again at the end: the yardstick under the same load
           (L in ig) ? sprintf("%.1f", ig[L]) : "–",
           (L in ag) ? sprintf("%.1f", ag[L]) : "–",
           (L in dp) ? sprintf("%.0f / %.0f", dp[L], dw[L]) : "–",
-          (L in sp) ? sprintf("%.0f / %.0f", sp[L], sw[L]) : "–"
+          (L in sp) ? sprintf("%.0f / %.0f", sp[L], sw[L]) : "–",
+          (L in ft32) ? sprintf("%.3f = %.3f + %.3f", ft32[L], fi32[L], ft32[L] - fi32[L]) : "–",
+          ratio32,
+          (L in fg32) ? sprintf("%.1f", fg32[L]) : "–"
       }
-      printf "\nOpenBLAS cblas_sgemm %d×%d×%d, GFLOP/s at the start and the end of the run:", gn, gn, gn
-      for (i = 1; i <= ng; i++) printf " core %s: %s;", gnames[i], gemm[gnames[i]]
+      printf "\ncblas_sgemm %d×%d×%d, GFLOP/s at the start and the end of the run:", gn, gn, gn
+      for (i = 1; i <= ng; i++) printf " %s: %s;", gnames[i], gemm[gnames[i]]
       printf "\n"
       if (uL || fL) {
         printf "\nIndexer + top-k alone at L = %d, K = 512 (own processes; layer inputs %.0f MiB):\n\n", (uL ? uL : fL), ui
@@ -143,7 +164,7 @@ set key top left
 set grid
 plot "$OUT/dense.dat" using 1:2 with linespoints lw 2 title "dense attention", \
      "$OUT/dsa.dat" using 1:2 with linespoints lw 2 title "DSA total", \
-     "$OUT/dsa.dat" using 1:3 with linespoints dt 2 title "  indexer + top-k (fused, fp32)", \
+     "$OUT/dsa.dat" using 1:3 with linespoints dt 2 title "  indexer + top-k (fused, FP8 incl. quantisation)", \
      "$OUT/dsa.dat" using 1:4 with linespoints dt 2 title "  sparse attention"
 GP
   echo "plot: $PLOT"

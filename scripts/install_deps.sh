@@ -4,7 +4,7 @@ set -euo pipefail
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 for pkg in cmake g++ make libgtest-dev libgmock-dev libbenchmark-dev libomp-dev libopenblas-dev \
-           pkg-config libsentencepiece-dev sentencepiece gnuplot-nox; do
+           libblis-openmp-dev pkg-config libsentencepiece-dev sentencepiece gnuplot-nox; do
   have "$pkg" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -235,7 +235,8 @@ void indexer_quantize_fp8(const IndexerQuantizeParams& p);
 // 3. logits [T, S] fp32 (row stride S), −inf outside [ks, ke).
 void indexer_logits(const IndexerParams& p, float* logits);
 // 5. fused logits + top-k: same indices as topk_select(indexer_logits(p)), bit-identical, without
-//    ever holding the [T, S] logits (memory O(T·K + one block of keys per thread)).
+//    ever holding the [T, S] logits (memory O(T·K + one block of keys per thread); on AVX-512 CPUs
+//    both ops also hold one fp32 copy of k in key-tile layout, S·DI floats, for the call).
 void indexer_topk(const IndexerParams& p, int K, int32_t* indices);
 // 10.
 void indexer_backward(const IndexerBackwardParams& p);

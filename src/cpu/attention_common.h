@@ -60,6 +60,16 @@ void scores_from_transposed(const float* const* a, int na, const float* kt, int 
 void score_tile(const float* const* a, int na, const float* const* keys, int nb, int D, float scale, float* z,
                 std::vector<float>& kt);
 
+// Heads in lanes, for the H rows of ONE query (the sparse forward): qT = q[t] transposed, [D, ldq]
+// (heads ≥ H zero; transpose_query_heads returns ldq, H rounded up to the vector width), and
+// z[h·kKeyBlock + j] = scale · q[t,h]·keys[j] for j < nb — the same operation sequence per element as
+// scores_from_transposed (d in blocks of 64, ascending), so the same bits, but the key rows are read
+// in place: no per-tile gather/transpose of the keys (which cost as much as the scores), the qT
+// transpose is once per query.
+int transpose_query_heads(const float* q, int H, int D, std::vector<float>& qT);
+void scores_heads_in_lanes(const float* qT, int ldq, int H, const float* const* keys, int nb, int D, float scale,
+                           float* z);
+
 // ── forward tile step (online softmax) ──────────────────────────────────────────────────────────
 // State of M rows: running max m, fp64 denominator l, fp64 output accumulator acc [M, Dv].
 struct ForwardState {
@@ -86,6 +96,12 @@ struct TileRows {
 
 // One key tile (nb ≤ kKeyBlock keys) for the active rows: scores, online-softmax update, P·V.
 void forward_tile(ForwardState& st, const TileRows& rows, const float* const* keys, int nb, int Dqk, float scale);
+// The same step after the caller has written the scores of the tile into st.z ([rows, kKeyBlock]).
+void forward_tile_scored(ForwardState& st, const TileRows& rows, const float* const* keys, int nb);
+// forward_tile for rows = the H heads of one query in order (row a = head a), its scores from qT
+// (transpose_query_heads) by scores_heads_in_lanes; bitwise the same as forward_tile.
+void forward_tile_query(ForwardState& st, const TileRows& rows, const float* qT, int ldq, const float* const* keys, int nb,
+                        int Dqk, float scale);
 // Writes out / lse / max_logits of state row r to the given destinations (max_logits may be null).
 // A row that saw no valid key gets out = 0, lse = +inf, max_logits = −inf.
 void forward_finish_row(const ForwardState& st, int r, float* out, float* lse, float* max_logits);

@@ -1,9 +1,11 @@
 // indexer.cpp — ops 3 and 5 of the catalogue, plus the fp8 preparation of their inputs:
 //   I[t,s] = k_scale[s] · Σ_h w[t,h] · ReLU(q[t,h,:]·k[s,:])   for s in [ks[t], ke[t]), −inf elsewhere.
 //
-// indexer_logits (unfused, [T,S] out) and indexer_topk (fused, never holds [T,S]) run the SAME row
-// driver (for_each_logit_block) and the SAME non-inlined block kernel (logits_block); they differ
-// only in who consumes a block of logits: a memcpy into the [T,S] row, or the shared top-k stream
+// indexer_logits (unfused, [T,S] out) and indexer_topk (fused, never holds [T,S]) run the SAME
+// driver (for_each_logit_block_group, groups of kRowGroup rows) and the SAME non-inlined kernel of
+// this machine (the key-tile kernel logits_tiles_avx512 on AVX-512 CPUs, else logits_block()); a
+// logit never depends on the group or block it is computed in. They differ only in who
+// consumes a block of logits: a memcpy into the [T,S] row, or the shared top-k stream
 // (topk_stream.h) that topk_select also uses. Every logit is therefore produced by the same machine
 // code in both paths (fused ≡ topk_select(indexer_logits) bitwise, whatever the compiler contracts).
 //
@@ -20,6 +22,10 @@
 #include <cstring>
 #include <limits>
 #include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 #include "common/check.h"
 #include "common/op_checks.h"
@@ -56,6 +62,7 @@ constexpr int kKeyBlock = 128;  // keys per block: ≤ 128·DI fp32 of converted
 constexpr int kKeyGroup = 8;    // keys computed together: 8 independent accumulators hide the add
                                 // latency and reuse each q load 8 times
 constexpr int kHeadPad = 16;    // heads are padded to a multiple of the widest vector (16 lanes)
+constexpr int kRowGroup = 4;    // query rows per task: the tile instance reads each key block once for all of them
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 int padded_heads(int HI) { return (HI + kHeadPad - 1) / kHeadPad * kHeadPad; }
@@ -95,21 +102,23 @@ struct RowScratch {
         w(static_cast<size_t>(padded_heads(p.HI)), 0.0f),
         keys(p.precision == Precision::kFp32 ? 0 : static_cast<size_t>(kKeyBlock) * p.DI),
         tail(static_cast<size_t>(kKeyGroup) * p.DI),
-        scores(kKeyBlock) {}
+        scores(kKeyBlock),
+        qr(static_cast<size_t>(padded_heads(p.HI)) * p.DI, 0.0f) {}
   std::vector<float> qT;      // [DI, HIpad]  q[t] transposed; heads ≥ HI stay 0
   std::vector<float> w;       // [HIpad]      w[t]; heads ≥ HI stay 0
   std::vector<float> keys;    // [kKeyBlock, DI] keys converted to fp32 (kBf16 / kFp8 only)
   std::vector<float> tail;    // [kKeyGroup, DI] zero-padded copy of a partial key group
   std::vector<float> scores;  // [kKeyBlock] logits of the current block
+  std::vector<float> qr;      // [HIpad, DI]  q[t] as fp32 (tile instance; heads ≥ HI stay 0)
 };
 
 // scores[i] = kscale[i] · Σ_{h<HI} w[h] · ReLU(Σ_d qT[d,h] · kb[i,d])   for i in [0, n)
 // (kscale null ≡ 1; qT [DI, HIpad] and w [HIpad] zero-padded beyond HI).
 // Each dot is an fp32 sum in the order d = 0..DI−1 and each head sum runs h = 0..HI−1, so a logit
 // depends only on (q[t], k[s], w[t]) and the instance below — never on the block it sits in. The
-// AVX2/AVX-512 instances fuse each term into an FMA (fp-contract=fast), the SSE2 one cannot: in
-// kBf16/kFp8 mode the products are exact, so every instance gives the same bits; in kFp32 mode the
-// instances differ in the last bits, and one machine always runs one instance (fused ≡ unfused).
+// AVX2 instance (and the AVX-512 key-tile kernel below) fuse each term into an FMA, the SSE2 one
+// cannot: in kBf16/kFp8 mode the products are exact, so every instance gives the same bits; in kFp32
+// mode the instances differ in the last bits, and one machine always runs one instance (fused ≡ unfused).
 //
 // Vectorisation: the accumulators of kKeyGroup keys × kLanes heads are GCC vector-extension
 // values (Clang has the same syntax). Written as scalar loops, GCC 12 vectorised along d instead
@@ -161,8 +170,9 @@ template <int kLanes>
 }
 
 // One instance per instruction set, chosen once at run time. 4 lanes = SSE2 (every x86-64, no FMA),
-// 8 = AVX2 + FMA, 16 = AVX-512F (FMA). Kernel alone on a Xeon before FMA, HI = 16, DI = 64: 20, 41,
-// 83 GFLOP/s per core; FMA took the fused indexer from ≈ 90 to ≈ 100–109 GFLOP/s on 2 cores at 32K.
+// 8 = AVX2 + FMA. Kernel alone on a Xeon before FMA, HI = 16, DI = 64: 20 and 41 GFLOP/s per core.
+// AVX-512 CPUs run the key-tile kernel below instead (its 16-lane heads-in-lanes predecessor here
+// reached 75 GFLOP/s with FMA, the key-tile kernel 160, one core, same run).
 using LogitsBlockFn = void (*)(const float* qT, const float* w, int HI, int HIpad, int DI, const float* kb, int n,
                                const float* kscale, float* tail, float* scores);
 
@@ -177,23 +187,164 @@ void logits_block_avx2(const float* qT, const float* w, int HI, int HIpad, int D
                        const float* kscale, float* tail, float* scores) {
   logits_block_impl<8>(qT, w, HI, HIpad, DI, kb, n, kscale, tail, scores);
 }
-[[gnu::noinline, gnu::target("avx512f"), gnu::optimize("fp-contract=fast")]]
-void logits_block_avx512(const float* qT, const float* w, int HI, int HIpad, int DI, const float* kb, int n,
-                         const float* kscale, float* tail, float* scores) {
-  logits_block_impl<16>(qT, w, HI, HIpad, DI, kb, n, kscale, tail, scores);
-}
 #endif
 
-// The kernel of this machine, used by BOTH paths (fused ≡ unfused needs the same code).
+// The kernel of a machine without AVX-512, used by BOTH paths (fused ≡ unfused needs the same code).
 LogitsBlockFn logits_block() {
   static const LogitsBlockFn fn = [] {
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (__builtin_cpu_supports("avx512f")) return &logits_block_avx512;
     if (__builtin_cpu_supports("avx2")) return &logits_block_avx2;
 #endif
     return &logits_block_generic;
   }();
   return fn;
+}
+
+// ── The AVX-512 instance: keys in lanes ─────────────────────────────────────────────────────────
+// Keys are laid out in tiles of kTileKeys = 16 keys, dimension-major (KeyTiles below, built once per
+// call), so lane j of a vector is key 16·tile + j: for each d, one load of a tile row feeds
+// kTileHeads FMAs with q[t, h, d] broadcast, and the ReLU, the w product and the head sum then run
+// lane-wise — no horizontal sums, no per-key scalar epilogue (which cost the heads-in-lanes form
+// above about half of its time). Per (key, head) it performs exactly the operations of
+// logits_block_impl in its former 16-lane AVX-512 instance: acc = fma(q[d], k[d], acc) for
+// d = 0..DI−1 from 0, then head_sum = head_sum + w[h]·ReLU(acc) (one multiply, one add) for
+// h = 0..HI−1, then k_scale · head_sum — so its logits are bitwise those of that instance, fp32
+// mode included (checked: identical [T,S] logits for HI ∈ {1,5,16,17,64}, DI ∈ {7,64,66,128}).
+// Kernel alone, one core of the 2-core Xeon, HI = 16, DI = 64, 128 keys in L1: 160 GFLOP/s vs 75 for
+// the former heads-in-lanes AVX-512 instance (same run). A vdpbf16ps (AVX512_BF16) variant for
+// kBf16/kFp8 (pairs of bf16 products per lane; on this CPU it adds the odd element's product first,
+// each step rounded, so dims packed (2p in the high half, 2p+1 low) give these same bits for fp8)
+// measured 83 GFLOP/s there: not kept.
+constexpr int kTileKeys = 16;   // keys per tile = fp32 lanes of a 512-bit vector
+constexpr int kTileHeads = 8;   // heads per pass: 8 heads × 2 tiles = 16 accumulators in registers
+static_assert(kKeyBlock % kTileKeys == 0, "a key block is a whole number of tiles");
+static_assert(kHeadPad % kTileHeads == 0, "RowScratch::qr holds whole head passes");
+
+// The keys of one call, as fp32 (exact in every precision), in tiles:
+// v[(tile·DI + d)·kTileKeys + j] = k[16·tile + j, d]; keys ≥ S are 0. Built once per call,
+// S·DI floats (8 MiB at S = 32K, DI = 64; the fp32 k itself has that size), read by every row.
+struct KeyTiles {
+  bool active = false;
+  std::vector<float> v;
+};
+
+bool tile_instance_available() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool ok = __builtin_cpu_supports("avx512f");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// Both paths (fused, unfused) build this the same way, so both run the same instance.
+KeyTiles prepare_key_tiles(const IndexerParams& p) {
+  KeyTiles kt;
+  if (!tile_instance_available()) return kt;
+  kt.active = true;
+  const int64_t tiles = (static_cast<int64_t>(p.S) + kTileKeys - 1) / kTileKeys;
+  kt.v.assign(static_cast<size_t>(tiles) * p.DI * kTileKeys, 0.0f);
+#pragma omp parallel for schedule(static)
+  for (int64_t tile = 0; tile < tiles; ++tile)
+    for (int j = 0; j < kTileKeys && tile * kTileKeys + j < p.S; ++j) {
+      const int64_t s = tile * kTileKeys + j;
+      float* dst = kt.v.data() + tile * p.DI * kTileKeys + j;
+      for (int d = 0; d < p.DI; ++d) dst[d * kTileKeys] = element(p.precision, p.k, s * p.DI + d);
+    }
+  return kt;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// fp-contract=off: the head sum must stay one multiply and one add per term (the dot's FMAs are explicit).
+#define DSA_TILE_TARGET gnu::target("avx512f"), gnu::optimize("fp-contract=off")
+
+// out[16·i + j] = Σ_{h<HI} w[h] · ReLU(q[h]·k[key j of tile i]) for NT consecutive tiles.
+template <int NT>
+[[gnu::always_inline, DSA_TILE_TARGET]] inline void tile_group(const float* qr, const float* w, int HI, int DI,
+                                                               const float* tiles, float* out) {
+  __m512 hs[NT];
+  for (int i = 0; i < NT; ++i) hs[i] = _mm512_setzero_ps();
+  const int64_t tile_floats = static_cast<int64_t>(DI) * kTileKeys;
+  for (int h0 = 0; h0 < HI; h0 += kTileHeads) {
+    __m512 acc[kTileHeads][NT];
+    for (int h = 0; h < kTileHeads; ++h)
+      for (int i = 0; i < NT; ++i) acc[h][i] = _mm512_setzero_ps();
+    const float* qh = qr + static_cast<int64_t>(h0) * DI;
+    for (int d = 0; d < DI; ++d) {
+      __m512 kv[NT];
+      for (int i = 0; i < NT; ++i) kv[i] = _mm512_loadu_ps(tiles + i * tile_floats + static_cast<int64_t>(d) * kTileKeys);
+      for (int h = 0; h < kTileHeads; ++h) {
+        const __m512 qb = _mm512_set1_ps(qh[h * DI + d]);
+        for (int i = 0; i < NT; ++i) acc[h][i] = _mm512_fmadd_ps(qb, kv[i], acc[h][i]);
+      }
+    }
+    const int nh = std::min(kTileHeads, HI - h0);  // padded heads are computed but never summed
+    for (int h = 0; h < nh; ++h) {
+      const __m512 wv = _mm512_set1_ps(w[h0 + h]);
+      for (int i = 0; i < NT; ++i) {
+        // ReLU as in logits_block_impl: u < 0 → 0, else u (NaN and −0 pass through).
+        const __mmask16 neg = _mm512_cmp_ps_mask(acc[h][i], _mm512_setzero_ps(), _CMP_LT_OQ);
+        const __m512 relu = _mm512_mask_mov_ps(acc[h][i], neg, _mm512_setzero_ps());
+        hs[i] = _mm512_add_ps(hs[i], _mm512_mul_ps(wv, relu));
+      }
+    }
+  }
+  for (int i = 0; i < NT; ++i) _mm512_storeu_ps(out + i * kTileKeys, hs[i]);
+}
+
+// Head sums of ntiles consecutive key tiles (k_scale is applied by the caller, one multiply per key).
+[[gnu::noinline, DSA_TILE_TARGET]]
+void logits_tiles_avx512(const float* qr, const float* w, int HI, int DI, const float* tiles, int ntiles, float* out) {
+  const int64_t tile_floats = static_cast<int64_t>(DI) * kTileKeys;
+  int i = 0;
+  for (; i + 2 <= ntiles; i += 2) tile_group<2>(qr, w, HI, DI, tiles + i * tile_floats, out + i * kTileKeys);
+  if (i < ntiles) tile_group<1>(qr, w, HI, DI, tiles + i * tile_floats, out + i * kTileKeys);
+}
+#undef DSA_TILE_TARGET
+#else
+void logits_tiles_avx512(const float*, const float*, int, int, const float*, int, float*) {}  // never active
+#endif
+
+// Rows t0 .. t0 + nr − 1 with the tile instance, together: the key axis is walked in blocks of
+// kKeyBlock keys aligned to tiles, and each block (32 KiB at DI = 64) serves every row of the group
+// whose range meets it while it is in L1/L2 — the rows of a causal prefill read nearly the same
+// keys, so the group reads the tiled keys once instead of nr times (2 threads each streaming 8 MiB
+// per row at S = 32K were bandwidth-bound). Only keys in [ks, ke) reach sink(r, first_key, n, scores)
+// (the other lanes of a row's first and last tile are computed and dropped); each row's blocks
+// come in increasing key order.
+template <class Sink>
+void for_each_logit_block_tiles(const IndexerParams& p, int t0, int nr, std::vector<RowScratch>& sc, const KeyTiles& kt,
+                                Sink&& sink) {
+  const int HI = p.HI, DI = p.DI;
+  constexpr int kBlockTiles = kKeyBlock / kTileKeys;
+  int tile_begin = std::numeric_limits<int>::max(), tile_end = 0;
+  for (int r = 0; r < nr; ++r) {
+    const int t = t0 + r;
+    const int64_t q_row = static_cast<int64_t>(t) * HI * DI;
+    for (int64_t i = 0; i < static_cast<int64_t>(HI) * DI; ++i)
+      sc[r].qr[static_cast<size_t>(i)] = element(p.precision, p.q, q_row + i);
+    std::copy(p.w + static_cast<int64_t>(t) * HI, p.w + static_cast<int64_t>(t + 1) * HI, sc[r].w.begin());
+    if (p.ks[t] < p.ke[t]) {
+      tile_begin = std::min(tile_begin, p.ks[t] / kTileKeys);
+      tile_end = std::max(tile_end, (p.ke[t] + kTileKeys - 1) / kTileKeys);
+    }
+  }
+  for (int b0 = tile_begin; b0 < tile_end; b0 += kBlockTiles) {
+    const int b1 = std::min(tile_end, b0 + kBlockTiles);
+    for (int r = 0; r < nr; ++r) {
+      const int ks = p.ks[t0 + r], ke = p.ke[t0 + r];
+      const int r0 = std::max(b0, ks / kTileKeys), r1 = std::min(b1, (ke + kTileKeys - 1) / kTileKeys);
+      if (ks >= ke || r0 >= r1) continue;
+      float* out = sc[r].scores.data();
+      logits_tiles_avx512(sc[r].qr.data(), sc[r].w.data(), HI, DI, kt.v.data() + static_cast<int64_t>(r0) * DI * kTileKeys,
+                          r1 - r0, out);
+      const int first = r0 * kTileKeys, lo = std::max(ks, first), hi = std::min(ke, r1 * kTileKeys);
+      float* scores = out + (lo - first);
+      if (p.k_scale)
+        for (int s = lo; s < hi; ++s) scores[s - lo] *= p.k_scale[s];  // k_scale[s] · head sum, as in logits_block_impl
+      sink(r, lo, hi - lo, static_cast<const float*>(scores));
+    }
+  }
 }
 
 // Computes row t of the logits over [ks[t], ke[t]) in blocks of kKeyBlock keys starting at ks[t]
@@ -223,6 +374,16 @@ void for_each_logit_block(const IndexerParams& p, int t, RowScratch& sc, Sink&& 
   }
 }
 
+// Rows t0 .. t0 + nr − 1 (nr ≤ kRowGroup): the tile instance walks them together; the other
+// instances row by row. sink(r, first_key, n, scores) gets each row's blocks in key order.
+template <class Sink>
+void for_each_logit_block_group(const IndexerParams& p, int t0, int nr, std::vector<RowScratch>& sc, const KeyTiles& kt,
+                                Sink&& sink) {
+  if (kt.active) return for_each_logit_block_tiles(p, t0, nr, sc, kt, sink);
+  for (int r = 0; r < nr; ++r)
+    for_each_logit_block(p, t0 + r, sc[r], [&](int s0, int n, const float* scores) { sink(r, s0, n, scores); });
+}
+
 }  // namespace
 
 // V3.2 Indexer.forward step 5 (act_quant of q per head and k per token, block 128) and step 7
@@ -244,16 +405,23 @@ void indexer_logits(const IndexerParams& p, float* logits) {
   detail::validate_indexer_params(p, op);
   ::dsa::detail::require_ptr(logits, op, "logits");
   if (p.precision == Precision::kFp8) (void)fp8_table();  // build (and let it throw) outside the parallel region
+  const KeyTiles kt = prepare_key_tiles(p);
 
+  const int groups = (p.T + kRowGroup - 1) / kRowGroup;
 #pragma omp parallel
   {
-    RowScratch sc(p);
+    std::vector<RowScratch> sc(kRowGroup, RowScratch(p));
 #pragma omp for schedule(dynamic, 1)  // causal rows differ in length
-    for (int t = 0; t < p.T; ++t) {
-      float* row = logits + static_cast<int64_t>(t) * p.S;
-      std::fill(row, row + p.ks[t], kNegInf);  // cleaned: −inf outside [ks, ke)
-      std::fill(row + p.ke[t], row + p.S, kNegInf);
-      for_each_logit_block(p, t, sc, [&](int s0, int n, const float* scores) { std::copy(scores, scores + n, row + s0); });
+    for (int g = 0; g < groups; ++g) {
+      const int t0 = g * kRowGroup, nr = std::min(kRowGroup, p.T - t0);
+      for (int t = t0; t < t0 + nr; ++t) {
+        float* row = logits + static_cast<int64_t>(t) * p.S;
+        std::fill(row, row + p.ks[t], kNegInf);  // cleaned: −inf outside [ks, ke)
+        std::fill(row + p.ke[t], row + p.S, kNegInf);
+      }
+      for_each_logit_block_group(p, t0, nr, sc, kt, [&](int r, int s0, int n, const float* scores) {
+        std::copy(scores, scores + n, logits + static_cast<int64_t>(t0 + r) * p.S + s0);
+      });
     }
   }
 }
@@ -264,16 +432,20 @@ void indexer_topk(const IndexerParams& p, int K, int32_t* indices) {
   detail::require_topk_budget(K, op);
   ::dsa::detail::require_ptr(indices, op, "indices");
   if (p.precision == Precision::kFp8) (void)fp8_table();
+  const KeyTiles kt = prepare_key_tiles(p);  // O(S·DI): the keys in tile layout (AVX-512 instance only)
 
+  const int groups = (p.T + kRowGroup - 1) / kRowGroup;
 #pragma omp parallel
   {
-    RowScratch sc(p);              // O(HI·DI + kKeyBlock·DI)
-    detail::TopkStream stream(K);  // O(K): the running top-K of one row
+    std::vector<RowScratch> sc(kRowGroup, RowScratch(p));                    // O(HI·DI + kKeyBlock·DI) per row
+    std::vector<detail::TopkStream> streams(kRowGroup, detail::TopkStream(K));  // O(K): the running top-K per row
 #pragma omp for schedule(dynamic, 1)
-    for (int t = 0; t < p.T; ++t) {
-      stream.reset();
-      for_each_logit_block(p, t, sc, [&](int s0, int n, const float* scores) { stream.offer_block(scores, n, s0); });
-      stream.finish(indices + static_cast<int64_t>(t) * K);
+    for (int g = 0; g < groups; ++g) {
+      const int t0 = g * kRowGroup, nr = std::min(kRowGroup, p.T - t0);
+      for (int r = 0; r < nr; ++r) streams[r].reset();
+      for_each_logit_block_group(p, t0, nr, sc, kt,
+                                 [&](int r, int s0, int n, const float* scores) { streams[r].offer_block(scores, n, s0); });
+      for (int r = 0; r < nr; ++r) streams[r].finish(indices + static_cast<int64_t>(t0 + r) * K);
     }
   }
 }

@@ -1,12 +1,12 @@
 // layers.cpp — section 12 of the catalogue: the dense model layers (linear, RMSNorm, LayerNorm with
 // bias, SwiGLU, embedding, softmax cross-entropy), forward and backward. Matmuls go through BLAS;
 // row reductions accumulate in fp64. Every argument is checked before anything is written.
-#include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
+#include "common/blas.h"
 #include "common/check.h"
 #include "dsa/ops.h"
 
@@ -33,7 +33,7 @@ void linear_forward(const float* x, const float* w, float* y, int64_t N, int I, 
   detail::require_ptr(y, op, "y");
   if (N == 0) return;
   // y[N,O] = x[N,I] · W[O,I]ᵀ
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(N), O, I, 1.0f, x, I, w, I, 0.0f, y, O);
+  blas::sgemm(false, true, N, O, I, 1.0f, x, I, w, I, 0.0f, y, O);
 }
 
 void linear_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, int64_t N,
@@ -48,11 +48,10 @@ void linear_backward(const float* x, const float* w, const float* dy, float* dx,
   if (N == 0) return;
   // inverts y = x·Wᵀ:  dx = dy·W  [N,O]·[O,I]
   if (dx != nullptr)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(N), I, O, 1.0f, dy, O, w, I,
-                accumulate_dx ? 1.0f : 0.0f, dx, I);
+    blas::sgemm(false, false, N, I, O, 1.0f, dy, O, w, I, accumulate_dx ? 1.0f : 0.0f, dx, I);
   // dW += dyᵀ·x  [O,N]·[N,I]
   if (dw != nullptr)
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, I, static_cast<int>(N), 1.0f, dy, O, x, I, 1.0f, dw, I);
+    blas::sgemm(true, false, O, I, N, 1.0f, dy, O, x, I, 1.0f, dw, I);
 }
 
 void rmsnorm_forward(const float* x, const float* w, float* y, float* rstd, int64_t N, int C, float eps) {

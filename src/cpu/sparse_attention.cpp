@@ -4,7 +4,9 @@
 //
 // Forward: one query per task (OpenMP, dynamic). Its valid indices are gathered ONCE into a list
 // of kv row pointers; every key tile of that list is used by all H heads while it is in cache
-// (scores [H, 64], online softmax, P·V) — the same tile step as the dense op.
+// (scores [H, 64], online softmax, P·V) — the same tile step as the dense op, with the scores
+// computed heads-in-lanes from the kv rows in place (forward_tile_query: no per-tile key transpose;
+// bitwise the same scores).
 //
 // Backward, two deterministic passes:
 //   pass 1 (dq): per query, as in the forward: recompute P, dZ, then dq += dZ·K.
@@ -51,15 +53,17 @@ void sparse_attention_forward(const AttentionParams& p, const AttentionForwardOu
     attn::ForwardState st;
     attn::TileRows rows;
     std::vector<const float*> keys;
+    std::vector<float> qT;
 #pragma omp for schedule(dynamic, 1)
     for (int t = 0; t < p.T; ++t) {
       st.reset(p.H, p.Dv);
       gather_keys(p, t, keys);
+      const int ldq = attn::transpose_query_heads(p.q + static_cast<int64_t>(t) * p.H * p.Dqk, p.H, p.Dqk, qT);
       const int n_keys = static_cast<int>(keys.size());
       for (int j0 = 0; j0 < n_keys; j0 += kKeyBlock) {
         const int nb = std::min(kKeyBlock, n_keys - j0);
         query_rows(p, t, nb, rows);
-        attn::forward_tile(st, rows, keys.data() + j0, nb, p.Dqk, p.scale);
+        attn::forward_tile_query(st, rows, qT.data(), ldq, keys.data() + j0, nb, p.Dqk, p.scale);
       }
       for (int h = 0; h < p.H; ++h) {
         const int64_t th = static_cast<int64_t>(t) * p.H + h;
