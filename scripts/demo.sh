@@ -25,6 +25,10 @@ if [ -z "${OMP_NUM_THREADS:-}" ]; then
   if awk -v l="$load" -v c="$cores" 'BEGIN { exit !(l >= c) }'; then OMP_NUM_THREADS=1; else OMP_NUM_THREADS=$cores; fi
 fi
 export OMP_NUM_THREADS
+# Idle OpenMP threads sleep instead of spinning between the many short parallel regions of a step:
+# on 2 cores spinning threads steal the core another thread (BLIS, the kernel) needs. Measured here:
+# 40 pretraining steps 10.1 s spinning vs 5.5 s passive (docs/perf.md "Training demo").
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 echo "demo: $OMP_NUM_THREADS OpenMP thread(s) ($cores cores, load $(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo ?))"
 
 # ── the demo config (context 256 = 8·k; see docs/perf.md "Training demo") ──
@@ -55,17 +59,17 @@ COMMON="--run $RUN --checkpoint-every 50 --seq-len $CTX --batch 4"
 phase "stage 1/3: dense pretraining (all parameters but the indexer; half synthetic long-range sequences)"
 # shellcheck disable=SC2086
 "$DSA" train $COMMON --stage pretrain --data "$DATA/txt" --tokenizer "$RUN/tokenizer.model" $MODEL \
-  --steps "$(steps 300)" --lr 3e-3 --synthetic 0.5
+  --steps "$(steps 1200)" --lr 3e-3 --synthetic 0.5
 lap pretrain
 
 phase "stage 2/3: indexer warm-up (model frozen; KL to the head-summed dense attention, lr 1e-3)"
 # shellcheck disable=SC2086
-"$DSA" train $COMMON --stage warmup --steps "$(steps 100)" --indexer-lr 1e-3 --synthetic 0.5
+"$DSA" train $COMMON --stage warmup --steps "$(steps 300)" --indexer-lr 1e-3 --synthetic 0.5
 lap warmup
 
 phase "stage 3/3: sparse training (top-$K; LM loss -> model, selected-set KL -> indexer)"
 # shellcheck disable=SC2086
-"$DSA" train $COMMON --stage sparse --topk $K --steps "$(steps 80)" --lr 5e-4 --indexer-lr 1e-3 --synthetic 0.5
+"$DSA" train $COMMON --stage sparse --topk $K --steps "$(steps 300)" --lr 5e-4 --indexer-lr 1e-3 --synthetic 0.5
 lap sparse
 
 phase "evaluation"

@@ -249,6 +249,24 @@ TEST_F(TrainRecipe, PasskeyAnswerIsTheNeedleAndEvalKeysAreUnseen) {
   EXPECT_THROW(dsa::train::make_passkey(*tok, loader.val_stream(), 10, 0.5, dsa::train::PasskeySplit::kEval, 1), dsa::Error);
 }
 
+TEST_F(TrainRecipe, CopyTaskRepeatsASegmentLaterInTheSequence) {
+  const dsa::train::Loader loader(corpus, *tok, {});
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    const auto s = dsa::train::make_copy(loader.train_stream(), 257, seed);
+    ASSERT_EQ(s.tokens.size(), 257u);
+    ASSERT_GE(s.answer_len, 2);
+    ASSERT_LE(s.answer_begin + s.answer_len, 257);
+    const std::vector<int32_t> repeat(s.tokens.begin() + s.answer_begin, s.tokens.begin() + s.answer_begin + s.answer_len);
+    // the repeat's first copy ends at or before the repeat begins
+    bool found = false;
+    for (int a = 0; a + s.answer_len <= s.answer_begin && !found; ++a)
+      found = std::equal(repeat.begin(), repeat.end(), s.tokens.begin() + a);
+    EXPECT_TRUE(found) << "seed " << seed;
+    EXPECT_EQ(s.tokens, dsa::train::make_copy(loader.train_stream(), 257, seed).tokens);   // seeded
+  }
+  EXPECT_THROW(dsa::train::make_copy(loader.train_stream(), 4, 1), dsa::Error);
+}
+
 TEST_F(TrainRecipe, BadOptionsNameTheFlag) {
   auto expect_error = [](auto&& fn, const std::string& needle) {
     try {

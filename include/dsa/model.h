@@ -176,7 +176,10 @@ class Model {
   // (Σ_h P_h / H) on the indexer's top-k selection, and |selection ∩ dense-attention top-k| / k
   // (k = min(topk, available keys)). Averaged over layers and rows.
   struct RecallStats {
-    double mass_in_selected = 0, topk_overlap = 0;
+    // mass_in_selected: head-mean dense attention mass inside the indexer's top-k (the recall);
+    // oracle_mass: the same for the dense attention's own top-k (the ceiling any selector of k keys has);
+    // topk_overlap: share of the indexer's selection that is in the dense attention's top-k.
+    double mass_in_selected = 0, oracle_mass = 0, topk_overlap = 0;
     int64_t rows = 0;
   };
   RecallStats indexer_recall(const Batch& batch, int topk = 0) const;

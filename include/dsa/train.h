@@ -70,6 +70,11 @@ PasskeySample make_passkey(const Tokenizer& tok, const std::vector<int32_t>& fil
                            PasskeySplit split, uint64_t seed);
 // Key–value recall: "name=digits" pairs spread through filler, then one name queried at the end.
 PasskeySample make_kv_recall(const Tokenizer& tok, const std::vector<int32_t>& filler, int length, uint64_t seed);
+// Copy: a segment of tokens drawn at random from `filler` (so no language model predicts it) appears
+// twice in filler, the second time far from the first; every token of the repeat but its first is
+// a retrieval event (the induction pattern behind passkey and key–value recall, with ~10× their
+// training signal per sequence). answer_* = the repeat.
+PasskeySample make_copy(const std::vector<int32_t>& filler, int length, uint64_t seed);
 
 struct LoaderOptions {
   int batch_size = 4;                   // sequences per step
@@ -78,6 +83,7 @@ struct LoaderOptions {
   uint64_t seed = 1;
 };
 // batch(step) is a pure function of (options, corpus, step): counter-based randomness, no state.
+// Every sequence (training and validation) starts with BOS, then text or a synthetic task.
 class Loader {
  public:
   Loader(const Corpus& corpus, const Tokenizer& tok, const LoaderOptions& options);
@@ -90,6 +96,7 @@ class Loader {
  private:
   const Tokenizer& tok_;
   LoaderOptions o_;
+  int32_t bos_;                                        // first token of every sequence
   std::vector<int32_t> train_stream_, val_stream_;   // documents joined with BOS separators
 };
 
@@ -201,7 +208,7 @@ struct EvalOptions {
 
 struct EvalReport {
   struct PplRow { std::string what; int k = 0; double loss = 0, ppl = 0; };
-  struct RecallRow { int k = 0; double mass = 0, overlap = 0; };
+  struct RecallRow { int k = 0; double mass = 0, oracle = 0, overlap = 0; };   // Model::RecallStats
   // correct: trials whose whole key is the greedy continuation; digits_*: per key token (chance ≈ 0.1).
   struct PasskeyRow { std::string mode; int length = 0; double depth = 0; int correct = 0, trials = 0, digits_correct = 0, digits_total = 0; };
   struct SpeedRow { std::string mode; int context = 0; double prefill_s = 0, prefill_tok_s = 0, decode_ms_per_token = 0; };
@@ -212,9 +219,12 @@ struct EvalReport {
   int topk = 0, seq_len = 0;
   double dense_ppl = 0, dsa_ppl = 0;    // the final model at the trained k
   double ppl_ratio = 0;                 // dsa_ppl / dense_ppl
-  double recall_mass = 0, recall_overlap = 0;
+  double recall_mass = 0, recall_oracle = 0, recall_overlap = 0;
   double passkey_dense = 0, passkey_dsa = 0, passkey_window = 0;   // accuracies over every cell
   double digits_dense = 0, digits_dsa = 0, digits_window = 0;      // per-token accuracies over every cell
+  // make_copy repeats of held-out text at the longest passkey length: argmax accuracy per repeat token
+  double copy_dense = 0, copy_dsa = 0, copy_window = 0;
+  int copy_length = 0;
   double prefill_speedup = 0, decode_speedup = 0;                  // dense time / DSA time
   int speed_threads = 1;
 };

@@ -2,13 +2,13 @@
 // window mode (MQA mode; MHA-mode oracle for dense), the hand-written backward of every parameter
 // (each block names the forward line it inverts), the indexer's KL gradient per stage, and indexer
 // recall. Layer algebra: include/dsa/model.h and docs/model.md.
-#include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 
+#include "common/blas.h"
 #include "model/impl.h"
 
 namespace dsa::model {
@@ -24,10 +24,7 @@ inline Vec zeros(int64_t n) { return Vec(static_cast<size_t>(n), 0.0f); }
 // C[M,N] = alpha·op(A)·op(B) + beta·C, row-major with explicit leading dimensions.
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
           float beta, float* C, int64_t ldc) {
-  if (M == 0 || N == 0) return;
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, static_cast<int>(M),
-              static_cast<int>(N), static_cast<int>(K), 1.0f, A, static_cast<int>(lda), B, static_cast<int>(ldb), beta,
-              C, static_cast<int>(ldc));
+  blas::sgemm(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
 }
 
 RopeParams rope(int64_t T, int H, int D, int offset, int R, RopeLayout layout, const int32_t* pos,
@@ -324,8 +321,10 @@ RunResult run(const Model::Impl& m, const Batch& batch, const RunOptions& opt, s
       tp.indices = best.data();
       cpu::topk_select(tp);
       for (int64_t t = 0; t < T; ++t) {
-        double mass = 0.0;
+        double mass = 0.0, oracle = 0.0;
         int n = 0, overlap = 0;
+        for (int j = 0; j < Kr; ++j)
+          if (best[t * Kr + j] >= 0) oracle += acc[t * T + best[t * Kr + j]];
         for (int j = 0; j < Kr; ++j) {
           const int32_t s = sel[t * Kr + j];
           if (s < 0) continue;
@@ -335,6 +334,7 @@ RunResult run(const Model::Impl& m, const Batch& batch, const RunOptions& opt, s
             if (best[t * Kr + i] == s) { ++overlap; break; }
         }
         res.recall.mass_in_selected += mass;
+        res.recall.oracle_mass += oracle;
         res.recall.topk_overlap += n > 0 ? static_cast<double>(overlap) / n : 1.0;
         ++res.recall.rows;
       }
@@ -362,6 +362,7 @@ RunResult run(const Model::Impl& m, const Batch& batch, const RunOptions& opt, s
   }
   if (res.recall.rows > 0) {
     res.recall.mass_in_selected /= res.recall.rows;
+    res.recall.oracle_mass /= res.recall.rows;
     res.recall.topk_overlap /= res.recall.rows;
     res.recall.rows /= c.num_hidden_layers;
   }

@@ -241,6 +241,31 @@ PasskeySample make_kv_recall(const Tokenizer& tok, const std::vector<int32_t>& f
   return s;
 }
 
+PasskeySample make_copy(const std::vector<int32_t>& filler, int length, uint64_t seed) {
+  constexpr int kMinSegment = 16, kMaxSegment = 48;
+  Rng rng(seed);
+  const int m = std::min(kMinSegment + static_cast<int>(rng.below(kMaxSegment - kMinSegment + 1)), length / 4);
+  if (m < 2) throw Error("make_copy: length " + std::to_string(length) + " is too short");
+  if (filler.empty()) throw Error("synthetic task: the filler stream is empty");
+  std::vector<int32_t> segment(static_cast<size_t>(m));
+  for (auto& t : segment) t = filler[rng.below(filler.size())];
+  const auto hay = filler_tokens(filler, length - 2 * m, rng);
+  // first copy in the first half of the filler, the repeat anywhere after it
+  const int64_t fill = static_cast<int64_t>(hay.size());
+  const int64_t a = static_cast<int64_t>(rng.below(static_cast<uint64_t>(fill / 2 + 1)));
+  const int64_t b = a + static_cast<int64_t>(rng.below(static_cast<uint64_t>(fill - a + 1)));
+  PasskeySample s;
+  s.tokens.reserve(static_cast<size_t>(length));
+  s.tokens.insert(s.tokens.end(), hay.begin(), hay.begin() + a);
+  append(s.tokens, segment);
+  s.tokens.insert(s.tokens.end(), hay.begin() + a, hay.begin() + b);
+  s.answer_begin = static_cast<int>(s.tokens.size());
+  s.answer_len = m;
+  append(s.tokens, segment);
+  s.tokens.insert(s.tokens.end(), hay.begin() + b, hay.end());
+  return s;
+}
+
 // ── Loader ─────────────────────────────────────────────────────────────────────────────────────
 namespace {
 std::vector<int32_t> join(const std::vector<Document>& docs, int32_t bos) {
@@ -254,7 +279,8 @@ std::vector<int32_t> join(const std::vector<Document>& docs, int32_t bos) {
 }  // namespace
 
 Loader::Loader(const Corpus& corpus, const Tokenizer& tok, const LoaderOptions& options)
-    : tok_(tok), o_(options), train_stream_(join(corpus.train, corpus.bos_id)), val_stream_(join(corpus.val, corpus.bos_id)) {
+    : tok_(tok), o_(options), bos_(corpus.bos_id), train_stream_(join(corpus.train, corpus.bos_id)),
+      val_stream_(join(corpus.val, corpus.bos_id)) {
   if (o_.batch_size <= 0) throw Error("loader: --batch = " + std::to_string(o_.batch_size) + " must be > 0");
   if (o_.seq_len <= 1) throw Error("loader: --seq-len = " + std::to_string(o_.seq_len) + " must be > 1");
   if (o_.synthetic_share < 0 || o_.synthetic_share > 1)
@@ -268,15 +294,22 @@ model::Batch Loader::batch(int64_t step) const {
   const int L = o_.seq_len;
   for (int i = 0; i < o_.batch_size; ++i) {
     Rng rng(mix_seed(o_.seed, static_cast<uint64_t>(step), static_cast<uint64_t>(i)));
-    std::vector<int32_t> seq;                                       // L + 1 tokens
+    // L + 1 tokens, the first one BOS: every sequence starts the way an inference prompt does, so
+    // the model has one fixed first key (where idle heads park their attention: an attention sink)
+    std::vector<int32_t> seq{bos_};
+    std::vector<int32_t> body;
     if (rng.uniform() < o_.synthetic_share) {
       const uint64_t task_seed = rng.next();
-      seq = (rng.uniform() < 0.5) ? make_passkey(tok_, train_stream_, L + 1, rng.uniform(), PasskeySplit::kTrain, task_seed).tokens
-                                  : make_kv_recall(tok_, train_stream_, L + 1, task_seed).tokens;
+      // the three tasks in equal shares
+      const double task = rng.uniform();
+      body = task < 1.0 / 3 ? make_passkey(tok_, train_stream_, L, rng.uniform(), PasskeySplit::kTrain, task_seed).tokens
+             : task < 2.0 / 3 ? make_kv_recall(tok_, train_stream_, L, task_seed).tokens
+                              : make_copy(train_stream_, L, task_seed).tokens;
     } else {
-      const uint64_t off = rng.below(train_stream_.size() - static_cast<size_t>(L) - 1);
-      seq.assign(train_stream_.begin() + static_cast<int64_t>(off), train_stream_.begin() + static_cast<int64_t>(off) + L + 1);
+      const uint64_t off = rng.below(train_stream_.size() - static_cast<size_t>(L));
+      body.assign(train_stream_.begin() + static_cast<int64_t>(off), train_stream_.begin() + static_cast<int64_t>(off) + L);
     }
+    seq.insert(seq.end(), body.begin(), body.end());
     b.tokens.insert(b.tokens.end(), seq.begin(), seq.end() - 1);
     b.targets.insert(b.targets.end(), seq.begin() + 1, seq.end());
     b.seq_lens.push_back(L);
@@ -293,9 +326,11 @@ model::Batch Loader::val_batch(int n, int seq_len, uint64_t salt) const {
   for (int i = 0; i < n; ++i) {
     // Evenly spread windows, shifted by the salt so different evaluations can use different text.
     const size_t off = (room * static_cast<size_t>(i) / static_cast<size_t>(std::max(1, n)) + salt * 7919) % (room + 1);
-    b.tokens.insert(b.tokens.end(), val_stream_.begin() + static_cast<int64_t>(off), val_stream_.begin() + static_cast<int64_t>(off) + seq_len);
-    b.targets.insert(b.targets.end(), val_stream_.begin() + static_cast<int64_t>(off) + 1,
-                     val_stream_.begin() + static_cast<int64_t>(off) + seq_len + 1);
+    // BOS, then seq_len − 1 tokens of text (as in training); the targets are the text itself
+    b.tokens.push_back(bos_);
+    b.tokens.insert(b.tokens.end(), val_stream_.begin() + static_cast<int64_t>(off), val_stream_.begin() + static_cast<int64_t>(off) + seq_len - 1);
+    b.targets.insert(b.targets.end(), val_stream_.begin() + static_cast<int64_t>(off),
+                     val_stream_.begin() + static_cast<int64_t>(off) + seq_len);
     b.seq_lens.push_back(seq_len);
   }
   return b;
