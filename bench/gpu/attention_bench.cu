@@ -1,7 +1,8 @@
 // attention_bench.cu — GPU timings of the attention-side ops (sparse prefill forward / backward,
 // sparse decode, dense forward, indexer KL) with the FLOP conventions of dsa-spec §3:
 //   sparse fwd   2·T·K·H·(Dqk + Dv)                     (FlashMLA; every slot counted)
-//   sparse bwd   2·T·K·H·(Dv + 3·Dqk + Dv)              (TileLang sparse_mla_bwd)
+//   sparse bwd   2·T·K·H·(Dv + 3·Dqk + Dv)              (TileLang sparse_mla_bwd; the five matmuls
+//                S = q·kᵀ (Dqk), dP = dO·vᵀ (Dv), dq = dS·k (Dqk), dk = dSᵀ·q (Dqk), dv = Pᵀ·dO (Dv))
 //   decode       B·next_n·H·(2·576·K + 2·K·512)         (FlashMLA decode)
 //   dense fwd    causal: 2·(Σ_t (ke−ks))·H·(Dqk + Dv)
 //   indexer KL   2·T·K·H·Dqk (the score recompute)
@@ -117,8 +118,11 @@ int main(int argc, char** argv) {
     AttentionParams p;
     p.T = T; p.S = S; p.H = H; p.Dqk = Dqk; p.Dv = Dv; p.scale = scale; p.q = q; p.kv = kv; p.K = Kf; p.indices = idx;
     AttentionForwardOut o{out, lse, nullptr};
-    std::vector<float> ref_out;
-    for (int v : {1, dsa::cuda::kSparseAttentionBf16Version, dsa::cuda::kSparseAttentionPipelinedVersion}) {
+    std::vector<float> ref_out, v3_out;
+    const int v5 = dsa::cuda::kSparseAttentionWgmmaVersion;
+    std::printf("  (v5 wgmma %s)\n", dsa::cuda::sparse_attention_forward_wgmma_available(p)
+                                         ? "runs here" : "does not run here: the v5 row below is v4");
+    for (int v : {1, dsa::cuda::kSparseAttentionBf16Version, dsa::cuda::kSparseAttentionPipelinedVersion, v5}) {
       const size_t wsb = dsa::cuda::sparse_attention_forward_workspace_bytes(p, v);
       void* ws = wsb ? dalloc<char>(wsb) : nullptr;
       const double ms = time_ms([&] { dsa::cuda::sparse_attention_forward(p, o, ws, wsb, nullptr, v); }, 3);
@@ -133,6 +137,23 @@ int main(int argc, char** argv) {
         den += double(ref_out[i]) * ref_out[i];
       }
       std::printf("  (v%d out vs v1: relative L2 error %.2e)\n", v, std::sqrt(num / den));
+      if (v == dsa::cuda::kSparseAttentionBf16Version) v3_out = h;
+      if (v == v5 && !v3_out.empty()) {
+        // Cross-check against v3 (same bf16 operand rounding) on the first 64 (query, head) rows and
+        // on every row: relative L2 above the bf16 test tolerance (2e-2) means a broken kernel.
+        for (const size_t rows : {size_t(64), size_t(T) * H}) {
+          double n5 = 0, d5 = 0, worst = 0;
+          for (size_t i = 0; i < rows * Dv; ++i) {
+            const double e = double(h[i]) - v3_out[i];
+            n5 += e * e;
+            d5 += double(v3_out[i]) * v3_out[i];
+            worst = std::max(worst, std::fabs(e));
+          }
+          const double r5 = std::sqrt(n5 / d5);
+          std::printf("  (v5 vs v3 over %zu rows: relative L2 %.2e, max |diff| %.2e)%s\n", rows, r5, worst,
+                      r5 <= 2e-2 ? "" : "  MISMATCH");
+        }
+      }
       const double flop = 2.0 * T * Kf * H * (Dqk + Dv);
       const double bytes = 4.0 * (double(T) * H * Dqk + double(T) * Kf * Dqk + double(T) * H * (Dv + 1)) + 4.0 * T * Kf;
       char shape[128];
@@ -143,9 +164,9 @@ int main(int argc, char** argv) {
     const int Tb = T / 4;
     AttentionParams pb = p;
     pb.T = Tb;
-    float *dout = dalloc<float>(size_t(Tb) * H * Dv), *dq = dalloc<float>(size_t(Tb) * H * Dqk),
+    float *dout = dalloc<float>(size_t(T) * H * Dv), *dq = dalloc<float>(size_t(T) * H * Dqk),
           *dkv = dalloc<float>(size_t(S) * Dqk);
-    urand(dout, size_t(Tb) * H * Dv, 4);
+    urand(dout, size_t(T) * H * Dv, 4);
     dsa::cuda::sparse_attention_forward(pb, o, nullptr, 1);
     const size_t wsb = dsa::cuda::sparse_attention_backward_workspace_bytes(pb);
     void* ws = dalloc<char>(wsb);
@@ -156,7 +177,47 @@ int main(int argc, char** argv) {
     char shape[128];
     std::snprintf(shape, sizeof shape, "T=%d S=%d K=%d H=%d ws=%.0fMiB", Tb, S, Kf, H, wsb / 1048576.0);
     report("sparse_bwd_v1", shape, ms, flop, bytes);
-    cudaFree(ws); cudaFree(dout); cudaFree(dq); cudaFree(dkv);
+    cudaFree(ws);
+    // ── bf16 tensor-core backward (v3): at Tb against v1's dq / dkv, then at the full T ──
+    // Bytes for v3 (docs/kernels/sparse_attention.md): the fp32 contract I/O (q, dout, out, lse, dq) plus
+    // what the chunks move through HBM per query: Kg written once and read by two GEMMs (3·K·Dqk·2), SP
+    // written and read (2·2H·K·4), G written once and read 1.5 times (2.5·2H·K·2), part written and read
+    // (2·K·Dqk·4); kv read, kv bf16 written, dkv read and written (≈ 3·S·Dqk·4). The gathered rows come
+    // from the bf16 copy of kv, L2-resident at S = 8192 (9.4 MB), so they are not counted again.
+    {
+      auto rel = [](const std::vector<float>& a, const std::vector<float>& b) {
+        double num = 0, den = 0;
+        for (size_t i = 0; i < a.size(); ++i) {
+          num += double(a[i] - b[i]) * (a[i] - b[i]);
+          den += double(b[i]) * b[i];
+        }
+        return std::sqrt(num / den);
+      };
+      std::vector<float> dq1(size_t(Tb) * H * Dqk), dkv1(size_t(S) * Dqk), dq3(dq1.size()), dkv3(dkv1.size());
+      CHECK(cudaMemcpy(dq1.data(), dq, dq1.size() * sizeof(float), cudaMemcpyDeviceToHost));
+      CHECK(cudaMemcpy(dkv1.data(), dkv, dkv1.size() * sizeof(float), cudaMemcpyDeviceToHost));
+      const int v3 = dsa::cuda::kSparseAttentionBf16Version;
+      for (const int Tv : {Tb, T}) {
+        AttentionParams pv = p;
+        pv.T = Tv;
+        const size_t wsv = dsa::cuda::sparse_attention_backward_workspace_bytes(pv, v3);
+        void* w3 = dalloc<char>(wsv);
+        const double ms3 = time_ms([&] { dsa::cuda::sparse_attention_backward(pv, b, w3, wsv, nullptr, v3); }, 3);
+        cudaFree(w3);
+        if (Tv == Tb) {
+          CHECK(cudaMemcpy(dq3.data(), dq, dq3.size() * sizeof(float), cudaMemcpyDeviceToHost));
+          CHECK(cudaMemcpy(dkv3.data(), dkv, dkv3.size() * sizeof(float), cudaMemcpyDeviceToHost));
+          std::printf("  (v3 vs v1 at T=%d: dq relative L2 error %.2e, dkv %.2e)\n", Tb, rel(dq3, dq1), rel(dkv3, dkv1));
+        }
+        const double flop3 = 2.0 * Tv * Kf * H * (Dv + 3.0 * Dqk + Dv);
+        const double bytes3 = 4.0 * (double(Tv) * H * (2 * Dqk + 2 * Dv + 2) + 3.0 * S * Dqk) +
+                              double(Tv) * (3.0 * Kf * Dqk * 2 + 2.0 * 2 * H * Kf * 4 + 2.5 * 2 * H * Kf * 2 +
+                                            2.0 * Kf * Dqk * 4);
+        std::snprintf(shape, sizeof shape, "T=%d S=%d K=%d H=%d ws=%.0fMiB", Tv, S, Kf, H, wsv / 1048576.0);
+        report("sparse_bwd_v3", shape, ms3, flop3, bytes3);
+      }
+    }
+    cudaFree(dout); cudaFree(dq); cudaFree(dkv);
     cudaFree(q); cudaFree(kv); cudaFree(out); cudaFree(lse); cudaFree(idx);
   }
   // ── bf16 sparse forward with a 128K-key cache (302 MiB fp32 kv: gathers miss L2) ──
@@ -171,7 +232,8 @@ int main(int argc, char** argv) {
     AttentionParams p;
     p.T = T; p.S = S; p.H = H; p.Dqk = Dqk; p.Dv = Dv; p.scale = scale; p.q = q; p.kv = kv; p.K = Kf; p.indices = idx;
     AttentionForwardOut o{out, lse, nullptr};
-    for (int v : {dsa::cuda::kSparseAttentionBf16Version, dsa::cuda::kSparseAttentionPipelinedVersion}) {
+    for (int v : {dsa::cuda::kSparseAttentionBf16Version, dsa::cuda::kSparseAttentionPipelinedVersion,
+                  dsa::cuda::kSparseAttentionWgmmaVersion}) {
     const size_t wsb = dsa::cuda::sparse_attention_forward_workspace_bytes(p, v);
     void* ws = wsb ? dalloc<char>(wsb) : nullptr;
     const double ms = time_ms([&] { dsa::cuda::sparse_attention_forward(p, o, ws, wsb, nullptr, v); }, 5);

@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -21,6 +22,19 @@
 #include "dsa/cuda_ops.h"
 
 using namespace dsa;
+
+namespace dsa::cuda {
+// The tuning hook of src/cuda/topk.cu (not public API): runs top-k v2 configuration `config`, returns
+// its name, or nullptr past the last one.
+const char* topk_select_v2_config(const TopkParams& p, cudaStream_t stream, int config);
+}  // namespace dsa::cuda
+
+namespace dsa::cuda::detail {
+// The tuning hooks of src/cuda/indexer_logits_wgmma.cu (not public API): whether v3 applies, and
+// run v3 configuration `config` (returns its name, or nullptr past the last one).
+bool use_logits_wgmma(const IndexerParams& p, int version);
+const char* run_logits_wgmma_config(const IndexerParams& p, float* logits, cudaStream_t stream, int config);
+}  // namespace dsa::cuda::detail
 
 namespace {
 
@@ -221,6 +235,11 @@ int main(int argc, char** argv) {
         if (ws) CHECK(cudaFree(ws));
       }
     }
+    if (want("logits")) {  // v3 (wgmma, sm_90a; runs as v2 where it does not apply), same run as v1/v2
+      report("indexer_logits_fp8_v3", shape("T=%ld S=%ld HI=%ld DI=%ld", T, S, HI, DI),
+             time_ms([&] { cuda::indexer_logits(p, logits, nullptr, cuda::kIndexerWgmmaVersion); }, reps), flop,
+             double(T) * S * 4 + double(S) * (DI + 4));
+    }
     CHECK(cudaFree(q));
     CHECK(cudaFree(k));
     CHECK(cudaFree(w));
@@ -259,9 +278,42 @@ int main(int argc, char** argv) {
       fill_iota_ranges<<<(T + 255) / 256, 256>>>(ks, ke, T, S, causal == 1);
       // valid pairs: full T·S; causal Σ_t (S − T + t + 1)
       const double pairs = causal ? double(T) * (S - T) + double(T) * (T + 1) / 2 : double(T) * S;
-      report(causal ? "indexer_logits_fp8_v2_causal" : "indexer_logits_fp8_v2", shape("T=%ld S=%ld HI=%ld DI=%ld", T, S, HI, DI),
-             time_ms([&] { cuda::indexer_logits(p, logits, nullptr, 2); }, 3), 2.0 * pairs * HI * DI,
-             double(T) * S * 4 + double(S) * (DI + 4));
+      // v2 (mma.sync) and v3 (wgmma; runs as v2 where it does not apply) in the same run, then a spot
+      // check of v3 against v2 on the first and last rows (different accumulation: close, not equal).
+      std::vector<float> rows[2];
+      for (int v : {2, cuda::kIndexerWgmmaVersion}) {
+        const std::string name = "indexer_logits_fp8_v" + std::to_string(v) + (causal ? "_causal" : "");
+        report(name.c_str(), shape("T=%ld S=%ld HI=%ld DI=%ld", T, S, HI, DI),
+               time_ms([&] { cuda::indexer_logits(p, logits, nullptr, v); }, 3), 2.0 * pairs * HI * DI,
+               double(T) * S * 4 + double(S) * (DI + 4));
+        std::vector<float>& h = rows[v == 2 ? 0 : 1];
+        h.resize(size_t(2) * S);
+        CHECK(cudaMemcpy(h.data(), logits, size_t(S) * sizeof(float), cudaMemcpyDeviceToHost));
+        CHECK(cudaMemcpy(h.data() + S, logits + size_t(T - 1) * S, size_t(S) * sizeof(float), cudaMemcpyDeviceToHost));
+      }
+      double amax = 0, dmax = 0;
+      size_t pattern = 0;
+      for (size_t i = 0; i < rows[0].size(); ++i) {
+        const float a = rows[0][i], b = rows[1][i];
+        if (std::isinf(a) || std::isinf(b) || std::isnan(a) || std::isnan(b)) {
+          pattern += !(a == b);
+          continue;
+        }
+        amax = std::max(amax, double(std::fabs(a)));
+        dmax = std::max(dmax, double(std::fabs(a - b)));
+      }
+      std::printf("%s v3 vs v2 (rows 0 and T-1): max |diff| / max |v2| = %.3g, non-finite mismatches = %zu%s\n",
+                  causal ? "causal" : "full", amax > 0 ? dmax / amax : 0.0, pattern,
+                  pattern || dmax > 1e-3 * amax ? "  MISMATCH" : "");
+      // Every v3 tuning configuration (the v3 row above runs the default one).
+      if (cuda::detail::use_logits_wgmma(p, cuda::kIndexerWgmmaVersion))
+        for (int c = 0; cuda::detail::run_logits_wgmma_config(p, logits, nullptr, c) != nullptr; ++c) {
+          const std::string name = std::string("indexer_logits_fp8_v3_") +
+                                   cuda::detail::run_logits_wgmma_config(p, logits, nullptr, c) + (causal ? "_causal" : "");
+          report(name.c_str(), shape("T=%ld S=%ld HI=%ld DI=%ld", T, S, HI, DI),
+                 time_ms([&] { cuda::detail::run_logits_wgmma_config(p, logits, nullptr, c); }, 3),
+                 2.0 * pairs * HI * DI, double(T) * S * 4 + double(S) * (DI + 4));
+        }
     }
     CHECK(cudaFree(q));
     CHECK(cudaFree(k));
@@ -289,6 +341,21 @@ int main(int argc, char** argv) {
       fill_iota_ranges<<<(T + 255) / 256, 256>>>(ks, ke, T, S, true);
       report(("topk_select_causal_v" + std::to_string(v)).c_str(), shape("T=%ld S=%ld K=%ld", T, S, K),
              time_ms([&] { cuda::topk_select(p, ws, wsb, nullptr, v); }, reps), 0, double(T) * S * 4 + double(T) * K * 4);
+    }
+    // Every v2 tuning configuration (the first is topk_select's default), checked against v1's indices.
+    std::vector<int32_t> want(size_t(T) * K), got(size_t(T) * K);
+    for (bool causal : {false, true}) {
+      fill_iota_ranges<<<(T + 255) / 256, 256>>>(ks, ke, T, S, causal);
+      cuda::topk_select(p, ws, wsb, nullptr, 1);
+      CHECK(cudaMemcpy(want.data(), idx, want.size() * sizeof(int32_t), cudaMemcpyDeviceToHost));
+      for (int c = 0; cuda::topk_select_v2_config(p, nullptr, c) != nullptr; ++c) {
+        const std::string name = std::string(causal ? "topk_v2c_" : "topk_v2_") + cuda::topk_select_v2_config(p, nullptr, c);
+        CHECK(cudaMemcpy(got.data(), idx, got.size() * sizeof(int32_t), cudaMemcpyDeviceToHost));
+        if (got != want) std::printf("MISMATCH: %s differs from v1\n", name.c_str());
+        report(name.c_str(), shape("T=%ld S=%ld K=%ld", T, S, K),
+               time_ms([&] { cuda::topk_select_v2_config(p, nullptr, c); }, reps), 0,
+               double(T) * S * 4 + double(T) * K * 4);
+      }
     }
     if (ws) CHECK(cudaFree(ws));
     CHECK(cudaFree(logits));

@@ -49,7 +49,12 @@ void indexer_quantize_fp8(const IndexerQuantizeParams& p, cudaStream_t stream);
 //   v2 (kFp8, DI == 128, HI % 16 == 0 ≤ 128, sm_89+; anything else falls back to v1): dot_h from
 //       e4m3 mma.sync (fp32 accumulate), then a fixed per-warp butterfly over 16-head groups and an
 //       in-order sum of the groups (src/cuda/indexer_logits_mma.cu documents the exact order).
+//   v3 = kIndexerWgmmaVersion (opt-in, not a kKernelVersions row; kFp8, HI == 64, DI == 128, sm_90a
+//       code on an sm_90 device; else it runs as v2): dot_h from e4m3 wgmma (fp32 accumulate, the
+//       tensor core's narrower fp8 accumulation), a fixed in-register + quad-shuffle head sum
+//       (src/cuda/indexer_logits_wgmma.cu documents the order). indexer_topk has no v3.
 // kDefaultVersion picks v2 where it applies.
+inline constexpr int kIndexerWgmmaVersion = 3;
 void indexer_logits(const IndexerParams& p, float* logits, cudaStream_t stream, int version = kDefaultVersion);
 
 // ── 4. top-k (src/cuda/topk.cu): radix select, deterministic, no allocation, no host sync ─────
@@ -91,6 +96,14 @@ inline constexpr int kSparseAttentionBf16Version = 3;
 //    the workspace (S·1152 bytes) and gathered by cp.async, double-buffered (same tolerance, opt-in).
 //    Every version but this one needs no workspace (workspace_bytes query → 0).
 inline constexpr int kSparseAttentionPipelinedVersion = 4;
+//    version == kSparseAttentionWgmmaVersion: Hopper bf16 wgmma (sparse_attention_forward_wgmma.cu),
+//    same numerics and tolerance, same workspace (S·1152 bytes, 16-byte aligned), opt-in. Applies to
+//    Dqk 576, Dv 512, H % 64 == 0 on an sm_90 device when the binary carries sm_90a code; anything
+//    else asked for v5 runs as v4 (then v3, then v1), with the same workspace query.
+//    sparse_attention_forward_wgmma_available says whether v5 itself runs (its first call probes the
+//    binary once: a tiny launch + copy, keep it outside CUDA-graph capture).
+inline constexpr int kSparseAttentionWgmmaVersion = 5;
+bool sparse_attention_forward_wgmma_available(const AttentionParams& p);
 size_t sparse_attention_forward_workspace_bytes(const AttentionParams& p, int version = kDefaultVersion);
 void sparse_attention_forward(const AttentionParams& p, const AttentionForwardOut& o, void* workspace,
                               size_t workspace_bytes, cudaStream_t stream, int version = kDefaultVersion);
@@ -99,7 +112,13 @@ void sparse_attention_forward(const AttentionParams& p, const AttentionForwardOu
 // 7. sparse_attention_backward.cu — deterministic: a stable radix sort of the selection gives each
 //    key its (t, slot) entries in ascending order; dkv is summed key-major in that order.
 //    Workspace ≈ 16·T·K + 4·T·H + 4·S bytes (+ cub's sort storage).
-size_t sparse_attention_backward_workspace_bytes(const AttentionParams& p);
+//    version == kSparseAttentionBf16Version (opt-in, sm_80+, any shape; sparse_attention_backward_bf16.cu):
+//    cuBLAS bf16 tensor-core GEMMs over query chunks, dkv reduced key-major in the same sorted order
+//    (bitwise reproducible for fixed shapes, workspace size and device; same bf16 tolerance as the
+//    forward). Its workspace query (pass the version) sizes the default chunk (≤ ~4 GiB); a smaller
+//    workspace, down to the one-query size, runs smaller chunks. Its first call on a device creates a
+//    cached cuBLAS handle (allocates: keep that call out of CUDA-graph capture).
+size_t sparse_attention_backward_workspace_bytes(const AttentionParams& p, int version = kDefaultVersion);
 void sparse_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b, void* workspace,
                                size_t workspace_bytes, cudaStream_t stream, int version = kDefaultVersion);
 // 8. dense_attention_forward.cu / dense_attention_backward.cu — MQA over key ranges.

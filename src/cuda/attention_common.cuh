@@ -141,6 +141,12 @@ bool sparse_forward_pipelined_fits(const AttentionParams& p);
 size_t sparse_forward_pipelined_workspace(const AttentionParams& p);
 void sparse_forward_pipelined(const AttentionParams& p, const AttentionForwardOut& o, void* workspace,
                               cudaStream_t stream, const char* op);
+// The bf16 tensor-core sparse backward (sparse_attention_backward_bf16.cu): cuBLAS bf16 GEMMs over
+// query chunks, any shape on sm_80+; its workspace (for the default chunk) and its launch.
+bool sparse_backward_bf16_fits(const AttentionParams& p);
+size_t sparse_backward_bf16_workspace(const AttentionParams& p, const char* op);
+void sparse_backward_bf16(const AttentionParams& p, const AttentionBackwardArgs& b, void* workspace,
+                          size_t workspace_bytes, cudaStream_t stream, const char* op);
 
 // Dot product of two shared-memory rows, d ascending in 4 interleaved partial sums (fixed order).
 __device__ inline float dot_rows(const float* a, const float* b, int D) {

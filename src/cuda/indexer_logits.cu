@@ -5,8 +5,9 @@
 //   logits[t,s] = −inf                                           elsewhere in [0, S)
 // Per-element arithmetic: detail::logit_v1 (indexer_common.cuh), the order shared with the fused
 // indexer_topk v1, so the two agree bit for bit. A malformed range (ks > ke, outside [0, S)) is
-// treated as empty (cuda_ops.h). Version 2 (fp8 tensor cores) lives in indexer_logits_mma.cu and is
-// dispatched from here; this file is the one host dispatch point of the op.
+// treated as empty (cuda_ops.h). Version 2 (fp8 tensor cores) lives in indexer_logits_mma.cu and
+// version 3 (fp8 wgmma, sm_90a) in indexer_logits_wgmma.cu; both are dispatched from here; this
+// file is the one host dispatch point of the op.
 //
 // v1 plan: one thread per (t, s); a block covers kKeysPerBlock consecutive keys of one query, so the
 // q row and w row are warp-uniform broadcast loads and the key rows stream through L1. No shared
@@ -16,6 +17,7 @@
 
 #include "cuda/indexer_common.cuh"
 #include "cuda/indexer_logits_mma.cuh"
+#include "cuda/indexer_logits_wgmma.cuh"
 
 namespace dsa::cuda {
 namespace {
@@ -65,7 +67,10 @@ void indexer_logits(const IndexerParams& p, float* logits, cudaStream_t stream, 
   constexpr const char* op = "indexer_logits";
   detail::validate_indexer_host(p, op);
   ::dsa::detail::require_ptr(logits, op, "logits");
-  if (detail::use_logits_mma(p, version)) detail::indexer_logits_mma(p, logits, stream);
+  // Version 3 (wgmma, sm_90a; indexer_logits_wgmma.cu) where it applies, else it runs as version 2.
+  if (detail::use_logits_wgmma(p, version)) detail::indexer_logits_wgmma(p, logits, stream);
+  else if (detail::use_logits_mma(p, version == kIndexerWgmmaVersion ? 2 : version))
+    detail::indexer_logits_mma(p, logits, stream);
   else detail::indexer_logits_v1(p, logits, stream);
 }
 

@@ -12,6 +12,9 @@
 //                heads (dkv_key); each dkv row is therefore summed in one fixed order.
 // Workspace: Δ (T·H floats) + 4 int32 arrays of T·K (sort keys/values in and out) + (S+1) offsets
 // + cub's temp storage; ≈ 16·T·K bytes (128 MiB at T = 4096, K = 2048).
+// version == kSparseAttentionBf16Version (sm_80+, any shape): the bf16 tensor-core backward of
+// sparse_attention_backward_bf16.cu (cuBLAS GEMMs over query chunks, same determinism, its own
+// workspace size); every other version number runs v1.
 // The key-major pass recomputes the scores (as FlashAttention-2's dkv pass does); its cost is the
 // re-read of q[t] and dout[t] per entry (docs/kernels/sparse_attention.md has the numbers).
 #include <cub/device/device_radix_sort.cuh>
@@ -153,15 +156,20 @@ __global__ void __launch_bounds__(attn::kThreads) sparse_bwd_dkv(DkvArgs a) {
 
 }  // namespace
 
-size_t sparse_attention_backward_workspace_bytes(const AttentionParams& p) {
+size_t sparse_attention_backward_workspace_bytes(const AttentionParams& p, int version) {
+  if (version == kSparseAttentionBf16Version && attn::sparse_backward_bf16_fits(p))
+    return attn::sparse_backward_bf16_workspace(p, kOp);
   validate_shape(p);
   return plan(p, nullptr).total;
 }
 
 void sparse_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b, void* workspace,
                                size_t workspace_bytes, cudaStream_t stream, int version) {
-  (void)version;  // single kernel so far
   validate(p, b);
+  if (version == kSparseAttentionBf16Version && attn::sparse_backward_bf16_fits(p)) {
+    attn::sparse_backward_bf16(p, b, workspace, workspace_bytes, stream, kOp);
+    return;
+  }
   Workspace w = plan(p, nullptr);
   DSA_REQUIRE(workspace != nullptr && workspace_bytes >= w.total, kOp, "workspace_bytes = ", workspace_bytes,
               " (workspace ", workspace ? "set" : "null", ") is smaller than the ", w.total,

@@ -11,8 +11,11 @@
 //   any other shape / device runs v1.
 // kSparseAttentionPipelinedVersion (opt-in, sparse_attention_forward_pipelined.cu): the same MMAs with
 //   kv converted to bf16 once into the workspace and gathered by cp.async, double-buffered.
+// kSparseAttentionWgmmaVersion (opt-in, sparse_attention_forward_wgmma.cu): Hopper wgmma (sm_90a code on
+//   an sm_90 device), Dqk = 576, Dv = 512, H % 64 == 0, the v4 workspace; otherwise it runs as v4.
 // Every other version number runs v1.
 #include "cuda/attention_common.cuh"
+#include "cuda/sparse_attention_forward_wgmma.cuh"
 #include "dsa/cuda_ops.h"
 
 namespace dsa::cuda {
@@ -43,6 +46,9 @@ __global__ void __launch_bounds__(attn::kThreads) sparse_attention_forward_v1(Sp
 
 size_t sparse_attention_forward_workspace_bytes(const AttentionParams& p, int version) {
   attn::validate_params(p, true, kOp);
+  if (version == kSparseAttentionWgmmaVersion)   // v5, or v4 where v5 does not apply (same bytes)
+    return attn::sparse_forward_wgmma_applies(p) ? attn::sparse_forward_wgmma_workspace(p)
+                                                 : attn::sparse_forward_pipelined_workspace(p);
   return version == kSparseAttentionPipelinedVersion ? attn::sparse_forward_pipelined_workspace(p) : 0;
 }
 
@@ -55,6 +61,20 @@ void sparse_attention_forward(const AttentionParams& p, const AttentionForwardOu
   attn::validate_params(p, true, kOp);
   ::dsa::detail::require_ptr(o.out, kOp, "out");
   ::dsa::detail::require_ptr(o.lse, kOp, "lse");
+  if (version == kSparseAttentionWgmmaVersion) {
+    if (attn::sparse_forward_wgmma_applies(p) && p.S > 0) {
+      const size_t need = attn::sparse_forward_wgmma_workspace(p);
+      DSA_REQUIRE(workspace != nullptr && workspace_bytes >= need, kOp, "workspace_bytes = ", workspace_bytes,
+                  " (workspace ", workspace ? "set" : "null", ") is smaller than the ", need,
+                  " B sparse_attention_forward_workspace_bytes asks for (version ", version, ")");
+      DSA_REQUIRE(reinterpret_cast<uintptr_t>(workspace) % attn::kWgmmaWorkspaceAlign == 0, kOp,
+                  "workspace must be ", attn::kWgmmaWorkspaceAlign, "-byte aligned (cp.async gathers), version ",
+                  version);
+      attn::sparse_forward_wgmma(p, o, workspace, stream, kOp);
+      return;
+    }
+    version = kSparseAttentionPipelinedVersion;   // v5 does not apply: v4, then v3, then v1
+  }
   if (version == kSparseAttentionPipelinedVersion && attn::sparse_forward_pipelined_fits(p) && p.S > 0) {
     const size_t need = attn::sparse_forward_pipelined_workspace(p);
     DSA_REQUIRE(workspace != nullptr && workspace_bytes >= need, kOp, "workspace_bytes = ", workspace_bytes,

@@ -2,6 +2,8 @@
 //   * the device fp8 e4m3 / bf16 conversions equal the CPU's bit for bit over a large sweep of fp32
 //     bit patterns (every 61st pattern, ~70 M values, all specials included) and all 256 codes;
 //   * topk_select against the CPU at a long row with heavy ties, NaN and −0, and 20 reruns bitwise;
+//   * top-k v2's sampled path (every tuning configuration) against the CPU on trends, ties and
+//     misaligned rows;
 //   * the fused indexer_topk equals indexer_logits + topk_select of the same kernel version bit for
 //     bit at a long fp8 row (the fused ≡ unfused contract), and its logits are close to the CPU's;
 //   * indexer_backward (sparse, duplicated indices) is bitwise deterministic over 20 reruns.
@@ -16,6 +18,12 @@
 #include "cuda/device_buffer.h"
 #include "dsa/cuda_ops.h"
 #include "test_util.h"
+
+namespace dsa::cuda {
+// The tuning hook of src/cuda/topk.cu (not public API): runs top-k v2 configuration `config`, returns
+// its name, or nullptr past the last one.
+const char* topk_select_v2_config(const TopkParams& p, cudaStream_t stream, int config);
+}  // namespace dsa::cuda
 
 namespace dsa::test {
 namespace {
@@ -114,6 +122,47 @@ TEST(CudaIndexer, TopkLongRowTiesNanMatchesCpuAndIsDeterministic) {
       } else {
         ASSERT_TRUE(bitwise_equal(got.data(), first.data(), got.size())) << "rerun " << rep << " differs";
       }
+    }
+  }
+}
+
+// The sampled path of top-k v2 (K ≤ 2048, rows ≥ 4096 keys) in every tuning configuration: unique
+// continuous values, rows in ascending and descending order (the sample sees a trend), a row of two
+// values (ties swamp the threshold: the fallback), misaligned row starts (S odd, odd ks) and lengths
+// 4095 / 4096 / 4099 around the sampled path's minimum, at K = 2048, 777 and 1 — each = the CPU.
+TEST(CudaIndexer, TopkSampledPathAllConfigsMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  const int T = 8, S = 70001;
+  Rng rng(504);
+  std::vector<float> logits(size_t(T) * S);
+  for (int t = 0; t < T; ++t)
+    for (int s = 0; s < S; ++s) {
+      float& x = logits[size_t(t) * S + s];
+      if (t == 1) x = float(s) * 1e-3f;                 // ascending: the best keys at the end
+      else if (t == 2) x = -float(s);                   // descending
+      else if (t == 3) x = float(rng.integer(0, 1));    // two values
+      else x = rng.normal();
+    }
+  const std::vector<int32_t> ks = {0, 3, 1, 0, 5, 1, S - 4096, 100};
+  const std::vector<int32_t> ke = {S, S, S - 2, S, 5 + 4096, 1 + 4095, S, 100 + 4099};
+  DeviceBuffer<float> dl(logits.data(), logits.size());
+  DeviceBuffer<int32_t> dks(ks.data(), T), dke(ke.data(), T);
+  for (int K : {2048, 777, 1}) {
+    std::vector<int32_t> want(size_t(T) * K);
+    cpu::topk_select(TopkParams{T, S, K, logits.data(), ks.data(), ke.data(), want.data()});
+    for (int config = -1;; ++config) {  // −1: topk_select's default v2
+      std::vector<int32_t> got(size_t(T) * K, 12345);
+      DeviceBuffer<int32_t> idx(got.data(), got.size());
+      const TopkParams p{T, S, K, dl.data(), dks.data(), dke.data(), idx.data()};
+      const char* name = "default";
+      if (config < 0) cuda::topk_select(p, nullptr, 0, nullptr, 2);
+      else name = cuda::topk_select_v2_config(p, nullptr, config);
+      if (name == nullptr) break;
+      sync_and_check("topk_select");
+      idx.download(got.data(), "indices");
+      for (int t = 0; t < T; ++t)
+        ASSERT_TRUE(bitwise_equal(got.data() + size_t(t) * K, want.data() + size_t(t) * K, size_t(K)))
+            << "config " << name << ", K = " << K << ", row " << t;
     }
   }
 }

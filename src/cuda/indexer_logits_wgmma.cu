@@ -1,0 +1,542 @@
+// indexer_logits_wgmma.cu — indexer_logits kernel version 3: FP8 e4m3 Hopper tensor cores
+// (wgmma.mma_async m64n256k32, sm_90a only). Applies to kFp8 with HI == 64, DI == 128 on an sm_90
+// device running this file's sm_90a code; anything else asked for version 3 runs version 2 where
+// that applies, else version 1 (indexer_logits.cu dispatches; use_logits_wgmma decides).
+//
+// Contract: ops.h §3 (DeepGEMM fp8_mqa_logits, cleaned logits):
+//   logits[t,s] = k_scale[s] · Σ_h w[t,h] · ReLU(q[t,h]·k[s])   for s in [ks[t], ke[t])
+//   logits[t,s] = −inf                                           elsewhere in [0, S)
+// Per-element arithmetic of v3 (fixed; equal to v2 up to summation order and the MMA's
+// accumulation):
+//   u[h, s]  = the e4m3 wgmma dot over d (fp32 accumulate; k-steps of 32 dims in order 0..3; the
+//              accumulation inside the tensor core is the hardware's, deterministic);
+//   per query, quad lane c (0..3) of an accumulator row holds heads h = 8·j + 2·c + e (j = 0..7,
+//              e = 0..1): p_c = fmaf chain over (j, e) in order of w[t,h] · ReLU(u[h, s]) from 0
+//              (ReLU = max.NaN: NaN propagates, −0 → +0);
+//   logit    = (p_c + p_{c^2}) + (p_{c^1} + p_{c^3}) (a two-round shuffle transpose; fp32 addition
+//              commutes, so every lane order gives the same bits), then · k_scale[s].
+//
+// Plan (DeepGEMM's structure): a CTA owns kQueries = 4 consecutive queries (their q rows, 4 × 64
+// heads × 128 B = the wgmma B operand, N = 256, kept in shared memory) and a span of keys (all of
+// [0, S) unless T is small, then the keys are split over CTAs so the grid fills the GPU). Its two
+// warpgroups take alternate 64-key tiles (the wgmma A operand, M = 64) of the span: per tile, the
+// wgmmas (4 k-steps of m64n256k32, or of m64n128k32 per query pair in the default configuration,
+// see the configurations above the kernel) give the 64 keys × 256 (query, head) scores in 128 fp32
+// registers per thread; the epilogue reduces over heads in registers plus two shuffle rounds. Tiles
+// stream through a per-warpgroup ring of kStages cp.async stages (no producer warp). Only tiles
+// inside the hull of the 4 queries' ranges are computed; the rest of the span is written as −inf
+// without loads or MMAs.
+//
+// Measured (H200, 2026-11-28, dsa_bench_gpu logits_full, T = 4096 × S = 131072, HI 64, DI 128):
+// 608–612 TFLOP/s full ranges, 609–610 causal (v2: 174). ncu: tensor pipe ≈ 29–31% busy, 2 warps per
+// scheduler (198 registers → one CTA per SM), issue-latency bound; the next levers are a TMA producer
+// warp + setmaxnreg so a third consumer warpgroup fits, and 2-CTA clusters sharing q by multicast.
+//
+// Phases, in order:
+//   1. stage q (128B-swizzled rows), w (permuted for 16-byte loads) and the 4 clamped ranges;
+//   2. write −inf over the span outside the hull tiles (all threads, coalesced);
+//   3. per warpgroup: pipelined loop over its hull tiles: wait stage → barrier → prefetch the tile
+//      kStages−1 ahead → 4 wgmmas → epilogue → stores (−inf outside each query's range).
+//
+// Shared-memory plan (dynamic, from a 1024-byte aligned base; the 128-byte swizzle pattern is a
+// function of address bits 4..9, so every operand tile starts on a 1024-byte boundary):
+//   q      256 rows × 128 B                      32768 B   (row n = query·64 + head, K-major)
+//   k      2 warpgroups × kStages × 64 × 128 B   65536 B   (row = key, K-major)
+//   w      4 queries × 64 fp32                    1024 B
+//   ranges 4 lo + 4 hi                              32 B
+//   + 1024 B slack for the alignment                    → kSmemBytes (static_assert below).
+// Requirements checked on the host (else version 2/1 runs): q and k 16-byte aligned (cp.async).
+//
+// Summation-order note: Hopper's fp8 tensor-core accumulation is narrower than fp32 (DeepSeek-V3
+// report §3.3.2: about 14 bits kept per addition), so v3 differs from v2 by more than reordering
+// alone; tests/cuda/indexer_wgmma_test.cu bounds it against the fp64 reference.
+#include <algorithm>
+#include <cmath>
+
+#include "cuda/indexer_common.cuh"
+#include "cuda/indexer_logits_wgmma.cuh"
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define DSA_INDEXER_WGMMA 1
+#else
+#define DSA_INDEXER_WGMMA 0
+#endif
+
+namespace dsa::cuda {
+namespace {
+
+constexpr int kHeads = 64;                              // HI this kernel supports
+constexpr int kQueries = 4;                             // queries per CTA
+constexpr int kN = kQueries * kHeads;                   // wgmma N = 256 (query, head) columns
+constexpr int kKeyTile = 64;                            // wgmma M = keys per tile
+constexpr int kRowBytes = kIndexerKeyDim;               // one e4m3 row of DI = 128
+constexpr int kChunk = 16;                              // cp.async / swizzle unit (bytes)
+constexpr int kChunksPerRow = kRowBytes / kChunk;       // 8
+constexpr int kKStepBytes = 32;                         // wgmma K for e4m3
+[[maybe_unused]] constexpr int kKSteps = kRowBytes / kKStepBytes;        // 4
+constexpr int kSwizzleAtom = 8 * kRowBytes;             // 8 rows × 128 B = 1024 B (SBO)
+constexpr int kWarpGroups = 2;
+constexpr int kWarpGroupThreads = 4 * detail::kWarpSize;
+constexpr int kThreads = kWarpGroups * kWarpGroupThreads;
+constexpr int kStages = 4;                              // cp.async ring depth per warpgroup
+[[maybe_unused]] constexpr int kAccRegs = kKeyTile * kN / kWarpGroupThreads;  // 128 fp32 per thread
+constexpr int kTargetCtasPerSm = 2;                     // key split when T is small
+constexpr int kSmVersion = 90;
+
+constexpr int kQOff = 0;
+constexpr int kQBytes = kN * kRowBytes;
+constexpr int kKTileBytes = kKeyTile * kRowBytes;
+constexpr int kKOff = kQOff + kQBytes;
+constexpr int kKBytes = kWarpGroups * kStages * kKTileBytes;
+constexpr int kWOff = kKOff + kKBytes;
+constexpr int kWBytes = kN * int(sizeof(float));
+constexpr int kRangeOff = kWOff + kWBytes;
+constexpr int kRangeBytes = 2 * kQueries * int(sizeof(int));
+constexpr int kSmemBytes = kRangeOff + kRangeBytes + kSwizzleAtom;  // + alignment slack
+static_assert(kQBytes % kSwizzleAtom == 0 && kKTileBytes % kSwizzleAtom == 0, "operand tiles stay 1024-B aligned");
+static_assert(kN <= 256 && kN % 8 == 0 && kKeyTile == 64, "wgmma m64nNk32 shape");
+static_assert(kSmemBytes <= 227 * 1024, "fits Hopper's 227 KB opt-in shared memory");
+static_assert(kRowBytes == 128, "one 128-byte swizzle row per key / (query, head)");
+static_assert(kKSteps * kKStepBytes == kRowBytes && kAccRegs == 128, "4 k-steps; 128 accumulators per thread");
+static_assert(kKeyTile * kChunksPerRow % kWarpGroupThreads == 0, "whole k-tile chunks per thread");
+
+#if DSA_INDEXER_WGMMA
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+// Generic-proxy writes (cp.async lands through it) made visible to the async proxy (wgmma).
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving accumulator reads/writes across the asynchronous MMA.
+__device__ __forceinline__ void fence_operand(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+
+// Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 B apart (SBO); the
+// leading offset is unused for swizzled K-major tiles whose K extent (32 B) lies inside one row.
+__device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
+  constexpr uint64_t kSwizzle128B = 1;
+  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(kSwizzleAtom >> 4) << 32) |
+         (kSwizzle128B << 62);
+}
+
+// ReLU with NaN propagation (PTX max.NaN), as v1/v2's `x < 0 ? 0 : x` up to the sign of zero.
+__device__ __forceinline__ float relu(float x) {
+  float y;
+  asm("max.NaN.f32 %0, %1, 0f00000000;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// D (64 × N fp32, N/2 registers per thread) = / += A (64 × 32 e4m3, K-major smem) · B (N × 32 e4m3).
+__device__ __forceinline__ void wgmma_m64n256k32(float (&d)[128], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k32.f32.e4m3.e4m3 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95,"
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111,"
+      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+      "}, %128, %129, p, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+__device__ __forceinline__ void wgmma_m64n128k32(float (&d)[64], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+      "}, %64, %65, p, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+#endif  // DSA_INDEXER_WGMMA
+
+#if DSA_INDEXER_WGMMA
+// Weighted ReLU head sums of kQ queries (query_base …) from one accumulator block: for query qq and
+// this quad lane qc, the fmaf chain over the 16 heads h = 8j + 2qc + e in (j, e) order, for the two
+// accumulator rows (r and r + 8) of the thread. acc column = (qq − query_base)·64 + head.
+template <int kQ, int kRegs>
+__device__ __forceinline__ void head_partials(const float (&acc)[kRegs], const float* w_s, int query_base, int qc,
+                                              float* part0, float* part1) {
+  static_assert(kRegs == kQ * kHeads / 2, "64 heads × kQ columns over a quad: 32·kQ registers");
+#pragma unroll
+  for (int qq = 0; qq < kQ; ++qq) {
+    const float4* wp = reinterpret_cast<const float4*>(w_s + (query_base + qq) * kHeads + qc * 16);
+    float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+    for (int v = 0; v < 4; ++v) {
+      const float4 w4 = wp[v];
+      const int i0 = (qq * 8 + 2 * v) * 4, i1 = i0 + 4;
+      s0 = fmaf(w4.x, relu(acc[i0]), s0);
+      s0 = fmaf(w4.y, relu(acc[i0 + 1]), s0);
+      s1 = fmaf(w4.x, relu(acc[i0 + 2]), s1);
+      s1 = fmaf(w4.y, relu(acc[i0 + 3]), s1);
+      s0 = fmaf(w4.z, relu(acc[i1]), s0);
+      s0 = fmaf(w4.w, relu(acc[i1 + 1]), s0);
+      s1 = fmaf(w4.z, relu(acc[i1 + 2]), s1);
+      s1 = fmaf(w4.w, relu(acc[i1 + 3]), s1);
+    }
+    part0[query_base + qq] = s0;
+    part1[query_base + qq] = s1;
+  }
+}
+
+template <int kRegs>
+__device__ __forceinline__ void fence_operands(float (&acc)[kRegs]) {
+#pragma unroll
+  for (int i = 0; i < kRegs; ++i) fence_operand(acc[i]);
+}
+#endif
+
+// Configurations (run_logits_wgmma_config; the same per-element arithmetic in all, so the same bits):
+//   0 "n256":      one m64n256 accumulator (4 queries) per tile, epilogue after all MMAs;
+//   1 "n128x2":    two m64n128 accumulators (2 queries each) committed as two groups: the epilogue of
+//                  the first half overlaps the MMAs of the second (the A tile is read twice);
+//   2 "n128x2_sw": as 1, software-pipelined across tiles: while the epilogue of one half of tile j
+//                  runs, the MMAs of the other half of tile j or of tile j + 1 are in flight. Measured
+//                  ~10% SLOWER than 1 (kept as a tuning configuration, tested like the others).
+constexpr int kConfigN256 = 0, kConfigN128x2 = 1, kConfigPipelined = 2;
+
+template <int kConfig>
+__global__ void __launch_bounds__(kThreads, 1)
+    indexer_logits_wgmma_kernel(IndexerParams p, int splits, int chunk_tiles, float* __restrict__ logits) {
+#if DSA_INDEXER_WGMMA
+  extern __shared__ uint8_t smem_raw[];
+  const uint32_t raw = smem_u32(smem_raw);
+  const uint32_t base = (raw + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1);
+  uint8_t* sm = smem_raw + (base - raw);
+  float* w_s = reinterpret_cast<float*>(sm + kWOff);
+  int* r_s = reinterpret_cast<int*>(sm + kRangeOff);  // lo[kQueries], hi[kQueries]
+
+  const int tid = threadIdx.x;
+  const int qb = blockIdx.x / splits, sp = blockIdx.x % splits;
+  const int t0 = qb * kQueries;
+  const int span_lo = sp * chunk_tiles * kKeyTile;
+  const int span_hi = min(p.S, span_lo + chunk_tiles * kKeyTile);
+  const auto* q8 = static_cast<const uint8_t*>(p.q);
+  const auto* k8 = static_cast<const uint8_t*>(p.k);
+
+  // ── 1. stage q (swizzled: logical chunk c of row n at c ^ (n mod 8)), w, ranges ──────────────
+  for (int i = tid; i < kN * kChunksPerRow; i += kThreads) {
+    const int n = i / kChunksPerRow, c = i % kChunksPerRow;
+    const bool ok = t0 + n / kHeads < p.T;
+    const uint8_t* src = ok ? q8 + (int64_t(t0) * kHeads + n) * kRowBytes + c * kChunk : q8;
+    cp_async16(base + kQOff + n * kRowBytes + ((c ^ (n & 7)) * kChunk), src, ok ? kChunk : 0);
+  }
+  cp_async_commit();
+  for (int i = tid; i < kN; i += kThreads) {
+    // w_s[qq·64 + lane·16 + j·2 + e] = w[t0+qq, 8j + 2·lane + e]: a quad lane's 16 heads, contiguous.
+    const int qq = i / kHeads, rest = i % kHeads;
+    const int lane4 = rest / 16, j = (rest % 16) / 2, e = rest % 2;
+    const int t = t0 + qq;
+    w_s[i] = t < p.T ? __ldg(p.w + int64_t(t) * kHeads + 8 * j + 2 * lane4 + e) : 0.0f;
+  }
+  if (tid < kQueries) {
+    int lo = 0, hi = 0;
+    if (t0 + tid < p.T) detail::clamp_range(__ldg(p.ks + t0 + tid), __ldg(p.ke + t0 + tid), p.S, lo, hi);
+    r_s[tid] = lo;
+    r_s[kQueries + tid] = hi;
+  }
+  cp_async_wait<0>();
+  fence_proxy_async();
+  __syncthreads();
+
+  int u_lo = p.S, u_hi = 0;  // hull of the CTA's query ranges
+#pragma unroll
+  for (int i = 0; i < kQueries; ++i)
+    if (r_s[i] < r_s[kQueries + i]) {
+      u_lo = min(u_lo, r_s[i]);
+      u_hi = max(u_hi, r_s[kQueries + i]);
+    }
+  const int span_tile_lo = span_lo / kKeyTile, span_tile_hi = (span_hi + kKeyTile - 1) / kKeyTile;
+  int tlo = span_tile_lo, thi = span_tile_lo;  // hull tiles inside the span (empty by default)
+  if (u_lo < u_hi) {
+    tlo = max(span_tile_lo, u_lo / kKeyTile);
+    thi = max(tlo, min(span_tile_hi, (u_hi + kKeyTile - 1) / kKeyTile));
+  }
+
+  // ── 2. −inf over the span outside the hull tiles ─────────────────────────────────────────────
+  const int nq = min(kQueries, p.T - t0);
+  const int a_end = min(span_hi, tlo * kKeyTile), b_begin = min(span_hi, thi * kKeyTile);  // hull may lie past the span
+  for (int qq = 0; qq < nq; ++qq) {
+    float* row = logits + int64_t(t0 + qq) * p.S;
+    for (int s = span_lo + tid; s < a_end; s += kThreads) row[s] = -INFINITY;
+    for (int s = b_begin + tid; s < span_hi; s += kThreads) row[s] = -INFINITY;
+  }
+
+  // ── 3. per warpgroup: pipelined hull tiles first, first + 2, … ───────────────────────────────
+  const int wg = tid / kWarpGroupThreads, wtid = tid % kWarpGroupThreads;
+  const int warp = wtid / detail::kWarpSize, lane = wtid % detail::kWarpSize;
+  const int first = tlo + wg;
+  const int n_my = first < thi ? (thi - first + kWarpGroups - 1) / kWarpGroups : 0;
+  const uint32_t k_ring = base + kKOff + wg * kStages * kKTileBytes;
+
+  auto load_tile = [&](int j) {
+    const int s0 = (first + kWarpGroups * j) * kKeyTile;
+    const uint32_t dst = k_ring + (j % kStages) * kKTileBytes;
+#pragma unroll
+    for (int i = wtid; i < kKeyTile * kChunksPerRow; i += kWarpGroupThreads) {
+      const int row = i / kChunksPerRow, c = i % kChunksPerRow;
+      const bool ok = s0 + row < p.S;
+      const uint8_t* src = ok ? k8 + int64_t(s0 + row) * kRowBytes + c * kChunk : k8;
+      cp_async16(dst + row * kRowBytes + ((c ^ (row & 7)) * kChunk), src, ok ? kChunk : 0);
+    }
+  };
+#pragma unroll
+  for (int j = 0; j < kStages - 1; ++j) {
+    if (j < n_my) load_tile(j);
+    cp_async_commit();  // always: uniform group counting
+  }
+
+  // This lane's output query and rows: quad lane c writes query t0 + c (after the transpose).
+  const int qc = lane & 3, r = lane >> 2;
+  const bool t_ok = t0 + qc < p.T;
+  const int lo = r_s[qc], hi = r_s[kQueries + qc];
+  float* out_row = logits + int64_t(t_ok ? t0 + qc : 0) * p.S;
+  const uint64_t desc_b = smem_desc(base + kQOff);
+  constexpr int kHalves = kConfig == kConfigN256 ? 1 : 2;
+  constexpr int kRegs = kAccRegs / kHalves;
+  float acc[kHalves][kRegs];
+#pragma unroll
+  for (int hf = 0; hf < kHalves; ++hf)
+#pragma unroll
+    for (int i = 0; i < kRegs; ++i) acc[hf][i] = 0.0f;
+
+  if constexpr (kConfig == kConfigPipelined) {
+    // wgmma groups in issue order: G(0,0) G(0,1) G(1,0) G(1,1) … (tile, half); an empty group is
+    // committed where a tile does not exist, so "wait<1>" always means "all but the newest".
+    auto issue_half = [&](int j, int hf) {
+      const uint64_t desc_a = smem_desc(k_ring + (j % kStages) * kKTileBytes);
+      fence_operands(acc[hf]);
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < kKSteps; ++ks)
+        wgmma_m64n128k32(acc[hf], desc_a + uint64_t(ks * kKStepBytes >> 4),
+                         desc_b + uint64_t((hf * (kN / 2) * kRowBytes + ks * kKStepBytes) >> 4), ks > 0);
+    };
+    // Epilogue of half hf of tile j: the two queries 2hf, 2hf + 1, a quad transpose of 4 values
+    // (query, row) → lane qc holds query 2hf + (qc >> 1), row r + 8·(qc & 1). Same pairing as the
+    // other configurations: (p_c + p_{c^2}) + (p_{c^1} + p_{c^3}).
+    auto epilogue_half = [&](int j, int hf) {
+      float part0[kQueries], part1[kQueries];
+      head_partials<kQueries / 2>(acc[hf], w_s, 2 * hf, qc, part0, part1);
+      const bool up = qc & 2, odd = qc & 1;
+      const float x0 = part0[2 * hf], x1 = part1[2 * hf], y0 = part0[2 * hf + 1], y1 = part1[2 * hf + 1];
+      float k0 = up ? y0 : x0, k1 = up ? y1 : x1;
+      k0 += __shfl_xor_sync(detail::kFullMask, up ? x0 : y0, 2);
+      k1 += __shfl_xor_sync(detail::kFullMask, up ? x1 : y1, 2);
+      float v = odd ? k1 : k0;
+      v += __shfl_xor_sync(detail::kFullMask, odd ? k0 : k1, 1);
+      const int qq = 2 * hf + (qc >> 1);
+      const int s = (first + kWarpGroups * j) * kKeyTile + 16 * warp + r + 8 * (qc & 1);
+      if (t0 + qq < p.T && s < span_hi) {
+        const bool in = s >= r_s[qq] && s < r_s[kQueries + qq];
+        logits[int64_t(t0 + qq) * p.S + s] = in ? __fmul_rn(v, __ldg(p.k_scale + s)) : -INFINITY;
+      }
+    };
+    if (n_my > 0) {
+      cp_async_wait<kStages - 2>();  // tile 0
+      fence_proxy_async();
+      named_barrier(1 + wg, kWarpGroupThreads);
+      issue_half(0, 0);
+      wgmma_commit();
+      issue_half(0, 1);
+      wgmma_commit();
+    }
+    for (int j = 0; j < n_my; ++j) {
+      wgmma_wait<1>();  // G(j,0) done (G(j,1) may run)
+      fence_operands(acc[0]);
+      epilogue_half(j, 0);
+      // Tile j+1 landed for everyone; everyone has waited G(j−1,1), so tile j−1's stage is free.
+      cp_async_wait<kStages - 3>();
+      fence_proxy_async();
+      named_barrier(1 + wg, kWarpGroupThreads);
+      if (j + kStages - 1 < n_my) load_tile(j + kStages - 1);
+      cp_async_commit();
+      const bool more = j + 1 < n_my;
+      if (more) issue_half(j + 1, 0);
+      wgmma_commit();
+      wgmma_wait<1>();  // G(j,1) done (G(j+1,0) may run)
+      fence_operands(acc[1]);
+      epilogue_half(j, 1);
+      if (more) issue_half(j + 1, 1);
+      wgmma_commit();
+    }
+    wgmma_wait<0>();
+  } else {
+  for (int j = 0; j < n_my; ++j) {
+    cp_async_wait<kStages - 2>();  // this thread's chunks of tile j landed
+    fence_proxy_async();
+    named_barrier(1 + wg, kWarpGroupThreads);  // … everyone's; tile j−1's wgmma done by all
+    if (j + kStages - 1 < n_my) load_tile(j + kStages - 1);  // into tile j−1's stage
+    cp_async_commit();
+
+    const uint64_t desc_a = smem_desc(k_ring + (j % kStages) * kKTileBytes);
+#pragma unroll
+    for (int hf = 0; hf < kHalves; ++hf) fence_operands(acc[hf]);
+    wgmma_fence();
+    // Descriptor addresses advance by 32 B (>> 4 = 2) per k-step; half hf's B rows start at
+    // hf·(N/kHalves) rows (a multiple of 8 rows: 1024-B aligned).
+#pragma unroll
+    for (int hf = 0; hf < kHalves; ++hf) {
+#pragma unroll
+      for (int ks = 0; ks < kKSteps; ++ks) {
+        const uint64_t da = desc_a + uint64_t(ks * kKStepBytes >> 4);
+        const uint64_t db = desc_b + uint64_t((hf * (kN / kHalves) * kRowBytes + ks * kKStepBytes) >> 4);
+        if constexpr (kHalves == 1) wgmma_m64n256k32(acc[hf], da, db, ks > 0);
+        else wgmma_m64n128k32(acc[hf], da, db, ks > 0);
+      }
+      wgmma_commit();
+    }
+
+    // Epilogue. Accumulator layout (m64nN f32): acc[4·jc + 2·half + e] = (row 16·warp + r + 8·half,
+    // column 8·jc + 2·qc + e); column = query·64 + head within the accumulator block.
+    float part0[kQueries], part1[kQueries];
+    if constexpr (kHalves == 1) {
+      wgmma_wait<0>();
+      fence_operands(acc[0]);
+      head_partials<kQueries>(acc[0], w_s, 0, qc, part0, part1);
+    } else {
+      wgmma_wait<1>();
+      fence_operands(acc[0]);
+      head_partials<kQueries / 2>(acc[0], w_s, 0, qc, part0, part1);
+      wgmma_wait<0>();
+      fence_operands(acc[1]);
+      head_partials<kQueries / 2>(acc[1], w_s, kQueries / 2, qc, part0, part1);
+    }
+    // Transpose-reduce over the quad: round 1 (xor 2) keeps queries (qc & 2) + {0, 1}, round 2
+    // (xor 1) keeps query qc.
+    const bool up = qc & 2, odd = qc & 1;
+    float a0 = up ? part0[2] : part0[0], b0 = up ? part0[3] : part0[1];
+    float a1 = up ? part1[2] : part1[0], b1 = up ? part1[3] : part1[1];
+    a0 += __shfl_xor_sync(detail::kFullMask, up ? part0[0] : part0[2], 2);
+    b0 += __shfl_xor_sync(detail::kFullMask, up ? part0[1] : part0[3], 2);
+    a1 += __shfl_xor_sync(detail::kFullMask, up ? part1[0] : part1[2], 2);
+    b1 += __shfl_xor_sync(detail::kFullMask, up ? part1[1] : part1[3], 2);
+    float v0 = odd ? b0 : a0, v1 = odd ? b1 : a1;
+    v0 += __shfl_xor_sync(detail::kFullMask, odd ? a0 : b0, 1);
+    v1 += __shfl_xor_sync(detail::kFullMask, odd ? a1 : b1, 1);
+
+    if (t_ok) {
+      const int sa = (first + kWarpGroups * j) * kKeyTile + 16 * warp + r, sb = sa + 8;
+      if (sa < span_hi) out_row[sa] = (sa >= lo && sa < hi) ? __fmul_rn(v0, __ldg(p.k_scale + sa)) : -INFINITY;
+      if (sb < span_hi) out_row[sb] = (sb >= lo && sb < hi) ? __fmul_rn(v1, __ldg(p.k_scale + sb)) : -INFINITY;
+    }
+  }
+  }  // kConfig
+  cp_async_wait<0>();  // no copy outlives the CTA (the tail groups are empty)
+#else
+  __trap();  // never launched: use_logits_wgmma requires this file's sm_90a code (the probe below)
+#endif
+}
+
+// Writes 1 where this file was compiled with wgmma (sm_90a), else 0.
+__global__ void wgmma_probe_kernel(int* out) { *out = DSA_INDEXER_WGMMA; }
+
+bool kernel_has_wgmma() {
+  int* d = nullptr;
+  int h = 0;
+  if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  wgmma_probe_kernel<<<1, 1>>>(d);
+  const bool ok = cudaGetLastError() == cudaSuccess &&
+                  cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
+  cudaFree(d);
+  cudaGetLastError();
+  return ok && h == 1;
+}
+
+}  // namespace
+
+namespace detail {
+
+bool use_logits_wgmma(const IndexerParams& p, int version) {
+  if (version != kIndexerWgmmaVersion) return false;
+  if (p.precision != Precision::kFp8 || p.DI != kIndexerKeyDim || p.HI != kHeads) return false;
+  if (reinterpret_cast<uintptr_t>(p.q) % kChunk != 0 || reinterpret_cast<uintptr_t>(p.k) % kChunk != 0) return false;
+  if (device_sm_version() != kSmVersion) return false;  // wgmma exists on sm_90 only
+  static const bool has_wgmma = kernel_has_wgmma();    // a binary without sm_90a code runs the trap body
+  return has_wgmma;
+}
+
+namespace {
+// H200, 2026-11-28, T = 4096 × S = 131072 (dsa_bench_gpu logits_full): n256 594–596, n128x2 608–612,
+// n128x2_sw 547–548 TFLOP/s (full ranges; causal the same within 1%) → n128x2.
+constexpr int kDefaultConfig = kConfigN128x2;
+const char* const kConfigNames[] = {"n256", "n128x2", "n128x2_sw"};
+}  // namespace
+
+void indexer_logits_wgmma(const IndexerParams& p, float* logits, cudaStream_t stream) {
+  run_logits_wgmma_config(p, logits, stream, kDefaultConfig);
+}
+
+const char* run_logits_wgmma_config(const IndexerParams& p, float* logits, cudaStream_t stream, int config) {
+  if (config < 0 || config >= int(sizeof(kConfigNames) / sizeof(kConfigNames[0]))) return nullptr;
+  const int q_blocks = ceil_div(p.T, kQueries), key_tiles = ceil_div(p.S, kKeyTile);
+  if (q_blocks == 0 || key_tiles == 0) return kConfigNames[config];
+  int dev = 0, sms = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  // Split the keys over CTAs only when the query blocks alone would leave SMs idle.
+  int splits = std::min(ceil_div(key_tiles, kWarpGroups),
+                        std::max(1, ceil_div(int64_t(kTargetCtasPerSm) * sms, q_blocks)));
+  int chunk_tiles = ceil_div(key_tiles, splits);
+  chunk_tiles = ceil_div(chunk_tiles, kWarpGroups) * kWarpGroups;
+  splits = ceil_div(key_tiles, chunk_tiles);
+  auto kernel = config == kConfigN256      ? indexer_logits_wgmma_kernel<kConfigN256>
+                : config == kConfigN128x2 ? indexer_logits_wgmma_kernel<kConfigN128x2>
+                                          : indexer_logits_wgmma_kernel<kConfigPipelined>;
+  DSA_CUDA_CALL("indexer_logits",
+                cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+  kernel<<<int64_t(q_blocks) * splits, kThreads, kSmemBytes, stream>>>(p, splits, chunk_tiles, logits);
+  DSA_CUDA_LAUNCH_CHECK("indexer_logits");
+  return kConfigNames[config];
+}
+
+}  // namespace detail
+}  // namespace dsa::cuda

@@ -1,0 +1,517 @@
+// sparse_attention_forward_wgmma.cu — op 6, version kSparseAttentionWgmmaVersion (5): the bf16 sparse
+// prefill forward on Hopper tensor cores (wgmma.mma_async, sm_90a only). Opt-in like v3 / v4.
+// Applies to Dqk = 576, Dv = 512, H % 64 == 0 on an sm_90 device running this file's sm_90a code
+// (probed once) with ≥ kSmemBytes of opt-in shared memory; anything else asked for version 5 runs as
+// version 4 (then 3, then 1: sparse_attention_forward.cu dispatches, sparse_forward_wgmma_applies
+// decides).
+//
+// Contract: ops.h §6 (FlashMLA flash_mla_sparse_fwd): q [T,H,576], kv [S,576] shared by all heads,
+// V = kv[:, :512], indices [T,K] (−1, ≥ S or slot ≥ topk_length[t] → skipped), explicit scale;
+// out [T,H,512], lse [T,H] natural log (+inf and out = 0 for an empty row), max_logits [T,H] or null
+// (−inf for an empty row).
+// Numerics (the same as v3 / v4 up to the MMA's accumulation order): q, kv and P rounded to bf16
+// (round to nearest even), scores and O accumulated in fp32 by the tensor cores, softmax statistics
+// in fp32 in the base-2 domain (score·scale·log2 e), exp2f, the row sum over this thread's keys in
+// tile order, then quad lanes (xor 1, xor 2), then warpgroup 0 + warpgroup 1. Fixed order: bitwise
+// reproducible run to run.
+//
+// Plan: block = one query × 64 heads (grid T × H/64), 2 warpgroups (256 threads), 64-key tiles.
+//   S phase : warpgroup w computes S[64 heads × 32 keys] for keys [32w, 32w+32) of the tile:
+//             36 × wgmma m64n32k16 (A = q, B = kv rows, both K-major, 128-byte swizzle).
+//   softmax : row maxima of both halves exchanged through shared memory (both warpgroups then
+//             hold the same running max m); P (bf16) written to shared memory (128-byte swizzled,
+//             K-major: row = head, 64 keys = 128 B); O rescaled by exp2(m_old − m_new).
+//   PV phase: warpgroup w accumulates O[64 heads × dims 256w..256w+255] += P[64 × 64] · V[64 × 256]:
+//             4 × wgmma m64n256k16 (A = P, K-major; B = the same kv tile read MN-major, i.e. the
+//             transposed-B form of bf16 wgmma), 128 fp32 accumulators per thread.
+//   kv comes pre-converted to bf16 in the caller's workspace (S·1152 bytes, the v4 conversion);
+//   tile j+1 is gathered by cp.async (16 B, rows through indices, invalid slots → zero rows and
+//   −inf scores) while tile j is computed (2 stages).
+//
+// Phases, in order:
+//   1. key ids of tiles 0, 1 → barrier → issue tile 0's gathers; stage q (fp32 → bf16, 128-byte
+//      swizzled) with plain stores;
+//   2. per tile j: wait for tile j → fence.proxy.async → barrier → S wgmmas (commit) → while they
+//      run, issue tile j+1's gathers (ids from shared memory) and start loading tile j+2's ids
+//      (stored before the P barrier) → wait 0 → mask / scale / row max → barrier → P, l, O rescale → fence.proxy.async →
+//      barrier → PV wgmmas (wgmma.fence first: O was rescaled by ordinary instructions; commit,
+//      wait 0 before the next tile touches O, P or this stage);
+//   3. row sums exchanged through shared memory → out = O / l, lse = (m + log2 l)·ln 2.
+//
+// Shared-memory plan (dynamic, from a 1024-byte aligned base: the 128-byte swizzle is a function of
+// address bits 4..9, so every operand tile starts on a 1024-byte boundary). A "column block" is
+// 64 bf16 = 128 B of every row; row r's 16-byte chunk c of a block lies at r·128 + ((c ^ (r & 7))·16).
+//   q     9 column blocks × [64 heads × 128 B]          73,728 B
+//   kv    2 stages × 9 column blocks × [64 keys × 128 B] 147,456 B
+//   P     [64 heads × 128 B] (64 keys)                    8,192 B
+//   keys  3 tiles × 64 int32 (ring: masks j, gathers j+1, loads j+2)  768 B
+//   row maxima (per tile), then row sums (at the end): 2 warpgroups × 64 fp32  512 B
+//   + 1,024 B alignment slack                            = 231,680 B ≤ 227 KiB (static_assert below).
+// Descriptors: K-major operands (q, kv for S, P): SBO = 1024 B (8-row groups), LBO unused (1), the
+// k-step ks (16 dims / keys = 32 B) starts at column block ks / 4, byte (ks % 4)·32 of the 128-byte
+// row (the hardware applies the swizzle to the final address). MN-major V (B of the PV phase): the canonical 128-byte-swizzle MN-major
+// layout ((64 dims, m), (8 keys, k)) : ((1, LBO), (128 B, SBO)) with LBO = 8192 B (next column
+// block = next 64 dims) and SBO = 1024 B (next 8 keys); a k-step of 16 keys advances 2048 B.
+// Host-side requirements (else v5 does not apply / a named error): q and kv 16-byte aligned (float4
+// loads), the workspace 16-byte aligned (cp.async) and ≥ S·1152 bytes.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "cuda/attention_common.cuh"
+#include "cuda/sparse_attention_forward_wgmma.cuh"
+#include "dsa/cuda_ops.h"
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define DSA_ATTN_WGMMA 1
+#else
+#define DSA_ATTN_WGMMA 0
+#endif
+
+namespace dsa::cuda::attn {
+namespace {
+
+constexpr int kDqk = kMlaLatentDim + kMlaRopeDim;              // 576
+constexpr int kDv = kMlaLatentDim;                              // 512
+constexpr int kHeads = 64;                                      // wgmma M: heads per block
+constexpr int kKeys = 64;                                       // keys per tile
+constexpr int kStages = 2;                                      // kv tiles in flight
+constexpr int kKeyStages = 3;                                   // key-id tiles: j (masks), j+1 (gathers), j+2 (loading)
+constexpr int kWarpGroups = 2;
+constexpr int kWarpGroupThreads = 4 * detail::kWarpSize;        // 128
+constexpr int kBlockThreads = kWarpGroups * kWarpGroupThreads;       // 256
+constexpr int kKeysPerWg = kKeys / kWarpGroups;                 // 32: S wgmma N
+constexpr int kDvPerWg = kDv / kWarpGroups;                     // 256: PV wgmma N
+constexpr int kElemBytes = 2;                                   // bf16
+constexpr int kSwizzleBytes = 128;                              // one swizzled row of a column block
+constexpr int kBlockCols = kSwizzleBytes / kElemBytes;          // 64 bf16 per column block
+constexpr int kChunk = 16;                                      // cp.async / swizzle unit (bytes)
+[[maybe_unused]] constexpr int kChunksPerBlockRow = kSwizzleBytes / kChunk;      // 8
+constexpr int kSwizzleAtom = 8 * kSwizzleBytes;                 // 1024 B: SBO of every operand
+constexpr int kColBlocks = kDqk / kBlockCols;                   // 9
+constexpr int kMmaK = 16;                                       // wgmma K for bf16
+[[maybe_unused]] constexpr int kKStepBytes = kMmaK * kElemBytes;                 // 32
+[[maybe_unused]] constexpr int kQkSteps = kDqk / kMmaK;                          // 36
+[[maybe_unused]] constexpr int kPvSteps = kKeys / kMmaK;                         // 4
+[[maybe_unused]] constexpr int kStepsPerBlock = kBlockCols / kMmaK;              // 4
+[[maybe_unused]] constexpr int kRowChunks = kDqk * kElemBytes / kChunk;          // 72 cp.async per kv row
+constexpr int kSRegs = kHeads * kKeysPerWg / kWarpGroupThreads; // 16
+constexpr int kORegs = kHeads * kDvPerWg / kWarpGroupThreads;   // 128
+constexpr int kQLoadBatch = 12;                                 // float4 loads in flight per thread
+constexpr int kSmVersion = 90;
+constexpr float kLog2e = 1.4426950408889634f;
+[[maybe_unused]] constexpr float kLn2 = 0.6931471805599453f;
+
+constexpr int kQBlockBytes = kHeads * kSwizzleBytes;            // 8192
+constexpr int kKvBlockBytes = kKeys * kSwizzleBytes;            // 8192: also the MN-major LBO
+constexpr int kQOff = 0;
+constexpr int kQBytes = kColBlocks * kQBlockBytes;
+constexpr int kKvTileBytes = kColBlocks * kKvBlockBytes;
+constexpr int kKvOff = kQOff + kQBytes;
+constexpr int kPOff = kKvOff + kStages * kKvTileBytes;
+constexpr int kPBytes = kHeads * kKeys * kElemBytes;
+constexpr int kKeyOff = kPOff + kPBytes;
+constexpr int kKeyBytes = kKeyStages * kKeys * int(sizeof(int32_t));
+constexpr int kStatOff = kKeyOff + kKeyBytes;                   // row maxima per tile, then row sums
+constexpr int kStatBytes = kWarpGroups * kHeads * int(sizeof(float));
+constexpr int kSmemBytes = kStatOff + kStatBytes + kSwizzleAtom;  // + alignment slack
+
+static_assert(kDqk % kBlockCols == 0 && kDv % kBlockCols == 0, "whole column blocks");
+static_assert(kKeys * kElemBytes == kSwizzleBytes, "a P row (64 keys) is one 128-byte swizzled row");
+static_assert(kQBlockBytes % kSwizzleAtom == 0 && kKvBlockBytes % kSwizzleAtom == 0 && kPOff % kSwizzleAtom == 0 &&
+                  kKvOff % kSwizzleAtom == 0 && kKvTileBytes % kSwizzleAtom == 0,
+              "operand tiles start on 1024-byte boundaries");
+static_assert((kKeysPerWg * kSwizzleBytes) % kSwizzleAtom == 0, "warpgroup key halves start on 8-row groups");
+static_assert(kDvPerWg % kBlockCols == 0, "warpgroup value halves are whole column blocks");
+static_assert((kMmaK * kSwizzleBytes) % kSwizzleAtom == 0, "a PV k-step (16 keys) keeps the swizzle phase");
+static_assert(kKeysPerWg % 8 == 0 && kKeysPerWg <= 256 && kDvPerWg % 8 == 0 && kDvPerWg <= 256, "wgmma N");
+static_assert(kSRegs == 16 && kORegs == 128, "accumulator registers per thread");
+static_assert(kSmemBytes <= 227 * 1024, "fits Hopper's 227 KiB opt-in shared memory");
+static_assert(kKvBlockBytes >> 4 < (1 << 14) && kSwizzleAtom >> 4 < (1 << 14), "descriptor offset fields are 14 bits");
+static_assert((kHeads * (kDqk / 4)) % (kBlockThreads * kQLoadBatch) == 0, "whole q load batches per thread");
+
+struct WgmmaArgs {
+  SparseKeys keys;                 // kv unused here (the bf16 copy below is read)
+  const __nv_bfloat16* kv16;       // [S, 576] bf16 (workspace)
+  int H;
+  float scale_log2;                // scale · log2 e
+  const float* q;
+  float *out, *lse, *max_logits;
+};
+
+__global__ void kv_to_bf16_wgmma(const float* __restrict__ kv, int64_t n, __nv_bfloat16* __restrict__ out) {
+  for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 4; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x * 4) {
+    const float4 v = *reinterpret_cast<const float4*>(kv + i);   // n is a multiple of 576, so of 4
+    reinterpret_cast<__nv_bfloat162*>(out + i)[0] = __floats2bfloat162_rn(v.x, v.y);
+    reinterpret_cast<__nv_bfloat162*>(out + i)[1] = __floats2bfloat162_rn(v.z, v.w);
+  }
+}
+
+#if DSA_ATTN_WGMMA
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void cp_async16_u32(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit_m() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+// Generic-proxy writes (plain stores, cp.async) made visible to the async proxy (wgmma).
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Keeps the compiler from moving accumulator reads/writes across the asynchronous MMA.
+template <int kN>
+__device__ __forceinline__ void fence_operands(float (&r)[kN]) {
+#pragma unroll
+  for (int i = 0; i < kN; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+
+// Byte offset of row `row`, 16-byte chunk `chunk` (0..7) inside a [rows × 128 B] swizzled block.
+__device__ __forceinline__ uint32_t swizzled(int row, int chunk) {
+  return uint32_t(row * kSwizzleBytes + ((chunk ^ (row & 7)) * kChunk));
+}
+
+// Shared-memory matrix descriptors (128-byte swizzle = layout type 1 in bits 62..63; addresses,
+// LBO and SBO in 16-byte units).
+constexpr uint64_t kSwizzle128B = 1;
+// K-major: 8-row groups kSwizzleAtom apart (SBO); LBO unused for a swizzled K-major tile whose
+// k-step (32 B) lies inside one 128-byte row (set to 1 by convention).
+__device__ __forceinline__ uint64_t desc_k_major(uint32_t addr) {
+  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(kSwizzleAtom >> 4) << 32) |
+         (kSwizzle128B << 62);
+}
+// MN-major (V as the transposed B operand): LBO = next 64 MN elements (next column block),
+// SBO = next 8 K rows (keys).
+__device__ __forceinline__ uint64_t desc_mn_major(uint32_t addr) {
+  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(kKvBlockBytes >> 4) << 16) |
+         (uint64_t(kSwizzleAtom >> 4) << 32) | (kSwizzle128B << 62);
+}
+
+// ── the two wgmma shapes (raw PTX; operand order as the PTX ISA: d, a-desc, b-desc, scale-d,
+// imm-scale-a, imm-scale-b, imm-trans-a, imm-trans-b) ──
+// D (64 × 32 fp32, 16 registers per thread) = / += A (64 × 16 bf16, K-major smem) · B (32 × 16 bf16,
+// K-major smem); scale-d = accumulate (0 overwrites D).
+__device__ __forceinline__ void wgmma_m64n32k16(float (&d)[16], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+      "}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+// D (64 × 256 fp32, 128 registers per thread) = / += A (64 × 16 bf16, K-major smem) · B (256 × 16 bf16,
+// MN-major (transposed) smem); scale-d = accumulate (0 overwrites D).
+__device__ __forceinline__ void wgmma_m64n256k16_tb(float (&d)[128], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95,"
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111,"
+      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+      "}, %128, %129, p, 1, 1, 0, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
+// Key id of slot jj of query t: −1 past n (the tile tail, topk_length) or for an invalid index.
+__device__ __forceinline__ int32_t slot_key(const WgmmaArgs& a, int64_t t, int jj, int n) {
+  return jj < n ? static_cast<int32_t>(a.keys.key(t, jj)) : -1;
+}
+
+// cp.async gathers of one tile's 64 bf16 rows (ids in key_s, already in shared memory) into the 9
+// swizzled column blocks at kv_dst; an id of −1 gives a zero row (src_bytes = 0).
+__device__ __forceinline__ void issue_tile(const WgmmaArgs& a, const int32_t* key_s, uint32_t kv_dst) {
+  for (int i = threadIdx.x; i < kKeys * kRowChunks; i += kBlockThreads) {
+    const int r = i / kRowChunks, ch = i % kRowChunks;
+    const int64_t s = key_s[r];
+    const __nv_bfloat16* src = a.kv16 + (s >= 0 ? s : 0) * kDqk + ch * (kChunk / kElemBytes);
+    const uint32_t dst = kv_dst + (ch / kChunksPerBlockRow) * kKvBlockBytes + swizzled(r, ch % kChunksPerBlockRow);
+    cp_async16_u32(dst, src, s >= 0 ? kChunk : 0);
+  }
+  cp_async_commit_m();
+}
+#endif  // DSA_ATTN_WGMMA
+
+__global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_forward_wgmma_kernel(WgmmaArgs a) {
+#if DSA_ATTN_WGMMA
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t raw = smem_u32(smem_raw);
+  const uint32_t base = (raw + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1);
+  unsigned char* smem = smem_raw + (base - raw);
+  int32_t* key_s = reinterpret_cast<int32_t*>(smem + kKeyOff);
+  float* stat_s = reinterpret_cast<float*>(smem + kStatOff);   // [2 warpgroups][64 heads]
+
+  const int64_t t = blockIdx.x;
+  const int h0 = blockIdx.y * kHeads;
+  const int tid = threadIdx.x;
+  const int wg = tid / kWarpGroupThreads, warp = (tid % kWarpGroupThreads) / detail::kWarpSize;
+  const int lane = tid % detail::kWarpSize, r = lane / 4, c = lane % 4;
+  const int row0 = 16 * warp + r;   // this thread's accumulator rows (heads): row0, row0 + 8
+  const int n = a.keys.count(t);
+
+  // Phase 1: key ids of tiles 0 and 1; tile 0's gathers fly while q is converted.
+  if (tid < kKeys) {
+    key_s[tid] = slot_key(a, t, tid, n);
+    key_s[kKeys + tid] = slot_key(a, t, kKeys + tid, n);
+  }
+  __syncthreads();
+  if (n > 0) issue_tile(a, key_s, base + kKvOff);
+  {
+    const float* q = a.q + (t * a.H + h0) * kDqk;
+    constexpr int kPerRow = kDqk / 4, kPerThread = kHeads * kPerRow / kBlockThreads;
+    for (int b0 = 0; b0 < kPerThread; b0 += kQLoadBatch) {
+      float4 v[kQLoadBatch];
+#pragma unroll
+      for (int u = 0; u < kQLoadBatch; ++u)
+        v[u] = __ldg(reinterpret_cast<const float4*>(q) + tid + (b0 + u) * kBlockThreads);
+#pragma unroll
+      for (int u = 0; u < kQLoadBatch; ++u) {
+        const int i = tid + (b0 + u) * kBlockThreads;
+        const int h = i / kPerRow, d = (i % kPerRow) * 4;
+        const int ch = d / (kChunk / kElemBytes);                     // 16-byte chunk of the row (0..71)
+        const uint32_t off = kQOff + (ch / kChunksPerBlockRow) * kQBlockBytes +
+                             swizzled(h, ch % kChunksPerBlockRow) + (d % (kChunk / kElemBytes)) * kElemBytes;
+        const __nv_bfloat162 lo = __floats2bfloat162_rn(v[u].x, v[u].y), hi = __floats2bfloat162_rn(v[u].z, v[u].w);
+        uint2 packed;
+        packed.x = *reinterpret_cast<const uint32_t*>(&lo);
+        packed.y = *reinterpret_cast<const uint32_t*>(&hi);
+        *reinterpret_cast<uint2*>(smem + off) = packed;
+      }
+    }
+  }
+  fence_proxy_async();   // q (plain stores) → wgmma; the first tile's barrier orders it for all
+
+  float o[kORegs];
+#pragma unroll
+  for (int i = 0; i < kORegs; ++i) o[i] = 0.0f;
+  float m[2] = {-kInf, -kInf}, l[2] = {0.0f, 0.0f};
+  const uint32_t q_addr = base + kQOff, p_addr = base + kPOff;
+
+  // Phase 2: tiles; tile j+1's gathers run during tile j.
+  // Key-id ring (kKeyStages = 3): tile j's ids (masks) in slot j % 3, tile j+1's (gathers issued
+  // now) in (j+1) % 3, tile j+2's loaded from global during tile j and stored into (j+2) % 3 before
+  // the P barrier (that slot was last read by tile j−1's masks, before this tile's first barrier).
+  int stage = 0, kslot = 0;
+  for (int c0 = 0; c0 < n; c0 += kKeys, stage ^= 1, kslot = kslot == kKeyStages - 1 ? 0 : kslot + 1) {
+    const int kslot1 = kslot == kKeyStages - 1 ? 0 : kslot + 1;
+    const int kslot2 = kslot1 == kKeyStages - 1 ? 0 : kslot1 + 1;
+    cp_async_wait_all();      // this thread's chunks of tile j landed (the only group in flight)
+    fence_proxy_async();      // … visible to the async proxy
+    __syncthreads();          // … everyone's; tile j−1's wgmmas are done by all (waited below)
+    const uint32_t kv_addr = base + kKvOff + stage * kKvTileBytes;
+    const int32_t* key = key_s + kslot * kKeys;
+
+    // 2a: S[64 heads × 32 keys] = q · kᵀ over 36 k-steps (accumulator layout, m64nNk16 f32:
+    // s[4·jc + 2·hf + e] = (head row0 + 8·hf, key 32·wg + 8·jc + 2·c + e)).
+    float s[kSRegs];
+#pragma unroll
+    for (int i = 0; i < kSRegs; ++i) s[i] = 0.0f;
+    fence_operands(s);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < kQkSteps; ++ks) {
+      const uint32_t koff = (ks / kStepsPerBlock) * kQBlockBytes + (ks % kStepsPerBlock) * kKStepBytes;
+      const uint32_t kvoff = (ks / kStepsPerBlock) * kKvBlockBytes + wg * kKeysPerWg * kSwizzleBytes +
+                             (ks % kStepsPerBlock) * kKStepBytes;
+      wgmma_m64n32k16(s, desc_k_major(q_addr + koff), desc_k_major(kv_addr + kvoff), ks > 0);
+    }
+    wgmma_commit();
+    // While the S wgmmas run: tile j+1's gathers (into the other stage, which no wgmma reads now)
+    // and the load of tile j+2's key ids.
+    if (c0 + kKeys < n) issue_tile(a, key_s + kslot1 * kKeys, base + kKvOff + (stage ^ 1) * kKvTileBytes);
+    const int32_t next_key = tid < kKeys ? slot_key(a, t, c0 + 2 * kKeys + tid, n) : -1;   // tile j+2
+    wgmma_wait_all();
+    fence_operands(s);
+
+    // 2b: scale into the base-2 domain, mask invalid slots, row maxima of this half.
+    float cmax[2] = {-kInf, -kInf};
+#pragma unroll
+    for (int jc = 0; jc < kKeysPerWg / 8; ++jc)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int i = 4 * jc + 2 * hf + e;
+          const float v = key[kKeysPerWg * wg + 8 * jc + 2 * c + e] >= 0 ? s[i] * a.scale_log2 : -kInf;
+          s[i] = v;
+          cmax[hf] = fmaxf(cmax[hf], v);
+        }
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      cmax[hf] = fmaxf(cmax[hf], __shfl_xor_sync(detail::kFullMask, cmax[hf], 1));
+      cmax[hf] = fmaxf(cmax[hf], __shfl_xor_sync(detail::kFullMask, cmax[hf], 2));
+      if (c == 0) stat_s[wg * kHeads + row0 + 8 * hf] = cmax[hf];
+    }
+    __syncthreads();
+
+    // 2c: running max over both halves, P = exp2(s − m) (bf16, swizzled), l, O rescale.
+    float alpha[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int row = row0 + 8 * hf;
+      const float m_new = fmaxf(m[hf], fmaxf(stat_s[row], stat_s[kHeads + row]));
+      alpha[hf] = m_new == -kInf ? 1.0f : exp2f(m[hf] - m_new);
+      m[hf] = m_new;
+      l[hf] *= alpha[hf];
+    }
+#pragma unroll
+    for (int jc = 0; jc < kKeysPerWg / 8; ++jc)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int i = 4 * jc + 2 * hf;
+        const float p0 = s[i] == -kInf ? 0.0f : exp2f(s[i] - m[hf]);
+        const float p1 = s[i + 1] == -kInf ? 0.0f : exp2f(s[i + 1] - m[hf]);
+        l[hf] += p0;
+        l[hf] += p1;
+        const int row = row0 + 8 * hf;
+        const int key_chunk = (kKeysPerWg * wg) / 8 + jc;    // 8 keys = one 16-byte chunk of the P row
+        *reinterpret_cast<__nv_bfloat162*>(smem + kPOff + swizzled(row, key_chunk) + 2 * c * kElemBytes) =
+            __floats2bfloat162_rn(p0, p1);
+      }
+#pragma unroll
+    for (int jc = 0; jc < kDvPerWg / 8; ++jc)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        o[4 * jc + 2 * hf] *= alpha[hf];
+        o[4 * jc + 2 * hf + 1] *= alpha[hf];
+      }
+    if (tid < kKeys) key_s[kslot2 * kKeys + tid] = next_key;
+    fence_proxy_async();   // P (plain stores) → wgmma
+    __syncthreads();       // P complete; every read of stat_s (row maxima) done
+
+    // 2d: O[64 heads × dims 256·wg ..] += P[64 × 64 keys] · V[64 keys × 256 dims]
+    // (o[4·jc + 2·hf + e] = (head row0 + 8·hf, dim 256·wg + 8·jc + 2·c + e)).
+    fence_operands(o);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < kPvSteps; ++ks) {
+      const uint32_t voff = (wg * kDvPerWg / kBlockCols) * kKvBlockBytes + ks * kMmaK * kSwizzleBytes;
+      wgmma_m64n256k16_tb(o, desc_k_major(p_addr + ks * kKStepBytes), desc_mn_major(kv_addr + voff), 1);
+    }
+    wgmma_commit();
+    wgmma_wait_all();
+    fence_operands(o);
+  }
+  cp_async_wait_all();   // nothing in flight here (the last tile issues none); kept for safety
+
+  // Phase 3: row sums of both halves (stat_s is free: its last reads precede the last P barrier),
+  // normalise, store.
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    l[hf] += __shfl_xor_sync(detail::kFullMask, l[hf], 1);
+    l[hf] += __shfl_xor_sync(detail::kFullMask, l[hf], 2);
+    if (c == 0) stat_s[wg * kHeads + row0 + 8 * hf] = l[hf];
+  }
+  __syncthreads();
+  float inv[2], total[2];
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int row = row0 + 8 * hf;
+    total[hf] = stat_s[row] + stat_s[kHeads + row];
+    inv[hf] = total[hf] > 0.0f ? 1.0f / total[hf] : 0.0f;
+  }
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float* out_row = a.out + (t * a.H + h0 + row0 + 8 * hf) * kDv + kDvPerWg * wg + 2 * c;
+#pragma unroll
+    for (int jc = 0; jc < kDvPerWg / 8; ++jc)
+      *reinterpret_cast<float2*>(out_row + 8 * jc) =
+          make_float2(o[4 * jc + 2 * hf] * inv[hf], o[4 * jc + 2 * hf + 1] * inv[hf]);
+  }
+  if (wg == 0 && c == 0)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int64_t row = t * a.H + h0 + row0 + 8 * hf;
+      const bool empty = !(total[hf] > 0.0f);
+      a.lse[row] = empty ? kInf : (m[hf] + log2f(total[hf])) * kLn2;
+      if (a.max_logits) a.max_logits[row] = empty ? -kInf : m[hf] * kLn2;
+    }
+#else
+  __trap();   // never launched: sparse_forward_wgmma_applies requires this file's sm_90a code
+#endif
+}
+
+// Writes 1 where this file was compiled with wgmma (sm_90a), else 0.
+__global__ void attention_wgmma_probe_kernel(int* out) { *out = DSA_ATTN_WGMMA; }
+
+bool kernel_has_wgmma() {
+  int* d = nullptr;
+  int h = 0;
+  if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  attention_wgmma_probe_kernel<<<1, 1>>>(d);
+  const bool ok = cudaGetLastError() == cudaSuccess &&
+                  cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
+  cudaFree(d);
+  cudaGetLastError();
+  return ok && h == 1;
+}
+
+}  // namespace
+
+bool sparse_forward_wgmma_applies(const AttentionParams& p) {
+  if (p.Dqk != kDqk || p.Dv != kDv || p.H <= 0 || p.H % kHeads != 0) return false;
+  // float4 loads of q and of kv (the bf16 conversion)
+  if (reinterpret_cast<uintptr_t>(p.q) % kChunk != 0 || reinterpret_cast<uintptr_t>(p.kv) % kChunk != 0) return false;
+  if (detail::device_sm_version() != kSmVersion) return false;   // wgmma exists on sm_90 only
+  if (detail::max_dynamic_smem_bytes() < kSmemBytes) return false;
+  static const bool has_wgmma = kernel_has_wgmma();   // a binary without sm_90a code runs the trap body
+  return has_wgmma;
+}
+
+size_t sparse_forward_wgmma_workspace(const AttentionParams& p) {
+  return static_cast<size_t>(p.S) * kDqk * sizeof(__nv_bfloat16);
+}
+
+void sparse_forward_wgmma(const AttentionParams& p, const AttentionForwardOut& o, void* workspace,
+                          cudaStream_t stream, const char* op) {
+  DSA_CUDA_CALL(op, cudaFuncSetAttribute(sparse_attention_forward_wgmma_kernel,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+  if (p.T == 0) return;
+  auto* kv16 = static_cast<__nv_bfloat16*>(workspace);
+  const int64_t n = static_cast<int64_t>(p.S) * kDqk;
+  if (n > 0) {
+    constexpr int kConvertThreads = 256, kMaxBlocks = 4096;
+    const int blocks = static_cast<int>(std::min<int64_t>(kMaxBlocks, (n / 4 + kConvertThreads - 1) / kConvertThreads));
+    kv_to_bf16_wgmma<<<blocks, kConvertThreads, 0, stream>>>(p.kv, n, kv16);
+    DSA_CUDA_LAUNCH_CHECK(op);
+  }
+  WgmmaArgs a{{p.indices, p.topk_length, p.K, p.S, p.kv, p.Dqk}, kv16, p.H, p.scale * kLog2e, p.q, o.out, o.lse,
+              o.max_logits};
+  sparse_attention_forward_wgmma_kernel<<<dim3(p.T, p.H / kHeads), kBlockThreads, kSmemBytes, stream>>>(a);
+  DSA_CUDA_LAUNCH_CHECK(op);
+}
+
+}  // namespace dsa::cuda::attn
+
+namespace dsa::cuda {
+bool sparse_attention_forward_wgmma_available(const AttentionParams& p) { return attn::sparse_forward_wgmma_applies(p); }
+}  // namespace dsa::cuda

@@ -1,0 +1,304 @@
+// indexer_wgmma_test.cu — indexer_logits version 3 (wgmma, sm_90a; src/cuda/indexer_logits_wgmma.cu)
+// against a float64 reference and against version 2. Skipped without a GPU, and where v3 does not
+// apply (not an sm_90 device, or a binary without sm_90a code): there version 3 runs as version 2,
+// which the table rows cover. Not a kKernelVersions row (v3 exists for indexer_logits only).
+//
+// Two kinds of data:
+//   * exact dots: q, k ∈ {0, ±1/2, ±1, ±2} (e4m3 codes). Every product is a multiple of 1/4 and
+//     |u| ≤ 512, so every partial sum of a dot is exact in ANY accumulator of ≥ 12 bits: the only
+//     error left is the fp32 epilogue (HI fmaf + 3 adds + 1 multiply). This pins the operand
+//     layouts, swizzles, head/weight permutation and the quad transpose with a tight tolerance.
+//   * quantized normals (cpu::indexer_quantize_fp8, as in production): the fp8 tensor core
+//     accumulates with fewer bits than fp32 (DeepSeek-V3 report §3.3.2: ≈ 14 bits kept), bounded
+//     below relative to mag = k_scale·Σ_h |w|·Σ_d |q_d·k_d|.
+// Shapes: T = 1 (three idle query slots in the CTA), S = 1, S not a multiple of the 64-key tile,
+// empty / one-key / full / causal / packed multi-sequence ranges, T small enough that the keys are
+// split over CTAs (T = 7, S = 5000), several query blocks (T = 66). Every output element is checked
+// (the body starts as NaN, so an unwritten element fails), −inf exactly outside the ranges, device
+// guard sentinels, bitwise determinism over reruns.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "cuda/common.cuh"
+#include "cuda/device_buffer.h"
+#include "cuda/indexer_logits_wgmma.cuh"
+#include "dsa/cuda_ops.h"
+#include "test_util.h"
+
+namespace dsa::test {
+namespace {
+
+constexpr int kHI = 64, kDI = kIndexerKeyDim;
+constexpr double kFp32Unit = 1.0 / (1 << 24);  // u = 2^-24, unit roundoff of fp32
+// Exact-dot data: the epilogue is a chain of HI fmaf, 3 shuffle adds and the k_scale product, each
+// one rounding: |error| ≤ (HI + 4)·u·k_scale·Σ_h |w·ReLU(u_h)| (first-order bound, ×2 for safety).
+constexpr double kEpilogueRel = 2.0 * (kHI + 4) * kFp32Unit;
+// Quantized-normal data: each k32 wgmma step aligns its 32 products and the running sum to the
+// largest exponent and keeps ≈ 14 bits (DeepSeek-V3 §3.3.2) → ≤ ~2^-13 of Σ|q·k| per step; four
+// steps → 2^-11; ×4 margin for the unpublished details of the alignment.
+constexpr double kFp8AccumRel = 1.0 / (1 << 9);
+
+bool have_gpu() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+    cudaGetLastError();
+    return false;
+  }
+  return true;
+}
+
+struct Case {
+  int T, S;
+  std::vector<int32_t> ks, ke;
+};
+
+struct Data {
+  std::vector<uint8_t> q, k;
+  std::vector<float> w, ksc;
+};
+
+Data exact_dot_data(const Case& c, uint64_t seed) {
+  Rng rng(seed);
+  const float levels[] = {0.0f, 0.5f, -0.5f, 1.0f, -1.0f, 2.0f, -2.0f};
+  Data d;
+  d.q.resize(size_t(c.T) * kHI * kDI);
+  d.k.resize(size_t(c.S) * kDI);
+  for (auto& b : d.q) b = cpu::fp8_e4m3_from_float(levels[rng.integer(0, 6)]);
+  for (auto& b : d.k) b = cpu::fp8_e4m3_from_float(levels[rng.integer(0, 6)]);
+  d.w = rng.normal_vec(size_t(c.T) * kHI);
+  d.ksc = rng.uniform_vec(c.S, 0.25f, 2.0f);
+  return d;
+}
+
+Data quantized_normal_data(const Case& c, uint64_t seed) {
+  Rng rng(seed);
+  const std::vector<float> qf = rng.normal_vec(size_t(c.T) * kHI * kDI), kf = rng.normal_vec(size_t(c.S) * kDI),
+                           wf = rng.normal_vec(size_t(c.T) * kHI);
+  Data d;
+  d.q.resize(qf.size());
+  d.k.resize(kf.size());
+  d.w.resize(wf.size());
+  d.ksc.resize(c.S);
+  cpu::indexer_quantize_fp8(IndexerQuantizeParams{c.T, c.S, kHI, kDI, ScaleFormat::kUe8m0, qf.data(), kf.data(),
+                                                  wf.data(), d.q.data(), d.k.data(), d.ksc.data(), d.w.data()});
+  return d;
+}
+
+// fp64 reference: ref = k_scale·Σ_h w·ReLU(u_h); act = k_scale·Σ_h |w·ReLU(u_h)| (epilogue error
+// scale); mag = k_scale·Σ_h |w|·Σ_d |q·k| (accumulation error scale). −inf outside [ks, ke).
+struct Ref {
+  std::vector<double> ref, act, mag;
+};
+Ref reference(const Case& c, const Data& d) {
+  const size_t n = size_t(c.T) * c.S;
+  Ref r{std::vector<double>(n, -std::numeric_limits<double>::infinity()), std::vector<double>(n, 0.0),
+        std::vector<double>(n, 0.0)};
+  std::vector<double> qv(d.q.size()), kv(d.k.size());
+  for (size_t i = 0; i < qv.size(); ++i) qv[i] = cpu::fp8_e4m3_to_float(d.q[i]);
+  for (size_t i = 0; i < kv.size(); ++i) kv[i] = cpu::fp8_e4m3_to_float(d.k[i]);
+  for (int t = 0; t < c.T; ++t)
+    for (int s = c.ks[t]; s < c.ke[t]; ++s) {
+      double acc = 0, act = 0, mag = 0;
+      for (int h = 0; h < kHI; ++h) {
+        const double* qh = &qv[(size_t(t) * kHI + h) * kDI];
+        const double* kr = &kv[size_t(s) * kDI];
+        double u = 0, ua = 0;
+        for (int i = 0; i < kDI; ++i) {
+          u += qh[i] * kr[i];
+          ua += std::fabs(qh[i] * kr[i]);
+        }
+        const double w = d.w[size_t(t) * kHI + h];
+        acc += w * std::max(u, 0.0);
+        act += std::fabs(w * std::max(u, 0.0));
+        mag += std::fabs(w) * ua;
+      }
+      const size_t i = size_t(t) * c.S + s;
+      r.ref[i] = d.ksc[s] * acc;
+      r.act[i] = d.ksc[s] * act;
+      r.mag[i] = d.ksc[s] * mag;
+    }
+  return r;
+}
+
+// Runs indexer_logits `version` (config < 0) or v3 configuration `config` on device copies; the
+// output body starts as NaN (unwritten → fail).
+std::vector<float> run(const Case& c, const Data& d, int version, int config = -1) {
+  DeviceBuffer<uint8_t> dq(d.q.data(), d.q.size()), dk(d.k.data(), d.k.size());
+  DeviceBuffer<float> dw(d.w.data(), d.w.size()), dsc(d.ksc.data(), d.ksc.size());
+  DeviceBuffer<int32_t> dks(c.ks.data(), c.T), dke(c.ke.data(), c.T);
+  std::vector<float> out(size_t(c.T) * c.S, std::numeric_limits<float>::quiet_NaN());
+  DeviceBuffer<float> dout(out.data(), out.size());
+  IndexerParams p;
+  p.T = c.T;
+  p.S = c.S;
+  p.HI = kHI;
+  p.DI = kDI;
+  p.precision = Precision::kFp8;
+  p.q = dq.data();
+  p.k = dk.data();
+  p.k_scale = dsc.data();
+  p.w = dw.data();
+  p.ks = dks.data();
+  p.ke = dke.data();
+  if (config < 0) cuda::indexer_logits(p, dout.data(), nullptr, version);
+  else EXPECT_NE(cuda::detail::run_logits_wgmma_config(p, dout.data(), nullptr, config), nullptr);
+  sync_and_check("indexer_logits");
+  dout.download(out.data(), "logits");
+  return out;
+}
+
+// |got − ref| ≤ tol·scale[i] (+ a subnormal floor), −inf exactly where ref is −inf; reports the
+// largest error / scale seen.
+::testing::AssertionResult within(const std::vector<float>& got, const Ref& r, const std::vector<double>& scale,
+                                  double tol, double* worst) {
+  *worst = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::isinf(r.ref[i])) {
+      if (!(std::isinf(got[i]) && got[i] < 0))
+        return ::testing::AssertionFailure() << "element " << i << " = " << got[i] << ", want -inf";
+      continue;
+    }
+    const double err = std::fabs(double(got[i]) - r.ref[i]);
+    if (scale[i] > 0) *worst = std::max(*worst, err / scale[i]);
+    if (!(err <= tol * scale[i] + 1e-30))
+      return ::testing::AssertionFailure() << "element " << i << ": got " << got[i] << ", want " << r.ref[i]
+                                           << " (tolerance " << tol * scale[i] << ")";
+  }
+  return ::testing::AssertionSuccess();
+}
+
+std::vector<Case> cases() {
+  std::vector<Case> cs;
+  cs.push_back({1, 1, {0}, {1}});
+  cs.push_back({1, 200, {0}, {200}});
+  // S = 1000 (not a multiple of 64): full, empty, last key only, tile-aligned, almost full.
+  cs.push_back({5, 1000, {0, 10, 999, 64, 1}, {1000, 10, 1000, 640, 999}});
+  Case causal{9, 777, {}, {}};
+  for (int t = 0; t < causal.T; ++t) causal.ks.push_back(0), causal.ke.push_back(causal.S - causal.T + t + 1);
+  cs.push_back(causal);
+  // Packed sequences, T = 7 → 2 query blocks, so the 79 key tiles are split over CTAs.
+  cs.push_back({7, 5000, {0, 0, 0, 2000, 2000, 2000, 2000}, {1000, 1250, 1500, 2700, 3400, 4100, 5000}});
+  Case many{66, 2100, {}, {}};
+  Rng rng(77);
+  for (int t = 0; t < many.T; ++t) {
+    int a = rng.integer(0, many.S), b = rng.integer(0, many.S);
+    if (t % 11 == 3) b = a;  // empty
+    if (t % 13 == 5) a = 0, b = many.S;
+    many.ks.push_back(std::min(a, b));
+    many.ke.push_back(std::max(a, b));
+  }
+  cs.push_back(many);
+  return cs;
+}
+
+#define SKIP_UNLESS_V3(p)                                                                         \
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";                                              \
+  if (!cuda::detail::use_logits_wgmma(p, cuda::kIndexerWgmmaVersion))                            \
+  GTEST_SKIP() << "indexer_logits v3 does not apply here (needs sm_90 + sm_90a code); it runs as v2"
+
+IndexerParams probe_params() {
+  static uint8_t dummy alignas(16)[16];  // host pointers suffice: use_logits_wgmma reads no data
+  IndexerParams p;
+  p.HI = kHI;
+  p.DI = kDI;
+  p.precision = Precision::kFp8;
+  p.q = dummy;
+  p.k = dummy;
+  return p;
+}
+
+TEST(CudaIndexerWgmma, ExactDotsMatchFp64AndV2) {
+  SKIP_UNLESS_V3(probe_params());
+  uint64_t seed = 900;
+  for (const Case& c : cases()) {
+    const Data d = exact_dot_data(c, seed++);
+    const Ref r = reference(c, d);
+    const std::vector<float> v3 = run(c, d, cuda::kIndexerWgmmaVersion), again = run(c, d, cuda::kIndexerWgmmaVersion);
+    const std::vector<float> v2 = run(c, d, 2);
+    double worst = 0, worst2 = 0;
+    EXPECT_TRUE(within(v3, r, r.act, kEpilogueRel, &worst)) << "v3, T " << c.T << " S " << c.S;
+    EXPECT_TRUE(within(v2, r, r.act, kEpilogueRel, &worst2)) << "v2, T " << c.T << " S " << c.S;
+    EXPECT_TRUE(bitwise_equal(v3.data(), again.data(), v3.size())) << "v3 rerun differs, T " << c.T << " S " << c.S;
+    std::printf("[ exact dots ] T %d S %d: max |v3 - ref| / act = %.3g (v2 %.3g, bound %.3g)\n", c.T, c.S, worst,
+                worst2, kEpilogueRel);
+    // Every tuning configuration: the same per-element arithmetic, and with exact dots nothing is
+    // left to the tensor core's accumulation, so the bits must match the default's.
+    for (int cfg = 1;; ++cfg) {
+      IndexerParams none;
+      if (cuda::detail::run_logits_wgmma_config(none, nullptr, nullptr, cfg) == nullptr) break;  // T = 0: no launch
+      const std::vector<float> other = run(c, d, 0, cfg);
+      EXPECT_TRUE(bitwise_equal(v3.data(), other.data(), v3.size())) << "config " << cfg << ", T " << c.T;
+    }
+  }
+}
+
+TEST(CudaIndexerWgmma, QuantizedNormalsMatchFp64AndV2) {
+  SKIP_UNLESS_V3(probe_params());
+  uint64_t seed = 950;
+  for (const Case& c : cases()) {
+    if (c.T * int64_t(c.S) < 1000) continue;  // the exact-dot test covers the tiny shapes
+    const Data d = quantized_normal_data(c, seed++);
+    const Ref r = reference(c, d);
+    const std::vector<float> v3 = run(c, d, cuda::kIndexerWgmmaVersion), again = run(c, d, cuda::kIndexerWgmmaVersion);
+    const std::vector<float> v2 = run(c, d, 2);
+    double worst = 0, worst2 = 0;
+    EXPECT_TRUE(within(v3, r, r.mag, kFp8AccumRel, &worst)) << "v3, T " << c.T << " S " << c.S;
+    EXPECT_TRUE(bitwise_equal(v3.data(), again.data(), v3.size())) << "v3 rerun differs, T " << c.T << " S " << c.S;
+    // v3 vs v2: both within their bounds of the reference → within the sum of the bounds.
+    for (size_t i = 0; i < v3.size(); ++i) {
+      if (std::isinf(r.ref[i])) {
+        ASSERT_EQ(v3[i], v2[i]) << "element " << i;
+        continue;
+      }
+      worst2 = std::max(worst2, std::fabs(double(v3[i]) - v2[i]) / std::max(r.mag[i], 1e-300));
+      ASSERT_LE(std::fabs(double(v3[i]) - v2[i]), 2 * kFp8AccumRel * r.mag[i]) << "v3 vs v2, element " << i;
+    }
+    std::printf("[ normals ] T %d S %d: max |v3 - ref| / mag = %.3g, max |v3 - v2| / mag = %.3g (bound %.3g)\n", c.T,
+                c.S, worst, worst2, kFp8AccumRel);
+    for (int cfg = 1;; ++cfg) {  // every tuning configuration: within the bound; same bits reported
+      IndexerParams none;
+      if (cuda::detail::run_logits_wgmma_config(none, nullptr, nullptr, cfg) == nullptr) break;
+      const std::vector<float> other = run(c, d, 0, cfg);
+      EXPECT_TRUE(within(other, r, r.mag, kFp8AccumRel, &worst)) << "config " << cfg << ", T " << c.T << " S " << c.S;
+      std::printf("[ normals ]   config %d %s config 0\n", cfg,
+                  bitwise_equal(v3.data(), other.data(), v3.size()) ? "==" : "!=");
+    }
+  }
+}
+
+TEST(CudaIndexerWgmma, BadArgumentsThrowBeforeWriting) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const Case c{2, 70, {0, 5}, {70, 60}};
+  const Data d = exact_dot_data(c, 5);
+  DeviceBuffer<float> dw(d.w.data(), d.w.size()), dsc(d.ksc.data(), d.ksc.size());
+  DeviceBuffer<uint8_t> dk(d.k.data(), d.k.size());
+  DeviceBuffer<int32_t> dks(c.ks.data(), c.T), dke(c.ke.data(), c.T);
+  std::vector<float> out(size_t(c.T) * c.S, 3.0f);
+  DeviceBuffer<float> dout(out.data(), out.size());
+  IndexerParams p;
+  p.T = c.T;
+  p.S = c.S;
+  p.HI = kHI;
+  p.DI = kDI;
+  p.precision = Precision::kFp8;
+  p.q = nullptr;  // the bad argument
+  p.k = dk.data();
+  p.k_scale = dsc.data();
+  p.w = dw.data();
+  p.ks = dks.data();
+  p.ke = dke.data();
+  EXPECT_TRUE(throws_naming([&] { cuda::indexer_logits(p, dout.data(), nullptr, cuda::kIndexerWgmmaVersion); },
+                            {"indexer_logits", "q is null"}));
+  std::vector<float> back(out.size());
+  dout.download(back.data(), "logits");
+  EXPECT_EQ(back, out) << "output touched before the throw";
+}
+
+}  // namespace
+}  // namespace dsa::test
