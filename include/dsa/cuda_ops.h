@@ -52,7 +52,7 @@ void indexer_quantize_fp8(const IndexerQuantizeParams& p, cudaStream_t stream);
 //   v3 = kIndexerWgmmaVersion (opt-in, not a kKernelVersions row; kFp8, HI == 64, DI == 128, sm_90a
 //       code on an sm_90 device; else it runs as v2): dot_h from e4m3 wgmma (fp32 accumulate, the
 //       tensor core's narrower fp8 accumulation), a fixed in-register + quad-shuffle head sum
-//       (src/cuda/indexer_logits_wgmma.cu documents the order). indexer_topk has no v3.
+//       (src/cuda/indexer_logits_wgmma.cu documents the order). indexer_topk v3 uses it (op 5).
 // kDefaultVersion picks v2 where it applies.
 inline constexpr int kIndexerWgmmaVersion = 3;
 void indexer_logits(const IndexerParams& p, float* logits, cudaStream_t stream, int version = kDefaultVersion);
@@ -64,7 +64,9 @@ void topk_select(const TopkParams& p, void* workspace, size_t workspace_bytes, c
 
 // ── 5. fused indexer + top-k (src/cuda/indexer_topk.cu) ───────────────────────────────────────
 // v1: never writes logits, O(T·K) memory. v2 (where indexer_logits v2 applies): v2 logits of
-// ≤ 128 MiB of rows at a time in the workspace + topk_select (O(chunk·S) memory).
+// ≤ 128 MiB of rows at a time in the workspace + topk_select (O(chunk·S) memory). v3 =
+// kIndexerWgmmaVersion: the same chunked pipeline with the v3 (wgmma) logits where they apply, else
+// exactly v2 (then v1); ≡ topk_select(indexer_logits v3) bit for bit. Pass the version to the query.
 size_t indexer_topk_workspace_bytes(const IndexerParams& p, int K, int version = kDefaultVersion);
 void indexer_topk(const IndexerParams& p, int K, int32_t* indices, void* workspace, size_t workspace_bytes,
                   cudaStream_t stream, int version = kDefaultVersion);

@@ -16,6 +16,7 @@
 //   (the decode kernel adds CacheKeys for its three cache formats, in sparse_attention_decode.cu)
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -139,6 +140,9 @@ void sparse_decode_bf16(const SparseDecodeParams& p, cudaStream_t stream, const 
 // workspace (S·1152 bytes), cp.async double-buffered gathers.
 bool sparse_forward_pipelined_fits(const AttentionParams& p);
 size_t sparse_forward_pipelined_workspace(const AttentionParams& p);
+// kv [S, 576] fp32 → bf16 into the workspace (its first S·1152 bytes), the copy the pipelined (v4) and
+// wgmma (v5) sparse forwards gather from; returns it. Defined in sparse_attention_forward_pipelined.cu.
+__nv_bfloat16* kv_to_bf16_workspace(const AttentionParams& p, void* workspace, cudaStream_t stream, const char* op);
 void sparse_forward_pipelined(const AttentionParams& p, const AttentionForwardOut& o, void* workspace,
                               cudaStream_t stream, const char* op);
 // The bf16 tensor-core sparse backward (sparse_attention_backward_bf16.cu): cuBLAS bf16 GEMMs over

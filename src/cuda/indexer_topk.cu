@@ -1,4 +1,5 @@
-// indexer_topk.cu — op 5 on the GPU: fused indexer logits + top-k; never writes the [T, S] logits.
+// indexer_topk.cu — op 5 on the GPU: fused indexer logits + top-k. v1 never writes the [T, S]
+// logits; v2/v3 write ≤ 128 MiB chunks of them to the workspace (tensor-core logits + topk_select).
 //
 // Contract (ops.h §5): the same indices as topk_select(indexer_logits(p)) of the same kernel
 // version, bit for bit: every logit is computed by the same per-element code (detail::logit_v1 and
@@ -19,6 +20,7 @@
 
 #include "cuda/indexer_common.cuh"
 #include "cuda/indexer_logits_mma.cuh"
+#include "cuda/indexer_logits_wgmma.cuh"
 
 namespace dsa::cuda {
 namespace {
@@ -87,11 +89,15 @@ __global__ void __launch_bounds__(kChunk) indexer_topk_v1_kernel(IndexerParams p
 
 }  // namespace
 
-// Version 2 (tensor-core logits, where use_logits_mma applies): the logits of at most
-// mma_chunk_rows(S) query rows at a time go to the workspace (≤ kMmaChunkBytes) and topk_select
-// runs on them — the SAME v2 logits kernel and the same selection as the unfused v2 path, so the
-// indices are bit-identical; memory is O(chunk·S) instead of O(T·K) (documented trade-off: a fused
-// tensor-core kernel with in-register selection is future work).
+// Versions 2 and 3 (tensor-core logits): the logits of at most mma_chunk_rows(p) query rows at a time
+// go to the workspace (≤ kMmaChunkBytes) and topk_select runs on them — the SAME logits kernel as
+// the unfused path of that version (v2: indexer_logits_mma, mma.sync; v3: indexer_logits_wgmma,
+// where use_logits_wgmma applies) and the same selection, so the indices are bit-identical; memory
+// is O(chunk·S) instead of O(T·K) (documented trade-off: a fused tensor-core kernel with in-register
+// selection is future work). Chunking by rows is exact for both kernels: each logit's arithmetic
+// depends on its (t, s) only, never on which rows or key spans a CTA is given (the kernels' file
+// comments fix the per-element order). Version 3 where wgmma does not apply runs exactly as
+// version 2 (as indexer_logits v3 does), and where neither applies, as version 1.
 constexpr size_t kMmaChunkBytes = size_t(128) << 20;
 int mma_chunk_rows(const IndexerParams& p) {
   const size_t row_bytes = std::max<size_t>(size_t(p.S) * sizeof(float), 1);
@@ -99,9 +105,17 @@ int mma_chunk_rows(const IndexerParams& p) {
   return static_cast<int>(std::min<size_t>(rows, size_t(std::max(p.T, 1))));
 }
 
+// The logits kernel of the chunked path for `version`, or kNone (the v1 fused kernel runs).
+enum class ChunkedLogits { kNone, kMma, kWgmma };
+ChunkedLogits chunked_logits(const IndexerParams& p, int version) {
+  if (detail::use_logits_wgmma(p, version)) return ChunkedLogits::kWgmma;
+  if (detail::use_logits_mma(p, version == kIndexerWgmmaVersion ? 2 : version)) return ChunkedLogits::kMma;
+  return ChunkedLogits::kNone;
+}
+
 size_t indexer_topk_workspace_bytes(const IndexerParams& p, int K, int version) {
   if (K < 1 || K > kMaxTopK || p.T <= 0) return 0;
-  if (detail::use_logits_mma(p, version)) return size_t(mma_chunk_rows(p)) * p.S * sizeof(float);
+  if (chunked_logits(p, version) != ChunkedLogits::kNone) return size_t(mma_chunk_rows(p)) * p.S * sizeof(float);
   return buffer_in_smem(K) ? 0 : size_t(p.T) * buffer_cap(K) * sizeof(uint64_t);
 }
 
@@ -119,7 +133,8 @@ void indexer_topk(const IndexerParams& p, int K, int32_t* indices, void* workspa
   const bool in_smem = need == 0;
   const size_t smem = in_smem ? size_t(cap) * sizeof(uint64_t) : 0;
   auto* ws = static_cast<uint64_t*>(workspace);
-  if (detail::use_logits_mma(p, version)) {
+  const ChunkedLogits chunked = chunked_logits(p, version);
+  if (chunked != ChunkedLogits::kNone) {
     const int rows = mma_chunk_rows(p);
     auto* chunk_logits = static_cast<float*>(workspace);
     for (int t0 = 0; t0 < p.T; t0 += rows) {
@@ -129,7 +144,11 @@ void indexer_topk(const IndexerParams& p, int K, int32_t* indices, void* workspa
       sub.w = p.w + int64_t(t0) * p.HI;
       sub.ks = p.ks + t0;
       sub.ke = p.ke + t0;
-      detail::indexer_logits_mma(sub, chunk_logits, stream);
+      // sub.q stays 16-byte aligned (t0·HI·DI bytes, DI = 128), so v3's applicability holds per chunk.
+      if (chunked == ChunkedLogits::kWgmma) detail::indexer_logits_wgmma(sub, chunk_logits, stream);
+      else detail::indexer_logits_mma(sub, chunk_logits, stream);
+      // topk_select v2: the selection topk_select runs for versions 2 and 3 (the strict total order
+      // of select_key makes every topk_select version return the same indices).
       topk_select(TopkParams{sub.T, p.S, K, chunk_logits, sub.ks, sub.ke, indices + int64_t(t0) * K}, nullptr, 0,
                   stream, 2);
     }

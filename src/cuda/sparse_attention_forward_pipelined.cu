@@ -237,10 +237,7 @@ size_t sparse_forward_pipelined_workspace(const AttentionParams& p) {
   return sparse_forward_pipelined_fits(p) ? static_cast<size_t>(p.S) * kDqk * sizeof(__nv_bfloat16) : 0;
 }
 
-void sparse_forward_pipelined(const AttentionParams& p, const AttentionForwardOut& o, void* workspace,
-                              cudaStream_t stream, const char* op) {
-  set_smem(sparse_attention_forward_pipelined_kernel, kSmemBytes, op);
-  if (p.T == 0) return;
+__nv_bfloat16* kv_to_bf16_workspace(const AttentionParams& p, void* workspace, cudaStream_t stream, const char* op) {
   auto* kv16 = static_cast<__nv_bfloat16*>(workspace);
   const int64_t n = static_cast<int64_t>(p.S) * kDqk;
   if (n > 0) {
@@ -249,6 +246,14 @@ void sparse_forward_pipelined(const AttentionParams& p, const AttentionForwardOu
     kv_to_bf16<<<blocks, kConvertThreads, 0, stream>>>(p.kv, n, kv16);
     DSA_CUDA_LAUNCH_CHECK(op);
   }
+  return kv16;
+}
+
+void sparse_forward_pipelined(const AttentionParams& p, const AttentionForwardOut& o, void* workspace,
+                              cudaStream_t stream, const char* op) {
+  set_smem(sparse_attention_forward_pipelined_kernel, kSmemBytes, op);
+  if (p.T == 0) return;
+  const __nv_bfloat16* kv16 = kv_to_bf16_workspace(p, workspace, stream, op);
   PipeArgs a{{p.indices, p.topk_length, p.K, p.S, p.kv, p.Dqk}, kv16, p.H, p.scale * kLog2e, p.q, o.out, o.lse,
              o.max_logits};
   sparse_attention_forward_pipelined_kernel<<<dim3(p.T, p.H / kHeads), kBlockThreads, kSmemBytes, stream>>>(a);

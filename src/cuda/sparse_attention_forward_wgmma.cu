@@ -11,16 +11,20 @@
 // (−inf for an empty row).
 // Numerics (the same as v3 / v4 up to the MMA's accumulation order): q, kv and P rounded to bf16
 // (round to nearest even), scores and O accumulated in fp32 by the tensor cores, softmax statistics
-// in fp32 in the base-2 domain (score·scale·log2 e), exp2f, the row sum over this thread's keys in
-// tile order, then quad lanes (xor 1, xor 2), then warpgroup 0 + warpgroup 1. Fixed order: bitwise
-// reproducible run to run.
+// in fp32 in the base-2 domain (score·scale·log2 e), exp2f, the row sum kept as two partials (keys
+// 0..31 and 32..63 of every tile, v3's key halves) over this thread's keys in tile order, then quad
+// lanes (xor 1, xor 2), then partial 0 + partial 1. Fixed order: bitwise reproducible run to run (and,
+// measured, bitwise equal to v3 at the bench shape).
 //
 // Plan: block = one query × 64 heads (grid T × H/64), 2 warpgroups (256 threads), 64-key tiles.
-//   S phase : warpgroup w computes S[64 heads × 32 keys] for keys [32w, 32w+32) of the tile:
-//             36 × wgmma m64n32k16 (A = q, B = kv rows, both K-major, 128-byte swizzle).
-//   softmax : row maxima of both halves exchanged through shared memory (both warpgroups then
-//             hold the same running max m); P (bf16) written to shared memory (128-byte swizzled,
-//             K-major: row = head, 64 keys = 128 B); O rescaled by exp2(m_old − m_new).
+//   S phase : warpgroup 0 alone computes S[64 heads × 64 keys]: 36 × wgmma m64n64k16 (A = q, B = kv
+//             rows, both K-major, 128-byte swizzle; 4 KB of shared-memory operands per 131 kFLOP,
+//             against 3 KB per 65 kFLOP for two warpgroups' m64n32k16 halves). Warpgroup 1 has
+//             no S work: it issues its share of the next tile's gathers and waits at the P barrier.
+//   softmax : warpgroup 0 holds whole rows (no row-max exchange): running max m, P (bf16) written
+//             to shared memory (128-byte swizzled, K-major: row = head, 64 keys = 128 B), the new
+//             m to shared memory for warpgroup 1; each warpgroup rescales its O by exp2(m_old −
+//             m_new) (skipped by a warp whose factors are all 1).
 //   PV phase: warpgroup w accumulates O[64 heads × dims 256w..256w+255] += P[64 × 64] · V[64 × 256]:
 //             4 × wgmma m64n256k16 (A = P, K-major; B = the same kv tile read MN-major, i.e. the
 //             transposed-B form of bf16 wgmma), 128 fp32 accumulators per thread.
@@ -31,12 +35,16 @@
 // Phases, in order:
 //   1. key ids of tiles 0, 1 → barrier → issue tile 0's gathers; stage q (fp32 → bf16, 128-byte
 //      swizzled) with plain stores;
-//   2. per tile j: wait for tile j → fence.proxy.async → barrier → S wgmmas (commit) → while they
-//      run, issue tile j+1's gathers (ids from shared memory) and start loading tile j+2's ids
-//      (stored before the P barrier) → wait 0 → mask / scale / row max → barrier → P, l, O rescale → fence.proxy.async →
-//      barrier → PV wgmmas (wgmma.fence first: O was rescaled by ordinary instructions; commit,
-//      wait 0 before the next tile touches O, P or this stage);
-//   3. row sums exchanged through shared memory → out = O / l, lse = (m + log2 l)·ln 2.
+//   2. per tile j: issue tile j−1's PV wgmmas (commit, no wait: no wgmma group stays in flight
+//      across the loop's back edge, which ptxas would answer by serialising) → wait for tile j's
+//      gathers → fence.proxy.async → barrier → warpgroup 0: S wgmmas (commit), queued behind the PV
+//      → wait for the PV (warpgroup 0: wait 1, warpgroup 1: wait 0) → barrier (the other stage and P
+//      are free) → issue tile j+1's gathers (ids from shared memory) and start loading tile j+2's
+//      ids (stored before the P barrier) → wait 0 → warpgroup 0: mask / scale / row max / P / l / m
+//      → fence.proxy.async → barrier → warpgroup 1 reads m → O rescale; after the loop, the last
+//      tile's PV and wait 0;
+//   3. barrier → warpgroup 0's two row-sum partials through shared memory → out = O / l,
+//      lse = (m + log2 l)·ln 2.
 //
 // Shared-memory plan (dynamic, from a 1024-byte aligned base: the 128-byte swizzle is a function of
 // address bits 4..9, so every operand tile starts on a 1024-byte boundary). A "column block" is
@@ -45,7 +53,7 @@
 //   kv    2 stages × 9 column blocks × [64 keys × 128 B] 147,456 B
 //   P     [64 heads × 128 B] (64 keys)                    8,192 B
 //   keys  3 tiles × 64 int32 (ring: masks j, gathers j+1, loads j+2)  768 B
-//   row maxima (per tile), then row sums (at the end): 2 warpgroups × 64 fp32  512 B
+//   running maxima (per tile), then the two row-sum partials (at the end): 2 × 64 fp32   512 B
 //   + 1,024 B alignment slack                            = 231,680 B ≤ 227 KiB (static_assert below).
 // Descriptors: K-major operands (q, kv for S, P): SBO = 1024 B (8-row groups), LBO unused (1), the
 // k-step ks (16 dims / keys = 32 B) starts at column block ks / 4, byte (ks % 4)·32 of the 128-byte
@@ -81,7 +89,8 @@ constexpr int kKeyStages = 3;                                   // key-id tiles:
 constexpr int kWarpGroups = 2;
 constexpr int kWarpGroupThreads = 4 * detail::kWarpSize;        // 128
 constexpr int kBlockThreads = kWarpGroups * kWarpGroupThreads;       // 256
-constexpr int kKeysPerWg = kKeys / kWarpGroups;                 // 32: S wgmma N
+constexpr int kKeysPerWg = kKeys / kWarpGroups;                 // 32: v3's key half per warp pair
+constexpr int kLHalves = kKeys / kKeysPerWg;                    // 2: row-sum partials (v3's key halves)
 constexpr int kDvPerWg = kDv / kWarpGroups;                     // 256: PV wgmma N
 constexpr int kElemBytes = 2;                                   // bf16
 constexpr int kSwizzleBytes = 128;                              // one swizzled row of a column block
@@ -96,7 +105,7 @@ constexpr int kMmaK = 16;                                       // wgmma K for b
 [[maybe_unused]] constexpr int kPvSteps = kKeys / kMmaK;                         // 4
 [[maybe_unused]] constexpr int kStepsPerBlock = kBlockCols / kMmaK;              // 4
 [[maybe_unused]] constexpr int kRowChunks = kDqk * kElemBytes / kChunk;          // 72 cp.async per kv row
-constexpr int kSRegs = kHeads * kKeysPerWg / kWarpGroupThreads; // 16
+constexpr int kSRegs = kHeads * kKeys / kWarpGroupThreads;      // 32 (warpgroup 0: S is 64 × 64)
 constexpr int kORegs = kHeads * kDvPerWg / kWarpGroupThreads;   // 128
 constexpr int kQLoadBatch = 12;                                 // float4 loads in flight per thread
 constexpr int kSmVersion = 90;
@@ -113,7 +122,7 @@ constexpr int kPOff = kKvOff + kStages * kKvTileBytes;
 constexpr int kPBytes = kHeads * kKeys * kElemBytes;
 constexpr int kKeyOff = kPOff + kPBytes;
 constexpr int kKeyBytes = kKeyStages * kKeys * int(sizeof(int32_t));
-constexpr int kStatOff = kKeyOff + kKeyBytes;                   // row maxima per tile, then row sums
+constexpr int kStatOff = kKeyOff + kKeyBytes;                   // running maxima per tile, then row-sum partials
 constexpr int kStatBytes = kWarpGroups * kHeads * int(sizeof(float));
 constexpr int kSmemBytes = kStatOff + kStatBytes + kSwizzleAtom;  // + alignment slack
 
@@ -122,11 +131,11 @@ static_assert(kKeys * kElemBytes == kSwizzleBytes, "a P row (64 keys) is one 128
 static_assert(kQBlockBytes % kSwizzleAtom == 0 && kKvBlockBytes % kSwizzleAtom == 0 && kPOff % kSwizzleAtom == 0 &&
                   kKvOff % kSwizzleAtom == 0 && kKvTileBytes % kSwizzleAtom == 0,
               "operand tiles start on 1024-byte boundaries");
-static_assert((kKeysPerWg * kSwizzleBytes) % kSwizzleAtom == 0, "warpgroup key halves start on 8-row groups");
 static_assert(kDvPerWg % kBlockCols == 0, "warpgroup value halves are whole column blocks");
 static_assert((kMmaK * kSwizzleBytes) % kSwizzleAtom == 0, "a PV k-step (16 keys) keeps the swizzle phase");
-static_assert(kKeysPerWg % 8 == 0 && kKeysPerWg <= 256 && kDvPerWg % 8 == 0 && kDvPerWg <= 256, "wgmma N");
-static_assert(kSRegs == 16 && kORegs == 128, "accumulator registers per thread");
+static_assert(kKeys % 8 == 0 && kKeys <= 256 && kDvPerWg % 8 == 0 && kDvPerWg <= 256, "wgmma N");
+static_assert(kKeysPerWg % 8 == 0, "a key half is whole 8-key accumulator column groups");
+static_assert(kSRegs == 32 && kORegs == 128, "accumulator registers per thread");
 static_assert(kSmemBytes <= 227 * 1024, "fits Hopper's 227 KiB opt-in shared memory");
 static_assert(kKvBlockBytes >> 4 < (1 << 14) && kSwizzleAtom >> 4 < (1 << 14), "descriptor offset fields are 14 bits");
 static_assert((kHeads * (kDqk / 4)) % (kBlockThreads * kQLoadBatch) == 0, "whole q load batches per thread");
@@ -139,15 +148,6 @@ struct WgmmaArgs {
   const float* q;
   float *out, *lse, *max_logits;
 };
-
-__global__ void kv_to_bf16_wgmma(const float* __restrict__ kv, int64_t n, __nv_bfloat16* __restrict__ out) {
-  for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 4; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x * 4) {
-    const float4 v = *reinterpret_cast<const float4*>(kv + i);   // n is a multiple of 576, so of 4
-    reinterpret_cast<__nv_bfloat162*>(out + i)[0] = __floats2bfloat162_rn(v.x, v.y);
-    reinterpret_cast<__nv_bfloat162*>(out + i)[1] = __floats2bfloat162_rn(v.z, v.w);
-  }
-}
 
 #if DSA_ATTN_WGMMA
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
@@ -162,7 +162,12 @@ __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wai
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Waits until at most kPending of this warpgroup's committed wgmma groups are still in flight
+// (groups complete in commit order).
+template <int kPending>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
 // Keeps the compiler from moving accumulator reads/writes across the asynchronous MMA.
 template <int kN>
 __device__ __forceinline__ void fence_operands(float (&r)[kN]) {
@@ -193,16 +198,19 @@ __device__ __forceinline__ uint64_t desc_mn_major(uint32_t addr) {
 
 // ── the two wgmma shapes (raw PTX; operand order as the PTX ISA: d, a-desc, b-desc, scale-d,
 // imm-scale-a, imm-scale-b, imm-trans-a, imm-trans-b) ──
-// D (64 × 32 fp32, 16 registers per thread) = / += A (64 × 16 bf16, K-major smem) · B (32 × 16 bf16,
+// D (64 × 64 fp32, 32 registers per thread) = / += A (64 × 16 bf16, K-major smem) · B (64 × 16 bf16,
 // K-major smem); scale-d = accumulate (0 overwrites D).
-__device__ __forceinline__ void wgmma_m64n32k16(float (&d)[16], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int accumulate) {
   asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
-      "}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+      "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
       : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 // D (64 × 256 fp32, 128 registers per thread) = / += A (64 × 16 bf16, K-major smem) · B (256 × 16 bf16,
@@ -265,7 +273,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_forward_wgm
   const uint32_t base = (raw + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1);
   unsigned char* smem = smem_raw + (base - raw);
   int32_t* key_s = reinterpret_cast<int32_t*>(smem + kKeyOff);
-  float* stat_s = reinterpret_cast<float*>(smem + kStatOff);   // [2 warpgroups][64 heads]
+  float* stat_s = reinterpret_cast<float*>(smem + kStatOff);   // [2][64 heads]: running maxima, then row-sum partials
 
   const int64_t t = blockIdx.x;
   const int h0 = blockIdx.y * kHeads;
@@ -274,6 +282,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_forward_wgm
   const int lane = tid % detail::kWarpSize, r = lane / 4, c = lane % 4;
   const int row0 = 16 * warp + r;   // this thread's accumulator rows (heads): row0, row0 + 8
   const int n = a.keys.count(t);
+  const bool s_wg = wg == 0;   // warpgroup 0 computes S and the softmax (warpgroup-uniform)
 
   // Phase 1: key ids of tiles 0 and 1; tile 0's gathers fly while q is converted.
   if (tid < kKeys) {
@@ -310,124 +319,159 @@ __global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_forward_wgm
   float o[kORegs];
 #pragma unroll
   for (int i = 0; i < kORegs; ++i) o[i] = 0.0f;
-  float m[2] = {-kInf, -kInf}, l[2] = {0.0f, 0.0f};
+  // l[k][hf] (warpgroup 0): row sum over keys [32k, 32k+32) of every tile — the v3 key halves, so the
+  // sums add in v3's order (bitwise equal output).
+  float m[2] = {-kInf, -kInf}, l[kLHalves][2] = {};
   const uint32_t q_addr = base + kQOff, p_addr = base + kPOff;
 
   // Phase 2: tiles; tile j+1's gathers run during tile j.
   // Key-id ring (kKeyStages = 3): tile j's ids (masks) in slot j % 3, tile j+1's (gathers issued
   // now) in (j+1) % 3, tile j+2's loaded from global during tile j and stored into (j+2) % 3 before
   // the P barrier (that slot was last read by tile j−1's masks, before this tile's first barrier).
-  int stage = 0, kslot = 0;
-  for (int c0 = 0; c0 < n; c0 += kKeys, stage ^= 1, kslot = kslot == kKeyStages - 1 ? 0 : kslot + 1) {
-    const int kslot1 = kslot == kKeyStages - 1 ? 0 : kslot + 1;
-    const int kslot2 = kslot1 == kKeyStages - 1 ? 0 : kslot1 + 1;
-    cp_async_wait_all();      // this thread's chunks of tile j landed (the only group in flight)
-    fence_proxy_async();      // … visible to the async proxy
-    __syncthreads();          // … everyone's; tile j−1's wgmmas are done by all (waited below)
-    const uint32_t kv_addr = base + kKvOff + stage * kKvTileBytes;
-    const int32_t* key = key_s + kslot * kKeys;
-
-    // 2a: S[64 heads × 32 keys] = q · kᵀ over 36 k-steps (accumulator layout, m64nNk16 f32:
-    // s[4·jc + 2·hf + e] = (head row0 + 8·hf, key 32·wg + 8·jc + 2·c + e)).
-    float s[kSRegs];
-#pragma unroll
-    for (int i = 0; i < kSRegs; ++i) s[i] = 0.0f;
-    fence_operands(s);
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < kQkSteps; ++ks) {
-      const uint32_t koff = (ks / kStepsPerBlock) * kQBlockBytes + (ks % kStepsPerBlock) * kKStepBytes;
-      const uint32_t kvoff = (ks / kStepsPerBlock) * kKvBlockBytes + wg * kKeysPerWg * kSwizzleBytes +
-                             (ks % kStepsPerBlock) * kKStepBytes;
-      wgmma_m64n32k16(s, desc_k_major(q_addr + koff), desc_k_major(kv_addr + kvoff), ks > 0);
-    }
-    wgmma_commit();
-    // While the S wgmmas run: tile j+1's gathers (into the other stage, which no wgmma reads now)
-    // and the load of tile j+2's key ids.
-    if (c0 + kKeys < n) issue_tile(a, key_s + kslot1 * kKeys, base + kKvOff + (stage ^ 1) * kKvTileBytes);
-    const int32_t next_key = tid < kKeys ? slot_key(a, t, c0 + 2 * kKeys + tid, n) : -1;   // tile j+2
-    wgmma_wait_all();
-    fence_operands(s);
-
-    // 2b: scale into the base-2 domain, mask invalid slots, row maxima of this half.
-    float cmax[2] = {-kInf, -kInf};
-#pragma unroll
-    for (int jc = 0; jc < kKeysPerWg / 8; ++jc)
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int i = 4 * jc + 2 * hf + e;
-          const float v = key[kKeysPerWg * wg + 8 * jc + 2 * c + e] >= 0 ? s[i] * a.scale_log2 : -kInf;
-          s[i] = v;
-          cmax[hf] = fmaxf(cmax[hf], v);
-        }
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      cmax[hf] = fmaxf(cmax[hf], __shfl_xor_sync(detail::kFullMask, cmax[hf], 1));
-      cmax[hf] = fmaxf(cmax[hf], __shfl_xor_sync(detail::kFullMask, cmax[hf], 2));
-      if (c == 0) stat_s[wg * kHeads + row0 + 8 * hf] = cmax[hf];
-    }
-    __syncthreads();
-
-    // 2c: running max over both halves, P = exp2(s − m) (bf16, swizzled), l, O rescale.
-    float alpha[2];
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int row = row0 + 8 * hf;
-      const float m_new = fmaxf(m[hf], fmaxf(stat_s[row], stat_s[kHeads + row]));
-      alpha[hf] = m_new == -kInf ? 1.0f : exp2f(m[hf] - m_new);
-      m[hf] = m_new;
-      l[hf] *= alpha[hf];
-    }
-#pragma unroll
-    for (int jc = 0; jc < kKeysPerWg / 8; ++jc)
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        const int i = 4 * jc + 2 * hf;
-        const float p0 = s[i] == -kInf ? 0.0f : exp2f(s[i] - m[hf]);
-        const float p1 = s[i + 1] == -kInf ? 0.0f : exp2f(s[i + 1] - m[hf]);
-        l[hf] += p0;
-        l[hf] += p1;
-        const int row = row0 + 8 * hf;
-        const int key_chunk = (kKeysPerWg * wg) / 8 + jc;    // 8 keys = one 16-byte chunk of the P row
-        *reinterpret_cast<__nv_bfloat162*>(smem + kPOff + swizzled(row, key_chunk) + 2 * c * kElemBytes) =
-            __floats2bfloat162_rn(p0, p1);
-      }
-#pragma unroll
-    for (int jc = 0; jc < kDvPerWg / 8; ++jc)
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        o[4 * jc + 2 * hf] *= alpha[hf];
-        o[4 * jc + 2 * hf + 1] *= alpha[hf];
-      }
-    if (tid < kKeys) key_s[kslot2 * kKeys + tid] = next_key;
-    fence_proxy_async();   // P (plain stores) → wgmma
-    __syncthreads();       // P complete; every read of stat_s (row maxima) done
-
-    // 2d: O[64 heads × dims 256·wg ..] += P[64 × 64 keys] · V[64 keys × 256 dims]
-    // (o[4·jc + 2·hf + e] = (head row0 + 8·hf, dim 256·wg + 8·jc + 2·c + e)).
+  // 2d (issued at the top of the next tile, so that no wgmma group stays in flight across the loop's
+  // back edge): O[64 heads × dims 256·wg ..] += P[64 × 64 keys] · V[64 keys × 256 dims] of the tile in
+  // the kv stage at kv_pv (o[4·jc + 2·hf + e] = (head row0 + 8·hf, dim 256·wg + 8·jc + 2·c + e)).
+  auto issue_pv = [&](uint32_t kv_pv) {
     fence_operands(o);
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < kPvSteps; ++ks) {
       const uint32_t voff = (wg * kDvPerWg / kBlockCols) * kKvBlockBytes + ks * kMmaK * kSwizzleBytes;
-      wgmma_m64n256k16_tb(o, desc_k_major(p_addr + ks * kKStepBytes), desc_mn_major(kv_addr + voff), 1);
+      wgmma_m64n256k16_tb(o, desc_k_major(p_addr + ks * kKStepBytes), desc_mn_major(kv_pv + voff), 1);
     }
     wgmma_commit();
-    wgmma_wait_all();
-    fence_operands(o);
-  }
-  cp_async_wait_all();   // nothing in flight here (the last tile issues none); kept for safety
+  };
+  int stage = 0, kslot = 0;
+  for (int c0 = 0; c0 < n; c0 += kKeys, stage ^= 1, kslot = kslot == kKeyStages - 1 ? 0 : kslot + 1) {
+    const int kslot1 = kslot == kKeyStages - 1 ? 0 : kslot + 1;
+    const int kslot2 = kslot1 == kKeyStages - 1 ? 0 : kslot1 + 1;
+    if (c0 > 0) issue_pv(base + kKvOff + (stage ^ 1) * kKvTileBytes);   // tile j−1's PV
+    cp_async_wait_all();      // this thread's chunks of tile j landed (the only group in flight)
+    fence_proxy_async();      // … visible to the async proxy
+    __syncthreads();          // … everyone's (tile j−1's PV may still run: it reads the other stage and P)
+    const uint32_t kv_addr = base + kKvOff + stage * kKvTileBytes;
+    const int32_t* key = key_s + kslot * kKeys;
 
-  // Phase 3: row sums of both halves (stat_s is free: its last reads precede the last P barrier),
-  // normalise, store.
+    // 2a (warpgroup 0): S[64 heads × 64 keys] = q · kᵀ over 36 k-steps, queued behind tile j−1's PV
+    // (accumulator layout, m64n64k16 f32: s[4·jc + 2·hf + e] = (head row0 + 8·hf, key 8·jc + 2·c + e)).
+    float s[kSRegs];
+    if (s_wg) {
 #pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
-    l[hf] += __shfl_xor_sync(detail::kFullMask, l[hf], 1);
-    l[hf] += __shfl_xor_sync(detail::kFullMask, l[hf], 2);
-    if (c == 0) stat_s[wg * kHeads + row0 + 8 * hf] = l[hf];
+      for (int i = 0; i < kSRegs; ++i) s[i] = 0.0f;
+      fence_operands(s);
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < kQkSteps; ++ks) {
+        const uint32_t koff = (ks / kStepsPerBlock) * kQBlockBytes + (ks % kStepsPerBlock) * kKStepBytes;
+        const uint32_t kvoff = (ks / kStepsPerBlock) * kKvBlockBytes + (ks % kStepsPerBlock) * kKStepBytes;
+        wgmma_m64n64k16(s, desc_k_major(q_addr + koff), desc_k_major(kv_addr + kvoff), ks > 0);
+      }
+      wgmma_commit();
+      wgmma_wait<1>();        // tile j−1's PV done (S of tile j may still run)
+    } else {
+      wgmma_wait<0>();        // tile j−1's PV done
+    }
+    fence_operands(o);
+    __syncthreads();          // every warpgroup's PV of tile j−1 done: the other stage and P are free
+    // While the S wgmmas run: tile j+1's gathers (into the other stage) and the load of tile j+2's
+    // key ids.
+    if (c0 + kKeys < n) issue_tile(a, key_s + kslot1 * kKeys, base + kKvOff + (stage ^ 1) * kKvTileBytes);
+    const int32_t next_key = tid < kKeys ? slot_key(a, t, c0 + 2 * kKeys + tid, n) : -1;   // tile j+2
+
+    float alpha[2];
+    wgmma_wait<0>();          // S of tile j (warpgroup 1 has none in flight: a no-op, but without it
+                              // ptxas sees a group possibly in flight here and serialises the wgmmas)
+    if (s_wg) {
+      fence_operands(s);
+      // 2b: scale into the base-2 domain, mask invalid slots, row maxima of the tile.
+      float cmax[2] = {-kInf, -kInf};
+#pragma unroll
+      for (int jc = 0; jc < kKeys / 8; ++jc)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int i = 4 * jc + 2 * hf + e;
+            const float v = key[8 * jc + 2 * c + e] >= 0 ? s[i] * a.scale_log2 : -kInf;
+            s[i] = v;
+            cmax[hf] = fmaxf(cmax[hf], v);
+          }
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        cmax[hf] = fmaxf(cmax[hf], __shfl_xor_sync(detail::kFullMask, cmax[hf], 1));
+        cmax[hf] = fmaxf(cmax[hf], __shfl_xor_sync(detail::kFullMask, cmax[hf], 2));
+      }
+      // 2c: running max, P = exp2(s − m) (bf16, swizzled), l.
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const float m_new = fmaxf(m[hf], cmax[hf]);
+        alpha[hf] = m_new == -kInf ? 1.0f : exp2f(m[hf] - m_new);
+        m[hf] = m_new;
+        if (c == 0) stat_s[row0 + 8 * hf] = m_new;   // for warpgroup 1's rescale (read after the P barrier)
+      }
+#pragma unroll
+      for (int k = 0; k < kLHalves; ++k)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) l[k][hf] *= alpha[hf];
+#pragma unroll
+      for (int jc = 0; jc < kKeys / 8; ++jc)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int i = 4 * jc + 2 * hf;
+          const float p0 = s[i] == -kInf ? 0.0f : exp2f(s[i] - m[hf]);
+          const float p1 = s[i + 1] == -kInf ? 0.0f : exp2f(s[i + 1] - m[hf]);
+          float& lk = l[jc / (kKeysPerWg / 8)][hf];   // v3's key halves, each summed in v3's order
+          lk += p0;
+          lk += p1;
+          const int row = row0 + 8 * hf;
+          const int key_chunk = jc;    // 8 keys = one 16-byte chunk of the P row
+          *reinterpret_cast<__nv_bfloat162*>(smem + kPOff + swizzled(row, key_chunk) + 2 * c * kElemBytes) =
+              __floats2bfloat162_rn(p0, p1);
+        }
+    }
+    if (tid < kKeys) key_s[kslot2 * kKeys + tid] = next_key;
+    fence_proxy_async();   // P (plain stores) → wgmma
+    __syncthreads();       // P and the new maxima complete
+    if (!s_wg) {           // warpgroup 1: the running max from warpgroup 0
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const float m_new = stat_s[row0 + 8 * hf];
+        alpha[hf] = m_new == -kInf ? 1.0f : exp2f(m[hf] - m_new);
+        m[hf] = m_new;
+      }
+    }
+    // O rescale (skipped by a warp whose factors are all 1: x·1 = x exactly).
+    if (__any_sync(detail::kFullMask, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
+#pragma unroll
+      for (int jc = 0; jc < kDvPerWg / 8; ++jc)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          o[4 * jc + 2 * hf] *= alpha[hf];
+          o[4 * jc + 2 * hf + 1] *= alpha[hf];
+        }
+    }
   }
+  if (n > 0) issue_pv(base + kKvOff + (stage ^ 1) * kKvTileBytes);   // the last tile's PV
+  wgmma_wait<0>();
+  fence_operands(o);
+  cp_async_wait_all();   // nothing in flight here (the last tile issues none); kept for safety
+  __syncthreads();       // warpgroup 1's last read of the maxima in stat_s precedes the sums below
+
+  // Phase 3: row sums of both halves, normalise, store.
+  float part[2][2];   // [key half][hf]
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf)
+#pragma unroll
+    for (int k = 0; k < kLHalves; ++k) {
+      l[k][hf] += __shfl_xor_sync(detail::kFullMask, l[k][hf], 1);
+      l[k][hf] += __shfl_xor_sync(detail::kFullMask, l[k][hf], 2);
+      part[k][hf] = l[k][hf];
+    }
+  if (c == 0 && s_wg)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf)
+#pragma unroll
+      for (int k = 0; k < kLHalves; ++k) stat_s[k * kHeads + row0 + 8 * hf] = part[k][hf];
   __syncthreads();
   float inv[2], total[2];
 #pragma unroll
@@ -496,14 +540,7 @@ void sparse_forward_wgmma(const AttentionParams& p, const AttentionForwardOut& o
   DSA_CUDA_CALL(op, cudaFuncSetAttribute(sparse_attention_forward_wgmma_kernel,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   if (p.T == 0) return;
-  auto* kv16 = static_cast<__nv_bfloat16*>(workspace);
-  const int64_t n = static_cast<int64_t>(p.S) * kDqk;
-  if (n > 0) {
-    constexpr int kConvertThreads = 256, kMaxBlocks = 4096;
-    const int blocks = static_cast<int>(std::min<int64_t>(kMaxBlocks, (n / 4 + kConvertThreads - 1) / kConvertThreads));
-    kv_to_bf16_wgmma<<<blocks, kConvertThreads, 0, stream>>>(p.kv, n, kv16);
-    DSA_CUDA_LAUNCH_CHECK(op);
-  }
+  const __nv_bfloat16* kv16 = kv_to_bf16_workspace(p, workspace, stream, op);   // v4's conversion
   WgmmaArgs a{{p.indices, p.topk_length, p.K, p.S, p.kv, p.Dqk}, kv16, p.H, p.scale * kLog2e, p.q, o.out, o.lse,
               o.max_logits};
   sparse_attention_forward_wgmma_kernel<<<dim3(p.T, p.H / kHeads), kBlockThreads, kSmemBytes, stream>>>(a);

@@ -1,0 +1,296 @@
+// indexer_topk_wgmma_test.cu — indexer_topk version 3 (kIndexerWgmmaVersion: the chunked pipeline of
+// src/cuda/indexer_topk.cu with the wgmma logits of indexer_logits_wgmma.cu) on the GPU.
+//
+// Oracles:
+//   * the contract (ops.h §5): fused indexer_topk v3 ≡ topk_select(indexer_logits v3) bit for bit,
+//     at T = 1, S = 1, S < K, S not a multiple of the 64-key tile, causal and packed ranges, empty
+//     rows, and T = 300 × S = 131071 (≈ 2 workspace chunks of 256 rows: rows on both sides of the
+//     chunk boundary);
+//   * a float64 reference selection "up to ties": v3 logits differ from the fp64 ones by at most
+//     tol = kFp8AccumRel·mag (indexer_wgmma_test.cu derives this bound), so every selected key a and
+//     every in-range key b left out must satisfy ref[a] + tol[a] ≥ ref[b] − tol[b], and consecutive
+//     slots must be in descending reference order up to the same slack; plus the selection
+//     invariants (count = min(K, range), in range, distinct, −1 tail) and the device guards;
+//   * bitwise determinism over a rerun; workspace errors name the op and the argument and leave the
+//     indices untouched.
+// Skipped without a GPU and where v3 does not apply (not an sm_90 device, or a binary without sm_90a
+// code): there indexer_topk v3 is v2, which cuda_indexer_extra.cu and the table rows cover.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "cuda/device_buffer.h"
+#include "cuda/indexer_logits_wgmma.cuh"
+#include "dsa/cuda_ops.h"
+#include "test_util.h"
+
+namespace dsa::test {
+namespace {
+
+constexpr int kHI = 64, kDI = kIndexerKeyDim;
+constexpr int kV3 = cuda::kIndexerWgmmaVersion;
+// |v3 logit − fp64| ≤ kFp8AccumRel · mag, mag = k_scale·Σ_h |w|·Σ_d |q·k|: the tensor core keeps
+// ≈ 14 bits per k32 step (DeepSeek-V3 §3.3.2) → 2^-11 over 4 steps, ×4 margin (indexer_wgmma_test.cu).
+constexpr double kFp8AccumRel = 1.0 / (1 << 9);
+
+bool have_gpu() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+    cudaGetLastError();
+    return false;
+  }
+  return true;
+}
+
+IndexerParams probe_params() {
+  static uint8_t dummy alignas(16)[16];  // use_logits_wgmma reads no data: host pointers suffice
+  IndexerParams p;
+  p.HI = kHI;
+  p.DI = kDI;
+  p.precision = Precision::kFp8;
+  p.q = dummy;
+  p.k = dummy;
+  return p;
+}
+
+#define SKIP_UNLESS_V3()                                                    \
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";                        \
+  if (!cuda::detail::use_logits_wgmma(probe_params(), kV3))                \
+  GTEST_SKIP() << "indexer_logits v3 does not apply here; indexer_topk v3 runs as v2"
+
+struct Case {
+  std::string name;
+  int T, S;
+  std::vector<int32_t> ks, ke;
+  std::vector<int> budgets;
+  std::vector<int> ref_rows;  // rows checked against the fp64 reference (empty: all)
+};
+
+Case causal(const std::string& name, int T, int S, std::vector<int> budgets, std::vector<int> ref_rows = {}) {
+  Case c{name, T, S, {}, {}, std::move(budgets), std::move(ref_rows)};
+  for (int t = 0; t < T; ++t) c.ks.push_back(0), c.ke.push_back(S - T + t + 1);
+  return c;
+}
+
+// Quantized normals, as in production (cpu::indexer_quantize_fp8, ue8m0 scales).
+struct Data {
+  std::vector<uint8_t> q, k;
+  std::vector<float> w, ksc;
+  std::vector<float> qd, kd;  // q, k decoded (exact: every e4m3 value is an fp32)
+};
+Data make_data(const Case& c, uint64_t seed) {
+  Rng rng(seed);
+  const std::vector<float> qf = rng.normal_vec(size_t(c.T) * kHI * kDI), kf = rng.normal_vec(size_t(c.S) * kDI),
+                           wf = rng.normal_vec(size_t(c.T) * kHI);
+  Data d;
+  d.q.resize(qf.size());
+  d.k.resize(kf.size());
+  d.w.resize(wf.size());
+  d.ksc.resize(c.S);
+  cpu::indexer_quantize_fp8(IndexerQuantizeParams{c.T, c.S, kHI, kDI, ScaleFormat::kUe8m0, qf.data(), kf.data(),
+                                                  wf.data(), d.q.data(), d.k.data(), d.ksc.data(), d.w.data()});
+  d.qd.resize(d.q.size());
+  d.kd.resize(d.k.size());
+  for (size_t i = 0; i < d.q.size(); ++i) d.qd[i] = cpu::fp8_e4m3_to_float(d.q[i]);
+  for (size_t i = 0; i < d.k.size(); ++i) d.kd[i] = cpu::fp8_e4m3_to_float(d.k[i]);
+  return d;
+}
+
+// Device copies of a case's inputs and the IndexerParams over them.
+struct DeviceInputs {
+  DeviceBuffer<uint8_t> q, k;
+  DeviceBuffer<float> w, ksc;
+  DeviceBuffer<int32_t> ks, ke;
+  IndexerParams p;
+  DeviceInputs(const Case& c, const Data& d)
+      : q(d.q.data(), d.q.size()), k(d.k.data(), d.k.size()), w(d.w.data(), d.w.size()),
+        ksc(d.ksc.data(), d.ksc.size()), ks(c.ks.data(), c.T), ke(c.ke.data(), c.T) {
+    p.T = c.T;
+    p.S = c.S;
+    p.HI = kHI;
+    p.DI = kDI;
+    p.precision = Precision::kFp8;
+    p.q = q.data();
+    p.k = k.data();
+    p.k_scale = ksc.data();
+    p.w = w.data();
+    p.ks = ks.data();
+    p.ke = ke.data();
+  }
+};
+
+// indexer_topk v3 with a workspace of exactly the queried size; the indices start as sentinels.
+std::vector<int32_t> fused(const DeviceInputs& in, int K) {
+  std::vector<int32_t> idx(size_t(in.p.T) * K, sentinel_value<int32_t>());
+  DeviceBuffer<int32_t> di(idx.data(), idx.size());
+  const size_t wsb = cuda::indexer_topk_workspace_bytes(in.p, K, kV3);
+  void* ws = nullptr;
+  if (wsb) DSA_CUDA_TEST_CHECK(cudaMalloc(&ws, wsb));
+  cuda::indexer_topk(in.p, K, di.data(), ws, wsb, nullptr, kV3);
+  sync_and_check("indexer_topk");
+  if (ws) cudaFree(ws);
+  di.download(idx.data(), "fused indices");
+  return idx;
+}
+
+// topk_select(indexer_logits v3): the unfused path of the same version.
+std::vector<int32_t> unfused(const DeviceInputs& in, int K) {
+  std::vector<float> logits(size_t(in.p.T) * in.p.S, std::numeric_limits<float>::quiet_NaN());
+  std::vector<int32_t> idx(size_t(in.p.T) * K, sentinel_value<int32_t>());
+  DeviceBuffer<float> dl(logits.data(), logits.size());
+  DeviceBuffer<int32_t> di(idx.data(), idx.size());
+  cuda::indexer_logits(in.p, dl.data(), nullptr, kV3);
+  const size_t wsb = cuda::topk_select_workspace_bytes(in.p.T, in.p.S, K, kV3);
+  void* ws = nullptr;
+  if (wsb) DSA_CUDA_TEST_CHECK(cudaMalloc(&ws, wsb));
+  cuda::topk_select(TopkParams{in.p.T, in.p.S, K, dl.data(), in.p.ks, in.p.ke, di.data()}, ws, wsb, nullptr, kV3);
+  sync_and_check("indexer_logits + topk_select");
+  if (ws) cudaFree(ws);
+  dl.download(nullptr, "logits");
+  di.download(idx.data(), "unfused indices");
+  return idx;
+}
+
+// fp64 logit and its error scale mag for one (t, s).
+void ref_logit(const Data& d, int t, int s, double* ref, double* mag) {
+  double acc = 0, m = 0;
+  const float* kr = &d.kd[size_t(s) * kDI];
+  for (int h = 0; h < kHI; ++h) {
+    const float* qh = &d.qd[(size_t(t) * kHI + h) * kDI];
+    double u = 0, ua = 0;
+    for (int i = 0; i < kDI; ++i) {
+      const double x = double(qh[i]) * kr[i];
+      u += x;
+      ua += std::fabs(x);
+    }
+    const double w = d.w[size_t(t) * kHI + h];
+    acc += w * std::max(u, 0.0);
+    m += std::fabs(w) * ua;
+  }
+  *ref = d.ksc[s] * acc;
+  *mag = d.ksc[s] * m;
+}
+
+// Selection invariants of row t, then "top-K of the fp64 logits up to the v3 error bound".
+::testing::AssertionResult matches_reference(const Case& c, const Data& d, const std::vector<int32_t>& idx, int K,
+                                             int t) {
+  const int lo = c.ks[t], hi = c.ke[t], len = std::max(hi - lo, 0), want = std::min(K, len);
+  const int32_t* row = idx.data() + size_t(t) * K;
+  std::vector<char> chosen(static_cast<size_t>(len), 0);
+  for (int j = 0; j < K; ++j) {
+    if (j >= want) {
+      if (row[j] != kInvalidIndex) return ::testing::AssertionFailure() << "row " << t << " slot " << j << " must be -1";
+      continue;
+    }
+    if (row[j] < lo || row[j] >= hi)
+      return ::testing::AssertionFailure() << "row " << t << " slot " << j << " = " << row[j] << " out of range";
+    if (chosen[size_t(row[j] - lo)]++)
+      return ::testing::AssertionFailure() << "row " << t << " duplicate index " << row[j];
+  }
+  std::vector<double> ref(static_cast<size_t>(len)), tol(static_cast<size_t>(len));
+  for (int s = lo; s < hi; ++s) {
+    double mag = 0;
+    ref_logit(d, t, s, &ref[size_t(s - lo)], &mag);
+    tol[size_t(s - lo)] = kFp8AccumRel * mag;
+  }
+  double sel_floor = std::numeric_limits<double>::infinity(), rest_ceil = -std::numeric_limits<double>::infinity();
+  for (int i = 0; i < len; ++i) {
+    if (chosen[size_t(i)]) sel_floor = std::min(sel_floor, ref[size_t(i)] + tol[size_t(i)]);
+    else rest_ceil = std::max(rest_ceil, ref[size_t(i)] - tol[size_t(i)]);
+  }
+  if (!(sel_floor >= rest_ceil))
+    return ::testing::AssertionFailure() << "row " << t << ": a key left out beats a selected one beyond the v3 "
+                                         << "error bound (" << rest_ceil << " > " << sel_floor << ")";
+  for (int j = 0; j + 1 < want; ++j) {
+    const size_t a = size_t(row[j] - lo), b = size_t(row[j + 1] - lo);
+    if (!(ref[a] + tol[a] >= ref[b] - tol[b]))
+      return ::testing::AssertionFailure() << "row " << t << " slots " << j << ", " << j + 1
+                                           << " out of descending order beyond the v3 error bound";
+  }
+  return ::testing::AssertionSuccess();
+}
+
+std::vector<Case> cases() {
+  std::vector<Case> cs;
+  cs.push_back({"T1_S1", 1, 1, {0}, {1}, {1, 4}, {}});
+  cs.push_back({"T1_S1000_full", 1, 1000, {0}, {1000}, {1, 64, 999, 1000, 2048}, {}});
+  cs.push_back(causal("causal_T9_S777", 9, 777, {1, 128, 777, 2048}));
+  // Packed sequences and empty / one-key rows; S = 5000 is not a multiple of 64.
+  cs.push_back({"packed_T7_S5000", 7, 5000, {0, 0, 10, 2000, 2000, 4999, 2000}, {1000, 1250, 10, 2700, 3400, 5000, 5000},
+                {1, 300, 2048}, {}});
+  return cs;
+}
+
+void check_cases(const std::vector<Case>& cs, uint64_t seed) {
+  for (const Case& c : cs) {
+    const Data d = make_data(c, ++seed);
+    const DeviceInputs in(c, d);
+    ASSERT_TRUE(cuda::detail::use_logits_wgmma(in.p, kV3)) << c.name << ": v3 must apply to these inputs";
+    for (int K : c.budgets) {
+      const std::string name = c.name + "/K" + std::to_string(K);
+      const std::vector<int32_t> f = fused(in, K), u = unfused(in, K), again = fused(in, K);
+      ASSERT_TRUE(bitwise_equal(f.data(), u.data(), f.size())) << name << ": fused v3 != topk_select(indexer_logits v3)";
+      EXPECT_TRUE(bitwise_equal(f.data(), again.data(), f.size())) << name << ": rerun differs";
+      std::vector<int> rows = c.ref_rows;
+      if (rows.empty())
+        for (int t = 0; t < c.T; ++t) rows.push_back(t);
+      for (int t : rows) ASSERT_TRUE(matches_reference(c, d, f, K, t)) << name;
+    }
+  }
+}
+
+TEST(CudaIndexerTopkWgmma, FusedEqualsUnfusedAndReference) {
+  SKIP_UNLESS_V3();
+  check_cases(cases(), 1200);
+}
+
+// T = 300 × S = 131071: mma_chunk_rows = ⌊128 MiB / (4·S)⌋ = 256 → chunks [0, 256) and [256, 300);
+// the fp64 reference (8192 MACs per logit) is checked on the rows around the boundary only. A test of
+// its own so that compute-sanitizer runs can filter it out (its kernels are long under memcheck).
+TEST(CudaIndexerTopkWgmma, ChunkBoundary) {
+  SKIP_UNLESS_V3();
+  check_cases({causal("causal_T300_S131071_chunks", 300, 131071, {2048}, {0, 255, 256, 299})}, 1300);
+}
+
+TEST(CudaIndexerTopkWgmma, WorkspaceIsTheChunkedV2Size) {
+  SKIP_UNLESS_V3();
+  const Case c = causal("ws", 300, 131071, {});
+  IndexerParams p = probe_params();
+  p.T = c.T;
+  p.S = c.S;
+  // v3 runs the same chunked pipeline as v2: same chunk rows, same workspace.
+  const size_t v3 = cuda::indexer_topk_workspace_bytes(p, 2048, kV3);
+  EXPECT_EQ(v3, cuda::indexer_topk_workspace_bytes(p, 2048, 2));
+  EXPECT_EQ(v3, size_t(256) * c.S * sizeof(float));  // ⌊128 MiB / (4·S)⌋ = 256 rows of logits
+}
+
+TEST(CudaIndexerTopkWgmma, WorkspaceErrorsNameTheArgument) {
+  SKIP_UNLESS_V3();
+  const Case c = causal("bad_ws", 5, 1000, {});
+  const Data d = make_data(c, 77);
+  const DeviceInputs in(c, d);
+  const int K = 16;
+  const size_t need = cuda::indexer_topk_workspace_bytes(in.p, K, kV3);
+  ASSERT_GT(need, 0u);
+  std::vector<int32_t> idx(size_t(c.T) * K, sentinel_value<int32_t>()), back(idx.size());
+  DeviceBuffer<int32_t> di(idx.data(), idx.size());
+  void* ws = nullptr;
+  DSA_CUDA_TEST_CHECK(cudaMalloc(&ws, need));
+  EXPECT_TRUE(throws_naming([&] { cuda::indexer_topk(in.p, K, di.data(), nullptr, need, nullptr, kV3); },
+                            {"indexer_topk", "workspace_bytes"}));
+  EXPECT_TRUE(throws_naming([&] { cuda::indexer_topk(in.p, K, di.data(), ws, need - 1, nullptr, kV3); },
+                            {"indexer_topk", "workspace_bytes"}));
+  sync_and_check("indexer_topk (bad workspace)");
+  cudaFree(ws);
+  di.download(back.data(), "indices");
+  EXPECT_TRUE(bitwise_equal(idx.data(), back.data(), idx.size())) << "indices written before the throw";
+}
+
+}  // namespace
+}  // namespace dsa::test
