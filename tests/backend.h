@@ -19,7 +19,7 @@ class Backend {
 
   // 1. numerics and cache records
   virtual void fp8_block_quantize(const Fp8BlockQuantizeParams& p) = 0;
-  virtual void fp8_block_dequantize(const Fp8BlockQuantizeParams& p) = 0;
+  virtual void fp8_block_dequantize(const Fp8BlockDequantizeParams& p) = 0;
   virtual void mla_cache_pack(const MlaCacheParams& p) = 0;
   virtual void mla_cache_unpack(const MlaCacheParams& p) = 0;
   virtual void indexer_cache_pack(const IndexerCacheParams& p) = 0;

@@ -8,7 +8,7 @@ class CpuBackend final : public Backend {
  public:
   std::string name() const override { return "cpu"; }
   void fp8_block_quantize(const Fp8BlockQuantizeParams& p) override { cpu::fp8_block_quantize(p); }
-  void fp8_block_dequantize(const Fp8BlockQuantizeParams& p) override { cpu::fp8_block_dequantize(p); }
+  void fp8_block_dequantize(const Fp8BlockDequantizeParams& p) override { cpu::fp8_block_dequantize(p); }
   void mla_cache_pack(const MlaCacheParams& p) override { cpu::mla_cache_pack(p); }
   void mla_cache_unpack(const MlaCacheParams& p) override { cpu::mla_cache_unpack(p); }
   void indexer_cache_pack(const IndexerCacheParams& p) override { cpu::indexer_cache_pack(p); }

@@ -306,7 +306,7 @@ void check_fp8_bf16_scalar(Backend& be) {
     for (int c = 0; c < kCodes; ++c) codes[c] = uint8_t(c);
     std::vector<float> ones(kCodes / kQuantBlock, 1.0f);
     Guarded<float> dq(kCodes);
-    Fp8BlockQuantizeParams d{1, kCodes, ScaleFormat::kUe8m0, dq.data(), codes.data(), ones.data()};
+    Fp8BlockDequantizeParams d{1, kCodes, codes.data(), ones.data(), dq.data()};
     be.fp8_block_dequantize(d);
     EXPECT_GUARDS(dq);
     for (int c = 0; c < kCodes; ++c) {
@@ -352,7 +352,7 @@ void check_fp8_block_quantize(Backend& be) {
 
       // Dequantise through the backend: exactly e4m3 · s, and within the round-trip bound of x.
       Guarded<float> xd(nq);
-      Fp8BlockQuantizeParams d{cs.N, cs.C, f, xd.data(), q.data(), s.data()};
+      Fp8BlockDequantizeParams d{cs.N, cs.C, q.data(), s.data(), xd.data()};
       be.fp8_block_dequantize(d);
       EXPECT_GUARDS(xd);
       EXPECT_TRUE(bitwise_equal(xd.data(), ref.deq.data(), nq)) << "dequantised values differ";
@@ -398,12 +398,14 @@ void check_fp8_block_quantize(Backend& be) {
     std::vector<uint8_t> qc(x.size(), 0x38);
     std::vector<float> sc(4, 1.0f);
     auto deq = [&](int64_t N, int C) {
-      return [&be, &xd, &qc, &sc, N, C] { be.fp8_block_dequantize({N, C, ScaleFormat::kFloat, xd.data(), qc.data(), sc.data()}); };
+      return [&be, &xd, &qc, &sc, N, C] { be.fp8_block_dequantize({N, C, qc.data(), sc.data(), xd.data()}); };
     };
     EXPECT_TRUE(throws_naming(deq(1, 130), {"fp8_block_dequantize", "C = 130"}));
     EXPECT_TRUE(throws_naming(deq(-2, 128), {"fp8_block_dequantize", "N"}));
-    EXPECT_TRUE(throws_naming([&] { be.fp8_block_dequantize({1, 128, ScaleFormat::kFloat, xd.data(), qc.data(), nullptr}); },
+    EXPECT_TRUE(throws_naming([&] { be.fp8_block_dequantize({1, 128, qc.data(), nullptr, xd.data()}); },
                               {"fp8_block_dequantize", "scales"}));
+    EXPECT_TRUE(throws_naming([&] { be.fp8_block_dequantize({1, 128, qc.data(), sc.data(), nullptr}); },
+                              {"fp8_block_dequantize", "x"}));
     EXPECT_TRUE(xd.untouched());
   }
 }

@@ -27,7 +27,7 @@ Flags::Flags(const Args& args, const std::vector<std::string>& with_value, const
     }
     const std::string name = a.substr(2);
     if (in(switches, name)) {
-      values_[name] = "1";
+      values_[name] = std::string(1, '1');   // a switch that is present reads "1" (not = "1": GCC 12 -Wrestrict false positive)
     } else if (in(with_value, name)) {
       if (i + 1 >= args.size()) throw Error("flag --" + name + " needs a value");
       values_[name] = args[++i];

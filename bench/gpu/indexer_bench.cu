@@ -152,7 +152,7 @@ int main(int argc, char** argv) {
     report("fp8_block_quantize", shape("N=%ld C=%ld", N, C), time_ms([&] { cuda::fp8_block_quantize(p, nullptr); }, reps),
            0, bytes);
     report("fp8_block_dequantize", shape("N=%ld C=%ld", N, C),
-           time_ms([&] { cuda::fp8_block_dequantize(p, nullptr); }, reps), 0, bytes);
+           time_ms([&] { cuda::fp8_block_dequantize({N, C, q, s, x}, nullptr); }, reps), 0, bytes);
     const int64_t Nm = 131072 / div;
     float* kv = dalloc<float>(size_t(Nm) * 576);
     uint8_t* rec = dalloc<uint8_t>(size_t(Nm) * kMlaRecordBytes);

@@ -30,7 +30,7 @@ inline constexpr int kKernelVersions[] = {1, 2};
 
 // ── 1. numerics and cache records (src/cuda/numerics.cu) ─────────────────────────────────────
 void fp8_block_quantize(const Fp8BlockQuantizeParams& p, cudaStream_t stream);
-void fp8_block_dequantize(const Fp8BlockQuantizeParams& p, cudaStream_t stream);
+void fp8_block_dequantize(const Fp8BlockDequantizeParams& p, cudaStream_t stream);
 void mla_cache_pack(const MlaCacheParams& p, cudaStream_t stream);
 void mla_cache_unpack(const MlaCacheParams& p, cudaStream_t stream);
 void indexer_cache_pack(const IndexerCacheParams& p, cudaStream_t stream);

@@ -87,7 +87,8 @@ enum class ScaleFormat { kFloat, kUe8m0 };
 
 // fp8_block_quantize: x [N, C] fp32 (C % 128 == 0) → q [N, C] e4m3, scales [N, C/128] fp32.
 //   For every row n and block b: s = scale(amax |x[n, 128b : 128b+128)|), q = e4m3(x / s).
-// fp8_block_dequantize: the inverse map x' = e4m3_to_float(q) · s.
+// fp8_block_dequantize: the inverse map x[n, c] = e4m3_to_float(q[n, c]) · scales[n, c/128]
+//   (Fp8BlockDequantizeParams: the same arrays with the directions of its reads and writes).
 struct Fp8BlockQuantizeParams {
   int64_t N = 0;
   int C = 0;
@@ -95,6 +96,13 @@ struct Fp8BlockQuantizeParams {
   const float* x = nullptr;   // [N, C]
   uint8_t* q = nullptr;       // [N, C]
   float* scales = nullptr;    // [N, C/128]
+};
+struct Fp8BlockDequantizeParams {
+  int64_t N = 0;
+  int C = 0;
+  const uint8_t* q = nullptr;     // [N, C]
+  const float* scales = nullptr;  // [N, C/128]
+  float* x = nullptr;             // [N, C]
 };
 
 // MLA latent cache record (V3.2 / FlashMLA FP8 format), one per token slot, 656 bytes:
@@ -126,7 +134,7 @@ struct IndexerCacheParams {
 
 namespace cpu {
 void fp8_block_quantize(const Fp8BlockQuantizeParams& p);
-void fp8_block_dequantize(const Fp8BlockQuantizeParams& p);  // reads q, scales; writes x
+void fp8_block_dequantize(const Fp8BlockDequantizeParams& p);
 void mla_cache_pack(const MlaCacheParams& p);
 void mla_cache_unpack(const MlaCacheParams& p);
 void indexer_cache_pack(const IndexerCacheParams& p);

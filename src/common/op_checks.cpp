@@ -9,6 +9,15 @@
 
 namespace dsa::detail {
 
+void validate_fp8_block_args(int64_t N, int C, const void* x, const void* q, const void* scales, const char* op) {
+  require_non_negative(N, op, "N");
+  require_positive(C, op, "C");
+  if (C % kQuantBlock != 0) fail(op, "C = ", C, " must be a multiple of ", kQuantBlock);
+  require_ptr(x, op, "x");
+  require_ptr(q, op, "q");
+  require_ptr(scales, op, "scales");
+}
+
 // ── op 3a ──────────────────────────────────────────────────────────────────────────────────────
 void validate_indexer_quantize_args(const IndexerQuantizeParams& p) {
   constexpr const char* op = "indexer_quantize_fp8";

@@ -17,6 +17,9 @@
 
 namespace dsa::detail {
 
+// fp8_block_quantize / fp8_block_dequantize: N ≥ 0, C > 0 a multiple of kQuantBlock, pointers.
+void validate_fp8_block_args(int64_t N, int C, const void* x, const void* q, const void* scales, const char* op);
+
 // indexer_quantize_fp8: T, S ≥ 0, HI > 0, DI == kIndexerKeyDim (a multiple of kQuantBlock), format,
 // pointers. (No data part: the op reads no index.)
 void validate_indexer_quantize_args(const IndexerQuantizeParams& p);

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "common/check.h"
+#include "common/op_checks.h"
 #include "dsa/ops.h"
 
 namespace dsa::cpu {
@@ -100,14 +101,6 @@ int64_t indexer_scale_offset(int64_t slot) {
          (slot % kCachePageTokens) * int64_t(sizeof(float));
 }
 
-void check_block_params(const Fp8BlockQuantizeParams& p, const char* op) {
-  detail::require_non_negative(p.N, op, "N");
-  detail::require_positive(p.C, op, "C");
-  if (p.C % kQuantBlock != 0) detail::fail(op, "C = ", p.C, " must be a multiple of ", kQuantBlock);
-  detail::require_ptr(p.x, op, "x");
-  detail::require_ptr(p.q, op, "q");
-  detail::require_ptr(p.scales, op, "scales");
-}
 
 }  // namespace
 
@@ -166,7 +159,7 @@ float bf16_to_float(uint16_t bits) { return bits_float(static_cast<uint32_t>(bit
 
 // ── block quantisation ────────────────────────────────────────────────────────────────────────
 void fp8_block_quantize(const Fp8BlockQuantizeParams& p) {
-  check_block_params(p, "fp8_block_quantize");
+  detail::validate_fp8_block_args(p.N, p.C, p.x, p.q, p.scales, "fp8_block_quantize");
   const int blocks = p.C / kQuantBlock;
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < p.N; ++n)
@@ -176,15 +169,14 @@ void fp8_block_quantize(const Fp8BlockQuantizeParams& p) {
     }
 }
 
-void fp8_block_dequantize(const Fp8BlockQuantizeParams& p) {
-  check_block_params(p, "fp8_block_dequantize");
+void fp8_block_dequantize(const Fp8BlockDequantizeParams& p) {
+  detail::validate_fp8_block_args(p.N, p.C, p.x, p.q, p.scales, "fp8_block_dequantize");
   const int blocks = p.C / kQuantBlock;
-  float* x = const_cast<float*>(p.x);  // dequantize writes x (ops.h: "reads q, scales; writes x")
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < p.N; ++n)
     for (int b = 0; b < blocks; ++b) {
       const int64_t off = n * p.C + int64_t(b) * kQuantBlock;
-      dequantize_block(p.q + off, p.scales[n * blocks + b], x + off);
+      dequantize_block(p.q + off, p.scales[n * blocks + b], p.x + off);
     }
 }
 

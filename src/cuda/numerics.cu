@@ -10,6 +10,7 @@
 //   block_dequantize_kernel   q, scales → x                            (fp8_block_dequantize)
 // The two record formats reuse these kernels through a "where does block b of row n live" functor.
 // No shared memory: warp shuffles do the amax.
+#include "common/op_checks.h"
 #include "cuda/common.cuh"
 #include "dsa/cuda_ops.h"
 
@@ -156,29 +157,20 @@ void launch_dequantize(const char* op, int64_t N, Layout L, const uint8_t* q, co
   DSA_CUDA_LAUNCH_CHECK(op);
 }
 
-void check_block_params(const Fp8BlockQuantizeParams& p, const char* op) {
-  ::dsa::detail::require_non_negative(p.N, op, "N");
-  ::dsa::detail::require_positive(p.C, op, "C");
-  if (p.C % kQuantBlock != 0) ::dsa::detail::fail(op, "C = ", p.C, " must be a multiple of ", kQuantBlock);
-  ::dsa::detail::require_ptr(p.x, op, "x");
-  ::dsa::detail::require_ptr(p.q, op, "q");
-  ::dsa::detail::require_ptr(p.scales, op, "scales");
-}
-
 }  // namespace
 
 void fp8_block_quantize(const Fp8BlockQuantizeParams& p, cudaStream_t stream) {
   constexpr const char* op = "fp8_block_quantize";
-  check_block_params(p, op);
+  ::dsa::detail::validate_fp8_block_args(p.N, p.C, p.x, p.q, p.scales, op);
   launch_quantize(op, p.N, PlainLayout{p.C / kQuantBlock}, p.format, p.x, p.q, reinterpret_cast<uint8_t*>(p.scales),
                   stream);
 }
 
-void fp8_block_dequantize(const Fp8BlockQuantizeParams& p, cudaStream_t stream) {
+void fp8_block_dequantize(const Fp8BlockDequantizeParams& p, cudaStream_t stream) {
   constexpr const char* op = "fp8_block_dequantize";
-  check_block_params(p, op);
-  launch_dequantize(op, p.N, PlainLayout{p.C / kQuantBlock}, p.q, reinterpret_cast<const uint8_t*>(p.scales),
-                    const_cast<float*>(p.x), stream);
+  ::dsa::detail::validate_fp8_block_args(p.N, p.C, p.x, p.q, p.scales, op);
+  launch_dequantize(op, p.N, PlainLayout{p.C / kQuantBlock}, p.q, reinterpret_cast<const uint8_t*>(p.scales), p.x,
+                    stream);
 }
 
 void mla_cache_pack(const MlaCacheParams& p, cudaStream_t stream) {

@@ -15,7 +15,7 @@ class CudaBackend final : public Backend {
   int version() const { return version_; }
 
   void fp8_block_quantize(const Fp8BlockQuantizeParams& p) override;
-  void fp8_block_dequantize(const Fp8BlockQuantizeParams& p) override;
+  void fp8_block_dequantize(const Fp8BlockDequantizeParams& p) override;
   void mla_cache_pack(const MlaCacheParams& p) override;
   void mla_cache_unpack(const MlaCacheParams& p) override;
   void indexer_cache_pack(const IndexerCacheParams& p) override;

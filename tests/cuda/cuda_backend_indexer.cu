@@ -94,16 +94,16 @@ void CudaBackend::fp8_block_quantize(const Fp8BlockQuantizeParams& p) {
   s.download(p.scales, "scales");
 }
 
-void CudaBackend::fp8_block_dequantize(const Fp8BlockQuantizeParams& p) {
+void CudaBackend::fp8_block_dequantize(const Fp8BlockDequantizeParams& p) {
   DeviceBuffer<float> x(p.x, sz(p.N, p.C)), s(p.scales, sz(p.N, p.C / kQuantBlock));
   DeviceBuffer<uint8_t> q(p.q, sz(p.N, p.C));
-  Fp8BlockQuantizeParams d = p;
+  Fp8BlockDequantizeParams d = p;
   d.x = x.data();
   d.q = q.data();
   d.scales = s.data();
   cuda::fp8_block_dequantize(d, nullptr);
   sync_and_check("fp8_block_dequantize");
-  x.download(const_cast<float*>(p.x), "x");
+  x.download(p.x, "x");
 }
 
 void CudaBackend::mla_cache_pack(const MlaCacheParams& p) {
@@ -187,7 +187,7 @@ void rope(const RopeParams& p, bool forward) {
   if (forward) cuda::rope_forward(d, nullptr);
   else cuda::rope_backward(d, nullptr);
   sync_and_check(op);
-  x.download(const_cast<float*>(p.x), "x");
+  x.download(p.x, "x");
 }
 }  // namespace
 
