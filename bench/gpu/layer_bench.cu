@@ -16,8 +16,10 @@
 // Timing: CUDA events around the whole layer (all blocks, both phases), plus events between the
 // phases of every block for the split; one warm-up layer (first-call probes, cuBLAS-free), then the
 // median of kReps layers.
-// Usage: dsa_bench_layer [sdpa_ms]   (sdpa_ms: attention_torch.py's SDPA time at L = 131072 for the
-//        summary ratio; without it the ratio is omitted). "quick" as the first argument runs L = 16384.
+// Usage: dsa_bench_layer [sdpa_ms] [indexer_ws_mib]   (sdpa_ms: attention_torch.py's SDPA time at
+//        L = 131072 for the summary ratio; without it the ratio is omitted; indexer_ws_mib: give
+//        indexer_topk this much workspace instead of its query's ≤ 128 MiB — larger logits chunks).
+//        "quick" as the first argument runs L = 16384.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -87,6 +89,7 @@ struct Split {
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "quick") == 0;
   const double sdpa_ms = (argc > 1 && !quick) ? std::atof(argv[1]) : 0.0;
+  const size_t indexer_ws_request = argc > 2 ? size_t(std::max(0, std::atoi(argv[2]))) << 20 : 0;
   const int L = quick ? kLayerRows / 8 : kLayerRows;
   const int TB = std::min(kBlockRows, L), blocks = (L + TB - 1) / TB;
   cudaDeviceProp prop{};
@@ -161,7 +164,7 @@ int main(int argc, char** argv) {
   const AttentionParams last_a = attention_params(blocks - 1);
   size_t ws_i = 0, ws_a = 0;
   for (int b = 0; b < blocks; ++b) {
-    ws_i = std::max(ws_i, cuda::indexer_topk_workspace_bytes(indexer_params(b), kTopK, iv));
+    ws_i = std::max({ws_i, cuda::indexer_topk_workspace_bytes(indexer_params(b), kTopK, iv), indexer_ws_request});
     ws_a = std::max(ws_a, cuda::sparse_attention_forward_workspace_bytes(attention_params(b), av));
   }
   const size_t idx_bytes = size_t(TB) * kTopK * sizeof(int32_t);

@@ -67,6 +67,8 @@ void topk_select(const TopkParams& p, void* workspace, size_t workspace_bytes, c
 // ≤ 128 MiB of rows at a time in the workspace + topk_select (O(chunk·S) memory). v3 =
 // kIndexerWgmmaVersion: the same chunked pipeline with the v3 (wgmma) logits where they apply, else
 // exactly v2 (then v1); ≡ topk_select(indexer_logits v3) bit for bit. Pass the version to the query.
+// v2/v3 given more workspace than the query asks for run chunks of workspace_bytes / (4·S) rows
+// (same indices; fewer, larger logits launches).
 size_t indexer_topk_workspace_bytes(const IndexerParams& p, int K, int version = kDefaultVersion);
 void indexer_topk(const IndexerParams& p, int K, int32_t* indices, void* workspace, size_t workspace_bytes,
                   cudaStream_t stream, int version = kDefaultVersion);

@@ -98,6 +98,9 @@ __global__ void __launch_bounds__(kChunk) indexer_topk_v1_kernel(IndexerParams p
 // depends on its (t, s) only, never on which rows or key spans a CTA is given (the kernels' file
 // comments fix the per-element order). Version 3 where wgmma does not apply runs exactly as
 // version 2 (as indexer_logits v3 does), and where neither applies, as version 1.
+// The workspace query asks for ≤ kMmaChunkBytes; a caller that passes more gets chunks of
+// workspace_bytes / (4·S) rows (same indices: fewer, larger logits launches, which the wgmma kernel
+// runs more efficiently than 256-row chunks at S = 128K).
 constexpr size_t kMmaChunkBytes = size_t(128) << 20;
 int mma_chunk_rows(const IndexerParams& p) {
   const size_t row_bytes = std::max<size_t>(size_t(p.S) * sizeof(float), 1);
@@ -135,7 +138,8 @@ void indexer_topk(const IndexerParams& p, int K, int32_t* indices, void* workspa
   auto* ws = static_cast<uint64_t*>(workspace);
   const ChunkedLogits chunked = chunked_logits(p, version);
   if (chunked != ChunkedLogits::kNone) {
-    const int rows = mma_chunk_rows(p);
+    const size_t fit = workspace_bytes / (std::max<size_t>(size_t(p.S), 1) * sizeof(float));
+    const int rows = std::max(mma_chunk_rows(p), static_cast<int>(std::min<size_t>(fit, size_t(p.T))));
     auto* chunk_logits = static_cast<float*>(workspace);
     for (int t0 = 0; t0 < p.T; t0 += rows) {
       IndexerParams sub = p;

@@ -126,10 +126,11 @@ struct DeviceInputs {
 };
 
 // indexer_topk v3 with a workspace of exactly the queried size; the indices start as sentinels.
-std::vector<int32_t> fused(const DeviceInputs& in, int K) {
+// extra_bytes: more workspace than the query asks for (indexer_topk then runs larger logits chunks).
+std::vector<int32_t> fused(const DeviceInputs& in, int K, size_t extra_bytes = 0) {
   std::vector<int32_t> idx(size_t(in.p.T) * K, sentinel_value<int32_t>());
   DeviceBuffer<int32_t> di(idx.data(), idx.size());
-  const size_t wsb = cuda::indexer_topk_workspace_bytes(in.p, K, kV3);
+  const size_t wsb = cuda::indexer_topk_workspace_bytes(in.p, K, kV3) + extra_bytes;
   void* ws = nullptr;
   if (wsb) DSA_CUDA_TEST_CHECK(cudaMalloc(&ws, wsb));
   cuda::indexer_topk(in.p, K, di.data(), ws, wsb, nullptr, kV3);
@@ -250,12 +251,20 @@ TEST(CudaIndexerTopkWgmma, FusedEqualsUnfusedAndReference) {
   check_cases(cases(), 1200);
 }
 
-// T = 300 × S = 131071: mma_chunk_rows = ⌊128 MiB / (4·S)⌋ = 256 → chunks [0, 256) and [256, 300);
+// T = 300 × S = 131071: mma_chunk_rows = ⌊128 MiB / (4·S)⌋ = 256 → chunks [0, 256) and [256, 300)
+// (and one chunk when the caller passes 64 MiB more);
 // the fp64 reference (8192 MACs per logit) is checked on the rows around the boundary only. A test of
 // its own so that compute-sanitizer runs can filter it out (its kernels are long under memcheck).
 TEST(CudaIndexerTopkWgmma, ChunkBoundary) {
   SKIP_UNLESS_V3();
-  check_cases({causal("causal_T300_S131071_chunks", 300, 131071, {2048}, {0, 255, 256, 299})}, 1300);
+  const Case c = causal("causal_T300_S131071_chunks", 300, 131071, {2048}, {0, 255, 256, 299});
+  check_cases({c}, 1300);
+  // A larger workspace (+64 MiB: all 300 rows in one chunk) must give the same indices, bitwise.
+  const Data d = make_data(c, 1301);
+  const DeviceInputs in(c, d);
+  const std::vector<int32_t> two_chunks = fused(in, 2048), one_chunk = fused(in, 2048, size_t(64) << 20);
+  EXPECT_TRUE(bitwise_equal(two_chunks.data(), one_chunk.data(), two_chunks.size()))
+      << "indexer_topk v3: the chunk size (set by workspace_bytes) changed the selection";
 }
 
 TEST(CudaIndexerTopkWgmma, WorkspaceIsTheChunkedV2Size) {
