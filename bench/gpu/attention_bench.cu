@@ -21,29 +21,14 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.cuh"
 #include "dsa/cuda_ops.h"
 
 using namespace dsa;
+using namespace dsa::bench;
 
 namespace {
 
-#define CHECK(x)                                                                         \
-  do {                                                                                   \
-    cudaError_t e_ = (x);                                                                \
-    if (e_ != cudaSuccess) {                                                             \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                      \
-    }                                                                                    \
-  } while (0)
-
-__device__ uint32_t mix(uint64_t x) {
-  x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ULL; x ^= x >> 33;
-  return static_cast<uint32_t>(x);
-}
-__global__ void fill_uniform(float* x, size_t n, uint64_t seed, float lo, float hi) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
-    x[i] = lo + (hi - lo) * (mix(seed * 0x9E3779B97F4A7C15ULL + i) >> 8) * (1.0f / 16777216.0f);
-}
 // Sparse selection of query t: K distinct-ish random keys in [0, min(S, causal end)), −1 beyond.
 __global__ void fill_indices(int32_t* idx, int T, int K, int S, bool causal, uint64_t seed) {
   const size_t n = size_t(T) * K;
@@ -56,38 +41,6 @@ __global__ void fill_indices(int32_t* idx, int T, int K, int S, bool causal, uin
 __global__ void fill_ranges(int32_t* ks, int32_t* ke, int T, int S) {
   const int t = blockIdx.x * blockDim.x + threadIdx.x;
   if (t < T) { ks[t] = 0; ke[t] = S - T + t + 1; }
-}
-
-template <typename T>
-T* dalloc(size_t n) {
-  T* p = nullptr;
-  CHECK(cudaMalloc(&p, n * sizeof(T)));
-  return p;
-}
-void urand(float* p, size_t n, uint64_t seed, float lo = -1.f, float hi = 1.f) {
-  fill_uniform<<<1024, 256>>>(p, n, seed, lo, hi);
-  CHECK(cudaGetLastError());
-}
-
-double time_ms(const std::function<void()>& f, int reps) {
-  f();
-  CHECK(cudaDeviceSynchronize());
-  std::vector<float> ms;
-  cudaEvent_t a, b;
-  CHECK(cudaEventCreate(&a));
-  CHECK(cudaEventCreate(&b));
-  for (int r = 0; r < reps; ++r) {
-    CHECK(cudaEventRecord(a));
-    f();
-    CHECK(cudaEventRecord(b));
-    CHECK(cudaEventSynchronize(b));
-    float m = 0;
-    CHECK(cudaEventElapsedTime(&m, a, b));
-    ms.push_back(m);
-  }
-  CHECK(cudaGetLastError());
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
 }
 
 void report(const char* op, const std::string& shape, double ms, double flop, double bytes) {

@@ -19,9 +19,11 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.cuh"
 #include "dsa/cuda_ops.h"
 
 using namespace dsa;
+using namespace dsa::bench;
 
 namespace dsa::cuda {
 // The tuning hook of src/cuda/topk.cu (not public API): runs top-k v2 configuration `config`, returns
@@ -38,27 +40,6 @@ const char* run_logits_wgmma_config(const IndexerParams& p, float* logits, cudaS
 
 namespace {
 
-#define CHECK(x)                                                                                  \
-  do {                                                                                            \
-    cudaError_t e_ = (x);                                                                         \
-    if (e_ != cudaSuccess) {                                                                      \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));     \
-      std::exit(1);                                                                               \
-    }                                                                                             \
-  } while (0)
-
-__device__ uint32_t mix(uint64_t x) {
-  x ^= x >> 33;
-  x *= 0xff51afd7ed558ccdULL;
-  x ^= x >> 33;
-  x *= 0xc4ceb9fe1a85ec53ULL;
-  x ^= x >> 33;
-  return static_cast<uint32_t>(x);
-}
-__global__ void fill_uniform(float* x, size_t n, uint64_t seed, float lo, float hi) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
-    x[i] = lo + (hi - lo) * (mix(seed * 0x9E3779B97F4A7C15ULL + i) >> 8) * (1.0f / 16777216.0f);
-}
 __global__ void fill_bytes(uint8_t* x, size_t n, uint64_t seed) {  // e4m3 codes with |v| ≤ 448, no NaN
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
     uint8_t c = static_cast<uint8_t>(mix(seed * 0x9E3779B97F4A7C15ULL + i));
@@ -76,40 +57,6 @@ __global__ void fill_iota_ranges(int32_t* ks, int32_t* ke, int T, int S, bool ca
 __global__ void fill_int(int32_t* x, size_t n, uint64_t seed, int mod) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
     x[i] = static_cast<int32_t>(mix(seed + i) % static_cast<uint32_t>(mod));
-}
-
-template <typename T>
-T* dalloc(size_t n) {
-  T* p = nullptr;
-  CHECK(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
-  return p;
-}
-void urand(float* p, size_t n, uint64_t seed, float lo = -1.f, float hi = 1.f) {
-  fill_uniform<<<1024, 256>>>(p, n, seed, lo, hi);
-  CHECK(cudaGetLastError());
-}
-
-double time_ms(const std::function<void()>& f, int reps) {
-  f();
-  CHECK(cudaDeviceSynchronize());
-  std::vector<float> ms;
-  cudaEvent_t a, b;
-  CHECK(cudaEventCreate(&a));
-  CHECK(cudaEventCreate(&b));
-  for (int r = 0; r < reps; ++r) {
-    CHECK(cudaEventRecord(a));
-    f();
-    CHECK(cudaEventRecord(b));
-    CHECK(cudaEventSynchronize(b));
-    float m = 0;
-    CHECK(cudaEventElapsedTime(&m, a, b));
-    ms.push_back(m);
-  }
-  CHECK(cudaGetLastError());
-  CHECK(cudaEventDestroy(a));
-  CHECK(cudaEventDestroy(b));
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
 }
 
 void report(const char* op, const std::string& shape, double ms, double flop, double bytes) {

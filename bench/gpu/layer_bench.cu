@@ -31,36 +31,20 @@
 #include <vector>
 
 #include "cuda/indexer_logits_wgmma.cuh"
+#include "bench_util.cuh"
 #include "dsa/cuda_ops.h"
 
 using namespace dsa;
+using namespace dsa::bench;
 
 namespace {
-
-#define CHECK(x)                                                                              \
-  do {                                                                                        \
-    cudaError_t e_ = (x);                                                                     \
-    if (e_ != cudaSuccess) {                                                                  \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                           \
-    }                                                                                         \
-  } while (0)
 
 constexpr int kLayerRows = 131072;  // L (the issue's 128K prefill)
 constexpr int kBlockRows = 4096;    // query rows per block
 constexpr int kIndexerHeads = 64, kHeads = 128, kDqk = 576, kDv = 512, kTopK = 2048;
 constexpr float kSoftmaxScale = 0.0416667f;  // 1/√576 (any positive scale does the same work)
 constexpr int kReps = 3;
-constexpr int kFillBlocks = 1024, kFillThreads = 256;
 
-__device__ uint32_t mix(uint64_t x) {
-  x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ULL; x ^= x >> 33;
-  return static_cast<uint32_t>(x);
-}
-__global__ void fill_uniform(float* x, size_t n, uint64_t seed, float lo, float hi) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
-    x[i] = lo + (hi - lo) * (mix(seed * 0x9E3779B97F4A7C15ULL + i) >> 8) * (1.0f / 16777216.0f);
-}
 // e4m3 codes with exponent field ≤ 11 (|x| ≤ 1.875·2^4 = 30): finite, never the NaN code S.1111.111.
 __global__ void fill_e4m3(uint8_t* x, size_t n, uint64_t seed) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
@@ -71,13 +55,6 @@ __global__ void fill_e4m3(uint8_t* x, size_t n, uint64_t seed) {
 __global__ void fill_causal(int32_t* ks, int32_t* ke, int L) {
   const int t = blockIdx.x * blockDim.x + threadIdx.x;
   if (t < L) { ks[t] = 0; ke[t] = t + 1; }
-}
-
-template <typename T>
-T* dalloc(size_t n) {
-  T* p = nullptr;
-  CHECK(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
-  return p;
 }
 
 struct Split {

@@ -55,12 +55,8 @@
 
 #include "cuda/indexer_common.cuh"
 #include "cuda/indexer_logits_wgmma.cuh"
+#include "cuda/wgmma.cuh"
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define DSA_INDEXER_WGMMA 1
-#else
-#define DSA_INDEXER_WGMMA 0
-#endif
 
 namespace dsa::cuda {
 namespace {
@@ -100,38 +96,10 @@ static_assert(kRowBytes == 128, "one 128-byte swizzle row per key / (query, head
 static_assert(kKSteps * kKStepBytes == kRowBytes && kAccRegs == 128, "4 k-steps; 128 accumulators per thread");
 static_assert(kKeyTile * kChunksPerRow % kWarpGroupThreads == 0, "whole k-tile chunks per thread");
 
-#if DSA_INDEXER_WGMMA
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-// Generic-proxy writes (cp.async lands through it) made visible to the async proxy (wgmma).
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+#if DSA_WGMMA
+using namespace ::dsa::cuda::wgmma;
 __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-// Keeps the compiler from moving accumulator reads/writes across the asynchronous MMA.
-__device__ __forceinline__ void fence_operand(float& r) { asm volatile("" : "+f"(r)::"memory"); }
-
-// Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 B apart (SBO); the
-// leading offset is unused for swizzled K-major tiles whose K extent (32 B) lies inside one row.
-__device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
-  constexpr uint64_t kSwizzle128B = 1;
-  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(kSwizzleAtom >> 4) << 32) |
-         (kSwizzle128B << 62);
 }
 
 // ReLU with NaN propagation (PTX max.NaN), as v1/v2's `x < 0 ? 0 : x` up to the sign of zero.
@@ -192,9 +160,9 @@ __device__ __forceinline__ void wgmma_m64n128k32(float (&d)[64], uint64_t desc_a
         "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
-#endif  // DSA_INDEXER_WGMMA
+#endif  // DSA_WGMMA
 
-#if DSA_INDEXER_WGMMA
+#if DSA_WGMMA
 // Weighted ReLU head sums of kQ queries (query_base …) from one accumulator block: for query qq and
 // this quad lane qc, the fmaf chain over the 16 heads h = 8j + 2qc + e in (j, e) order, for the two
 // accumulator rows (r and r + 8) of the thread. acc column = (qq − query_base)·64 + head.
@@ -243,7 +211,7 @@ constexpr int kConfigN256 = 0, kConfigN128x2 = 1, kConfigPipelined = 2;
 template <int kConfig>
 __global__ void __launch_bounds__(kThreads, 1)
     indexer_logits_wgmma_kernel(IndexerParams p, int splits, int chunk_tiles, float* __restrict__ logits) {
-#if DSA_INDEXER_WGMMA
+#if DSA_WGMMA
   extern __shared__ uint8_t smem_raw[];
   const uint32_t raw = smem_u32(smem_raw);
   const uint32_t base = (raw + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1);
@@ -336,7 +304,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const bool t_ok = t0 + qc < p.T;
   const int lo = r_s[qc], hi = r_s[kQueries + qc];
   float* out_row = logits + int64_t(t_ok ? t0 + qc : 0) * p.S;
-  const uint64_t desc_b = smem_desc(base + kQOff);
+  const uint64_t desc_b = desc_k_major(base + kQOff);
   constexpr int kHalves = kConfig == kConfigN256 ? 1 : 2;
   constexpr int kRegs = kAccRegs / kHalves;
   float acc[kHalves][kRegs];
@@ -349,7 +317,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // wgmma groups in issue order: G(0,0) G(0,1) G(1,0) G(1,1) … (tile, half); an empty group is
     // committed where a tile does not exist, so "wait<1>" always means "all but the newest".
     auto issue_half = [&](int j, int hf) {
-      const uint64_t desc_a = smem_desc(k_ring + (j % kStages) * kKTileBytes);
+      const uint64_t desc_a = desc_k_major(k_ring + (j % kStages) * kKTileBytes);
       fence_operands(acc[hf]);
       wgmma_fence();
 #pragma unroll
@@ -414,7 +382,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (j + kStages - 1 < n_my) load_tile(j + kStages - 1);  // into tile j−1's stage
     cp_async_commit();
 
-    const uint64_t desc_a = smem_desc(k_ring + (j % kStages) * kKTileBytes);
+    const uint64_t desc_a = desc_k_major(k_ring + (j % kStages) * kKTileBytes);
 #pragma unroll
     for (int hf = 0; hf < kHalves; ++hf) fence_operands(acc[hf]);
     wgmma_fence();
@@ -474,7 +442,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 // Writes 1 where this file was compiled with wgmma (sm_90a), else 0.
-__global__ void wgmma_probe_kernel(int* out) { *out = DSA_INDEXER_WGMMA; }
+__global__ void wgmma_probe_kernel(int* out) { *out = DSA_WGMMA; }
 
 bool kernel_has_wgmma() {
   int* d = nullptr;

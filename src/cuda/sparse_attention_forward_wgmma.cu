@@ -69,13 +69,9 @@
 
 #include "cuda/attention_common.cuh"
 #include "cuda/sparse_attention_forward_wgmma.cuh"
+#include "cuda/wgmma.cuh"
 #include "dsa/cuda_ops.h"
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define DSA_ATTN_WGMMA 1
-#else
-#define DSA_ATTN_WGMMA 0
-#endif
 
 namespace dsa::cuda::attn {
 namespace {
@@ -149,52 +145,16 @@ struct WgmmaArgs {
   float *out, *lse, *max_logits;
 };
 
-#if DSA_ATTN_WGMMA
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void cp_async16_u32(uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit_m() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-// Generic-proxy writes (plain stores, cp.async) made visible to the async proxy (wgmma).
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-// Waits until at most kPending of this warpgroup's committed wgmma groups are still in flight
-// (groups complete in commit order).
-template <int kPending>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
-}
-// Keeps the compiler from moving accumulator reads/writes across the asynchronous MMA.
-template <int kN>
-__device__ __forceinline__ void fence_operands(float (&r)[kN]) {
-#pragma unroll
-  for (int i = 0; i < kN; ++i) asm volatile("" : "+f"(r[i])::"memory");
-}
+#if DSA_WGMMA
+using namespace ::dsa::cuda::wgmma;
 
 // Byte offset of row `row`, 16-byte chunk `chunk` (0..7) inside a [rows × 128 B] swizzled block.
 __device__ __forceinline__ uint32_t swizzled(int row, int chunk) {
   return uint32_t(row * kSwizzleBytes + ((chunk ^ (row & 7)) * kChunk));
 }
 
-// Shared-memory matrix descriptors (128-byte swizzle = layout type 1 in bits 62..63; addresses,
-// LBO and SBO in 16-byte units).
-constexpr uint64_t kSwizzle128B = 1;
-// K-major: 8-row groups kSwizzleAtom apart (SBO); LBO unused for a swizzled K-major tile whose
-// k-step (32 B) lies inside one 128-byte row (set to 1 by convention).
-__device__ __forceinline__ uint64_t desc_k_major(uint32_t addr) {
-  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(kSwizzleAtom >> 4) << 32) |
-         (kSwizzle128B << 62);
-}
-// MN-major (V as the transposed B operand): LBO = next 64 MN elements (next column block),
-// SBO = next 8 K rows (keys).
-__device__ __forceinline__ uint64_t desc_mn_major(uint32_t addr) {
-  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(kKvBlockBytes >> 4) << 16) |
-         (uint64_t(kSwizzleAtom >> 4) << 32) | (kSwizzle128B << 62);
-}
+// V as the transposed B operand: column blocks of 64 value dims kKvBlockBytes apart.
+__device__ __forceinline__ uint64_t desc_v(uint32_t addr) { return desc_mn_major(addr, kKvBlockBytes); }
 
 // ── the two wgmma shapes (raw PTX; operand order as the PTX ISA: d, a-desc, b-desc, scale-d,
 // imm-scale-a, imm-scale-b, imm-trans-a, imm-trans-b) ──
@@ -260,14 +220,14 @@ __device__ __forceinline__ void issue_tile(const WgmmaArgs& a, const int32_t* ke
     const int64_t s = key_s[r];
     const __nv_bfloat16* src = a.kv16 + (s >= 0 ? s : 0) * kDqk + ch * (kChunk / kElemBytes);
     const uint32_t dst = kv_dst + (ch / kChunksPerBlockRow) * kKvBlockBytes + swizzled(r, ch % kChunksPerBlockRow);
-    cp_async16_u32(dst, src, s >= 0 ? kChunk : 0);
+    cp_async16(dst, src, s >= 0 ? kChunk : 0);
   }
-  cp_async_commit_m();
+  cp_async_commit();
 }
-#endif  // DSA_ATTN_WGMMA
+#endif  // DSA_WGMMA
 
 __global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_forward_wgmma_kernel(WgmmaArgs a) {
-#if DSA_ATTN_WGMMA
+#if DSA_WGMMA
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t raw = smem_u32(smem_raw);
   const uint32_t base = (raw + kSwizzleAtom - 1) & ~uint32_t(kSwizzleAtom - 1);
@@ -337,7 +297,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_forward_wgm
 #pragma unroll
     for (int ks = 0; ks < kPvSteps; ++ks) {
       const uint32_t voff = (wg * kDvPerWg / kBlockCols) * kKvBlockBytes + ks * kMmaK * kSwizzleBytes;
-      wgmma_m64n256k16_tb(o, desc_k_major(p_addr + ks * kKStepBytes), desc_mn_major(kv_pv + voff), 1);
+      wgmma_m64n256k16_tb(o, desc_k_major(p_addr + ks * kKStepBytes), desc_v(kv_pv + voff), 1);
     }
     wgmma_commit();
   };
@@ -346,7 +306,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_forward_wgm
     const int kslot1 = kslot == kKeyStages - 1 ? 0 : kslot + 1;
     const int kslot2 = kslot1 == kKeyStages - 1 ? 0 : kslot1 + 1;
     if (c0 > 0) issue_pv(base + kKvOff + (stage ^ 1) * kKvTileBytes);   // tile j−1's PV
-    cp_async_wait_all();      // this thread's chunks of tile j landed (the only group in flight)
+    cp_async_wait<0>();      // this thread's chunks of tile j landed (the only group in flight)
     fence_proxy_async();      // … visible to the async proxy
     __syncthreads();          // … everyone's (tile j−1's PV may still run: it reads the other stage and P)
     const uint32_t kv_addr = base + kKvOff + stage * kKvTileBytes;
@@ -454,7 +414,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_forward_wgm
   if (n > 0) issue_pv(base + kKvOff + (stage ^ 1) * kKvTileBytes);   // the last tile's PV
   wgmma_wait<0>();
   fence_operands(o);
-  cp_async_wait_all();   // nothing in flight here (the last tile issues none); kept for safety
+  cp_async_wait<0>();   // nothing in flight here (the last tile issues none); kept for safety
   __syncthreads();       // warpgroup 1's last read of the maxima in stat_s precedes the sums below
 
   // Phase 3: row sums of both halves, normalise, store.
@@ -502,7 +462,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_forward_wgm
 }
 
 // Writes 1 where this file was compiled with wgmma (sm_90a), else 0.
-__global__ void attention_wgmma_probe_kernel(int* out) { *out = DSA_ATTN_WGMMA; }
+__global__ void attention_wgmma_probe_kernel(int* out) { *out = DSA_WGMMA; }
 
 bool kernel_has_wgmma() {
   int* d = nullptr;

@@ -73,11 +73,7 @@ void reference(const std::vector<float>& q, const std::vector<float>& kv, const 
 }
 
 TEST(CudaAttentionBf16, SparseForwardMatchesFloat64) {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    cudaGetLastError();
-    GTEST_SKIP() << "no GPU";
-  }
+  if (!have_gpu()) GTEST_SKIP() << "no GPU";
   const Case cases[] = {
       {"H=64 K=256", 3, 300, 64, 256, 0.05, false, false},
       {"H=128 K=100 (chunk tail), empty row, topk_length", 4, 257, 128, 100, 0.1, true, true},
@@ -147,11 +143,7 @@ TEST(CudaAttentionBf16, SparseForwardMatchesFloat64) {
 // (the specification: fp64 accumulation over the same dequantised cache rows), all three cache
 // formats, MTP (next_n = 2), −1 / out-of-range slots, topk_length with a 0 row, H = 64 and 128.
 TEST(CudaAttentionBf16, SparseDecodeMatchesCpu) {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    cudaGetLastError();
-    GTEST_SKIP() << "no GPU";
-  }
+  if (!have_gpu()) GTEST_SKIP() << "no GPU";
   struct DecodeCase {
     const char* name;
     int B, next_n, H, K, slots;

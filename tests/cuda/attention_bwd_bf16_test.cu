@@ -47,15 +47,6 @@ struct Case {
   bool short_workspace;  // one byte less than the default chunk's workspace → Tc = T − 1
 };
 
-bool have_gpu() {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    cudaGetLastError();
-    return false;
-  }
-  return true;
-}
-
 // A(t) as the GPU sees it: slots j < len with 0 ≤ index < S (duplicates kept).
 KeySets gpu_sets(const std::vector<int32_t>& idx, const std::vector<int32_t>& len, int T, int S, int K) {
   KeySets a(T);

@@ -42,15 +42,6 @@ struct Case {
   bool empty_row, lengths;
 };
 
-bool have_gpu() {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    cudaGetLastError();
-    return false;
-  }
-  return true;
-}
-
 // float64 reference of op 6 (ops.h §6): softmax over the valid slots, natural-log lse.
 void reference(const std::vector<float>& q, const std::vector<float>& kv, const std::vector<int32_t>& idx,
                const std::vector<int32_t>& len, const Case& c, std::vector<double>& out, std::vector<double>& lse,

@@ -3,16 +3,13 @@
 #include <cuda_runtime.h>
 
 #include "cuda/cuda_backend.h"
+#include "cuda/device_buffer.h"
 #include "dsa/cuda_ops.h"
 
 namespace dsa::test {
 
 void append_gpu_backends(std::vector<std::shared_ptr<Backend>>& out) {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    cudaGetLastError();  // clear the "no device" error so later calls start clean
-    return;
-  }
+  if (!have_gpu()) return;
   for (int v : dsa::cuda::kKernelVersions) out.push_back(std::make_shared<CudaBackend>(v));
 }
 

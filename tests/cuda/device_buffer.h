@@ -19,6 +19,17 @@ inline void cuda_check(cudaError_t e, const char* what) {
 }
 #define DSA_CUDA_TEST_CHECK(x) ::dsa::test::cuda_check((x), #x)
 
+// Whether a CUDA device is present; clears the "no device" error so later calls start clean. GPU
+// tests skip without one (CI compiles them on a machine with no GPU).
+inline bool have_gpu() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+    cudaGetLastError();
+    return false;
+  }
+  return true;
+}
+
 // A device array of n elements with kGuard sentinel elements on each side. Built from a host
 // pointer (uploaded; may be null → no allocation, data() null, so "may be null" params stay null).
 template <typename T>

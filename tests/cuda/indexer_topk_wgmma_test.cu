@@ -27,26 +27,16 @@
 
 #include "cuda/device_buffer.h"
 #include "cuda/indexer_logits_wgmma.cuh"
+#include "cuda/indexer_fp8_inputs.h"
 #include "dsa/cuda_ops.h"
 #include "test_util.h"
 
 namespace dsa::test {
 namespace {
 
-constexpr int kHI = 64, kDI = kIndexerKeyDim;
+constexpr int kHI = kWgmmaHI, kDI = kIndexerKeyDim;
 constexpr int kV3 = cuda::kIndexerWgmmaVersion;
-// |v3 logit − fp64| ≤ kFp8AccumRel · mag, mag = k_scale·Σ_h |w|·Σ_d |q·k|: the tensor core keeps
-// ≈ 14 bits per k32 step (DeepSeek-V3 §3.3.2) → 2^-11 over 4 steps, ×4 margin (indexer_wgmma_test.cu).
-constexpr double kFp8AccumRel = 1.0 / (1 << 9);
-
-bool have_gpu() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-    cudaGetLastError();
-    return false;
-  }
-  return true;
-}
+// v3's error bound: kFp8AccumRel (indexer_fp8_inputs.h).
 
 IndexerParams probe_params() {
   static uint8_t dummy alignas(16)[16];  // use_logits_wgmma reads no data: host pointers suffice
@@ -79,22 +69,12 @@ Case causal(const std::string& name, int T, int S, std::vector<int> budgets, std
 }
 
 // Quantized normals, as in production (cpu::indexer_quantize_fp8, ue8m0 scales).
-struct Data {
-  std::vector<uint8_t> q, k;
-  std::vector<float> w, ksc;
+struct Data : Fp8IndexerInputs {
   std::vector<float> qd, kd;  // q, k decoded (exact: every e4m3 value is an fp32)
 };
 Data make_data(const Case& c, uint64_t seed) {
-  Rng rng(seed);
-  const std::vector<float> qf = rng.normal_vec(size_t(c.T) * kHI * kDI), kf = rng.normal_vec(size_t(c.S) * kDI),
-                           wf = rng.normal_vec(size_t(c.T) * kHI);
   Data d;
-  d.q.resize(qf.size());
-  d.k.resize(kf.size());
-  d.w.resize(wf.size());
-  d.ksc.resize(c.S);
-  cpu::indexer_quantize_fp8(IndexerQuantizeParams{c.T, c.S, kHI, kDI, ScaleFormat::kUe8m0, qf.data(), kf.data(),
-                                                  wf.data(), d.q.data(), d.k.data(), d.ksc.data(), d.w.data()});
+  static_cast<Fp8IndexerInputs&>(d) = quantized_normal_inputs(c.T, c.S, seed);
   d.qd.resize(d.q.size());
   d.kd.resize(d.k.size());
   for (size_t i = 0; i < d.q.size(); ++i) d.qd[i] = cpu::fp8_e4m3_to_float(d.q[i]);

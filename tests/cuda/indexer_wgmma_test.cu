@@ -28,40 +28,26 @@
 #include "cuda/common.cuh"
 #include "cuda/device_buffer.h"
 #include "cuda/indexer_logits_wgmma.cuh"
+#include "cuda/indexer_fp8_inputs.h"
 #include "dsa/cuda_ops.h"
 #include "test_util.h"
 
 namespace dsa::test {
 namespace {
 
-constexpr int kHI = 64, kDI = kIndexerKeyDim;
+constexpr int kHI = kWgmmaHI, kDI = kIndexerKeyDim;
 constexpr double kFp32Unit = 1.0 / (1 << 24);  // u = 2^-24, unit roundoff of fp32
 // Exact-dot data: the epilogue is a chain of HI fmaf, 3 shuffle adds and the k_scale product, each
 // one rounding: |error| ≤ (HI + 4)·u·k_scale·Σ_h |w·ReLU(u_h)| (first-order bound, ×2 for safety).
 constexpr double kEpilogueRel = 2.0 * (kHI + 4) * kFp32Unit;
-// Quantized-normal data: each k32 wgmma step aligns its 32 products and the running sum to the
-// largest exponent and keeps ≈ 14 bits (DeepSeek-V3 §3.3.2) → ≤ ~2^-13 of Σ|q·k| per step; four
-// steps → 2^-11; ×4 margin for the unpublished details of the alignment.
-constexpr double kFp8AccumRel = 1.0 / (1 << 9);
-
-bool have_gpu() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-    cudaGetLastError();
-    return false;
-  }
-  return true;
-}
+// Quantized-normal data: kFp8AccumRel (indexer_fp8_inputs.h).
 
 struct Case {
   int T, S;
   std::vector<int32_t> ks, ke;
 };
 
-struct Data {
-  std::vector<uint8_t> q, k;
-  std::vector<float> w, ksc;
-};
+using Data = Fp8IndexerInputs;
 
 Data exact_dot_data(const Case& c, uint64_t seed) {
   Rng rng(seed);
@@ -76,19 +62,7 @@ Data exact_dot_data(const Case& c, uint64_t seed) {
   return d;
 }
 
-Data quantized_normal_data(const Case& c, uint64_t seed) {
-  Rng rng(seed);
-  const std::vector<float> qf = rng.normal_vec(size_t(c.T) * kHI * kDI), kf = rng.normal_vec(size_t(c.S) * kDI),
-                           wf = rng.normal_vec(size_t(c.T) * kHI);
-  Data d;
-  d.q.resize(qf.size());
-  d.k.resize(kf.size());
-  d.w.resize(wf.size());
-  d.ksc.resize(c.S);
-  cpu::indexer_quantize_fp8(IndexerQuantizeParams{c.T, c.S, kHI, kDI, ScaleFormat::kUe8m0, qf.data(), kf.data(),
-                                                  wf.data(), d.q.data(), d.k.data(), d.ksc.data(), d.w.data()});
-  return d;
-}
+Data quantized_normal_data(const Case& c, uint64_t seed) { return quantized_normal_inputs(c.T, c.S, seed); }
 
 // fp64 reference: ref = k_scale·Σ_h w·ReLU(u_h); act = k_scale·Σ_h |w·ReLU(u_h)| (epilogue error
 // scale); mag = k_scale·Σ_h |w|·Σ_d |q·k| (accumulation error scale). −inf outside [ks, ke).
