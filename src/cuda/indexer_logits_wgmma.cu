@@ -28,14 +28,15 @@
 // without loads or MMAs.
 //
 // Measured (H200, 2026-11-28, dsa_bench_gpu logits_full, T = 4096 × S = 131072, HI 64, DI 128):
-// 608–612 TFLOP/s full ranges, 609–610 causal (v2: 174). ncu: tensor pipe ≈ 29–31% busy, 2 warps per
-// scheduler (198 registers → one CTA per SM), issue-latency bound; the next levers are a TMA producer
-// warp + setmaxnreg so a third consumer warpgroup fits, and 2-CTA clusters sharing q by multicast.
+// 834–884 TFLOP/s full ranges, 840–874 causal (v2: 174), after k_scale was staged with each key tile
+// and the weights kept in registers (610 before: docs/kernels/indexer_logits.md). ncu: the epilogue
+// now waits mostly for the MMAs; the next levers are a TMA producer warp + setmaxnreg so a third
+// consumer warpgroup fits, and 2-CTA clusters sharing q by multicast.
 //
 // Phases, in order:
 //   1. stage q (128B-swizzled rows), w (permuted for 16-byte loads) and the 4 clamped ranges;
 //   2. write −inf over the span outside the hull tiles (all threads, coalesced);
-//   3. per warpgroup: pipelined loop over its hull tiles: wait stage → barrier → prefetch the tile
+//   3. per warpgroup: pipelined loop over its hull tiles: wait stage → barrier → prefetch (keys + k_scale of) the tile
 //      kStages−1 ahead → 4 wgmmas → epilogue → stores (−inf outside each query's range).
 //
 // Shared-memory plan (dynamic, from a 1024-byte aligned base; the 128-byte swizzle pattern is a
@@ -43,6 +44,7 @@
 //   q      256 rows × 128 B                      32768 B   (row n = query·64 + head, K-major)
 //   k      2 warpgroups × kStages × 64 × 128 B   65536 B   (row = key, K-major)
 //   w      4 queries × 64 fp32                    1024 B
+//   kscale 2 warpgroups × kStages × 64 fp32        2048 B   (k_scale of the staged key tiles)
 //   ranges 4 lo + 4 hi                              32 B
 //   + 1024 B slack for the alignment                    → kSmemBytes (static_assert below).
 // Requirements checked on the host (else version 2/1 runs): q and k 16-byte aligned (cp.async).
@@ -76,7 +78,11 @@ constexpr int kWarpGroupThreads = 4 * detail::kWarpSize;
 constexpr int kThreads = kWarpGroups * kWarpGroupThreads;
 constexpr int kStages = 4;                              // cp.async ring depth per warpgroup
 [[maybe_unused]] constexpr int kAccRegs = kKeyTile * kN / kWarpGroupThreads;  // 128 fp32 per thread
-constexpr int kTargetCtasPerSm = 2;                     // key split when T is small
+// Key split when T is small: enough CTAs for ~8 waves (one CTA fits an SM at a time: 234 registers ×
+// 256 threads), so the last wave's tail is a small share. H200, 2026-11-28, T = 64 × S = 131072:
+// 586 / 761 / 723 / 654 TFLOP/s with 2 / 4 / 8 / 16; the L = 128K layer (256-row fused chunks):
+// indexer + top-k 241.2 / 219.4 / 221.8 ms with 2 / 8 / 16. Same logits bits for every split.
+constexpr int kTargetCtasPerSm = 8;
 constexpr int kSmVersion = 90;
 
 constexpr int kQOff = 0;
@@ -86,7 +92,10 @@ constexpr int kKOff = kQOff + kQBytes;
 constexpr int kKBytes = kWarpGroups * kStages * kKTileBytes;
 constexpr int kWOff = kKOff + kKBytes;
 constexpr int kWBytes = kN * int(sizeof(float));
-constexpr int kRangeOff = kWOff + kWBytes;
+constexpr int kScaleOff = kWOff + kWBytes;              // k_scale of every staged key tile
+constexpr int kScaleTileBytes = kKeyTile * int(sizeof(float));
+constexpr int kScaleBytes = kWarpGroups * kStages * kScaleTileBytes;
+constexpr int kRangeOff = kScaleOff + kScaleBytes;
 constexpr int kRangeBytes = 2 * kQueries * int(sizeof(int));
 constexpr int kSmemBytes = kRangeOff + kRangeBytes + kSwizzleAtom;  // + alignment slack
 static_assert(kQBytes % kSwizzleAtom == 0 && kKTileBytes % kSwizzleAtom == 0, "operand tiles stay 1024-B aligned");
@@ -163,29 +172,41 @@ __device__ __forceinline__ void wgmma_m64n128k32(float (&d)[64], uint64_t desc_a
 #endif  // DSA_WGMMA
 
 #if DSA_WGMMA
-// Weighted ReLU head sums of kQ queries (query_base …) from one accumulator block: for query qq and
+// This quad lane's weights of kQ queries (query_base …): w4[qq][v] = the 4 weights of heads
+// 8·(2v) + 2qc + e and 8·(2v+1) + 2qc + e (w_s is permuted so they are contiguous). Loaded into
+// registers before the MMAs are waited for, so that the epilogue's FMA chains do not wait for shared
+// memory (ncu: short-scoreboard stalls on these loads were ~30 % of the kernel's stall samples).
+template <int kQ>
+__device__ __forceinline__ void load_weights(const float* w_s, int query_base, int qc, float4 (&w4)[kQ][4]) {
+#pragma unroll
+  for (int qq = 0; qq < kQ; ++qq)
+#pragma unroll
+    for (int v = 0; v < 4; ++v) w4[qq][v] = reinterpret_cast<const float4*>(w_s + (query_base + qq) * kHeads + qc * 16)[v];
+}
+
+// Weighted ReLU head sums of kQ queries (query_base …; their weights w4[0 .. kQ), from load_weights)
+// from one accumulator block: for query qq and
 // this quad lane qc, the fmaf chain over the 16 heads h = 8j + 2qc + e in (j, e) order, for the two
 // accumulator rows (r and r + 8) of the thread. acc column = (qq − query_base)·64 + head.
 template <int kQ, int kRegs>
-__device__ __forceinline__ void head_partials(const float (&acc)[kRegs], const float* w_s, int query_base, int qc,
+__device__ __forceinline__ void head_partials(const float (&acc)[kRegs], const float4 (*w4)[4], int query_base,
                                               float* part0, float* part1) {
   static_assert(kRegs == kQ * kHeads / 2, "64 heads × kQ columns over a quad: 32·kQ registers");
 #pragma unroll
   for (int qq = 0; qq < kQ; ++qq) {
-    const float4* wp = reinterpret_cast<const float4*>(w_s + (query_base + qq) * kHeads + qc * 16);
     float s0 = 0.0f, s1 = 0.0f;
 #pragma unroll
     for (int v = 0; v < 4; ++v) {
-      const float4 w4 = wp[v];
+      const float4 w = w4[qq][v];
       const int i0 = (qq * 8 + 2 * v) * 4, i1 = i0 + 4;
-      s0 = fmaf(w4.x, relu(acc[i0]), s0);
-      s0 = fmaf(w4.y, relu(acc[i0 + 1]), s0);
-      s1 = fmaf(w4.x, relu(acc[i0 + 2]), s1);
-      s1 = fmaf(w4.y, relu(acc[i0 + 3]), s1);
-      s0 = fmaf(w4.z, relu(acc[i1]), s0);
-      s0 = fmaf(w4.w, relu(acc[i1 + 1]), s0);
-      s1 = fmaf(w4.z, relu(acc[i1 + 2]), s1);
-      s1 = fmaf(w4.w, relu(acc[i1 + 3]), s1);
+      s0 = fmaf(w.x, relu(acc[i0]), s0);
+      s0 = fmaf(w.y, relu(acc[i0 + 1]), s0);
+      s1 = fmaf(w.x, relu(acc[i0 + 2]), s1);
+      s1 = fmaf(w.y, relu(acc[i0 + 3]), s1);
+      s0 = fmaf(w.z, relu(acc[i1]), s0);
+      s0 = fmaf(w.w, relu(acc[i1 + 1]), s0);
+      s1 = fmaf(w.z, relu(acc[i1 + 2]), s1);
+      s1 = fmaf(w.w, relu(acc[i1 + 3]), s1);
     }
     part0[query_base + qq] = s0;
     part1[query_base + qq] = s1;
@@ -281,6 +302,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int first = tlo + wg;
   const int n_my = first < thi ? (thi - first + kWarpGroups - 1) / kWarpGroups : 0;
   const uint32_t k_ring = base + kKOff + wg * kStages * kKTileBytes;
+  const uint32_t scale_ring = base + kScaleOff + wg * kStages * kScaleTileBytes;
+  const float* scale_s = reinterpret_cast<const float*>(sm + kScaleOff + wg * kStages * kScaleTileBytes);
 
   auto load_tile = [&](int j) {
     const int s0 = (first + kWarpGroups * j) * kKeyTile;
@@ -291,6 +314,14 @@ __global__ void __launch_bounds__(kThreads, 1)
       const bool ok = s0 + row < p.S;
       const uint8_t* src = ok ? k8 + int64_t(s0 + row) * kRowBytes + c * kChunk : k8;
       cp_async16(dst + row * kRowBytes + ((c ^ (row & 7)) * kChunk), src, ok ? kChunk : 0);
+    }
+    // The tile's k_scale rides in the same cp.async group (4-byte copies: k_scale needs no alignment
+    // beyond a float's): the epilogue reads it from shared memory instead of waiting for a global
+    // load (ncu: ~10–16 % of the stall samples sat on that load, even when issued before the MMAs).
+    if (wtid < kKeyTile) {
+      const bool ok = s0 + wtid < p.S;
+      cp_async4(scale_ring + (j % kStages) * kScaleTileBytes + wtid * int(sizeof(float)),
+                ok ? p.k_scale + s0 + wtid : p.k_scale, ok ? int(sizeof(float)) : 0);
     }
   };
 #pragma unroll
@@ -305,6 +336,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int lo = r_s[qc], hi = r_s[kQueries + qc];
   float* out_row = logits + int64_t(t_ok ? t0 + qc : 0) * p.S;
   const uint64_t desc_b = desc_k_major(base + kQOff);
+  // This lane's weights of the CTA's 4 queries, in registers for the whole loop (loading them per
+  // tile from shared memory left the epilogue's FMA chains waiting: ~13–30 % of the stall samples).
+  float4 w4[kQueries][4];
+  load_weights<kQueries>(w_s, 0, qc, w4);
   constexpr int kHalves = kConfig == kConfigN256 ? 1 : 2;
   constexpr int kRegs = kAccRegs / kHalves;
   float acc[kHalves][kRegs];
@@ -330,7 +365,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // other configurations: (p_c + p_{c^2}) + (p_{c^1} + p_{c^3}).
     auto epilogue_half = [&](int j, int hf) {
       float part0[kQueries], part1[kQueries];
-      head_partials<kQueries / 2>(acc[hf], w_s, 2 * hf, qc, part0, part1);
+      head_partials<kQueries / 2>(acc[hf], w4 + 2 * hf, 2 * hf, part0, part1);
       const bool up = qc & 2, odd = qc & 1;
       const float x0 = part0[2 * hf], x1 = part1[2 * hf], y0 = part0[2 * hf + 1], y1 = part1[2 * hf + 1];
       float k0 = up ? y0 : x0, k1 = up ? y1 : x1;
@@ -342,7 +377,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int s = (first + kWarpGroups * j) * kKeyTile + 16 * warp + r + 8 * (qc & 1);
       if (t0 + qq < p.T && s < span_hi) {
         const bool in = s >= r_s[qq] && s < r_s[kQueries + qq];
-        logits[int64_t(t0 + qq) * p.S + s] = in ? __fmul_rn(v, __ldg(p.k_scale + s)) : -INFINITY;
+        const float ks = scale_s[(j % kStages) * kKeyTile + 16 * warp + r + 8 * (qc & 1)];
+        logits[int64_t(t0 + qq) * p.S + s] = in ? __fmul_rn(v, ks) : -INFINITY;
       }
     };
     if (n_my > 0) {
@@ -400,20 +436,24 @@ __global__ void __launch_bounds__(kThreads, 1)
       wgmma_commit();
     }
 
+    // This lane's two output keys and their k_scale (staged with the tile).
+    const int sa = (first + kWarpGroups * j) * kKeyTile + 16 * warp + r, sb = sa + 8;
+    const float ks_a = scale_s[(j % kStages) * kKeyTile + 16 * warp + r], ks_b = scale_s[(j % kStages) * kKeyTile + 16 * warp + r + 8];
     // Epilogue. Accumulator layout (m64nN f32): acc[4·jc + 2·half + e] = (row 16·warp + r + 8·half,
     // column 8·jc + 2·qc + e); column = query·64 + head within the accumulator block.
     float part0[kQueries], part1[kQueries];
     if constexpr (kHalves == 1) {
       wgmma_wait<0>();
       fence_operands(acc[0]);
-      head_partials<kQueries>(acc[0], w_s, 0, qc, part0, part1);
+      head_partials<kQueries>(acc[0], w4, 0, part0, part1);
     } else {
+      constexpr int kQh = kQueries / 2;
       wgmma_wait<1>();
       fence_operands(acc[0]);
-      head_partials<kQueries / 2>(acc[0], w_s, 0, qc, part0, part1);
+      head_partials<kQh>(acc[0], w4, 0, part0, part1);
       wgmma_wait<0>();
       fence_operands(acc[1]);
-      head_partials<kQueries / 2>(acc[1], w_s, kQueries / 2, qc, part0, part1);
+      head_partials<kQh>(acc[1], w4 + kQh, kQh, part0, part1);
     }
     // Transpose-reduce over the quad: round 1 (xor 2) keeps queries (qc & 2) + {0, 1}, round 2
     // (xor 1) keeps query qc.
@@ -429,9 +469,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     v1 += __shfl_xor_sync(detail::kFullMask, odd ? a1 : b1, 1);
 
     if (t_ok) {
-      const int sa = (first + kWarpGroups * j) * kKeyTile + 16 * warp + r, sb = sa + 8;
-      if (sa < span_hi) out_row[sa] = (sa >= lo && sa < hi) ? __fmul_rn(v0, __ldg(p.k_scale + sa)) : -INFINITY;
-      if (sb < span_hi) out_row[sb] = (sb >= lo && sb < hi) ? __fmul_rn(v1, __ldg(p.k_scale + sb)) : -INFINITY;
+      if (sa < span_hi) out_row[sa] = (sa >= lo && sa < hi) ? __fmul_rn(v0, ks_a) : -INFINITY;
+      if (sb < span_hi) out_row[sb] = (sb >= lo && sb < hi) ? __fmul_rn(v1, ks_b) : -INFINITY;
     }
   }
   }  // kConfig
@@ -473,8 +512,8 @@ bool use_logits_wgmma(const IndexerParams& p, int version) {
 }
 
 namespace {
-// H200, 2026-11-28, T = 4096 × S = 131072 (dsa_bench_gpu logits_full): n256 594–596, n128x2 608–612,
-// n128x2_sw 547–548 TFLOP/s (full ranges; causal the same within 1%) → n128x2.
+// H200, 2026-11-28 04:38, T = 4096 × S = 131072 (dsa_bench_gpu logits_full): n256 808, n128x2 834–884,
+// n128x2_sw 676 TFLOP/s (full ranges; causal the same within 1%) → n128x2.
 constexpr int kDefaultConfig = kConfigN128x2;
 const char* const kConfigNames[] = {"n256", "n128x2", "n128x2_sw"};
 }  // namespace

@@ -11,7 +11,8 @@
 // (−inf for an empty row).
 // Numerics (the same as v3 / v4 up to the MMA's accumulation order): q, kv and P rounded to bf16
 // (round to nearest even), scores and O accumulated in fp32 by the tensor cores, softmax statistics
-// in fp32 in the base-2 domain (score·scale·log2 e), exp2f, the row sum kept as two partials (keys
+// in fp32 in the base-2 domain (score·scale·log2 e), exp2 by ex2.approx.ftz (= exp2f except results
+// below 2^−126, flushed to 0), the row sum kept as two partials (keys
 // 0..31 and 32..63 of every tile, v3's key halves) over this thread's keys in tile order, then quad
 // lanes (xor 1, xor 2), then partial 0 + partial 1. Fixed order: bitwise reproducible run to run (and,
 // measured, bitwise equal to v3 at the bench shape).
@@ -92,7 +93,7 @@ constexpr int kElemBytes = 2;                                   // bf16
 constexpr int kSwizzleBytes = 128;                              // one swizzled row of a column block
 constexpr int kBlockCols = kSwizzleBytes / kElemBytes;          // 64 bf16 per column block
 constexpr int kChunk = 16;                                      // cp.async / swizzle unit (bytes)
-[[maybe_unused]] constexpr int kChunksPerBlockRow = kSwizzleBytes / kChunk;      // 8
+constexpr int kChunksPerBlockRow = kSwizzleBytes / kChunk;      // 8
 constexpr int kSwizzleAtom = 8 * kSwizzleBytes;                 // 1024 B: SBO of every operand
 constexpr int kColBlocks = kDqk / kBlockCols;                   // 9
 constexpr int kMmaK = 16;                                       // wgmma K for bf16
@@ -100,7 +101,7 @@ constexpr int kMmaK = 16;                                       // wgmma K for b
 [[maybe_unused]] constexpr int kQkSteps = kDqk / kMmaK;                          // 36
 [[maybe_unused]] constexpr int kPvSteps = kKeys / kMmaK;                         // 4
 [[maybe_unused]] constexpr int kStepsPerBlock = kBlockCols / kMmaK;              // 4
-[[maybe_unused]] constexpr int kRowChunks = kDqk * kElemBytes / kChunk;          // 72 cp.async per kv row
+constexpr int kGatherRowsPerPass = kBlockThreads / kChunksPerBlockRow;     // 32: 8 threads per kv row
 constexpr int kSRegs = kHeads * kKeys / kWarpGroupThreads;      // 32 (warpgroup 0: S is 64 × 64)
 constexpr int kORegs = kHeads * kDvPerWg / kWarpGroupThreads;   // 128
 constexpr int kQLoadBatch = 12;                                 // float4 loads in flight per thread
@@ -131,6 +132,7 @@ static_assert(kDvPerWg % kBlockCols == 0, "warpgroup value halves are whole colu
 static_assert((kMmaK * kSwizzleBytes) % kSwizzleAtom == 0, "a PV k-step (16 keys) keeps the swizzle phase");
 static_assert(kKeys % 8 == 0 && kKeys <= 256 && kDvPerWg % 8 == 0 && kDvPerWg <= 256, "wgmma N");
 static_assert(kKeysPerWg % 8 == 0, "a key half is whole 8-key accumulator column groups");
+static_assert(kKeys % kGatherRowsPerPass == 0, "whole gather passes per tile");
 static_assert(kSRegs == 32 && kORegs == 128, "accumulator registers per thread");
 static_assert(kSmemBytes <= 227 * 1024, "fits Hopper's 227 KiB opt-in shared memory");
 static_assert(kKvBlockBytes >> 4 < (1 << 14) && kSwizzleAtom >> 4 < (1 << 14), "descriptor offset fields are 14 bits");
@@ -207,20 +209,39 @@ __device__ __forceinline__ void wgmma_m64n256k16_tb(float (&d)[128], uint64_t de
       : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
+// 2^x by one MUFU instruction (ex2.approx.ftz): equal to exp2f wherever the result is a normal float
+// (exp2f adds only a rescaling for results below 2^−126, here flushed to 0: a P that small
+// vanishes next to the row maximum's 1 anyway), and exp2(−inf) = +0. ncu: exp2f's denormal handling
+// was ~40 % of the softmax's instructions, on the critical path.
+__device__ __forceinline__ float exp2_mufu(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // Key id of slot jj of query t: −1 past n (the tile tail, topk_length) or for an invalid index.
 __device__ __forceinline__ int32_t slot_key(const WgmmaArgs& a, int64_t t, int jj, int n) {
   return jj < n ? static_cast<int32_t>(a.keys.key(t, jj)) : -1;
 }
 
 // cp.async gathers of one tile's 64 bf16 rows (ids in key_s, already in shared memory) into the 9
-// swizzled column blocks at kv_dst; an id of −1 gives a zero row (src_bytes = 0).
+// swizzled column blocks at kv_dst; an id of −1 gives a zero row (src_bytes = 0). Thread layout: a
+// group of 8 threads owns one row per pass and thread c of the group copies chunk c of every column
+// block, so a row's swizzled position (c ^ (row & 7)) and its source pointer are computed once and its
+// 9 copies differ by constant offsets. (The first version spread 16-byte chunks over threads with a
+// divide by 72 per chunk: ≈ 37 instructions per cp.async, 45 % of the kernel's instructions, issued on
+// the softmax's critical path — ncu, docs/kernels/sparse_attention.md.) A warp's copy moves 4 rows ×
+// 128 contiguous bytes; its 4 shared-memory wavefronts are conflict-free (one swizzled 128-byte row each).
 __device__ __forceinline__ void issue_tile(const WgmmaArgs& a, const int32_t* key_s, uint32_t kv_dst) {
-  for (int i = threadIdx.x; i < kKeys * kRowChunks; i += kBlockThreads) {
-    const int r = i / kRowChunks, ch = i % kRowChunks;
-    const int64_t s = key_s[r];
-    const __nv_bfloat16* src = a.kv16 + (s >= 0 ? s : 0) * kDqk + ch * (kChunk / kElemBytes);
-    const uint32_t dst = kv_dst + (ch / kChunksPerBlockRow) * kKvBlockBytes + swizzled(r, ch % kChunksPerBlockRow);
-    cp_async16(dst, src, s >= 0 ? kChunk : 0);
+  const int c = threadIdx.x % kChunksPerBlockRow, g = threadIdx.x / kChunksPerBlockRow;
+#pragma unroll
+  for (int r = g; r < kKeys; r += kGatherRowsPerPass) {
+    const int32_t s = key_s[r];
+    const __nv_bfloat16* src = a.kv16 + static_cast<int64_t>(s >= 0 ? s : 0) * kDqk + c * (kChunk / kElemBytes);
+    const uint32_t dst = kv_dst + swizzled(r, c);
+    const int bytes = s >= 0 ? kChunk : 0;
+#pragma unroll
+    for (int cb = 0; cb < kColBlocks; ++cb) cp_async16(dst + cb * kKvBlockBytes, src + cb * kBlockCols, bytes);
   }
   cp_async_commit();
 }
@@ -294,11 +315,10 @@ __global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_forward_wgm
   auto issue_pv = [&](uint32_t kv_pv) {
     fence_operands(o);
     wgmma_fence();
+    const uint64_t dp = desc_k_major(p_addr), dv = desc_v(kv_pv + (wg * kDvPerWg / kBlockCols) * kKvBlockBytes);
 #pragma unroll
-    for (int ks = 0; ks < kPvSteps; ++ks) {
-      const uint32_t voff = (wg * kDvPerWg / kBlockCols) * kKvBlockBytes + ks * kMmaK * kSwizzleBytes;
-      wgmma_m64n256k16_tb(o, desc_k_major(p_addr + ks * kKStepBytes), desc_v(kv_pv + voff), 1);
-    }
+    for (int ks = 0; ks < kPvSteps; ++ks)
+      wgmma_m64n256k16_tb(o, desc_advance(dp, ks * kKStepBytes), desc_advance(dv, ks * kMmaK * kSwizzleBytes), 1);
     wgmma_commit();
   };
   int stage = 0, kslot = 0;
@@ -320,11 +340,12 @@ __global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_forward_wgm
       for (int i = 0; i < kSRegs; ++i) s[i] = 0.0f;
       fence_operands(s);
       wgmma_fence();
+      const uint64_t dq = desc_k_major(q_addr), dkv = desc_k_major(kv_addr);
 #pragma unroll
       for (int ks = 0; ks < kQkSteps; ++ks) {
         const uint32_t koff = (ks / kStepsPerBlock) * kQBlockBytes + (ks % kStepsPerBlock) * kKStepBytes;
         const uint32_t kvoff = (ks / kStepsPerBlock) * kKvBlockBytes + (ks % kStepsPerBlock) * kKStepBytes;
-        wgmma_m64n64k16(s, desc_k_major(q_addr + koff), desc_k_major(kv_addr + kvoff), ks > 0);
+        wgmma_m64n64k16(s, desc_advance(dq, koff), desc_advance(dkv, kvoff), ks > 0);
       }
       wgmma_commit();
       wgmma_wait<1>();        // tile j−1's PV done (S of tile j may still run)
@@ -336,7 +357,12 @@ __global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_forward_wgm
     // While the S wgmmas run: tile j+1's gathers (into the other stage) and the load of tile j+2's
     // key ids.
     if (c0 + kKeys < n) issue_tile(a, key_s + kslot1 * kKeys, base + kKvOff + (stage ^ 1) * kKvTileBytes);
-    const int32_t next_key = tid < kKeys ? slot_key(a, t, c0 + 2 * kKeys + tid, n) : -1;   // tile j+2
+    // Tile j+2's raw ids: checked only when stored after the softmax, so that no warp of warpgroup 0
+    // waits for this load before its softmax (ncu: 2.4 % of the stall samples sat on that check).
+    const int next_slot = c0 + 2 * kKeys + tid;
+    const bool next_in = tid < kKeys && next_slot < n;
+    int32_t next_raw = -1;
+    if (next_in) next_raw = a.keys.indices[t * a.keys.K + next_slot];
 
     float alpha[2];
     wgmma_wait<0>();          // S of tile j (warpgroup 1 has none in flight: a no-op, but without it
@@ -361,12 +387,15 @@ __global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_forward_wgm
         cmax[hf] = fmaxf(cmax[hf], __shfl_xor_sync(detail::kFullMask, cmax[hf], 1));
         cmax[hf] = fmaxf(cmax[hf], __shfl_xor_sync(detail::kFullMask, cmax[hf], 2));
       }
-      // 2c: running max, P = exp2(s − m) (bf16, swizzled), l.
+      // 2c: running max, P = exp2(s − m) (bf16, swizzled), l. A row with no valid key so far keeps
+      // m = −inf and subtracts 0 instead (−inf − −inf would be NaN): its P is exp2(−inf) = 0.
+      float m_sub[2];
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         const float m_new = fmaxf(m[hf], cmax[hf]);
-        alpha[hf] = m_new == -kInf ? 1.0f : exp2f(m[hf] - m_new);
+        alpha[hf] = m_new == -kInf ? 1.0f : exp2_mufu(m[hf] - m_new);
         m[hf] = m_new;
+        m_sub[hf] = m_new == -kInf ? 0.0f : m_new;
         if (c == 0) stat_s[row0 + 8 * hf] = m_new;   // for warpgroup 1's rescale (read after the P barrier)
       }
 #pragma unroll
@@ -378,8 +407,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_forward_wgm
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
           const int i = 4 * jc + 2 * hf;
-          const float p0 = s[i] == -kInf ? 0.0f : exp2f(s[i] - m[hf]);
-          const float p1 = s[i + 1] == -kInf ? 0.0f : exp2f(s[i + 1] - m[hf]);
+          const float p0 = exp2_mufu(s[i] - m_sub[hf]);
+          const float p1 = exp2_mufu(s[i + 1] - m_sub[hf]);
           float& lk = l[jc / (kKeysPerWg / 8)][hf];   // v3's key halves, each summed in v3's order
           lk += p0;
           lk += p1;
@@ -389,14 +418,14 @@ __global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_forward_wgm
               __floats2bfloat162_rn(p0, p1);
         }
     }
-    if (tid < kKeys) key_s[kslot2 * kKeys + tid] = next_key;
+    if (tid < kKeys) key_s[kslot2 * kKeys + tid] = next_raw >= 0 && next_raw < a.keys.S ? next_raw : -1;
     fence_proxy_async();   // P (plain stores) → wgmma
     __syncthreads();       // P and the new maxima complete
     if (!s_wg) {           // warpgroup 1: the running max from warpgroup 0
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         const float m_new = stat_s[row0 + 8 * hf];
-        alpha[hf] = m_new == -kInf ? 1.0f : exp2f(m[hf] - m_new);
+        alpha[hf] = m_new == -kInf ? 1.0f : exp2_mufu(m[hf] - m_new);
         m[hf] = m_new;
       }
     }

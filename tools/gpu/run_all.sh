@@ -11,7 +11,9 @@
 #   DSA_GTEST_FILTER      gtest filter of the table run                  (default: *)
 #   DSA_SANITIZER_FILTER  gtest filter of the memcheck run ("" skips it)  (default: indexer-side GPU v1 rows)
 #   DSA_SANITIZER_TOOLS   compute-sanitizer tools, space separated        (default: memcheck)
-#   DSA_BENCH             "indexer", "attention", "all" or "none"          (default: indexer)
+#   DSA_BENCH             "indexer", "attention", "all" or "none"          (default: indexer); "all"
+#                         also times one DSA layer at L = 128K (dsa_bench_layer, default and 1 GiB
+#                         indexer workspace) against the SDPA time attention_torch.py measured just before
 #   DSA_BENCH_ARGS        arguments of dsa_bench_gpu ("quick", op names)  (default: none)
 #   DSA_CUDA_ARCH         CMAKE_CUDA_ARCHITECTURES                        (default: 90a)
 #   DSA_TEST_TIMEOUT / DSA_SANITIZER_TIMEOUT / DSA_BENCH_TIMEOUT  seconds per stage (200 / 120 / 200)
@@ -68,6 +70,7 @@ else
   cmake -S . -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$ARCH" "${EXTRA[@]}" 2>&1 | tail -5
   TARGETS=(--target dsa_tests --target dsa_bench_gpu)
   [ "$BENCH" = attention ] || [ "$BENCH" = all ] && TARGETS+=(--target dsa_bench_attention)
+  [ "$BENCH" = all ] && TARGETS+=(--target dsa_bench_layer)
   time cmake --build "$BUILD" -j "$JOBS" "${TARGETS[@]}" 2>&1 | grep -E "error|FAILED|warning: .*(cu|cuh):" | head -60
   echo "build exit: ${PIPESTATUS[0]}"
   ls -la "$BUILD/tests/dsa_tests" "$BUILD/bench/gpu/" 2>&1
@@ -95,8 +98,18 @@ fi
   if [ "$BENCH" = attention ] || [ "$BENCH" = all ]; then
     timeout "${DSA_BENCH_TIMEOUT:-200}" "$BUILD/bench/gpu/dsa_bench_attention" ${DSA_BENCH_ARGS:-}
     echo "dsa_bench_attention exit: $?"
-    timeout 150 python3 bench/gpu/attention_torch.py
-    echo "attention_torch exit: $?"
+    timeout 150 python3 bench/gpu/attention_torch.py | tee "$OUT/attention_torch.txt"
+    echo "attention_torch exit: ${PIPESTATUS[0]}"
+  fi
+  if [ "$BENCH" = all ] && [ -x "$BUILD/bench/gpu/dsa_bench_layer" ]; then
+    # the fastest dense baseline at L = 131072 (microseconds column → ms) is the layer's yardstick
+    sdpa_ms=$(grep -E "^torch_sdpa_[a-z]+ +causal L=131072 " "$OUT/attention_torch.txt" 2>/dev/null |
+              awk '{for (i = 1; i <= NF; i++) if ($i == "us") print $(i - 1) / 1000}' | sort -n | head -1)
+    for ws in "" 1024; do
+      timeout "${DSA_BENCH_TIMEOUT:-200}" "$BUILD/bench/gpu/dsa_bench_layer" "${sdpa_ms:-0}" $ws
+      echo "dsa_bench_layer ${ws:+(workspace $ws MiB) }exit: $?"
+    done
+    rm -f "$OUT/attention_torch.txt"
   fi
   nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu,power.draw --format=csv 2>&1
 } >"$OUT/bench.log" 2>&1
