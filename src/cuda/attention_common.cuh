@@ -381,4 +381,44 @@ __device__ void dkv_key(const float* __restrict__ kv_row, const float* __restric
   for (int d = tid; d < Dqk; d += kThreads) dkv_row[d] = acc_s[d];
 }
 
+// ── the v1 kernels both attention ops share (Keys = SparseKeys or DenseKeys) ─────────────────────
+// forward: grid (T, ⌈H/kTileHeads⌉), one forward_tile per (query, head tile), fp32, deterministic.
+template <class Keys>
+struct ForwardArgs {
+  Keys keys;
+  int T, H, Dqk, Dv;
+  float scale;
+  const float* q;
+  float* out;
+  float* lse;
+  float* max_logits;   // may be null
+};
+template <class Keys>
+__global__ void __launch_bounds__(kThreads) forward_v1_kernel(ForwardArgs<Keys> a) {
+  const int64_t t = blockIdx.x;
+  const int h0 = blockIdx.y * kTileHeads;
+  const int nh = min(kTileHeads, a.H - h0);
+  const int64_t row = t * a.H + h0;
+  forward_tile(a.keys, t, 0, a.keys.count(t), a.q + row * a.Dqk, nh, a.Dqk, a.Dv, a.scale, a.out + row * a.Dv,
+               a.lse + row, 1, a.max_logits ? a.max_logits + row : nullptr, kInf);
+}
+// backward dq: same grid, one dq_tile per (query, head tile).
+template <class Keys>
+struct DqArgs {
+  Keys keys;
+  int H, Dqk, Dv;
+  float scale;
+  const float *q, *dout, *lse, *delta;
+  float* dq;
+};
+template <class Keys>
+__global__ void __launch_bounds__(kThreads) dq_v1_kernel(DqArgs<Keys> a) {
+  const int64_t t = blockIdx.x;
+  const int h0 = blockIdx.y * kTileHeads;
+  const int nh = min(kTileHeads, a.H - h0);
+  const int64_t row = t * a.H + h0;
+  dq_tile(a.keys, t, a.q + row * a.Dqk, a.dout + row * a.Dv, a.lse + row, a.delta + row, nh, a.Dqk, a.Dv, a.scale,
+          a.dq + row * a.Dqk);
+}
+
 }  // namespace dsa::cuda::attn

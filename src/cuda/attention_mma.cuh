@@ -5,9 +5,12 @@
 // (k rows 2c+8.., col r); C = (row r, cols 2c..2c+1), (row r+8, cols 2c..2c+1).
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+
+#include "cuda/attention_common.cuh"
 
 namespace dsa::cuda::attn {
 
@@ -37,6 +40,60 @@ __device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\
 template <int kPending>
 __device__ inline void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+// One key tile's online-softmax step of the mma.sync bf16 sparse forwards (v3 and v4: one copy, so
+// both keep the same bits). Warp (g, j) holds the scores of heads 16g.. over key half j of the tile:
+// s[i][e] = (head row lr + 8·(e >> 1), key kNt·8·j + 8i + 2·lc + (e & 1)), m16n8 accumulators.
+// Scales into the base-2 domain (scale_log2 = scale · log2 e), masks keys whose id is < 0, exchanges
+// the two key halves' row maxima through row_max (one __syncthreads: every warp of the block calls
+// this), updates the running max m and row sum l (this thread's keys, in order), writes P (bf16) into
+// p (row stride ld_p) and rescales this warp's O accumulators o.
+template <int kNt, int kNo, int kHeads>
+__device__ __forceinline__ void online_softmax_tile(float (&s)[kNt][4], const int32_t* key, float scale_log2,
+                                                    float (&row_max)[2][kHeads], __nv_bfloat16* p, int ld_p,
+                                                    int g, int j, int lr, int lc, float (&m)[2], float (&l)[2],
+                                                    float (&o)[kNo][4]) {
+  constexpr int kMmaN = 8, kKeysPerWarp = kNt * kMmaN;
+  float cmax[2] = {-kInf, -kInf};
+  for (int i = 0; i < kNt; ++i)
+    for (int e = 0; e < 4; ++e) {
+      const int kidx = kKeysPerWarp * j + kMmaN * i + 2 * lc + (e & 1);
+      const float v = key[kidx] >= 0 ? s[i][e] * scale_log2 : -kInf;
+      s[i][e] = v;
+      cmax[e >> 1] = fmaxf(cmax[e >> 1], v);
+    }
+  for (int r = 0; r < 2; ++r) {
+    cmax[r] = fmaxf(cmax[r], __shfl_xor_sync(detail::kFullMask, cmax[r], 1));
+    cmax[r] = fmaxf(cmax[r], __shfl_xor_sync(detail::kFullMask, cmax[r], 2));
+    if (lc == 0) row_max[j][16 * g + lr + 8 * r] = cmax[r];
+  }
+  __syncthreads();
+  float alpha[2];
+  for (int r = 0; r < 2; ++r) {
+    const int row = 16 * g + lr + 8 * r;
+    const float m_new = fmaxf(m[r], fmaxf(row_max[0][row], row_max[1][row]));
+    alpha[r] = m_new == -kInf ? 1.0f : exp2f(m[r] - m_new);
+    m[r] = m_new;
+    l[r] *= alpha[r];
+  }
+  for (int i = 0; i < kNt; ++i) {
+    float pe[4];
+    for (int e = 0; e < 4; ++e) {
+      const int r = e >> 1;
+      pe[e] = s[i][e] == -kInf ? 0.0f : exp2f(s[i][e] - m[r]);
+      l[r] += pe[e];
+    }
+    const int col = kKeysPerWarp * j + kMmaN * i + 2 * lc;
+    *reinterpret_cast<__nv_bfloat162*>(p + (16 * g + lr) * ld_p + col) = __floats2bfloat162_rn(pe[0], pe[1]);
+    *reinterpret_cast<__nv_bfloat162*>(p + (16 * g + lr + 8) * ld_p + col) = __floats2bfloat162_rn(pe[2], pe[3]);
+  }
+  for (auto& f : o) {
+    f[0] *= alpha[0];
+    f[1] *= alpha[0];
+    f[2] *= alpha[1];
+    f[3] *= alpha[1];
+  }
 }
 
 }  // namespace dsa::cuda::attn

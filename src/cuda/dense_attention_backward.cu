@@ -21,23 +21,6 @@ __global__ void dense_bwd_delta(const float* out, const float* dout, int64_t row
   attn::row_delta(out, dout, rows, Dv, delta);
 }
 
-struct DqArgs {
-  attn::DenseKeys keys;
-  int H, Dqk, Dv;
-  float scale;
-  const float *q, *dout, *lse, *delta;
-  float* dq;
-};
-
-__global__ void __launch_bounds__(attn::kThreads) dense_bwd_dq(DqArgs a) {
-  const int64_t t = blockIdx.x;
-  const int h0 = blockIdx.y * attn::kTileHeads;
-  const int nh = min(attn::kTileHeads, a.H - h0);
-  const int64_t row = t * a.H + h0;
-  attn::dq_tile(a.keys, t, a.q + row * a.Dqk, a.dout + row * a.Dv, a.lse + row, a.delta + row, nh, a.Dqk, a.Dv,
-                a.scale, a.dq + row * a.Dqk);
-}
-
 struct DkvArgs {
   attn::DenseKeys keys;
   int T, H, Dqk, Dv;
@@ -83,7 +66,7 @@ void dense_attention_backward(const AttentionParams& p, const AttentionBackwardA
               workspace_bytes, " (workspace ", workspace ? "set" : "null", ") is smaller than the ", need,
               " B dense_attention_backward_workspace_bytes asks for");
   const size_t dq_smem = attn::dq_smem_bytes(p.Dqk, p.Dv), dkv_smem = attn::dkv_smem_bytes(p.Dqk, p.H);
-  attn::set_smem(dense_bwd_dq, dq_smem, kOp);
+  attn::set_smem(attn::dq_v1_kernel<attn::DenseKeys>, dq_smem, kOp);
   attn::set_smem(dense_bwd_dkv, dkv_smem, kOp);
   float* delta = static_cast<float*>(workspace);
   const attn::DenseKeys keys{p.ks, p.ke, p.S, p.kv, p.Dqk};
@@ -93,8 +76,8 @@ void dense_attention_backward(const AttentionParams& p, const AttentionBackwardA
     dense_bwd_delta<<<detail::ceil_div(threads, attn::kThreads), attn::kThreads, 0, stream>>>(b.out, b.dout, rows,
                                                                                              p.Dv, delta);
     DSA_CUDA_LAUNCH_CHECK(kOp);
-    DqArgs a{keys, p.H, p.Dqk, p.Dv, p.scale, p.q, b.dout, b.lse, delta, b.dq};
-    dense_bwd_dq<<<dim3(p.T, detail::ceil_div(p.H, attn::kTileHeads)), attn::kThreads, dq_smem, stream>>>(a);
+    attn::DqArgs<attn::DenseKeys> a{keys, p.H, p.Dqk, p.Dv, p.scale, p.q, b.dout, b.lse, delta, b.dq};
+    attn::dq_v1_kernel<<<dim3(p.T, detail::ceil_div(p.H, attn::kTileHeads)), attn::kThreads, dq_smem, stream>>>(a);
     DSA_CUDA_LAUNCH_CHECK(kOp);
   }
   if (p.S > 0) {

@@ -13,25 +13,6 @@ namespace {
 
 constexpr const char* kOp = "dense_attention_forward";
 
-struct DenseForwardArgs {
-  attn::DenseKeys keys;
-  int T, H, Dqk, Dv;
-  float scale;
-  const float* q;
-  float* out;
-  float* lse;
-  float* max_logits;   // may be null
-};
-
-__global__ void __launch_bounds__(attn::kThreads) dense_attention_forward_v1(DenseForwardArgs a) {
-  const int64_t t = blockIdx.x;
-  const int h0 = blockIdx.y * attn::kTileHeads;
-  const int nh = min(attn::kTileHeads, a.H - h0);
-  const int64_t row = t * a.H + h0;
-  attn::forward_tile(a.keys, t, 0, a.keys.count(t), a.q + row * a.Dqk, nh, a.Dqk, a.Dv, a.scale, a.out + row * a.Dv,
-                     a.lse + row, 1, a.max_logits ? a.max_logits + row : nullptr, attn::kInf);
-}
-
 }  // namespace
 
 void dense_attention_forward(const AttentionParams& p, const AttentionForwardOut& o, cudaStream_t stream, int version) {
@@ -40,11 +21,11 @@ void dense_attention_forward(const AttentionParams& p, const AttentionForwardOut
   ::dsa::detail::require_ptr(o.out, kOp, "out");
   ::dsa::detail::require_ptr(o.lse, kOp, "lse");
   const size_t smem = attn::forward_smem_bytes(p.Dqk, p.Dv);
-  attn::set_smem(dense_attention_forward_v1, smem, kOp);
+  attn::set_smem(attn::forward_v1_kernel<attn::DenseKeys>, smem, kOp);
   if (p.T == 0) return;
-  DenseForwardArgs a{{p.ks, p.ke, p.S, p.kv, p.Dqk}, p.T, p.H, p.Dqk, p.Dv, p.scale, p.q, o.out, o.lse, o.max_logits};
+  attn::ForwardArgs<attn::DenseKeys> a{{p.ks, p.ke, p.S, p.kv, p.Dqk}, p.T, p.H, p.Dqk, p.Dv, p.scale, p.q, o.out, o.lse, o.max_logits};
   const dim3 grid(p.T, detail::ceil_div(p.H, attn::kTileHeads));
-  dense_attention_forward_v1<<<grid, attn::kThreads, smem, stream>>>(a);
+  attn::forward_v1_kernel<<<grid, attn::kThreads, smem, stream>>>(a);
   DSA_CUDA_LAUNCH_CHECK(kOp);
 }
 

@@ -224,10 +224,10 @@ __device__ __forceinline__ void fence_operands(float (&acc)[kRegs]) {
 //   0 "n256":      one m64n256 accumulator (4 queries) per tile, epilogue after all MMAs;
 //   1 "n128x2":    two m64n128 accumulators (2 queries each) committed as two groups: the epilogue of
 //                  the first half overlaps the MMAs of the second (the A tile is read twice);
-//   2 "n128x2_sw": as 1, software-pipelined across tiles: while the epilogue of one half of tile j
-//                  runs, the MMAs of the other half of tile j or of tile j + 1 are in flight. Measured
-//                  ~10% SLOWER than 1 (kept as a tuning configuration, tested like the others).
-constexpr int kConfigN256 = 0, kConfigN128x2 = 1, kConfigPipelined = 2;
+// (A third, software-pipelined across tiles — the epilogue of one half overlapping the MMAs of the
+// other half or of the next tile — ran 10–24 % slower than n128x2 in every measurement and made ptxas
+// serialise its wgmmas (C7520); it was removed, docs/kernels/indexer_logits.md.)
+constexpr int kConfigN256 = 0, kConfigN128x2 = 1;
 
 template <int kConfig>
 __global__ void __launch_bounds__(kThreads, 1)
@@ -348,69 +348,6 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int i = 0; i < kRegs; ++i) acc[hf][i] = 0.0f;
 
-  if constexpr (kConfig == kConfigPipelined) {
-    // wgmma groups in issue order: G(0,0) G(0,1) G(1,0) G(1,1) … (tile, half); an empty group is
-    // committed where a tile does not exist, so "wait<1>" always means "all but the newest".
-    auto issue_half = [&](int j, int hf) {
-      const uint64_t desc_a = desc_k_major(k_ring + (j % kStages) * kKTileBytes);
-      fence_operands(acc[hf]);
-      wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < kKSteps; ++ks)
-        wgmma_m64n128k32(acc[hf], desc_a + uint64_t(ks * kKStepBytes >> 4),
-                         desc_b + uint64_t((hf * (kN / 2) * kRowBytes + ks * kKStepBytes) >> 4), ks > 0);
-    };
-    // Epilogue of half hf of tile j: the two queries 2hf, 2hf + 1, a quad transpose of 4 values
-    // (query, row) → lane qc holds query 2hf + (qc >> 1), row r + 8·(qc & 1). Same pairing as the
-    // other configurations: (p_c + p_{c^2}) + (p_{c^1} + p_{c^3}).
-    auto epilogue_half = [&](int j, int hf) {
-      float part0[kQueries], part1[kQueries];
-      head_partials<kQueries / 2>(acc[hf], w4 + 2 * hf, 2 * hf, part0, part1);
-      const bool up = qc & 2, odd = qc & 1;
-      const float x0 = part0[2 * hf], x1 = part1[2 * hf], y0 = part0[2 * hf + 1], y1 = part1[2 * hf + 1];
-      float k0 = up ? y0 : x0, k1 = up ? y1 : x1;
-      k0 += __shfl_xor_sync(detail::kFullMask, up ? x0 : y0, 2);
-      k1 += __shfl_xor_sync(detail::kFullMask, up ? x1 : y1, 2);
-      float v = odd ? k1 : k0;
-      v += __shfl_xor_sync(detail::kFullMask, odd ? k0 : k1, 1);
-      const int qq = 2 * hf + (qc >> 1);
-      const int s = (first + kWarpGroups * j) * kKeyTile + 16 * warp + r + 8 * (qc & 1);
-      if (t0 + qq < p.T && s < span_hi) {
-        const bool in = s >= r_s[qq] && s < r_s[kQueries + qq];
-        const float ks = scale_s[(j % kStages) * kKeyTile + 16 * warp + r + 8 * (qc & 1)];
-        logits[int64_t(t0 + qq) * p.S + s] = in ? __fmul_rn(v, ks) : -INFINITY;
-      }
-    };
-    if (n_my > 0) {
-      cp_async_wait<kStages - 2>();  // tile 0
-      fence_proxy_async();
-      named_barrier(1 + wg, kWarpGroupThreads);
-      issue_half(0, 0);
-      wgmma_commit();
-      issue_half(0, 1);
-      wgmma_commit();
-    }
-    for (int j = 0; j < n_my; ++j) {
-      wgmma_wait<1>();  // G(j,0) done (G(j,1) may run)
-      fence_operands(acc[0]);
-      epilogue_half(j, 0);
-      // Tile j+1 landed for everyone; everyone has waited G(j−1,1), so tile j−1's stage is free.
-      cp_async_wait<kStages - 3>();
-      fence_proxy_async();
-      named_barrier(1 + wg, kWarpGroupThreads);
-      if (j + kStages - 1 < n_my) load_tile(j + kStages - 1);
-      cp_async_commit();
-      const bool more = j + 1 < n_my;
-      if (more) issue_half(j + 1, 0);
-      wgmma_commit();
-      wgmma_wait<1>();  // G(j,1) done (G(j+1,0) may run)
-      fence_operands(acc[1]);
-      epilogue_half(j, 1);
-      if (more) issue_half(j + 1, 1);
-      wgmma_commit();
-    }
-    wgmma_wait<0>();
-  } else {
   for (int j = 0; j < n_my; ++j) {
     cp_async_wait<kStages - 2>();  // this thread's chunks of tile j landed
     fence_proxy_async();
@@ -473,7 +410,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (sb < span_hi) out_row[sb] = (sb >= lo && sb < hi) ? __fmul_rn(v1, ks_b) : -INFINITY;
     }
   }
-  }  // kConfig
   cp_async_wait<0>();  // no copy outlives the CTA (the tail groups are empty)
 #else
   __trap();  // never launched: use_logits_wgmma requires this file's sm_90a code (the probe below)
@@ -513,9 +449,9 @@ bool use_logits_wgmma(const IndexerParams& p, int version) {
 
 namespace {
 // H200, 2026-11-28 04:38, T = 4096 × S = 131072 (dsa_bench_gpu logits_full): n256 808, n128x2 834–884,
-// n128x2_sw 676 TFLOP/s (full ranges; causal the same within 1%) → n128x2.
+// (n128x2_sw, since removed, 676) TFLOP/s (full ranges; causal the same within 1%) → n128x2.
 constexpr int kDefaultConfig = kConfigN128x2;
-const char* const kConfigNames[] = {"n256", "n128x2", "n128x2_sw"};
+const char* const kConfigNames[] = {"n256", "n128x2"};
 }  // namespace
 
 void indexer_logits_wgmma(const IndexerParams& p, float* logits, cudaStream_t stream) {
@@ -535,9 +471,8 @@ const char* run_logits_wgmma_config(const IndexerParams& p, float* logits, cudaS
   int chunk_tiles = ceil_div(key_tiles, splits);
   chunk_tiles = ceil_div(chunk_tiles, kWarpGroups) * kWarpGroups;
   splits = ceil_div(key_tiles, chunk_tiles);
-  auto kernel = config == kConfigN256      ? indexer_logits_wgmma_kernel<kConfigN256>
-                : config == kConfigN128x2 ? indexer_logits_wgmma_kernel<kConfigN128x2>
-                                          : indexer_logits_wgmma_kernel<kConfigPipelined>;
+  auto kernel = config == kConfigN256 ? indexer_logits_wgmma_kernel<kConfigN256>
+                                     : indexer_logits_wgmma_kernel<kConfigN128x2>;
   DSA_CUDA_CALL("indexer_logits",
                 cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   kernel<<<int64_t(q_blocks) * splits, kThreads, kSmemBytes, stream>>>(p, splits, chunk_tiles, logits);

@@ -120,23 +120,6 @@ __global__ void sparse_bwd_offsets(const uint32_t* sorted, int n, int S, int32_t
   offsets[s] = lo;
 }
 
-struct DqArgs {
-  attn::SparseKeys keys;
-  int H, Dqk, Dv;
-  float scale;
-  const float *q, *dout, *lse, *delta;
-  float* dq;
-};
-
-__global__ void __launch_bounds__(attn::kThreads) sparse_bwd_dq(DqArgs a) {
-  const int64_t t = blockIdx.x;
-  const int h0 = blockIdx.y * attn::kTileHeads;
-  const int nh = min(attn::kTileHeads, a.H - h0);
-  const int64_t row = t * a.H + h0;
-  attn::dq_tile(a.keys, t, a.q + row * a.Dqk, a.dout + row * a.Dv, a.lse + row, a.delta + row, nh, a.Dqk, a.Dv,
-                a.scale, a.dq + row * a.Dqk);
-}
-
 struct DkvArgs {
   int H, Dqk, Dv, K;
   float scale;
@@ -176,7 +159,7 @@ void sparse_attention_backward(const AttentionParams& p, const AttentionBackward
               " B sparse_attention_backward_workspace_bytes asks for");
   w = plan(p, workspace);
   const size_t dq_smem = attn::dq_smem_bytes(p.Dqk, p.Dv), dkv_smem = attn::dkv_smem_bytes(p.Dqk, p.H);
-  attn::set_smem(sparse_bwd_dq, dq_smem, kOp);
+  attn::set_smem(attn::dq_v1_kernel<attn::SparseKeys>, dq_smem, kOp);
   attn::set_smem(sparse_bwd_dkv, dkv_smem, kOp);
   const attn::SparseKeys keys{p.indices, p.topk_length, p.K, p.S, p.kv, p.Dqk};
   const int n = p.T * p.K;
@@ -200,8 +183,8 @@ void sparse_attention_backward(const AttentionParams& p, const AttentionBackward
                        stream>>>(w.keys_out, n, p.S, w.offsets);
   DSA_CUDA_LAUNCH_CHECK(kOp);
   if (p.T > 0) {
-    DqArgs a{keys, p.H, p.Dqk, p.Dv, p.scale, p.q, b.dout, b.lse, w.delta, b.dq};
-    sparse_bwd_dq<<<dim3(p.T, detail::ceil_div(p.H, attn::kTileHeads)), attn::kThreads, dq_smem, stream>>>(a);
+    attn::DqArgs<attn::SparseKeys> a{keys, p.H, p.Dqk, p.Dv, p.scale, p.q, b.dout, b.lse, w.delta, b.dq};
+    attn::dq_v1_kernel<<<dim3(p.T, detail::ceil_div(p.H, attn::kTileHeads)), attn::kThreads, dq_smem, stream>>>(a);
     DSA_CUDA_LAUNCH_CHECK(kOp);
   }
   if (p.S > 0) {

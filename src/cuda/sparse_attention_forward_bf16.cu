@@ -194,46 +194,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_bf16_kernel
         mma_bf16(s[2 * np + 1], af, bf[2], bf[3]);
       }
     }
-    // 2b: scale, mask, row max over this warp's 32 keys, exchange with the other key half.
-    float cmax[2] = {-kInf, -kInf};
-    for (int i = 0; i < kKeysPerWarp / kMmaN; ++i)
-      for (int e = 0; e < 4; ++e) {
-        const int key = kKeysPerWarp * j + kMmaN * i + 2 * lc + (e & 1);
-        const float v = sm.key[key] >= 0 ? s[i][e] * a.scale_log2 : -kInf;
-        s[i][e] = v;
-        cmax[e >> 1] = fmaxf(cmax[e >> 1], v);
-      }
-    for (int r = 0; r < 2; ++r) {
-      cmax[r] = fmaxf(cmax[r], __shfl_xor_sync(detail::kFullMask, cmax[r], 1));
-      cmax[r] = fmaxf(cmax[r], __shfl_xor_sync(detail::kFullMask, cmax[r], 2));
-      if (lc == 0) sm.row_max[j][16 * g + lr + 8 * r] = cmax[r];
-    }
-    __syncthreads();
-    float alpha[2];
-    for (int r = 0; r < 2; ++r) {
-      const int row = 16 * g + lr + 8 * r;
-      const float m_new = fmaxf(m[r], fmaxf(sm.row_max[0][row], sm.row_max[1][row]));
-      alpha[r] = m_new == -kInf ? 1.0f : exp2f(m[r] - m_new);
-      m[r] = m_new;
-      l[r] *= alpha[r];
-    }
-    for (int i = 0; i < kKeysPerWarp / kMmaN; ++i) {
-      float p[4];
-      for (int e = 0; e < 4; ++e) {
-        const int r = e >> 1;
-        p[e] = s[i][e] == -kInf ? 0.0f : exp2f(s[i][e] - m[r]);
-        l[r] += p[e];
-      }
-      const int col = kKeysPerWarp * j + kMmaN * i + 2 * lc;
-      *reinterpret_cast<__nv_bfloat162*>(sm.p + (16 * g + lr) * kLdP + col) = __floats2bfloat162_rn(p[0], p[1]);
-      *reinterpret_cast<__nv_bfloat162*>(sm.p + (16 * g + lr + 8) * kLdP + col) = __floats2bfloat162_rn(p[2], p[3]);
-    }
-    for (auto& f : o) {
-      f[0] *= alpha[0];
-      f[1] *= alpha[0];
-      f[2] *= alpha[1];
-      f[3] *= alpha[1];
-    }
+    // 2b: scale, mask, row maxima (exchanged with the other key half), P, l, O rescale.
+    online_softmax_tile(s, sm.key, a.scale_log2, sm.row_max, sm.p, kLdP, g, j, lr, lc, m, l, o);
     __syncthreads();
     // 2c: O[16 heads × 256 dims] += P[16 × 64] · V[64 × 256].
     for (int kk = 0; kk < kKeys / kMmaK; ++kk) {
