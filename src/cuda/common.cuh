@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -25,6 +26,34 @@ inline void cuda_throw_if(cudaError_t e, const char* op, const char* what) {
 #define DSA_CUDA_CALL(op, x) ::dsa::cuda::detail::cuda_throw_if((x), op, #x)
 
 inline int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
+
+// ── caller workspaces ────────────────────────────────────────────────────────────────────────
+// Every array carved from a workspace starts on a 256-byte boundary (cuBLAS and cub want that much).
+inline constexpr size_t kWorkspaceAlign = 256;
+inline size_t align_up(size_t bytes) { return (bytes + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign; }
+// Consecutive aligned arrays of a caller's workspace. With a null base it hands out nulls and only
+// adds up the bytes, so a workspace-size query runs the same carving as the launch.
+class WorkspaceCarver {
+ public:
+  explicit WorkspaceCarver(void* base) : base_(static_cast<char*>(base)) {}
+  template <class T>
+  T* take(size_t count) {
+    char* p = base_ ? base_ + used_ : nullptr;
+    used_ += align_up(count * sizeof(T));
+    return reinterpret_cast<T*>(p);
+  }
+  size_t used() const { return used_; }
+
+ private:
+  char* base_;
+  size_t used_ = 0;
+};
+// Bits a radix sort must look at when its keys lie in [0, S] (S marks "invalid" and sorts last).
+inline int sort_key_bits(int S) {
+  int b = 1;
+  while ((1LL << b) <= S) ++b;
+  return b;
+}
 
 // Maximum dynamic shared memory of the current device (opt-in limit), for kernels that size it.
 inline int max_dynamic_smem_bytes() {

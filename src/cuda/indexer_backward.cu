@@ -28,9 +28,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / detail::kWarpSize;
 constexpr int kFillThreads = 256;
-constexpr size_t kAlign = 256;
-
-size_t align_up(size_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
 
 // u[h] = q[t,h]·krow for every head in fp64, one warp per head (lanes over d, then a butterfly sum).
 __device__ void head_dots(const float* __restrict__ q_row, const float* krow, int HI, int DI, double* u) {
@@ -162,17 +159,11 @@ __global__ void fill_pairs_kernel(const int32_t* __restrict__ indices, int64_t n
   vals[i] = static_cast<int32_t>(i);
 }
 
-int key_bits(int S) {
-  int b = 1;
-  while ((1LL << b) <= S) ++b;  // keys are in [0, S]
-  return b;
-}
-
 size_t cub_temp_bytes(int n, int S) {
   size_t bytes = 0;
   cub::DeviceRadixSort::SortPairs(nullptr, bytes, static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
                                   static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), n, 0,
-                                  key_bits(S));
+                                  detail::sort_key_bits(S));
   return bytes;
 }
 
@@ -192,7 +183,7 @@ void validate(const IndexerBackwardParams& p, const char* op) {
 size_t indexer_backward_workspace_bytes(const IndexerBackwardParams& p) {
   if (p.K <= 0 || p.fwd.T <= 0) return 0;
   const int n = p.fwd.T * p.K;
-  return 4 * align_up(size_t(n) * sizeof(int32_t)) + align_up(cub_temp_bytes(n, p.fwd.S));
+  return 4 * detail::align_up(size_t(n) * sizeof(int32_t)) + detail::align_up(cub_temp_bytes(n, p.fwd.S));
 }
 
 void indexer_backward(const IndexerBackwardParams& p, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
@@ -219,7 +210,7 @@ void indexer_backward(const IndexerBackwardParams& p, void* workspace, size_t wo
   if (p.K > 0 && p.fwd.T > 0) {
     n = p.fwd.T * p.K;
     auto* base = static_cast<unsigned char*>(workspace);
-    const size_t arr = align_up(size_t(n) * sizeof(int32_t));
+    const size_t arr = detail::align_up(size_t(n) * sizeof(int32_t));
     auto* keys_in = reinterpret_cast<int32_t*>(base);
     auto* vals_in = reinterpret_cast<int32_t*>(base + arr);
     auto* keys_out = reinterpret_cast<int32_t*>(base + 2 * arr);
@@ -229,7 +220,7 @@ void indexer_backward(const IndexerBackwardParams& p, void* workspace, size_t wo
                                                                                      vals_in);
     DSA_CUDA_LAUNCH_CHECK(op);
     DSA_CUDA_CALL(op, cub::DeviceRadixSort::SortPairs(base + 4 * arr, temp, keys_in, keys_out, vals_in, vals_out, n,
-                                                      0, key_bits(p.fwd.S), stream));
+                                                      0, detail::sort_key_bits(p.fwd.S), stream));
     keys = keys_out;
     vals = vals_out;
   }

@@ -3,10 +3,9 @@
 //
 // v1 (every arch), five launches on `stream`, all scratch in the caller's workspace:
 //   1. delta     Δ[t,h] = out·dout                            (one warp per row)
-//   2. sort_in   key = indices[t,j] if slot j is valid (j < len, 0 ≤ idx < S) else S; value = t·K+j
-//   3. cub::DeviceRadixSort::SortPairs (stable LSD radix sort): every key's entries end up
-//      contiguous and in ascending (t, j) order — the transposed index list
-//   4. offsets   offsets[s] = first sorted entry with key ≥ s (binary search), s ∈ [0, S]
+//   2–4. the key-major transposition (key_major.cuh, shared with v3): key = indices[t,j] if slot j
+//      is valid (j < len, 0 ≤ idx < S) else S, value = t·K+j; a stable radix sort leaves every key's
+//      entries contiguous and in ascending (t, j) order; offsets[s] = its first entry, s ∈ [0, S]
 //   5. dq        query-major tiles (attention_common.cuh dq_tile), grid (T, ⌈H/8⌉)
 //   6. dkv       key-major: block s walks its entries in sorted order and sums, per entry, all H
 //                heads (dkv_key); each dkv row is therefore summed in one fixed order.
@@ -17,62 +16,27 @@
 // workspace size); every other version number runs v1.
 // The key-major pass recomputes the scores (as FlashAttention-2's dkv pass does); its cost is the
 // re-read of q[t] and dout[t] per entry (docs/kernels/sparse_attention.md has the numbers).
-#include <cub/device/device_radix_sort.cuh>
-
 #include "cuda/attention_common.cuh"
+#include "cuda/key_major.cuh"
 #include "dsa/cuda_ops.h"
 
 namespace dsa::cuda {
 namespace {
 
 constexpr const char* kOp = "sparse_attention_backward";
-constexpr int kAlign = 256;                  // every workspace array starts on a 256-byte boundary
-constexpr int kElementwiseThreads = 256;
-
-size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
-
-int key_bits(int S) {   // bits of the largest sort key (S, the "invalid" key)
-  int b = 1;
-  while ((1LL << b) <= S) ++b;
-  return b;
-}
 
 struct Workspace {
   float* delta;
-  uint32_t* keys_in;
-  uint32_t* keys_out;
-  int32_t* vals_in;
-  int32_t* vals_out;
-  int32_t* offsets;
-  void* sort_temp;
-  size_t sort_temp_bytes;
+  attn::KeyMajorBuffers km;   // the transposed index list (key_major.cuh)
   size_t total;
 };
 
 Workspace plan(const AttentionParams& p, void* base) {
-  const int n = p.T * p.K;
-  size_t temp = 0;
-  DSA_CUDA_CALL(kOp, cub::DeviceRadixSort::SortPairs(nullptr, temp, static_cast<const uint32_t*>(nullptr),
-                                                     static_cast<uint32_t*>(nullptr),
-                                                     static_cast<const int32_t*>(nullptr),
-                                                     static_cast<int32_t*>(nullptr), n, 0, key_bits(p.S)));
+  detail::WorkspaceCarver ws(base);
   Workspace w{};
-  char* b = static_cast<char*>(base);
-  size_t off = 0;
-  auto take = [&](size_t bytes) {
-    char* ptr = b ? b + off : nullptr;
-    off += align_up(bytes);
-    return ptr;
-  };
-  w.delta = reinterpret_cast<float*>(take(sizeof(float) * static_cast<size_t>(p.T) * p.H));
-  w.keys_in = reinterpret_cast<uint32_t*>(take(sizeof(uint32_t) * static_cast<size_t>(n)));
-  w.keys_out = reinterpret_cast<uint32_t*>(take(sizeof(uint32_t) * static_cast<size_t>(n)));
-  w.vals_in = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * static_cast<size_t>(n)));
-  w.vals_out = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * static_cast<size_t>(n)));
-  w.offsets = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * (static_cast<size_t>(p.S) + 1)));
-  w.sort_temp = take(temp);
-  w.sort_temp_bytes = temp;
-  w.total = off;
+  w.delta = ws.take<float>(static_cast<size_t>(p.T) * p.H);
+  w.km = attn::carve_key_major(ws, p.T * p.K, p.S, kOp);
+  w.total = ws.used();
   return w;
 }
 
@@ -94,30 +58,6 @@ void validate(const AttentionParams& p, const AttentionBackwardArgs& b) {
 // ── kernels ──────────────────────────────────────────────────────────────────────────────────
 __global__ void sparse_bwd_delta(const float* out, const float* dout, int64_t rows, int Dv, float* delta) {
   attn::row_delta(out, dout, rows, Dv, delta);
-}
-
-__global__ void sparse_bwd_sort_input(attn::SparseKeys keys, int T, uint32_t* keys_in, int32_t* vals_in) {
-  const int64_t n = static_cast<int64_t>(T) * keys.K;
-  for (int64_t pos = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; pos < n;
-       pos += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t t = pos / keys.K;
-    const int j = static_cast<int>(pos % keys.K);
-    const int64_t s = j < keys.count(t) ? keys.key(t, j) : -1;
-    keys_in[pos] = s >= 0 ? static_cast<uint32_t>(s) : static_cast<uint32_t>(keys.S);
-    vals_in[pos] = static_cast<int32_t>(pos);
-  }
-}
-
-__global__ void sparse_bwd_offsets(const uint32_t* sorted, int n, int S, int32_t* offsets) {
-  const int s = blockIdx.x * blockDim.x + threadIdx.x;
-  if (s > S) return;
-  int lo = 0, hi = n;   // first position with sorted[pos] >= s
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    if (sorted[mid] < static_cast<uint32_t>(s)) lo = mid + 1;
-    else hi = mid;
-  }
-  offsets[s] = lo;
 }
 
 struct DkvArgs {
@@ -171,24 +111,15 @@ void sparse_attention_backward(const AttentionParams& p, const AttentionBackward
                                                                                               p.Dv, w.delta);
     DSA_CUDA_LAUNCH_CHECK(kOp);
   }
-  if (n > 0) {
-    const int blocks = std::min(detail::ceil_div(n, kElementwiseThreads), 65535);
-    sparse_bwd_sort_input<<<blocks, kElementwiseThreads, 0, stream>>>(keys, p.T, w.keys_in, w.vals_in);
-    DSA_CUDA_LAUNCH_CHECK(kOp);
-    size_t temp = w.sort_temp_bytes;
-    DSA_CUDA_CALL(kOp, cub::DeviceRadixSort::SortPairs(w.sort_temp, temp, w.keys_in, w.keys_out, w.vals_in, w.vals_out,
-                                                       n, 0, key_bits(p.S), stream));
-  }
-  sparse_bwd_offsets<<<detail::ceil_div(static_cast<long long>(p.S) + 1, kElementwiseThreads), kElementwiseThreads, 0,
-                       stream>>>(w.keys_out, n, p.S, w.offsets);
-  DSA_CUDA_LAUNCH_CHECK(kOp);
+  attn::key_major_fill(keys, 0, p.T, w.km, stream, kOp);
+  attn::key_major_sort(n, p.S, w.km, stream, kOp);
   if (p.T > 0) {
     attn::DqArgs<attn::SparseKeys> a{keys, p.H, p.Dqk, p.Dv, p.scale, p.q, b.dout, b.lse, w.delta, b.dq};
     attn::dq_v1_kernel<<<dim3(p.T, detail::ceil_div(p.H, attn::kTileHeads)), attn::kThreads, dq_smem, stream>>>(a);
     DSA_CUDA_LAUNCH_CHECK(kOp);
   }
   if (p.S > 0) {
-    DkvArgs a{p.H, p.Dqk, p.Dv, p.K, p.scale, p.kv, p.q, b.dout, b.lse, w.delta, w.vals_out, w.offsets, b.dkv};
+    DkvArgs a{p.H, p.Dqk, p.Dv, p.K, p.scale, p.kv, p.q, b.dout, b.lse, w.delta, w.km.vals_out, w.km.offsets, b.dkv};
     sparse_bwd_dkv<<<p.S, attn::kThreads, dkv_smem, stream>>>(a);
     DSA_CUDA_LAUNCH_CHECK(kOp);
   }

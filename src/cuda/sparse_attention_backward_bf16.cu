@@ -23,8 +23,8 @@
 //               G[t] = [dS ; P]                                               bf16 [Tc, 2H, K]
 //   5. GEMM     dq[t] = dS[t]·Kg[t]   (fp32, written straight into dq)
 //   6. GEMM     part[t] = G[t]ᵀ·Q2[t] = dSᵀ·q + Pᵀ·[dout|0]   (both roles in one K×2H×Dqk GEMM) fp32 [Tc,K,Dqk]
-//   7. sort     cub::DeviceRadixSort::SortPairs (stable) of the chunk's (key, position) pairs →
-//               every key's entries contiguous, in ascending (t, j); offsets by binary search
+//   7. sort     the chunk's key-major transposition (key_major.cuh, shared with v1: filled in step 1)
+//               → every key's entries contiguous, in ascending (t, j); offsets by binary search
 //   8. dkv      one block per key: acc = dkv[s]; acc += part[e] for its entries in sorted order;
 //               dkv[s] = acc. Chunks run in order on one stream, so every dkv element is the
 //               sequential fp32 sum over ascending (t, j) of the whole selection — independent of Tc.
@@ -46,32 +46,23 @@
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 
-#include <cub/device/device_radix_sort.cuh>
 #include <mutex>
 #include <type_traits>
 #include <vector>
 
 #include "cuda/attention_common.cuh"
+#include "cuda/key_major.cuh"
 #include "dsa/cuda_ops.h"
 
 namespace dsa::cuda::attn {
 namespace {
 
-constexpr size_t kAlign = 256;                              // every workspace array (cuBLAS needs 256 B)
 constexpr size_t kCublasWorkspaceBytes = size_t(32) << 20;  // cuBLAS docs: 32 MiB recommended on Hopper
 constexpr size_t kChunkBudgetBytes = size_t(4) << 30;       // default chunk: total workspace ≤ 4 GiB
 constexpr int kThreads256 = 256;
 constexpr int kMaxGridBlocks = 65535 * 8;                   // grid-stride loops cap their grid
 constexpr int kVecBf16 = 8;                                 // bf16 per 16-byte vector
 constexpr int kDkvUnroll = 4;                               // part rows in flight per dkv thread
-
-size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
-
-int key_bits(int S) {   // bits of the largest sort key (S = "invalid")
-  int b = 1;
-  while ((1LL << b) <= S) ++b;
-  return b;
-}
 
 #define DSA_CUBLAS_CALL(op, x)                                                                       \
   do {                                                                                               \
@@ -85,43 +76,26 @@ struct Plan {
   int tc = 0;
   __nv_bfloat16 *kvb = nullptr, *q2 = nullptr, *kg = nullptr, *g = nullptr;
   float *sp = nullptr, *part = nullptr, *delta = nullptr;
-  uint32_t *keys_in = nullptr, *keys_out = nullptr;
-  int32_t *vals_in = nullptr, *vals_out = nullptr, *offsets = nullptr;
-  void *cublas_ws = nullptr, *sort_temp = nullptr;
-  size_t sort_temp_bytes = 0, total = 0;
+  KeyMajorBuffers km;   // the chunk's transposed index list (key_major.cuh)
+  void* cublas_ws = nullptr;
+  size_t total = 0;
 };
 
 Plan make_plan(const AttentionParams& p, int tc, void* base, const char* op) {
   const size_t n = static_cast<size_t>(tc) * p.K, H2 = 2 * static_cast<size_t>(p.H), D = p.Dqk;
-  size_t temp = 0;
-  DSA_CUDA_CALL(op, cub::DeviceRadixSort::SortPairs(nullptr, temp, static_cast<const uint32_t*>(nullptr),
-                                                    static_cast<uint32_t*>(nullptr), static_cast<const int32_t*>(nullptr),
-                                                    static_cast<int32_t*>(nullptr), static_cast<int>(n), 0, key_bits(p.S)));
   Plan w;
   w.tc = tc;
-  char* b = static_cast<char*>(base);
-  size_t off = 0;
-  auto take = [&](size_t bytes) {
-    char* ptr = b ? b + off : nullptr;
-    off += align_up(bytes);
-    return ptr;
-  };
-  w.cublas_ws = take(kCublasWorkspaceBytes);
-  w.kvb = reinterpret_cast<__nv_bfloat16*>(take(2 * static_cast<size_t>(p.S) * D));
-  w.q2 = reinterpret_cast<__nv_bfloat16*>(take(2 * tc * H2 * D));
-  w.kg = reinterpret_cast<__nv_bfloat16*>(take(2 * n * D));
-  w.sp = reinterpret_cast<float*>(take(4 * tc * H2 * p.K));
-  w.g = reinterpret_cast<__nv_bfloat16*>(take(2 * tc * H2 * p.K));
-  w.part = reinterpret_cast<float*>(take(4 * n * D));
-  w.delta = reinterpret_cast<float*>(take(4 * static_cast<size_t>(tc) * p.H));
-  w.keys_in = reinterpret_cast<uint32_t*>(take(4 * n));
-  w.keys_out = reinterpret_cast<uint32_t*>(take(4 * n));
-  w.vals_in = reinterpret_cast<int32_t*>(take(4 * n));
-  w.vals_out = reinterpret_cast<int32_t*>(take(4 * n));
-  w.offsets = reinterpret_cast<int32_t*>(take(4 * (static_cast<size_t>(p.S) + 1)));
-  w.sort_temp = take(temp);
-  w.sort_temp_bytes = temp;
-  w.total = off;
+  detail::WorkspaceCarver ws(base);
+  w.cublas_ws = ws.take<unsigned char>(kCublasWorkspaceBytes);
+  w.kvb = ws.take<__nv_bfloat16>(static_cast<size_t>(p.S) * D);
+  w.q2 = ws.take<__nv_bfloat16>(tc * H2 * D);
+  w.kg = ws.take<__nv_bfloat16>(n * D);
+  w.sp = ws.take<float>(tc * H2 * p.K);
+  w.g = ws.take<__nv_bfloat16>(tc * H2 * p.K);
+  w.part = ws.take<float>(n * D);
+  w.delta = ws.take<float>(static_cast<size_t>(tc) * p.H);
+  w.km = carve_key_major(ws, static_cast<int>(n), p.S, op);
+  w.total = ws.used();
   return w;
 }
 
@@ -168,19 +142,6 @@ __global__ void bwd_bf16_delta(const float* out, const float* dout, int64_t rows
   row_delta(out, dout, rows, Dv, delta);
 }
 
-// Sort input of the chunk: key = kv row of slot (tl, j) if valid, else S; value = tl·K + j.
-__global__ void bwd_bf16_slots(SparseKeys keys, int64_t c0, int tc, uint32_t* keys_in, int32_t* vals_in) {
-  const int64_t n = static_cast<int64_t>(tc) * keys.K;
-  for (int64_t pos = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; pos < n;
-       pos += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t t = c0 + pos / keys.K;
-    const int j = static_cast<int>(pos % keys.K);
-    const int64_t s = j < keys.count(t) ? keys.key(t, j) : -1;
-    keys_in[pos] = s >= 0 ? static_cast<uint32_t>(s) : static_cast<uint32_t>(keys.S);
-    vals_in[pos] = static_cast<int32_t>(pos);
-  }
-}
-
 // Kg[pos, :] = kvb[key[pos], :] or zeros; a warp per slot, 16-byte vectors when Dqk % 8 == 0.
 template <bool kVector>
 __global__ void bwd_bf16_gather(const __nv_bfloat16* kvb, const uint32_t* keys_in, int64_t n, int Dqk, uint32_t S,
@@ -223,18 +184,6 @@ __global__ void bwd_bf16_softmax(const float* sp, const uint32_t* keys_in, const
       g[dp_row + j] = __float2bfloat16_rn(pv);
     }
   }
-}
-
-__global__ void bwd_bf16_offsets(const uint32_t* sorted, int n, int S, int32_t* offsets) {
-  const int s = blockIdx.x * blockDim.x + threadIdx.x;
-  if (s > S) return;
-  int lo = 0, hi = n;   // first position with sorted[pos] >= s
-  while (lo < hi) {
-    const int mid = lo + (hi - lo) / 2;
-    if (sorted[mid] < static_cast<uint32_t>(s)) lo = mid + 1;
-    else hi = mid;
-  }
-  offsets[s] = lo;
 }
 
 // dkv[s, :] += part[e, :] for the chunk's entries of key s, in sorted (ascending t, j) order, one
@@ -362,19 +311,19 @@ void sparse_backward_bf16(const AttentionParams& p, const AttentionBackwardArgs&
     bwd_bf16_delta<<<detail::ceil_div(rows * detail::kWarpSize, kThreads256), kThreads256, 0, stream>>>(
         b.out + c0 * H * p.Dv, b.dout + c0 * H * p.Dv, rows, p.Dv, w.delta);
     DSA_CUDA_LAUNCH_CHECK(op);
-    bwd_bf16_slots<<<grid_for(n), kThreads256, 0, stream>>>(keys, c0, n_t, w.keys_in, w.vals_in);
-    DSA_CUDA_LAUNCH_CHECK(op);
+    key_major_fill(keys, c0, n_t, w.km, stream, op);
     // 2. gather
+    const int gather_grid = grid_for(n * detail::kWarpSize);
     if (vec_gather)
-      bwd_bf16_gather<true><<<grid_for(n * detail::kWarpSize), kThreads256, 0, stream>>>(w.kvb, w.keys_in, n, D, S, w.kg);
+      bwd_bf16_gather<true><<<gather_grid, kThreads256, 0, stream>>>(w.kvb, w.km.keys_in, n, D, S, w.kg);
     else
-      bwd_bf16_gather<false><<<grid_for(n * detail::kWarpSize), kThreads256, 0, stream>>>(w.kvb, w.keys_in, n, D, S, w.kg);
+      bwd_bf16_gather<false><<<gather_grid, kThreads256, 0, stream>>>(w.kvb, w.km.keys_in, n, D, S, w.kg);
     DSA_CUDA_LAUNCH_CHECK(op);
     // 3. SP[t] (2H×K row-major = K×2H column-major) = Kg[t] (K×D) · Q2[t]ᵀ
     gemm(h, CUBLAS_OP_T, CUBLAS_OP_N, K, H2, D, w.kg, D, static_cast<long long>(K) * D, w.q2, D,
          static_cast<long long>(H2) * D, w.sp, K, static_cast<long long>(H2) * K, n_t, op);
     // 4. P, dS
-    bwd_bf16_softmax<<<grid_rows(rows), kThreads256, 0, stream>>>(w.sp, w.keys_in, b.lse, w.delta, c0, n_t, H, K, S,
+    bwd_bf16_softmax<<<grid_rows(rows), kThreads256, 0, stream>>>(w.sp, w.km.keys_in, b.lse, w.delta, c0, n_t, H, K, S,
                                                                      p.scale, w.g);
     DSA_CUDA_LAUNCH_CHECK(op);
     // 5. dq[t] (H×D row-major = D×H column-major) = Kg[t]ᵀ (D×K) · dS[t]ᵀ (K×H)
@@ -384,16 +333,11 @@ void sparse_backward_bf16(const AttentionParams& p, const AttentionBackwardArgs&
     gemm(h, CUBLAS_OP_N, CUBLAS_OP_T, D, K, H2, w.q2, D, static_cast<long long>(H2) * D, w.g, K,
          static_cast<long long>(H2) * K, w.part, D, static_cast<long long>(K) * D, n_t, op);
     // 7. sort + offsets
-    size_t temp = w.sort_temp_bytes;
-    DSA_CUDA_CALL(op, cub::DeviceRadixSort::SortPairs(w.sort_temp, temp, w.keys_in, w.keys_out, w.vals_in, w.vals_out,
-                                                      static_cast<int>(n), 0, key_bits(p.S), stream));
-    bwd_bf16_offsets<<<detail::ceil_div(static_cast<long long>(p.S) + 1, kThreads256), kThreads256, 0, stream>>>(
-        w.keys_out, static_cast<int>(n), p.S, w.offsets);
-    DSA_CUDA_LAUNCH_CHECK(op);
+    key_major_sort(static_cast<int>(n), p.S, w.km, stream, op);
     // 8. dkv
     if (p.S > 0) {
-      if (vec_dkv) bwd_bf16_dkv<true><<<p.S, dkv_threads, 0, stream>>>(w.part, w.vals_out, w.offsets, D, b.dkv);
-      else bwd_bf16_dkv<false><<<p.S, dkv_threads, 0, stream>>>(w.part, w.vals_out, w.offsets, D, b.dkv);
+      if (vec_dkv) bwd_bf16_dkv<true><<<p.S, dkv_threads, 0, stream>>>(w.part, w.km.vals_out, w.km.offsets, D, b.dkv);
+      else bwd_bf16_dkv<false><<<p.S, dkv_threads, 0, stream>>>(w.part, w.km.vals_out, w.km.offsets, D, b.dkv);
       DSA_CUDA_LAUNCH_CHECK(op);
     }
   }

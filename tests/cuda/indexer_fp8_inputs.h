@@ -1,10 +1,12 @@
 // indexer_fp8_inputs.h — FP8 indexer inputs as production makes them, and the error bound of the
-// wgmma logits on them; shared by the indexer_logits v3 and indexer_topk v3 tests.
+// wgmma logits on them, and their device copies; shared by the indexer_logits v3 and indexer_topk v3
+// tests.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include "cuda/device_buffer.h"
 #include "dsa/ops.h"
 #include "test_util.h"
 
@@ -38,5 +40,30 @@ inline Fp8IndexerInputs quantized_normal_inputs(int T, int S, uint64_t seed) {
                                                   d.w.data()});
   return d;
 }
+
+// Device copies of FP8 indexer inputs (T queries, S keys, ranges [ks, ke)) and the IndexerParams
+// over them.
+struct Fp8IndexerDevice {
+  DeviceBuffer<uint8_t> q, k;
+  DeviceBuffer<float> w, ksc;
+  DeviceBuffer<int32_t> ks, ke;
+  IndexerParams p;
+  Fp8IndexerDevice(int T, int S, const Fp8IndexerInputs& d, const std::vector<int32_t>& ks_host,
+                   const std::vector<int32_t>& ke_host)
+      : q(d.q.data(), d.q.size()), k(d.k.data(), d.k.size()), w(d.w.data(), d.w.size()),
+        ksc(d.ksc.data(), d.ksc.size()), ks(ks_host.data(), T), ke(ke_host.data(), T) {
+    p.T = T;
+    p.S = S;
+    p.HI = kWgmmaHI;
+    p.DI = kIndexerKeyDim;
+    p.precision = Precision::kFp8;
+    p.q = q.data();
+    p.k = k.data();
+    p.k_scale = ksc.data();
+    p.w = w.data();
+    p.ks = ks.data();
+    p.ke = ke.data();
+  }
+};
 
 }  // namespace dsa::test

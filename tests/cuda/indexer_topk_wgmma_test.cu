@@ -83,26 +83,8 @@ Data make_data(const Case& c, uint64_t seed) {
 }
 
 // Device copies of a case's inputs and the IndexerParams over them.
-struct DeviceInputs {
-  DeviceBuffer<uint8_t> q, k;
-  DeviceBuffer<float> w, ksc;
-  DeviceBuffer<int32_t> ks, ke;
-  IndexerParams p;
-  DeviceInputs(const Case& c, const Data& d)
-      : q(d.q.data(), d.q.size()), k(d.k.data(), d.k.size()), w(d.w.data(), d.w.size()),
-        ksc(d.ksc.data(), d.ksc.size()), ks(c.ks.data(), c.T), ke(c.ke.data(), c.T) {
-    p.T = c.T;
-    p.S = c.S;
-    p.HI = kHI;
-    p.DI = kDI;
-    p.precision = Precision::kFp8;
-    p.q = q.data();
-    p.k = k.data();
-    p.k_scale = ksc.data();
-    p.w = w.data();
-    p.ks = ks.data();
-    p.ke = ke.data();
-  }
+struct DeviceInputs : Fp8IndexerDevice {
+  DeviceInputs(const Case& c, const Data& d) : Fp8IndexerDevice(c.T, c.S, d, c.ks, c.ke) {}
 };
 
 // indexer_topk v3 with a workspace of exactly the queried size; the indices start as sentinels.

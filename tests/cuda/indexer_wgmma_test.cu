@@ -103,23 +103,10 @@ Ref reference(const Case& c, const Data& d) {
 // Runs indexer_logits `version` (config < 0) or v3 configuration `config` on device copies; the
 // output body starts as NaN (unwritten → fail).
 std::vector<float> run(const Case& c, const Data& d, int version, int config = -1) {
-  DeviceBuffer<uint8_t> dq(d.q.data(), d.q.size()), dk(d.k.data(), d.k.size());
-  DeviceBuffer<float> dw(d.w.data(), d.w.size()), dsc(d.ksc.data(), d.ksc.size());
-  DeviceBuffer<int32_t> dks(c.ks.data(), c.T), dke(c.ke.data(), c.T);
+  const Fp8IndexerDevice in(c.T, c.S, d, c.ks, c.ke);
+  const IndexerParams& p = in.p;
   std::vector<float> out(size_t(c.T) * c.S, std::numeric_limits<float>::quiet_NaN());
   DeviceBuffer<float> dout(out.data(), out.size());
-  IndexerParams p;
-  p.T = c.T;
-  p.S = c.S;
-  p.HI = kHI;
-  p.DI = kDI;
-  p.precision = Precision::kFp8;
-  p.q = dq.data();
-  p.k = dk.data();
-  p.k_scale = dsc.data();
-  p.w = dw.data();
-  p.ks = dks.data();
-  p.ke = dke.data();
   if (config < 0) cuda::indexer_logits(p, dout.data(), nullptr, version);
   else EXPECT_NE(cuda::detail::run_logits_wgmma_config(p, dout.data(), nullptr, config), nullptr);
   sync_and_check("indexer_logits");
@@ -250,23 +237,11 @@ TEST(CudaIndexerWgmma, BadArgumentsThrowBeforeWriting) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   const Case c{2, 70, {0, 5}, {70, 60}};
   const Data d = exact_dot_data(c, 5);
-  DeviceBuffer<float> dw(d.w.data(), d.w.size()), dsc(d.ksc.data(), d.ksc.size());
-  DeviceBuffer<uint8_t> dk(d.k.data(), d.k.size());
-  DeviceBuffer<int32_t> dks(c.ks.data(), c.T), dke(c.ke.data(), c.T);
+  const Fp8IndexerDevice in(c.T, c.S, d, c.ks, c.ke);
   std::vector<float> out(size_t(c.T) * c.S, 3.0f);
   DeviceBuffer<float> dout(out.data(), out.size());
-  IndexerParams p;
-  p.T = c.T;
-  p.S = c.S;
-  p.HI = kHI;
-  p.DI = kDI;
-  p.precision = Precision::kFp8;
+  IndexerParams p = in.p;
   p.q = nullptr;  // the bad argument
-  p.k = dk.data();
-  p.k_scale = dsc.data();
-  p.w = dw.data();
-  p.ks = dks.data();
-  p.ke = dke.data();
   EXPECT_TRUE(throws_naming([&] { cuda::indexer_logits(p, dout.data(), nullptr, cuda::kIndexerWgmmaVersion); },
                             {"indexer_logits", "q is null"}));
   std::vector<float> back(out.size());
