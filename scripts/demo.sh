@@ -32,9 +32,13 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 echo "demo: $OMP_NUM_THREADS OpenMP thread(s) ($cores cores, load $(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo ?))"
 
 # ── the demo config (context 256 = 8·k; see docs/perf.md "Training demo") ──
+# scripts/demo_model.json: a V3.2-shaped model (MLA + lightning indexer) at hidden 128, 2 layers, 2 heads,
+# with V3.2's rope_scaling block (so the softmax scale is V3.2's formula: 48^-½·mscale²), tied
+# embeddings and init 0.08. --shared-embedding 2 gives every token embedding one common random
+# component at init so layer 0 can attend by position (include/dsa/model.h says why); without it
+# layer 0 stays near-uniform and caps the indexer recall (docs/perf.md "Training demo").
 K=32; CTX=256
-MODEL="--hidden 128 --layers 2 --heads 4 --intermediate 384 --q-lora 96 --kv-lora 64 --nope 32 --rope 16 --v-dim 32
-       --index-heads 4 --index-dim 32 --topk $K --max-pos 2048"
+MODEL="--config $ROOT/scripts/demo_model.json --topk $K --shared-embedding 2"
 VOCAB=1024
 steps() { echo $(( $1 * SCALE )); }
 
@@ -55,11 +59,11 @@ if [ ! -f "$RUN/tokenizer.model" ]; then
 fi
 lap tokenizer
 
-COMMON="--run $RUN --checkpoint-every 50 --seq-len $CTX --batch 4"
+COMMON="--run $RUN --checkpoint-every 100 --seq-len $CTX --batch 4"
 phase "stage 1/3: dense pretraining (all parameters but the indexer; half synthetic long-range sequences)"
 # shellcheck disable=SC2086
 "$DSA" train $COMMON --stage pretrain --data "$DATA/txt" --tokenizer "$RUN/tokenizer.model" $MODEL \
-  --steps "$(steps 1200)" --lr 3e-3 --synthetic 0.5
+  --steps "$(steps 2400)" --lr 6e-3 --synthetic 0.5
 lap pretrain
 
 phase "stage 2/3: indexer warm-up (model frozen; KL to the head-summed dense attention, lr 1e-3)"
@@ -73,7 +77,7 @@ phase "stage 3/3: sparse training (top-$K; LM loss -> model, selected-set KL -> 
 lap sparse
 
 phase "evaluation"
-"$DSA" eval --run "$RUN" --topk $K --seq-len $CTX --val-sequences 8 --trials 4 --speed-context 2048 --decode-tokens 16 | tee "$RUN/table.txt"
+"$DSA" eval --run "$RUN" --topk $K --seq-len $CTX --val-sequences 8 --trials 4 --speed-context 8192 --decode-tokens 16 | tee "$RUN/table.txt"
 lap eval
 echo
 echo "demo: finished in $(( $(date +%s) - t0 )) s; run folder $RUN (plots: $RUN/*/loss.png, $RUN/eval/*.png)"

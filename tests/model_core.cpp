@@ -116,6 +116,44 @@ TEST(ModelConfig, JsonRoundTripAndValidation) {
   EXPECT_EQ(n, micro_config().num_params());
 }
 
+TEST(ModelCore, SharedEmbeddingInitAddsOneVectorToEveryEmbeddingRow) {
+  constexpr double kShared = 1.5;
+  Model plain(micro_config()), shared(micro_config());
+  plain.init_random(9);
+  shared.init_random(9, kShared);
+  std::vector<double> first_row;
+  for (size_t i = 0; i < plain.params().size(); ++i) {
+    const auto& a = plain.params()[i];
+    const auto& b = shared.params()[i];
+    if (a.name != "model.embed_tokens.weight") {
+      EXPECT_EQ(a.data, b.data) << a.name;   // drawn after everything else: the rest is unchanged
+      continue;
+    }
+    const int64_t rows = a.shape[0], cols = a.shape[1];
+    double sum_sq = 0;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < cols; ++j) {
+        const double d = static_cast<double>(b.data[r * cols + j]) - a.data[r * cols + j];
+        if (r == 0) {
+          first_row.push_back(d);
+          sum_sq += d * d;
+        } else {
+          ASSERT_NEAR(d, first_row[static_cast<size_t>(j)], 1e-6) << "row " << r << " col " << j;   // one shared vector
+        }
+      }
+    // its entries are N(0, (kShared·initializer_range)²): the sample std is within 40 % of that
+    const double std_dev = std::sqrt(sum_sq / static_cast<double>(cols));
+    EXPECT_NEAR(std_dev, kShared * micro_config().initializer_range, 0.4 * kShared * micro_config().initializer_range);
+  }
+  ASSERT_FALSE(first_row.empty());   // the embedding was found
+  try {
+    shared.init_random(9, -1.0);
+    FAIL() << "negative shared_embedding accepted";
+  } catch (const dsa::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("shared_embedding"), std::string::npos) << e.what();
+  }
+}
+
 TEST(ModelGrad, PretrainMatchesFiniteDifferences) {
   Model m(micro_config());
   m.init_random(1);
@@ -225,6 +263,22 @@ TEST(ModelModes, IndexerRecall) {
   EXPECT_LT(part.mass_in_selected, 1.0);
   EXPECT_GE(part.topk_overlap, 0.0);
   EXPECT_LE(part.topk_overlap, 1.0);
+  // per layer: each mass within [0, its ceiling], and the totals are the layers' mean
+  for (const auto* r : {&full, &part}) {
+    ASSERT_EQ(r->layer_mass.size(), static_cast<size_t>(m.config().num_hidden_layers));
+    ASSERT_EQ(r->layer_oracle.size(), r->layer_mass.size());
+    double mass = 0, oracle = 0;
+    for (size_t l = 0; l < r->layer_mass.size(); ++l) {
+      EXPECT_GE(r->layer_mass[l], 0.0);
+      EXPECT_LE(r->layer_mass[l], r->layer_oracle[l] + 1e-6);   // no k keys hold more than the best k (ranked in fp32)
+      EXPECT_LE(r->layer_oracle[l], 1.0 + 1e-6);   // probabilities from an fp32 LSE
+      mass += r->layer_mass[l] / static_cast<double>(r->layer_mass.size());
+      oracle += r->layer_oracle[l] / static_cast<double>(r->layer_mass.size());
+    }
+    EXPECT_NEAR(mass, r->mass_in_selected, 1e-9);
+    EXPECT_NEAR(oracle, r->oracle_mass, 1e-9);
+  }
+  EXPECT_NEAR(full.layer_mass[0], 1.0, 1e-6);
 }
 
 TEST(ModelModes, BadBatches) {

@@ -282,6 +282,12 @@ TEST_F(TrainRecipe, BadOptionsNameTheFlag) {
   o.steps = 2;
   o.loader.seq_len = 1000;   // > max_position_embeddings 256
   expect_error([&] { dsa::train::train_stage(o, corpus, *tok); }, "--seq-len");
+  o.loader.seq_len = 16;
+  o.shared_embedding = -0.5;
+  expect_error([&] { dsa::train::train_stage(o, corpus, *tok); }, "--shared-embedding = -0.5");
+  o = options("run", Stage::kWarmup, 2);
+  o.shared_embedding = 1.0;   // only a fresh pretraining init has an embedding to shape
+  expect_error([&] { dsa::train::train_stage(o, corpus, *tok); }, "--shared-embedding shapes a fresh initialisation");
   o = options("run", Stage::kWarmup, 2);   // no pretrain stage has run
   expect_error([&] { dsa::train::train_stage(o, corpus, *tok); }, "final checkpoint");
   o.init = (root / "nowhere").string();

@@ -70,6 +70,8 @@ const char* kUsage =
     "             --holdout SUBSTR[,…] (held-out documents; default persuasion,northangerabbey)  --threads N\n"
     "  model:     (pretrain) --config FILE.json | --hidden N --layers N --heads N --intermediate N --q-lora N\n"
     "             --kv-lora N --nope N --rope N --v-dim N --index-heads N --index-dim N --topk K --max-pos N\n"
+    "             --shared-embedding X (one random vector, std X·initializer_range, added to every embedding\n"
+    "             row at init, so layer 0 can attend by position: include/dsa/model.h)\n"
     "  schedule:  --steps N --batch N --seq-len N --lr X --indexer-lr X --weight-decay X --clip X --warmup-steps N\n"
     "             --min-lr-ratio X --synthetic SHARE --seed N --init CKPT --topk K (sparse stage)\n"
     "  output:    --checkpoint-every N --keep N --val-every N --no-progress --no-plots\n";
@@ -83,7 +85,7 @@ int run_train(const dsa::cli::Args& args) {
           {"run", "stage", "data", "tokenizer", "holdout", "threads", "config", "hidden", "layers", "heads", "intermediate", "q-lora",
            "kv-lora", "nope", "rope", "v-dim", "index-heads", "index-dim", "topk", "max-pos", "steps", "batch", "seq-len", "lr",
            "indexer-lr", "weight-decay", "clip", "warmup-steps", "min-lr-ratio", "synthetic", "seed", "init", "checkpoint-every", "keep",
-           "val-every"},
+           "val-every", "shared-embedding"},
           {"no-progress", "no-plots"});
   if (!f.positional().empty()) throw dsa::Error("train: unexpected argument \"" + f.positional()[0] + "\"");
   dsa::train::TrainOptions o;
@@ -112,6 +114,7 @@ int run_train(const dsa::cli::Args& args) {
   set("index-dim", c.index_head_dim);
   set("max-pos", c.max_position_embeddings);
   if (o.stage == dsa::model::Stage::kPretrain) set("topk", c.index_topk);
+  o.shared_embedding = f.get_double("shared-embedding", 0.0);
   o.topk = static_cast<int>(f.get_int("topk", 0));
 
   // Stage defaults: pretraining a tiny model from scratch tolerates a high lr; the indexer warm-up

@@ -144,7 +144,14 @@ class Model {
 
   // Matrices ~ N(0, initializer_range²) (o_proj/down_proj scaled by 1/√(2·layers)), norm weights 1,
   // k_norm bias 0. Deterministic for a seed.
-  void init_random(uint64_t seed);
+  // shared_embedding = a > 0 then adds ONE vector c ~ N(0, (a·initializer_range)²) to every row of
+  // embed_tokens (drawn after everything else, so the other tensors are the same as with a = 0).
+  // Why: V3.2 has no biases, so layer 0 can attend by position alone (previous token, recent window)
+  // only through a component that every token's normed embedding shares. Trained LLM embeddings grow
+  // such a common direction; a tiny model trained for minutes does not, and its layer 0 stays
+  // near-uniform. With tied embeddings c shifts every output logit by the same h·c, which softmax
+  // ignores. Measured effect: docs/perf.md "Training demo".
+  void init_random(uint64_t seed, double shared_embedding = 0.0);
 
   // Checkpoint directory: config.json + model.safetensors (HF names). load accepts F32/BF16/F8_E4M3
   // (+ 128×128 weight_scale_inv) and several *.safetensors shards; tensors of layers ≥
@@ -181,6 +188,9 @@ class Model {
     // topk_overlap: share of the indexer's selection that is in the dense attention's top-k.
     double mass_in_selected = 0, oracle_mass = 0, topk_overlap = 0;
     int64_t rows = 0;
+    // The same two masses per layer (the totals above are their mean): a tiny model's layers differ
+    // widely (a positional layer holds ~0.9 in top-k/8, a layer of broad context heads far less).
+    std::vector<double> layer_mass, layer_oracle;
   };
   RecallStats indexer_recall(const Batch& batch, int topk = 0) const;
 

@@ -141,6 +141,7 @@ struct TrainOptions {
   std::string run_dir;                  // the run folder (created)
   model::Stage stage = model::Stage::kPretrain;
   model::Config config;                 // pretrain only: the model to create (vocab from tokenizer)
+  double shared_embedding = 0;          // pretrain from scratch only: Model::init_random's shared_embedding
   std::string init;                     // checkpoint to start from; "" = previous stage's final
   LoaderOptions loader;
   GroupOptions model_group, indexer_group;
@@ -220,6 +221,7 @@ struct EvalReport {
   double dense_ppl = 0, dsa_ppl = 0;    // the final model at the trained k
   double ppl_ratio = 0;                 // dsa_ppl / dense_ppl
   double recall_mass = 0, recall_oracle = 0, recall_overlap = 0;
+  std::vector<double> recall_layer_mass, recall_layer_oracle;   // per layer at the trained k
   double passkey_dense = 0, passkey_dsa = 0, passkey_window = 0;   // accuracies over every cell
   double digits_dense = 0, digits_dsa = 0, digits_window = 0;      // per-token accuracies over every cell
   // make_copy repeats of held-out text at the longest passkey length: argmax accuracy per repeat token

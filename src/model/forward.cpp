@@ -320,6 +320,8 @@ RunResult run(const Model::Impl& m, const Batch& batch, const RunOptions& opt, s
       tp.logits = p.data();
       tp.indices = best.data();
       cpu::topk_select(tp);
+      res.recall.layer_mass.resize(static_cast<size_t>(c.num_hidden_layers), 0.0);
+      res.recall.layer_oracle.resize(static_cast<size_t>(c.num_hidden_layers), 0.0);
       for (int64_t t = 0; t < T; ++t) {
         double mass = 0.0, oracle = 0.0;
         int n = 0, overlap = 0;
@@ -335,6 +337,8 @@ RunResult run(const Model::Impl& m, const Batch& batch, const RunOptions& opt, s
         }
         res.recall.mass_in_selected += mass;
         res.recall.oracle_mass += oracle;
+        res.recall.layer_mass[static_cast<size_t>(l)] += mass;
+        res.recall.layer_oracle[static_cast<size_t>(l)] += oracle;
         res.recall.topk_overlap += n > 0 ? static_cast<double>(overlap) / n : 1.0;
         ++res.recall.rows;
       }
@@ -365,6 +369,8 @@ RunResult run(const Model::Impl& m, const Batch& batch, const RunOptions& opt, s
     res.recall.oracle_mass /= res.recall.rows;
     res.recall.topk_overlap /= res.recall.rows;
     res.recall.rows /= c.num_hidden_layers;
+    for (double& v : res.recall.layer_mass) v /= static_cast<double>(res.recall.rows);
+    for (double& v : res.recall.layer_oracle) v /= static_cast<double>(res.recall.rows);
   }
 
   // ── final norm, LM head, cross-entropy ──

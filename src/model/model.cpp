@@ -105,7 +105,9 @@ Tensor* Model::find_param(const std::string& name) {
 
 bool Model::is_indexer_param(const std::string& name) { return name.find(".self_attn.indexer.") != std::string::npos; }
 
-void Model::init_random(uint64_t seed) {
+void Model::init_random(uint64_t seed, double shared_embedding) {
+  if (!(shared_embedding >= 0) || !std::isfinite(shared_embedding))
+    throw Error("init_random: shared_embedding = " + std::to_string(shared_embedding) + " must be a finite number >= 0");
   std::mt19937_64 rng(seed);
   const Config& c = impl_->cfg;
   const double sigma = c.initializer_range;
@@ -120,6 +122,15 @@ void Model::init_random(uint64_t seed) {
     const bool resid = t.name.find("o_proj") != std::string::npos || t.name.find("down_proj") != std::string::npos;
     std::normal_distribution<double> nd(0.0, resid ? resid_sigma : sigma);
     for (float& v : t.data) v = static_cast<float>(nd(rng));
+  }
+  if (shared_embedding > 0) {
+    Tensor& e = impl_->params[static_cast<size_t>(impl_->embed)];
+    const int64_t rows = e.shape[0], cols = e.shape[1];
+    std::normal_distribution<double> nd(0.0, shared_embedding * sigma);
+    std::vector<float> common(static_cast<size_t>(cols));
+    for (float& v : common) v = static_cast<float>(nd(rng));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < cols; ++j) e.data[static_cast<size_t>(r * cols + j)] += common[static_cast<size_t>(j)];
   }
 }
 

@@ -187,6 +187,8 @@ EvalReport evaluate_run(const EvalOptions& o, const Corpus& corpus, const Tokeni
       r.recall_mass = rs.mass_in_selected;
       r.recall_overlap = rs.topk_overlap;
       r.recall_oracle = rs.oracle_mass;
+      r.recall_layer_mass = rs.layer_mass;
+      r.recall_layer_oracle = rs.layer_oracle;
     }
   }
   r.ppl_ratio = r.dsa_ppl / r.dense_ppl;
@@ -256,6 +258,9 @@ EvalReport evaluate_run(const EvalOptions& o, const Corpus& corpus, const Tokeni
   for (const auto& p : r.ppl) ppl << p.what << "," << p.k << "," << p.loss << "," << p.ppl << "\n";
   rec << "k,mass_in_selected,topk_overlap,oracle_mass\n";
   for (const auto& x : r.recall) rec << x.k << "," << x.mass << "," << x.overlap << "," << x.oracle << "\n";
+  std::ostringstream rec_layer;
+  rec_layer << "layer,mass_in_selected,oracle_mass\n";
+  for (size_t l = 0; l < r.recall_layer_mass.size(); ++l) rec_layer << l << "," << r.recall_layer_mass[l] << "," << r.recall_layer_oracle[l] << "\n";
   pk << "mode,length,depth,correct,trials,accuracy,digit_accuracy\n";
   for (const auto& x : r.passkey)
     pk << x.mode << "," << x.length << "," << x.depth << "," << x.correct << "," << x.trials << "," << double(x.correct) / x.trials << ","
@@ -287,6 +292,7 @@ EvalReport evaluate_run(const EvalOptions& o, const Corpus& corpus, const Tokeni
   for (const auto& x : r.speed) spd << x.mode << "," << x.context << "," << x.prefill_s << "," << x.prefill_tok_s << "," << x.decode_ms_per_token << "\n";
   write_text(dir / "ppl.csv", ppl.str());
   write_text(dir / "recall.csv", rec.str());
+  write_text(dir / "recall_by_layer.csv", rec_layer.str());
   write_text(dir / "passkey.csv", pk.str());
   write_text(dir / "passkey_by_depth.csv", by_depth.str());
   write_text(dir / "passkey_by_length.csv", by_len.str());
@@ -325,6 +331,10 @@ std::string format_report(const EvalReport& r) {
   std::snprintf(line, sizeof line, "  indexer recall at k=%d: %.4f   (ceiling %.4f; target >= 0.90)\n", r.topk, r.recall_mass,
                 r.recall_oracle);
   s << line;
+  for (size_t l = 0; l < r.recall_layer_mass.size(); ++l) {
+    std::snprintf(line, sizeof line, "    layer %zu: %.4f   (ceiling %.4f)\n", l, r.recall_layer_mass[l], r.recall_layer_oracle[l]);
+    s << line;
+  }
   s << "  passkey accuracy (by context length, over depths):\n";
   std::vector<int> lengths;
   for (const auto& x : r.passkey)

@@ -58,7 +58,7 @@ std::string options_json(const TrainOptions& o, const model::Config& cfg) {
   j << "{\n  \"stage\": \"" << stage_name(o.stage) << "\",\n  \"init\": " << json::quote(o.init) << ",\n  \"steps\": " << o.steps
     << ",\n  \"warmup_steps\": " << o.warmup_steps << ",\n  \"min_lr_ratio\": " << o.min_lr_ratio << ",\n  \"topk\": " << o.topk
     << ",\n  \"batch_size\": " << o.loader.batch_size << ",\n  \"seq_len\": " << o.loader.seq_len
-    << ",\n  \"synthetic_share\": " << o.loader.synthetic_share << ",\n  \"seed\": " << o.seed
+    << ",\n  \"synthetic_share\": " << o.loader.synthetic_share << ",\n  \"seed\": " << o.seed << ",\n  \"shared_embedding\": " << o.shared_embedding
     << ",\n  \"checkpoint_every\": " << o.checkpoint_every << ",\n  \"model_group\": " << group(o.model_group)
     << ",\n  \"indexer_group\": " << group(o.indexer_group) << ",\n  \"model\": " << cfg.to_json() << "\n}\n";
   return j.str();
@@ -131,6 +131,10 @@ TrainResult train_stage(const TrainOptions& o, const Corpus& corpus, const Token
   if (o.steps <= 0) throw Error("train: --steps = " + std::to_string(o.steps) + " must be > 0");
   if (o.checkpoint_every <= 0) throw Error("train: --checkpoint-every = " + std::to_string(o.checkpoint_every) + " must be > 0");
   if (o.warmup_steps < 0) throw Error("train: --warmup-steps must be >= 0");
+  if (!(o.shared_embedding >= 0) || !std::isfinite(o.shared_embedding))
+    throw Error("train: --shared-embedding = " + std::to_string(o.shared_embedding) + " must be a finite number >= 0");
+  if (o.shared_embedding > 0 && (o.stage != model::Stage::kPretrain || !o.init.empty()))
+    throw Error("train: --shared-embedding shapes a fresh initialisation: it applies to the pretrain stage without --init only");
   const auto t_start = std::chrono::steady_clock::now();
   const fs::path stage_dir = fs::path(o.run_dir) / stage_name(o.stage);
   fs::create_directories(stage_dir);
@@ -148,7 +152,7 @@ TrainResult train_stage(const TrainOptions& o, const Corpus& corpus, const Token
     model::Config cfg = o.config;
     cfg.vocab_size = corpus.vocab_size;
     mdl = std::make_unique<model::Model>(cfg);
-    mdl->init_random(o.seed);
+    mdl->init_random(o.seed, o.shared_embedding);
   } else {
     std::string init = o.init;
     if (init.empty()) {
