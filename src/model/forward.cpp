@@ -145,6 +145,10 @@ RunResult run(const Model::Impl& m, const Batch& batch, const RunOptions& opt, s
   std::vector<LayerActs> acts(static_cast<size_t>(n_store));
 
   RunResult res;
+  if (opt.recall) {
+    res.recall.layer_mass.assign(static_cast<size_t>(c.num_hidden_layers), 0.0);
+    res.recall.layer_oracle.assign(static_cast<size_t>(c.num_hidden_layers), 0.0);
+  }
   Vec x = zeros(T * d.D);
   cpu::embedding_forward(batch.tokens.data(), m.P(m.embed), x.data(), T, d.V, d.D);
 
@@ -320,8 +324,6 @@ RunResult run(const Model::Impl& m, const Batch& batch, const RunOptions& opt, s
       tp.logits = p.data();
       tp.indices = best.data();
       cpu::topk_select(tp);
-      res.recall.layer_mass.resize(static_cast<size_t>(c.num_hidden_layers), 0.0);
-      res.recall.layer_oracle.resize(static_cast<size_t>(c.num_hidden_layers), 0.0);
       for (int64_t t = 0; t < T; ++t) {
         double mass = 0.0, oracle = 0.0;
         int n = 0, overlap = 0;
