@@ -230,6 +230,65 @@ TEST_F(TrainRecipe, LoaderIsAPureFunctionOfTheStep) {
   EXPECT_GT(synthetic, 0);
 }
 
+TEST_F(TrainRecipe, SyntheticCurriculumPacksShortTasksThenGrowsThem) {
+  using dsa::train::SyntheticTask;
+  // Every task fits at its minimum length (the tokenizer here is byte-level: long needles).
+  const dsa::train::Loader plain(corpus, *tok, {});
+  for (uint64_t seed = 0; seed < 10; ++seed) {
+    const int p = dsa::train::synthetic_min_length(SyntheticTask::kPasskey, *tok);
+    const int k = dsa::train::synthetic_min_length(SyntheticTask::kKvRecall, *tok);
+    const int c = dsa::train::synthetic_min_length(SyntheticTask::kCopy, *tok);
+    EXPECT_EQ(dsa::train::make_passkey(*tok, plain.train_stream(), p, 0.5, dsa::train::PasskeySplit::kTrain, seed).tokens.size(), size_t(p));
+    EXPECT_EQ(dsa::train::make_kv_recall(*tok, plain.train_stream(), k, seed).tokens.size(), size_t(k));
+    EXPECT_EQ(dsa::train::make_copy(plain.train_stream(), c, seed).tokens.size(), size_t(c));
+  }
+  const int pk_min = dsa::train::synthetic_min_length(SyntheticTask::kPasskey, *tok);
+  dsa::train::LoaderOptions lo;
+  lo.batch_size = 4;
+  lo.seq_len = 8 * pk_min;
+  lo.synthetic_share = 1.0;
+  lo.synthetic_mix = {1.0, 0.0, 0.0};   // passkeys only
+  lo.synthetic_min_len = pk_min;
+  lo.synthetic_ramp_steps = 10;          // the cap doubles every 10 steps: 8·min at step 30
+  const dsa::train::Loader a(corpus, *tok, lo), b(corpus, *tok, lo);
+  auto check = [&](int64_t step, int longest_allowed) -> std::pair<int, int> {
+    const auto x = a.batch(step);
+    EXPECT_EQ(x.tokens, b.batch(step).tokens);                         // still a pure function of the step
+    EXPECT_EQ(x.tokens.size(), size_t(lo.batch_size * lo.seq_len));   // the token budget is unchanged
+    EXPECT_EQ(x.targets.size(), x.tokens.size());
+    size_t at = 0;
+    int longest = 0, passkeys = 0;
+    for (const int len : x.seq_lens) {
+      EXPECT_EQ(x.tokens[at], corpus.bos_id);                          // every packed sequence starts with BOS
+      for (int i = 0; i + 1 < len; ++i) EXPECT_EQ(x.targets[at + i], x.tokens[at + i + 1]);
+      const std::string text = tok->decode({x.tokens.begin() + int64_t(at), x.tokens.begin() + int64_t(at + len)});
+      passkeys += text.find("The pass key is") != std::string::npos;
+      longest = std::max(longest, len);
+      at += size_t(len);
+    }
+    EXPECT_EQ(at, x.tokens.size());
+    EXPECT_LE(longest, longest_allowed) << "step " << step;
+    return std::make_pair(passkeys, static_cast<int>(x.seq_lens.size()));
+  };
+  const auto [early_passkeys, early_sequences] = check(0, pk_min);        // step 0: all at the minimum
+  EXPECT_EQ(early_sequences, 4 * 8);
+  EXPECT_EQ(early_passkeys, 4 * 8);
+  int late_sequences = 0;
+  for (int64_t step = 30; step < 34; ++step) late_sequences += check(step, lo.seq_len).second;
+  EXPECT_LT(late_sequences, 4 * early_sequences);                          // longer tasks, fewer of them
+  // --synthetic-first: synthetic only before step N, the configured share (here none) from N on.
+  lo.synthetic_share = 0.0;
+  lo.synthetic_first_steps = 5;
+  const dsa::train::Loader first(corpus, *tok, lo);
+  EXPECT_NE(tok->decode(first.batch(4).tokens).find("The pass key is"), std::string::npos);
+  EXPECT_EQ(tok->decode(first.batch(5).tokens).find("The pass key is"), std::string::npos);
+  // Without the curriculum the default mix and one task per sequence are what they were.
+  dsa::train::LoaderOptions off;
+  off.seq_len = 160;
+  off.synthetic_share = 1.0;
+  EXPECT_EQ(dsa::train::Loader(corpus, *tok, off).batch(3).seq_lens, std::vector<int>(4, 160));
+}
+
 TEST_F(TrainRecipe, PasskeyAnswerIsTheNeedleAndEvalKeysAreUnseen) {
   const dsa::train::Loader loader(corpus, *tok, {});
   for (double depth : {0.0, 0.5, 1.0}) {
@@ -298,6 +357,23 @@ TEST_F(TrainRecipe, BadOptionsNameTheFlag) {
   lo.batch_size = 1;
   lo.synthetic_share = 2;
   expect_error([&] { dsa::train::Loader(corpus, *tok, lo); }, "--synthetic");
+  lo.synthetic_share = 0.5;
+  lo.synthetic_mix = {1, -1, 1};
+  expect_error([&] { dsa::train::Loader(corpus, *tok, lo); }, "--synthetic-mix");
+  lo.synthetic_mix = {0, 0, 0};
+  expect_error([&] { dsa::train::Loader(corpus, *tok, lo); }, "--synthetic-mix");
+  lo.synthetic_mix = {1, 1, 1};
+  lo.synthetic_min_len = lo.seq_len + 1;
+  expect_error([&] { dsa::train::Loader(corpus, *tok, lo); }, "--synthetic-min-len");
+  lo.synthetic_min_len = 0;
+  lo.synthetic_ramp_steps = 100;
+  expect_error([&] { dsa::train::Loader(corpus, *tok, lo); }, "--synthetic-ramp needs --synthetic-min-len");
+  lo.synthetic_ramp_steps = -1;
+  expect_error([&] { dsa::train::Loader(corpus, *tok, lo); }, "--synthetic-ramp");
+  lo.synthetic_ramp_steps = 0;
+  lo.synthetic_first_steps = -2;
+  expect_error([&] { dsa::train::Loader(corpus, *tok, lo); }, "--synthetic-first = -2");
+  lo.synthetic_first_steps = 0;
   dsa::train::DataOptions d;
   d.paths = {(root / "no_such_corpus").string()};
   expect_error([&] { dsa::train::load_corpus(d); }, "no_such_corpus");

@@ -1,6 +1,8 @@
 // `dsa train` — one stage of the DSA recipe (pretrain → warmup → sparse) in a run folder.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -74,6 +76,10 @@ const char* kUsage =
     "             row at init, so layer 0 can attend by position: include/dsa/model.h)\n"
     "  schedule:  --steps N --batch N --seq-len N --lr X --indexer-lr X --weight-decay X --clip X --warmup-steps N\n"
     "             --min-lr-ratio X --synthetic SHARE --seed N --init CKPT --topk K (sparse stage)\n"
+    "  synthetic: --synthetic-mix P,K,C (weights of passkey, key-value recall, copy; default 1,1,1)\n"
+    "             --synthetic-min-len N --synthetic-ramp STEPS (length curriculum: synthetic slots packed\n"
+    "             with short tasks, the longest doubling every STEPS steps from N to --seq-len)\n"
+    "             --synthetic-first N (the first N steps synthetic only: retrieval forms before text joins)\n"
     "  output:    --checkpoint-every N --keep N --val-every N --no-progress --no-plots\n";
 
 int run_train(const dsa::cli::Args& args) {
@@ -84,7 +90,7 @@ int run_train(const dsa::cli::Args& args) {
   Flags f(args,
           {"run", "stage", "data", "tokenizer", "holdout", "threads", "config", "hidden", "layers", "heads", "intermediate", "q-lora",
            "kv-lora", "nope", "rope", "v-dim", "index-heads", "index-dim", "topk", "max-pos", "steps", "batch", "seq-len", "lr",
-           "indexer-lr", "weight-decay", "clip", "warmup-steps", "min-lr-ratio", "synthetic", "seed", "init", "checkpoint-every", "keep",
+           "indexer-lr", "weight-decay", "clip", "warmup-steps", "min-lr-ratio", "synthetic", "synthetic-mix", "synthetic-min-len", "synthetic-ramp", "synthetic-first", "seed", "init", "checkpoint-every", "keep",
            "val-every", "shared-embedding"},
           {"no-progress", "no-plots"});
   if (!f.positional().empty()) throw dsa::Error("train: unexpected argument \"" + f.positional()[0] + "\"");
@@ -131,6 +137,24 @@ int run_train(const dsa::cli::Args& args) {
   o.loader.batch_size = static_cast<int>(f.get_int("batch", 4));
   o.loader.seq_len = static_cast<int>(f.get_int("seq-len", 512));
   o.loader.synthetic_share = f.get_double("synthetic", pre ? 0.25 : 0.1);
+  if (f.has("synthetic-mix")) {
+    const std::string mix = f.get("synthetic-mix");
+    std::vector<double> w;
+    for (size_t at = 0; at <= mix.size();) {
+      const size_t end = std::min(mix.find(',', at), mix.size());
+      const std::string item = mix.substr(at, end - at);
+      char* stop = nullptr;
+      const double v = std::strtod(item.c_str(), &stop);
+      if (item.empty() || *stop != '\0') throw dsa::Error("train: --synthetic-mix \"" + mix + "\" must be three numbers P,K,C");
+      w.push_back(v);
+      at = end + 1;
+    }
+    if (w.size() != dsa::train::kNumSyntheticTasks) throw dsa::Error("train: --synthetic-mix \"" + mix + "\" must be three numbers P,K,C");
+    std::copy(w.begin(), w.end(), o.loader.synthetic_mix.begin());
+  }
+  o.loader.synthetic_min_len = static_cast<int>(f.get_int("synthetic-min-len", 0));
+  o.loader.synthetic_ramp_steps = f.get_int("synthetic-ramp", 0);
+  o.loader.synthetic_first_steps = f.get_int("synthetic-first", 0);
   o.seed = static_cast<uint64_t>(f.get_int("seed", 1));
   o.init = f.get("init", "");
   o.checkpoint_every = f.get_int("checkpoint-every", 50);

@@ -150,7 +150,8 @@ class Model {
   // only through a component that every token's normed embedding shares. Trained LLM embeddings grow
   // such a common direction; a tiny model trained for minutes does not, and its layer 0 stays
   // near-uniform. With tied embeddings c shifts every output logit by the same h·c, which softmax
-  // ignores. Measured effect: docs/perf.md "Training demo".
+  // ignores. Measured effect: docs/perf.md "Training demo". Cost, measured there too: at a = 1–2 the
+  // common part dwarfs the token identity that in-context copying needs, and retrieval stops forming.
   void init_random(uint64_t seed, double shared_embedding = 0.0);
 
   // Checkpoint directory: config.json + model.safetensors (HF names). load accepts F32/BF16/F8_E4M3

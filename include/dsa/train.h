@@ -18,6 +18,7 @@
 //   run/<stage>/final -> ckpt-N    written last; the next stage loads it
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -76,10 +77,32 @@ PasskeySample make_kv_recall(const Tokenizer& tok, const std::vector<int32_t>& f
 // training signal per sequence). answer_* = the repeat.
 PasskeySample make_copy(const std::vector<int32_t>& filler, int length, uint64_t seed);
 
+// The synthetic tasks, in the order of LoaderOptions::synthetic_mix.
+enum class SyntheticTask { kPasskey, kKvRecall, kCopy };
+constexpr int kNumSyntheticTasks = 3;
+// The shortest length make_passkey / make_kv_recall / make_copy accept with this tokenizer (their
+// fixed tokens with no filler; an upper bound, so any length at or above it works).
+int synthetic_min_length(SyntheticTask task, const Tokenizer& tok);
+
 struct LoaderOptions {
   int batch_size = 4;                   // sequences per step
   int seq_len = 256;                    // tokens per sequence
   double synthetic_share = 0.0;         // share of sequences replaced by synthetic tasks
+  // Relative weights of passkey, key–value recall and copy among the synthetic sequences.
+  std::array<double, kNumSyntheticTasks> synthetic_mix{1.0, 1.0, 1.0};
+  // Length curriculum of the synthetic tasks (0 = off: each is one sequence of seq_len tokens).
+  // With it, a synthetic slot of seq_len tokens is packed with independent task sequences (each
+  // BOS-prefixed, attention never crosses them) whose lengths are log-uniform in [synthetic_min_len,
+  // cap(step)], cap(step) = min(seq_len, synthetic_min_len · 2^(step / synthetic_ramp_steps)) (no
+  // ramp: cap = seq_len). Why: retrieval is learned first on short contexts, where a needle holds
+  // a large share of the uniform attention of an untrained model; from scratch at 256 tokens the
+  // demo model never learns it (docs/perf.md "Training demo"). A remainder too short for the
+  // drawn task is filled with text.
+  int synthetic_min_len = 0;
+  int64_t synthetic_ramp_steps = 0;
+  // The first synthetic_first_steps steps are synthetic only (share 1), so retrieval can form before
+  // text, whose gradients otherwise drown the few answer tokens, joins in.
+  int64_t synthetic_first_steps = 0;
   uint64_t seed = 1;
 };
 // batch(step) is a pure function of (options, corpus, step): counter-based randomness, no state.
@@ -94,9 +117,15 @@ class Loader {
   const std::vector<int32_t>& val_stream() const { return val_stream_; }
 
  private:
+  // One synthetic slot of seq_len tokens packed with short task sequences (the length curriculum).
+  void pack_synthetic(int64_t step, uint64_t slot_seed, model::Batch& b) const;
+  PasskeySample synthetic_sample(SyntheticTask task, int length, uint64_t seed) const;
+  SyntheticTask pick_task(double u) const;
+
   const Tokenizer& tok_;
   LoaderOptions o_;
   int32_t bos_;                                        // first token of every sequence
+  std::array<int, kNumSyntheticTasks> task_min_len_{};  // synthetic_min_length per task
   std::vector<int32_t> train_stream_, val_stream_;   // documents joined with BOS separators
 };
 

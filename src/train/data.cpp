@@ -1,6 +1,7 @@
 // data.cpp — corpus loading (whole-document split, token cache), synthetic long-range tasks, and
 // the stateless batch loader of the training recipe (include/dsa/train.h).
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -141,6 +142,14 @@ namespace {
 
 constexpr int kPasskeyDigits = 5;
 constexpr uint64_t kEvalKeyModulus = 7;      // eval keys are multiples of 7, training keys never
+constexpr const char* kNeedleHead = " The pass key is ";
+constexpr const char* kNeedleTail = ". Remember it. ";
+constexpr const char* kPasskeyQuestion = "\nWhat is the pass key? The pass key is ";
+constexpr const char* const kKvNames[] = {"owl", "fox", "elk", "yak", "emu", "cat", "dog", "bee", "ant", "cod",
+                                          "eel", "hen", "jay", "koi", "ram", "asp", "bat", "cow", "doe", "gnu"};
+constexpr int kNumKvNames = sizeof kKvNames / sizeof kKvNames[0];
+constexpr int kKvPairs = 6;
+constexpr int kCopyMinSegment = 16, kCopyMaxSegment = 48;
 
 std::string random_key(Rng& rng, PasskeySplit split) {
   const uint64_t lo = 10000, span = 90000;
@@ -178,10 +187,10 @@ PasskeySample make_passkey(const Tokenizer& tok, const std::vector<int32_t>& fil
   const std::string key = random_key(rng, split);
   // The key is encoded on its own in both places, so the answer tokens equal the needle's tokens.
   const auto key_ids = tok.encode(key);
-  std::vector<int32_t> needle = tok.encode(" The pass key is ");
+  std::vector<int32_t> needle = tok.encode(kNeedleHead);
   append(needle, key_ids);
-  append(needle, tok.encode(". Remember it. "));
-  std::vector<int32_t> question = tok.encode("\nWhat is the pass key? The pass key is ");
+  append(needle, tok.encode(kNeedleTail));
+  std::vector<int32_t> question = tok.encode(kPasskeyQuestion);
   const int64_t fill = static_cast<int64_t>(length) - static_cast<int64_t>(needle.size() + question.size() + key_ids.size());
   if (fill < 0) throw Error("make_passkey: length " + std::to_string(length) + " is too short for the needle and question");
   const auto hay = filler_tokens(filler, fill, rng);
@@ -199,36 +208,32 @@ PasskeySample make_passkey(const Tokenizer& tok, const std::vector<int32_t>& fil
 }
 
 PasskeySample make_kv_recall(const Tokenizer& tok, const std::vector<int32_t>& filler, int length, uint64_t seed) {
-  static const char* const kNames[] = {"owl", "fox", "elk", "yak", "emu", "cat", "dog", "bee", "ant", "cod",
-                                       "eel", "hen", "jay", "koi", "ram", "asp", "bat", "cow", "doe", "gnu"};
-  constexpr int kNumNames = sizeof kNames / sizeof kNames[0];
-  constexpr int kPairs = 6;
   Rng rng(seed);
-  std::vector<int> names(kNumNames);
-  for (int i = 0; i < kNumNames; ++i) names[i] = i;
-  for (int i = 0; i < kPairs; ++i) std::swap(names[i], names[i + static_cast<int>(rng.below(kNumNames - i))]);
+  std::vector<int> names(kNumKvNames);
+  for (int i = 0; i < kNumKvNames; ++i) names[i] = i;
+  for (int i = 0; i < kKvPairs; ++i) std::swap(names[i], names[i + static_cast<int>(rng.below(kNumKvNames - i))]);
   std::vector<std::vector<int32_t>> items;
   std::vector<std::vector<int32_t>> values;
   size_t item_tokens = 0;
-  for (int i = 0; i < kPairs; ++i) {
+  for (int i = 0; i < kKvPairs; ++i) {
     values.push_back(tok.encode(random_key(rng, PasskeySplit::kTrain)));
-    std::vector<int32_t> item = tok.encode(std::string(" [") + kNames[names[i]] + " = ");
+    std::vector<int32_t> item = tok.encode(std::string(" [") + kKvNames[names[i]] + " = ");
     append(item, values.back());
     append(item, tok.encode("] "));
     item_tokens += item.size();
     items.push_back(std::move(item));
   }
-  const int q = static_cast<int>(rng.below(kPairs));
-  std::vector<int32_t> question = tok.encode(std::string("\nRecall: [") + kNames[names[q]] + " = ");
+  const int q = static_cast<int>(rng.below(kKvPairs));
+  std::vector<int32_t> question = tok.encode(std::string("\nRecall: [") + kKvNames[names[q]] + " = ");
   const int64_t fill = static_cast<int64_t>(length) - static_cast<int64_t>(item_tokens + question.size() + values[q].size());
   if (fill < 0) throw Error("make_kv_recall: length " + std::to_string(length) + " is too short");
   const auto hay = filler_tokens(filler, fill, rng);
-  std::vector<int64_t> cuts(kPairs);
+  std::vector<int64_t> cuts(kKvPairs);
   for (auto& c : cuts) c = static_cast<int64_t>(rng.below(static_cast<uint64_t>(fill) + 1));
   std::sort(cuts.begin(), cuts.end());
   PasskeySample s;
   int64_t prev = 0;
-  for (int i = 0; i < kPairs; ++i) {
+  for (int i = 0; i < kKvPairs; ++i) {
     s.tokens.insert(s.tokens.end(), hay.begin() + prev, hay.begin() + cuts[i]);
     append(s.tokens, items[i]);
     prev = cuts[i];
@@ -242,9 +247,8 @@ PasskeySample make_kv_recall(const Tokenizer& tok, const std::vector<int32_t>& f
 }
 
 PasskeySample make_copy(const std::vector<int32_t>& filler, int length, uint64_t seed) {
-  constexpr int kMinSegment = 16, kMaxSegment = 48;
   Rng rng(seed);
-  const int m = std::min(kMinSegment + static_cast<int>(rng.below(kMaxSegment - kMinSegment + 1)), length / 4);
+  const int m = std::min(kCopyMinSegment + static_cast<int>(rng.below(kCopyMaxSegment - kCopyMinSegment + 1)), length / 4);
   if (m < 2) throw Error("make_copy: length " + std::to_string(length) + " is too short");
   if (filler.empty()) throw Error("synthetic task: the filler stream is empty");
   std::vector<int32_t> segment(static_cast<size_t>(m));
@@ -264,6 +268,27 @@ PasskeySample make_copy(const std::vector<int32_t>& filler, int length, uint64_t
   append(s.tokens, segment);
   s.tokens.insert(s.tokens.end(), hay.begin() + b, hay.end());
   return s;
+}
+
+int synthetic_min_length(SyntheticTask task, const Tokenizer& tok) {
+  auto n = [&](const std::string& text) { return static_cast<int>(tok.encode(text).size()); };
+  // A key is at most the sum of its digits encoded one by one (merges only shorten it).
+  int digit = 0;
+  for (char c = '0'; c <= '9'; ++c) digit = std::max(digit, n(std::string(1, c)));
+  const int key = kPasskeyDigits * digit;
+  switch (task) {
+    case SyntheticTask::kPasskey: return n(kNeedleHead) + n(kNeedleTail) + n(kPasskeyQuestion) + 2 * key;
+    case SyntheticTask::kKvRecall: {
+      int item = 0, question = 0;
+      for (const char* name : kKvNames) {
+        item = std::max(item, n(std::string(" [") + name + " = ") + key + n("] "));
+        question = std::max(question, n(std::string("\nRecall: [") + name + " = ") + key);
+      }
+      return kKvPairs * item + question;
+    }
+    case SyntheticTask::kCopy: return 8;   // make_copy's segment (length / 4) needs ≥ 2 tokens
+  }
+  return 0;
 }
 
 // ── Loader ─────────────────────────────────────────────────────────────────────────────────────
@@ -287,6 +312,74 @@ Loader::Loader(const Corpus& corpus, const Tokenizer& tok, const LoaderOptions& 
     throw Error("loader: --synthetic = " + std::to_string(o_.synthetic_share) + " must be in [0, 1]");
   if (static_cast<int64_t>(train_stream_.size()) <= o_.seq_len + 1)
     throw Error("loader: the training split (" + std::to_string(train_stream_.size()) + " tokens) is shorter than --seq-len + 1");
+  double mix = 0;
+  for (const double w : o_.synthetic_mix) {
+    if (!(w >= 0) || !std::isfinite(w)) throw Error("loader: --synthetic-mix weights must be finite and >= 0");
+    mix += w;
+  }
+  if (!(mix > 0)) throw Error("loader: --synthetic-mix weights must not all be 0");
+  for (int t = 0; t < kNumSyntheticTasks; ++t) task_min_len_[t] = synthetic_min_length(static_cast<SyntheticTask>(t), tok_);
+  if (o_.synthetic_min_len < 0 || o_.synthetic_min_len > o_.seq_len)
+    throw Error("loader: --synthetic-min-len = " + std::to_string(o_.synthetic_min_len) + " must be in [0, --seq-len = " +
+                std::to_string(o_.seq_len) + "]");
+  if (o_.synthetic_first_steps < 0) throw Error("loader: --synthetic-first = " + std::to_string(o_.synthetic_first_steps) + " must be >= 0");
+  if (o_.synthetic_ramp_steps < 0) throw Error("loader: --synthetic-ramp = " + std::to_string(o_.synthetic_ramp_steps) + " must be >= 0");
+  if (o_.synthetic_ramp_steps > 0 && o_.synthetic_min_len == 0)
+    throw Error("loader: --synthetic-ramp needs --synthetic-min-len (the length the ramp starts from)");
+}
+
+SyntheticTask Loader::pick_task(double u) const {
+  double total = 0;
+  for (const double w : o_.synthetic_mix) total += w;
+  double at = 0;
+  for (int t = 0; t < kNumSyntheticTasks - 1; ++t) {
+    at += o_.synthetic_mix[t] / total;
+    if (u < at) return static_cast<SyntheticTask>(t);
+  }
+  return static_cast<SyntheticTask>(kNumSyntheticTasks - 1);
+}
+
+PasskeySample Loader::synthetic_sample(SyntheticTask task, int length, uint64_t seed) const {
+  Rng rng(seed);
+  switch (task) {
+    case SyntheticTask::kPasskey: return make_passkey(tok_, train_stream_, length, rng.uniform(), PasskeySplit::kTrain, rng.next());
+    case SyntheticTask::kKvRecall: return make_kv_recall(tok_, train_stream_, length, rng.next());
+    case SyntheticTask::kCopy: return make_copy(train_stream_, length, rng.next());
+  }
+  return {};
+}
+
+namespace {
+// Appends one sequence (BOS + body) to the batch: inputs BOS..body[n−2], targets body.
+void append_sequence(model::Batch& b, int32_t bos, const std::vector<int32_t>& body) {
+  b.tokens.push_back(bos);
+  b.tokens.insert(b.tokens.end(), body.begin(), body.end() - 1);
+  b.targets.insert(b.targets.end(), body.begin(), body.end());
+  b.seq_lens.push_back(static_cast<int>(body.size()));
+}
+std::vector<int32_t> text_window(const std::vector<int32_t>& stream, uint64_t off, int length) {
+  return {stream.begin() + static_cast<int64_t>(off), stream.begin() + static_cast<int64_t>(off) + length};
+}
+}  // namespace
+
+void Loader::pack_synthetic(int64_t step, uint64_t slot_seed, model::Batch& b) const {
+  const int L = o_.seq_len, lo = o_.synthetic_min_len;
+  double cap = L;
+  if (o_.synthetic_ramp_steps > 0)
+    cap = std::min<double>(L, lo * std::exp2(static_cast<double>(step) / static_cast<double>(o_.synthetic_ramp_steps)));
+  Rng rng(slot_seed);
+  for (int left = L; left > 0;) {
+    const SyntheticTask task = pick_task(rng.uniform());
+    const int task_lo = std::max(lo, task_min_len_[static_cast<int>(task)]);
+    const double hi = std::min<double>(left, std::max<double>(cap, task_lo));
+    if (left < task_lo) {   // the remainder: a window of text
+      append_sequence(b, bos_, text_window(train_stream_, rng.below(train_stream_.size() - static_cast<size_t>(left)), left));
+      break;
+    }
+    const int len = static_cast<int>(std::lround(std::exp(std::log(task_lo) + rng.uniform() * (std::log(hi) - std::log(task_lo)))));
+    append_sequence(b, bos_, synthetic_sample(task, std::clamp(len, task_lo, left), rng.next()).tokens);
+    left -= std::clamp(len, task_lo, left);
+  }
 }
 
 model::Batch Loader::batch(int64_t step) const {
@@ -296,23 +389,23 @@ model::Batch Loader::batch(int64_t step) const {
     Rng rng(mix_seed(o_.seed, static_cast<uint64_t>(step), static_cast<uint64_t>(i)));
     // L + 1 tokens, the first one BOS: every sequence starts the way an inference prompt does, so
     // the model has one fixed first key (where idle heads park their attention: an attention sink)
-    std::vector<int32_t> seq{bos_};
-    std::vector<int32_t> body;
-    if (rng.uniform() < o_.synthetic_share) {
+    const double share = step < o_.synthetic_first_steps ? 1.0 : o_.synthetic_share;
+    if (rng.uniform() < share) {
       const uint64_t task_seed = rng.next();
-      // the three tasks in equal shares
-      const double task = rng.uniform();
-      body = task < 1.0 / 3 ? make_passkey(tok_, train_stream_, L, rng.uniform(), PasskeySplit::kTrain, task_seed).tokens
-             : task < 2.0 / 3 ? make_kv_recall(tok_, train_stream_, L, task_seed).tokens
-                              : make_copy(train_stream_, L, task_seed).tokens;
+      if (o_.synthetic_min_len > 0) {
+        pack_synthetic(step, task_seed, b);
+        continue;
+      }
+      PasskeySample s;
+      switch (pick_task(rng.uniform())) {
+        case SyntheticTask::kPasskey: s = make_passkey(tok_, train_stream_, L, rng.uniform(), PasskeySplit::kTrain, task_seed); break;
+        case SyntheticTask::kKvRecall: s = make_kv_recall(tok_, train_stream_, L, task_seed); break;
+        case SyntheticTask::kCopy: s = make_copy(train_stream_, L, task_seed); break;
+      }
+      append_sequence(b, bos_, s.tokens);
     } else {
-      const uint64_t off = rng.below(train_stream_.size() - static_cast<size_t>(L));
-      body.assign(train_stream_.begin() + static_cast<int64_t>(off), train_stream_.begin() + static_cast<int64_t>(off) + L);
+      append_sequence(b, bos_, text_window(train_stream_, rng.below(train_stream_.size() - static_cast<size_t>(L)), L));
     }
-    seq.insert(seq.end(), body.begin(), body.end());
-    b.tokens.insert(b.tokens.end(), seq.begin(), seq.end() - 1);
-    b.targets.insert(b.targets.end(), seq.begin() + 1, seq.end());
-    b.seq_lens.push_back(L);
   }
   return b;
 }

@@ -58,7 +58,10 @@ std::string options_json(const TrainOptions& o, const model::Config& cfg) {
   j << "{\n  \"stage\": \"" << stage_name(o.stage) << "\",\n  \"init\": " << json::quote(o.init) << ",\n  \"steps\": " << o.steps
     << ",\n  \"warmup_steps\": " << o.warmup_steps << ",\n  \"min_lr_ratio\": " << o.min_lr_ratio << ",\n  \"topk\": " << o.topk
     << ",\n  \"batch_size\": " << o.loader.batch_size << ",\n  \"seq_len\": " << o.loader.seq_len
-    << ",\n  \"synthetic_share\": " << o.loader.synthetic_share << ",\n  \"seed\": " << o.seed << ",\n  \"shared_embedding\": " << o.shared_embedding
+    << ",\n  \"synthetic_share\": " << o.loader.synthetic_share << ",\n  \"synthetic_mix\": [" << o.loader.synthetic_mix[0] << ", "
+    << o.loader.synthetic_mix[1] << ", " << o.loader.synthetic_mix[2] << "],\n  \"synthetic_min_len\": " << o.loader.synthetic_min_len
+    << ",\n  \"synthetic_ramp_steps\": " << o.loader.synthetic_ramp_steps << ",\n  \"synthetic_first_steps\": " << o.loader.synthetic_first_steps
+    << ",\n  \"seed\": " << o.seed << ",\n  \"shared_embedding\": " << o.shared_embedding
     << ",\n  \"checkpoint_every\": " << o.checkpoint_every << ",\n  \"model_group\": " << group(o.model_group)
     << ",\n  \"indexer_group\": " << group(o.indexer_group) << ",\n  \"model\": " << cfg.to_json() << "\n}\n";
   return j.str();
