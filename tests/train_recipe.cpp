@@ -351,6 +351,13 @@ TEST_F(TrainRecipe, BadOptionsNameTheFlag) {
   expect_error([&] { dsa::train::train_stage(o, corpus, *tok); }, "final checkpoint");
   o.init = (root / "nowhere").string();
   expect_error([&] { dsa::train::train_stage(o, corpus, *tok); }, "--init");
+  // The corpus-free checks run on their own, so the CLI refuses a bad line before writing anything.
+  o = options("run", Stage::kPretrain, 2);
+  o.loader.synthetic_ramp_steps = 5;
+  expect_error([&] { dsa::train::check_train_options(o); }, "--synthetic-ramp needs --synthetic-min-len");
+  o.loader.synthetic_ramp_steps = 0;
+  o.checkpoint_every = 0;
+  expect_error([&] { dsa::train::check_train_options(o); }, "--checkpoint-every");
   dsa::train::LoaderOptions lo;
   lo.batch_size = 0;
   expect_error([&] { dsa::train::Loader(corpus, *tok, lo); }, "--batch");

@@ -97,10 +97,6 @@ int run_train(const dsa::cli::Args& args) {
   dsa::train::TrainOptions o;
   o.run_dir = f.require("run");
   o.stage = dsa::train::parse_stage(f.require("stage"));
-  fs::create_directories(o.run_dir);
-  dsa::train::DataOptions data = dsa::cli::run_data(f, o.run_dir);
-  if (data.tokenizer != "byte" && !fs::exists(data.tokenizer)) throw dsa::Error("train: --tokenizer file " + data.tokenizer + " does not exist");
-  dsa::cli::record_run_data(data, o.run_dir);
 
   dsa::model::Config& c = o.config;
   if (f.has("config")) c = dsa::model::Config::from_json_file(f.get("config"));
@@ -162,6 +158,12 @@ int run_train(const dsa::cli::Args& args) {
   o.val_every = static_cast<int>(f.get_int("val-every", 0));
   o.progress = !f.has("no-progress");
   o.plots = !f.has("no-plots");
+  // Refuse a bad command line before the run folder is created or anything is written to it.
+  dsa::train::check_train_options(o);
+  dsa::train::DataOptions data = dsa::cli::run_data(f, o.run_dir);
+  if (data.tokenizer != "byte" && !fs::exists(data.tokenizer)) throw dsa::Error("train: --tokenizer file " + data.tokenizer + " does not exist");
+  fs::create_directories(o.run_dir);
+  dsa::cli::record_run_data(data, o.run_dir);
 
   const auto tok = dsa::load_tokenizer(data.tokenizer);
   const auto corpus = dsa::train::load_corpus(data, (fs::path(o.run_dir) / "tokens").string());

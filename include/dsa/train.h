@@ -105,6 +105,9 @@ struct LoaderOptions {
   int64_t synthetic_first_steps = 0;
   uint64_t seed = 1;
 };
+// Throws dsa::Error naming the flag of the first option out of range (the checks that need no
+// corpus or tokenizer; the Loader runs them too).
+void check_loader_options(const LoaderOptions& options);
 // batch(step) is a pure function of (options, corpus, step): counter-based randomness, no state.
 // Every sequence (training and validation) starts with BOS, then text or a synthetic task.
 class Loader {
@@ -205,6 +208,9 @@ struct TrainResult {
   double val_loss = 0;                  // at the end (mode: dense for pretrain/warmup, DSA for sparse)
 };
 
+// Throws dsa::Error naming the flag of the first bad option that needs no corpus, model or run folder
+// (so a command line can be refused before anything is written). train_stage runs it too.
+void check_train_options(const TrainOptions& options);
 // Runs (or resumes) one stage. The corpus and tokenizer are those of the run.
 TrainResult train_stage(const TrainOptions& options, const Corpus& corpus, const Tokenizer& tok);
 

@@ -303,29 +303,33 @@ std::vector<int32_t> join(const std::vector<Document>& docs, int32_t bos) {
 }
 }  // namespace
 
-Loader::Loader(const Corpus& corpus, const Tokenizer& tok, const LoaderOptions& options)
-    : tok_(tok), o_(options), bos_(corpus.bos_id), train_stream_(join(corpus.train, corpus.bos_id)),
-      val_stream_(join(corpus.val, corpus.bos_id)) {
-  if (o_.batch_size <= 0) throw Error("loader: --batch = " + std::to_string(o_.batch_size) + " must be > 0");
-  if (o_.seq_len <= 1) throw Error("loader: --seq-len = " + std::to_string(o_.seq_len) + " must be > 1");
-  if (o_.synthetic_share < 0 || o_.synthetic_share > 1)
-    throw Error("loader: --synthetic = " + std::to_string(o_.synthetic_share) + " must be in [0, 1]");
-  if (static_cast<int64_t>(train_stream_.size()) <= o_.seq_len + 1)
-    throw Error("loader: the training split (" + std::to_string(train_stream_.size()) + " tokens) is shorter than --seq-len + 1");
+void check_loader_options(const LoaderOptions& o) {
+  if (o.batch_size <= 0) throw Error("loader: --batch = " + std::to_string(o.batch_size) + " must be > 0");
+  if (o.seq_len <= 1) throw Error("loader: --seq-len = " + std::to_string(o.seq_len) + " must be > 1");
+  if (!(o.synthetic_share >= 0 && o.synthetic_share <= 1))
+    throw Error("loader: --synthetic = " + std::to_string(o.synthetic_share) + " must be in [0, 1]");
   double mix = 0;
-  for (const double w : o_.synthetic_mix) {
+  for (const double w : o.synthetic_mix) {
     if (!(w >= 0) || !std::isfinite(w)) throw Error("loader: --synthetic-mix weights must be finite and >= 0");
     mix += w;
   }
   if (!(mix > 0)) throw Error("loader: --synthetic-mix weights must not all be 0");
-  for (int t = 0; t < kNumSyntheticTasks; ++t) task_min_len_[t] = synthetic_min_length(static_cast<SyntheticTask>(t), tok_);
-  if (o_.synthetic_min_len < 0 || o_.synthetic_min_len > o_.seq_len)
-    throw Error("loader: --synthetic-min-len = " + std::to_string(o_.synthetic_min_len) + " must be in [0, --seq-len = " +
-                std::to_string(o_.seq_len) + "]");
-  if (o_.synthetic_first_steps < 0) throw Error("loader: --synthetic-first = " + std::to_string(o_.synthetic_first_steps) + " must be >= 0");
-  if (o_.synthetic_ramp_steps < 0) throw Error("loader: --synthetic-ramp = " + std::to_string(o_.synthetic_ramp_steps) + " must be >= 0");
-  if (o_.synthetic_ramp_steps > 0 && o_.synthetic_min_len == 0)
+  if (o.synthetic_min_len < 0 || o.synthetic_min_len > o.seq_len)
+    throw Error("loader: --synthetic-min-len = " + std::to_string(o.synthetic_min_len) + " must be in [0, --seq-len = " +
+                std::to_string(o.seq_len) + "]");
+  if (o.synthetic_first_steps < 0) throw Error("loader: --synthetic-first = " + std::to_string(o.synthetic_first_steps) + " must be >= 0");
+  if (o.synthetic_ramp_steps < 0) throw Error("loader: --synthetic-ramp = " + std::to_string(o.synthetic_ramp_steps) + " must be >= 0");
+  if (o.synthetic_ramp_steps > 0 && o.synthetic_min_len == 0)
     throw Error("loader: --synthetic-ramp needs --synthetic-min-len (the length the ramp starts from)");
+}
+
+Loader::Loader(const Corpus& corpus, const Tokenizer& tok, const LoaderOptions& options)
+    : tok_(tok), o_(options), bos_(corpus.bos_id), train_stream_(join(corpus.train, corpus.bos_id)),
+      val_stream_(join(corpus.val, corpus.bos_id)) {
+  check_loader_options(o_);
+  if (static_cast<int64_t>(train_stream_.size()) <= o_.seq_len + 1)
+    throw Error("loader: the training split (" + std::to_string(train_stream_.size()) + " tokens) is shorter than --seq-len + 1");
+  for (int t = 0; t < kNumSyntheticTasks; ++t) task_min_len_[t] = synthetic_min_length(static_cast<SyntheticTask>(t), tok_);
 }
 
 SyntheticTask Loader::pick_task(double u) const {

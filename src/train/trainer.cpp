@@ -129,7 +129,7 @@ std::string final_checkpoint(const std::string& stage_dir) {
   return dir.string();
 }
 
-TrainResult train_stage(const TrainOptions& o, const Corpus& corpus, const Tokenizer& tok) {
+void check_train_options(const TrainOptions& o) {
   if (o.run_dir.empty()) throw Error("train: --run is empty");
   if (o.steps <= 0) throw Error("train: --steps = " + std::to_string(o.steps) + " must be > 0");
   if (o.checkpoint_every <= 0) throw Error("train: --checkpoint-every = " + std::to_string(o.checkpoint_every) + " must be > 0");
@@ -138,6 +138,11 @@ TrainResult train_stage(const TrainOptions& o, const Corpus& corpus, const Token
     throw Error("train: --shared-embedding = " + std::to_string(o.shared_embedding) + " must be a finite number >= 0");
   if (o.shared_embedding > 0 && (o.stage != model::Stage::kPretrain || !o.init.empty()))
     throw Error("train: --shared-embedding shapes a fresh initialisation: it applies to the pretrain stage without --init only");
+  check_loader_options(o.loader);
+}
+
+TrainResult train_stage(const TrainOptions& o, const Corpus& corpus, const Tokenizer& tok) {
+  check_train_options(o);
   const auto t_start = std::chrono::steady_clock::now();
   const fs::path stage_dir = fs::path(o.run_dir) / stage_name(o.stage);
   fs::create_directories(stage_dir);
