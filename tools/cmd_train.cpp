@@ -90,8 +90,8 @@ int run_train(const dsa::cli::Args& args) {
   Flags f(args,
           {"run", "stage", "data", "tokenizer", "holdout", "threads", "config", "hidden", "layers", "heads", "intermediate", "q-lora",
            "kv-lora", "nope", "rope", "v-dim", "index-heads", "index-dim", "topk", "max-pos", "steps", "batch", "seq-len", "lr",
-           "indexer-lr", "weight-decay", "clip", "warmup-steps", "min-lr-ratio", "synthetic", "synthetic-mix", "synthetic-min-len", "synthetic-ramp", "synthetic-first", "seed", "init", "checkpoint-every", "keep",
-           "val-every", "shared-embedding"},
+           "indexer-lr", "weight-decay", "clip", "warmup-steps", "min-lr-ratio", "synthetic", "synthetic-mix", "synthetic-min-len",
+           "synthetic-ramp", "synthetic-first", "seed", "init", "checkpoint-every", "keep", "val-every", "shared-embedding"},
           {"no-progress", "no-plots"});
   if (!f.positional().empty()) throw dsa::Error("train: unexpected argument \"" + f.positional()[0] + "\"");
   dsa::train::TrainOptions o;
