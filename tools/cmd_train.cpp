@@ -135,18 +135,13 @@ int run_train(const dsa::cli::Args& args) {
   o.loader.synthetic_share = f.get_double("synthetic", pre ? 0.25 : 0.1);
   if (f.has("synthetic-mix")) {
     const std::string mix = f.get("synthetic-mix");
-    std::vector<double> w;
-    for (size_t at = 0; at <= mix.size();) {
-      const size_t end = std::min(mix.find(',', at), mix.size());
-      const std::string item = mix.substr(at, end - at);
+    const auto items = dsa::cli::split_list(mix);
+    if (items.size() != dsa::train::kNumSyntheticTasks) throw dsa::Error("train: --synthetic-mix \"" + mix + "\" must be three numbers P,K,C");
+    for (size_t t = 0; t < items.size(); ++t) {
       char* stop = nullptr;
-      const double v = std::strtod(item.c_str(), &stop);
-      if (item.empty() || *stop != '\0') throw dsa::Error("train: --synthetic-mix \"" + mix + "\" must be three numbers P,K,C");
-      w.push_back(v);
-      at = end + 1;
+      o.loader.synthetic_mix[t] = std::strtod(items[t].c_str(), &stop);
+      if (*stop != '\0') throw dsa::Error("train: --synthetic-mix \"" + mix + "\" must be three numbers P,K,C");
     }
-    if (w.size() != dsa::train::kNumSyntheticTasks) throw dsa::Error("train: --synthetic-mix \"" + mix + "\" must be three numbers P,K,C");
-    std::copy(w.begin(), w.end(), o.loader.synthetic_mix.begin());
   }
   o.loader.synthetic_min_len = static_cast<int>(f.get_int("synthetic-min-len", 0));
   o.loader.synthetic_ramp_steps = f.get_int("synthetic-ramp", 0);

@@ -122,7 +122,8 @@ class Loader {
  private:
   // One synthetic slot of seq_len tokens packed with short task sequences (the length curriculum).
   void pack_synthetic(int64_t step, uint64_t slot_seed, model::Batch& b) const;
-  PasskeySample synthetic_sample(SyntheticTask task, int length, uint64_t seed) const;
+  // One training task from the training stream (depth: where a passkey's needle goes).
+  PasskeySample synthetic_sample(SyntheticTask task, int length, double depth, uint64_t seed) const;
   SyntheticTask pick_task(double u) const;
 
   const Tokenizer& tok_;

@@ -343,12 +343,11 @@ SyntheticTask Loader::pick_task(double u) const {
   return static_cast<SyntheticTask>(kNumSyntheticTasks - 1);
 }
 
-PasskeySample Loader::synthetic_sample(SyntheticTask task, int length, uint64_t seed) const {
-  Rng rng(seed);
+PasskeySample Loader::synthetic_sample(SyntheticTask task, int length, double depth, uint64_t seed) const {
   switch (task) {
-    case SyntheticTask::kPasskey: return make_passkey(tok_, train_stream_, length, rng.uniform(), PasskeySplit::kTrain, rng.next());
-    case SyntheticTask::kKvRecall: return make_kv_recall(tok_, train_stream_, length, rng.next());
-    case SyntheticTask::kCopy: return make_copy(train_stream_, length, rng.next());
+    case SyntheticTask::kPasskey: return make_passkey(tok_, train_stream_, length, depth, PasskeySplit::kTrain, seed);
+    case SyntheticTask::kKvRecall: return make_kv_recall(tok_, train_stream_, length, seed);
+    case SyntheticTask::kCopy: return make_copy(train_stream_, length, seed);
   }
   return {};
 }
@@ -380,9 +379,13 @@ void Loader::pack_synthetic(int64_t step, uint64_t slot_seed, model::Batch& b) c
       append_sequence(b, bos_, text_window(train_stream_, rng.below(train_stream_.size() - static_cast<size_t>(left)), left));
       break;
     }
-    const int len = static_cast<int>(std::lround(std::exp(std::log(task_lo) + rng.uniform() * (std::log(hi) - std::log(task_lo)))));
-    append_sequence(b, bos_, synthetic_sample(task, std::clamp(len, task_lo, left), rng.next()).tokens);
-    left -= std::clamp(len, task_lo, left);
+    const double u = rng.uniform();
+    const int len = std::clamp(static_cast<int>(std::lround(std::exp(std::log(task_lo) + u * (std::log(hi) - std::log(task_lo))))), task_lo, left);
+    Rng task_rng(rng.next());
+    const uint64_t task_seed = task_rng.next();   // drawn in sequence: seed, then the needle's depth
+    const double depth = task == SyntheticTask::kPasskey ? task_rng.uniform() : 0.0;
+    append_sequence(b, bos_, synthetic_sample(task, len, depth, task_seed).tokens);
+    left -= len;
   }
 }
 
@@ -400,13 +403,9 @@ model::Batch Loader::batch(int64_t step) const {
         pack_synthetic(step, task_seed, b);
         continue;
       }
-      PasskeySample s;
-      switch (pick_task(rng.uniform())) {
-        case SyntheticTask::kPasskey: s = make_passkey(tok_, train_stream_, L, rng.uniform(), PasskeySplit::kTrain, task_seed); break;
-        case SyntheticTask::kKvRecall: s = make_kv_recall(tok_, train_stream_, L, task_seed); break;
-        case SyntheticTask::kCopy: s = make_copy(train_stream_, L, task_seed); break;
-      }
-      append_sequence(b, bos_, s.tokens);
+      const SyntheticTask task = pick_task(rng.uniform());
+      const double depth = task == SyntheticTask::kPasskey ? rng.uniform() : 0.0;
+      append_sequence(b, bos_, synthetic_sample(task, L, depth, task_seed).tokens);
     } else {
       append_sequence(b, bos_, text_window(train_stream_, rng.below(train_stream_.size() - static_cast<size_t>(L)), L));
     }
