@@ -47,6 +47,26 @@ class Backend {
   virtual void paged_to_physical(int B, int next_n, int K, const int32_t* block_table, int max_blocks,
                                  int num_pages, int32_t* indices) = 0;
   virtual void sparse_attention_decode(const SparseDecodeParams& p) = 0;
+  // 12. model layers (the CPU signatures; cross_entropy_forward returns the fp64 Σ of the losses)
+  virtual void linear_forward(const float* x, const float* w, float* y, int64_t N, int I, int O) = 0;
+  virtual void linear_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, int64_t N,
+                               int I, int O, bool accumulate_dx) = 0;
+  virtual void rmsnorm_forward(const float* x, const float* w, float* y, float* rstd, int64_t N, int C, float eps) = 0;
+  virtual void rmsnorm_backward(const float* x, const float* w, const float* rstd, const float* dy, float* dx,
+                                float* dw, int64_t N, int C) = 0;
+  virtual void layernorm_forward(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd,
+                                 int64_t N, int C, float eps) = 0;
+  virtual void layernorm_backward(const float* x, const float* w, const float* mean, const float* rstd,
+                                  const float* dy, float* dx, float* dw, float* db, int64_t N, int C) = 0;
+  virtual void swiglu_forward(const float* g, const float* u, float* a, int64_t N) = 0;
+  virtual void swiglu_backward(const float* g, const float* u, const float* da, float* dg, float* du, int64_t N) = 0;
+  virtual void embedding_forward(const int32_t* tokens, const float* table, float* out, int64_t N, int V, int C) = 0;
+  virtual void embedding_backward(const int32_t* tokens, const float* dout, float* dtable, int64_t N, int V,
+                                  int C) = 0;
+  virtual double cross_entropy_forward(const float* logits, const int32_t* targets, float* loss, int64_t N,
+                                       int V) = 0;
+  virtual void cross_entropy_backward(const float* logits, const int32_t* targets, float dloss, float* dlogits,
+                                      int64_t N, int V) = 0;
 };
 
 // Every backend present in this build: "cpu" always, GPU kernel versions when a device is found.

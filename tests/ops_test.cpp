@@ -25,6 +25,12 @@ const std::vector<OpRow>& op_table() {
       {"indexer_kl", check_indexer_kl},
       {"indexer_logits_paged", check_indexer_logits_paged},
       {"sparse_attention_decode", check_sparse_attention_decode},
+      {"linear", check_linear},
+      {"rmsnorm", check_rmsnorm},
+      {"layernorm", check_layernorm},
+      {"swiglu", check_swiglu},
+      {"embedding", check_embedding},
+      {"cross_entropy", check_cross_entropy},
   };
   return rows;
 }

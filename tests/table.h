@@ -37,5 +37,12 @@ void check_indexer_kl(Backend&);
 // tests/op_decode.cpp
 void check_indexer_logits_paged(Backend&);
 void check_sparse_attention_decode(Backend&);
+// tests/op_layers.cpp
+void check_linear(Backend&);
+void check_rmsnorm(Backend&);
+void check_layernorm(Backend&);
+void check_swiglu(Backend&);
+void check_embedding(Backend&);
+void check_cross_entropy(Backend&);
 
 }  // namespace dsa::test

@@ -144,4 +144,45 @@ size_t sparse_attention_decode_workspace_bytes(const SparseDecodeParams& p);
 void sparse_attention_decode(const SparseDecodeParams& p, void* workspace, size_t workspace_bytes, cudaStream_t stream,
                              int version = kDefaultVersion);
 
+// ── 12. model layers (src/cuda/layers.cu, src/cuda/layers_norm.cu) ─────────────────────────────
+// ops.h §12 with device pointers: same math, same write/accumulate rules (every backward
+// ACCUMULATES into dw/db/dtable and WRITES dx; linear adds into dx when accumulate_dx), same
+// host-side argument checks. Bitwise deterministic over reruns, no float atomics: row sums are fixed
+// block trees (fp64), the column sums of dw/db loop over rows in a fixed order, embedding_backward
+// sorts (token, row) stably in its workspace and adds each token's rows in row order (the CPU's
+// float sequence). Data the host cannot see: a token outside [0, V) embeds as a zero row and gets no
+// gradient; a target outside [−1, V) counts as −1 (loss 0, zero gradient row).
+// cuBLAS: the first gemm / linear call on a device creates a cached handle (allocates: keep that
+// call out of CUDA-graph capture).
+// Row-major sgemm on the device (cuBLAS, fp32 math — no TF32 —, one cached handle per device, stream set
+// per call): C[M,N] = op(A)·op(B) + beta·C with leading dimensions as for dsa's CPU blas::sgemm
+// (ta: A is stored [K,M] and read transposed; tb likewise for B [N,K]). Deterministic.
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+          int64_t ldb, float beta, float* C, int64_t ldc, cudaStream_t stream);
+void linear_forward(const float* x, const float* w, float* y, int64_t N, int I, int O, cudaStream_t stream);
+void linear_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, int64_t N, int I,
+                     int O, bool accumulate_dx, cudaStream_t stream);      // dx may be null (then skipped)
+void rmsnorm_forward(const float* x, const float* w, float* y, float* rstd, int64_t N, int C, float eps,
+                     cudaStream_t stream);
+void rmsnorm_backward(const float* x, const float* w, const float* rstd, const float* dy, float* dx, float* dw,
+                      int64_t N, int C, cudaStream_t stream);
+void layernorm_forward(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd,
+                       int64_t N, int C, float eps, cudaStream_t stream);
+void layernorm_backward(const float* x, const float* w, const float* mean, const float* rstd, const float* dy,
+                        float* dx, float* dw, float* db, int64_t N, int C, cudaStream_t stream);
+void swiglu_forward(const float* g, const float* u, float* a, int64_t N, cudaStream_t stream);
+void swiglu_backward(const float* g, const float* u, const float* da, float* dg, float* du, int64_t N,
+                     cudaStream_t stream);
+void embedding_forward(const int32_t* tokens, const float* table, float* out, int64_t N, int V, int C,
+                       cudaStream_t stream);
+size_t embedding_backward_workspace_bytes(int64_t N, int V);
+void embedding_backward(const int32_t* tokens, const float* dout, float* dtable, int64_t N, int V, int C,
+                        void* workspace, size_t workspace_bytes, cudaStream_t stream);
+// Unlike the CPU op (which returns Σ loss), writes loss[n] (required, device) and returns nothing: the
+// caller sums (no host sync inside an op).
+void cross_entropy_forward(const float* logits, const int32_t* targets, float* loss, int64_t N, int V,
+                           cudaStream_t stream);
+void cross_entropy_backward(const float* logits, const int32_t* targets, float dloss, float* dlogits, int64_t N,
+                            int V, cudaStream_t stream);
+
 }  // namespace dsa::cuda

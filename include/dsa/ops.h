@@ -388,10 +388,11 @@ void paged_to_physical(int B, int next_n, int K, const int32_t* block_table, int
 void sparse_attention_decode(const SparseDecodeParams& p);
 }  // namespace cpu
 
-// ═══════════════════════════════ 12. Model layers (CPU only) ══════════════════════════════════
-// The dense layers of the model (src/cpu/layers.cpp; tests/op_layers.cpp). Rows are independent;
-// N rows of C features, row-major. Every backward ACCUMULATES into parameter gradients (dw, db,
-// dtable) and WRITES dx (unless stated). Matmuls run through BLAS (cblas_sgemm).
+// ═══════════════════════════════ 12. Model layers (CPU and CUDA) ══════════════════════════════
+// The dense layers of the model (src/cpu/layers.cpp, src/cuda/layers*.cu; tests/op_layers.cpp). Rows
+// are independent; N rows of C features, row-major. Every backward ACCUMULATES into parameter
+// gradients (dw, db, dtable) and WRITES dx (unless stated). Matmuls run through BLAS (cblas_sgemm;
+// fp32 cuBLAS on the GPU).
 //   linear:        y[N,O] = x[N,I] · W[O,I]ᵀ            (HF [out, in] weight layout)
 //     backward:    dx = dy · W (written, or added when accumulate_dx);  dW += dyᵀ · x
 //   rmsnorm:       y = x · rstd · w,  rstd = (mean(x²) + eps)^-1/2          (rstd [N] saved)

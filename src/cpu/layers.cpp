@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "common/blas.h"
 #include "common/check.h"
@@ -246,8 +247,10 @@ double cross_entropy_forward(const float* logits, const int32_t* targets, float*
   for (int64_t n = 0; n < N; ++n)
     DSA_REQUIRE(targets[n] >= -1 && targets[n] < V, op, "targets[", n, "] = ", targets[n],
                 " is out of range [-1, ", V, ")");
-  double total = 0.0;
-#pragma omp parallel for schedule(static) reduction(+ : total)
+  // Rows in parallel, their sum in row order: an OpenMP reduction combines the threads' partial sums
+  // in whatever order they finish, which changed the total's last bits from run to run at ≥ 3 threads.
+  std::vector<double> row(static_cast<size_t>(N), 0.0);
+#pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     double l = 0.0;
     if (targets[n] >= 0) {
@@ -259,8 +262,10 @@ double cross_entropy_forward(const float* logits, const int32_t* targets, float*
       l = std::log(s) + m - z[targets[n]];
     }
     if (loss != nullptr) loss[n] = static_cast<float>(l);
-    total += l;
+    row[static_cast<size_t>(n)] = l;
   }
+  double total = 0.0;
+  for (const double l : row) total += l;
   return total;
 }
 

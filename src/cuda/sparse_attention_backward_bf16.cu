@@ -34,9 +34,10 @@
 // given a user workspace per stream (cublasSetWorkspace, done here) — so for fixed shapes, workspace
 // size, device and toolkit the outputs are bitwise reproducible. dkv's reduction order does not
 // depend on Tc; the GEMM results may (cuBLAS can pick another kernel for another batch count).
-// cuBLAS: one handle per device, created on the first call of this version on that device (it
-// allocates: make that first call outside CUDA-graph capture, e.g. a warm-up) and kept for the
-// process (never destroyed: static destruction may run after the CUDA context is gone). Each call
+// cuBLAS: the backend's one handle per device (cuda/cublas_handle.cuh), created on the first cuBLAS
+// call on that device (it allocates: make that first call outside CUDA-graph capture, e.g. a
+// warm-up) and kept for the process (never destroyed: static destruction may run after the CUDA
+// context is gone). Each call
 // binds the stream and our workspace's cuBLAS slice under a mutex held while the chunk loop is
 // enqueued (enqueue only, no host sync), so concurrent host threads cannot swap them mid-call.
 // Workspace (plan): kvb S·Dqk·2 + cuBLAS 32 MiB + (S+1)·4 + per query of the chunk
@@ -51,6 +52,7 @@
 #include <vector>
 
 #include "cuda/attention_common.cuh"
+#include "cuda/cublas_handle.cuh"
 #include "cuda/key_major.cuh"
 #include "dsa/cuda_ops.h"
 
@@ -63,13 +65,6 @@ constexpr int kThreads256 = 256;
 constexpr int kMaxGridBlocks = 65535 * 8;                   // grid-stride loops cap their grid
 constexpr int kVecBf16 = 8;                                 // bf16 per 16-byte vector
 constexpr int kDkvUnroll = 4;                               // part rows in flight per dkv thread
-
-#define DSA_CUBLAS_CALL(op, x)                                                                       \
-  do {                                                                                               \
-    const cublasStatus_t st_ = (x);                                                                  \
-    if (st_ != CUBLAS_STATUS_SUCCESS)                                                                \
-      throw std::runtime_error(std::string(op) + ": " #x ": cuBLAS status " + std::to_string(int(st_))); \
-  } while (0)
 
 // ── workspace plan for a chunk of tc queries ─────────────────────────────────────────────────
 struct Plan {
@@ -230,25 +225,6 @@ __global__ void bwd_bf16_dkv(const float* part, const int32_t* sorted_pos, const
 int grid_for(int64_t n) { return static_cast<int>(std::min<int64_t>((n + kThreads256 - 1) / kThreads256, kMaxGridBlocks)); }
 int grid_rows(int64_t rows) { return static_cast<int>(std::min<int64_t>(rows, kMaxGridBlocks)); }
 
-// ── cuBLAS handle per device ─────────────────────────────────────────────────────────────────
-std::mutex& handle_mutex() {
-  static std::mutex m;
-  return m;
-}
-cublasHandle_t device_handle(const char* op) {   // caller holds handle_mutex()
-  static std::vector<cublasHandle_t> handles;
-  int dev = 0, count = 0;
-  DSA_CUDA_CALL(op, cudaGetDevice(&dev));
-  DSA_CUDA_CALL(op, cudaGetDeviceCount(&count));
-  if (handles.size() < static_cast<size_t>(count)) handles.resize(count, nullptr);
-  if (!handles[dev]) {
-    DSA_CUBLAS_CALL(op, cublasCreate(&handles[dev]));
-    DSA_CUBLAS_CALL(op, cublasSetAtomicsMode(handles[dev], CUBLAS_ATOMICS_NOT_ALLOWED));
-    DSA_CUBLAS_CALL(op, cublasSetPointerMode(handles[dev], CUBLAS_POINTER_MODE_HOST));
-  }
-  return handles[dev];
-}
-
 // C[b] (m×n, column-major, fp32) = op(A[b])·op(B[b]), bf16 operands, fp32 accumulation, batch b.
 void gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const __nv_bfloat16* A,
           int lda, long long sa, const __nv_bfloat16* B, int ldb, long long sb, float* C, int ldc, long long sc,
@@ -293,8 +269,8 @@ void sparse_backward_bf16(const AttentionParams& p, const AttentionBackwardArgs&
     bwd_bf16_convert_kv<<<grid_for(n), kThreads256, 0, stream>>>(p.kv, n, w.kvb);
     DSA_CUDA_LAUNCH_CHECK(op);
   }
-  std::lock_guard<std::mutex> lock(handle_mutex());
-  cublasHandle_t h = device_handle(op);
+  std::lock_guard<std::mutex> lock(detail::cublas_mutex());
+  cublasHandle_t h = detail::cublas_handle(op);
   DSA_CUBLAS_CALL(op, cublasSetStream(h, stream));   // resets the workspace: bind ours after it
   DSA_CUBLAS_CALL(op, cublasSetWorkspace(h, w.cublas_ws, kCublasWorkspaceBytes));
   const bool vec_gather = D % kVecBf16 == 0, vec_dkv = D % 4 == 0;

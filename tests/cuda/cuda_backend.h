@@ -38,6 +38,24 @@ class CudaBackend final : public Backend {
   void paged_to_physical(int B, int next_n, int K, const int32_t* block_table, int max_blocks, int num_pages,
                          int32_t* indices) override;
   void sparse_attention_decode(const SparseDecodeParams& p) override;
+  // 12. model layers (tests/cuda/cuda_backend_layers.cu)
+  void linear_forward(const float* x, const float* w, float* y, int64_t N, int I, int O) override;
+  void linear_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, int64_t N, int I, int O,
+                       bool accumulate_dx) override;
+  void rmsnorm_forward(const float* x, const float* w, float* y, float* rstd, int64_t N, int C, float eps) override;
+  void rmsnorm_backward(const float* x, const float* w, const float* rstd, const float* dy, float* dx, float* dw,
+                        int64_t N, int C) override;
+  void layernorm_forward(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd, int64_t N,
+                         int C, float eps) override;
+  void layernorm_backward(const float* x, const float* w, const float* mean, const float* rstd, const float* dy,
+                          float* dx, float* dw, float* db, int64_t N, int C) override;
+  void swiglu_forward(const float* g, const float* u, float* a, int64_t N) override;
+  void swiglu_backward(const float* g, const float* u, const float* da, float* dg, float* du, int64_t N) override;
+  void embedding_forward(const int32_t* tokens, const float* table, float* out, int64_t N, int V, int C) override;
+  void embedding_backward(const int32_t* tokens, const float* dout, float* dtable, int64_t N, int V, int C) override;
+  double cross_entropy_forward(const float* logits, const int32_t* targets, float* loss, int64_t N, int V) override;
+  void cross_entropy_backward(const float* logits, const int32_t* targets, float dloss, float* dlogits, int64_t N,
+                              int V) override;
 
  private:
   int version_;
