@@ -7,7 +7,8 @@
 # folders with metrics.csv + loss.png + checkpoints, eval/ with CSVs and PNGs, and demo.log.
 # Environment: DSA_DEMO_DATA (corpus folder, default data), DSA_DEMO_RUN, DSA_DEMO_RESUME=1 (keep an
 # existing run and continue it — every stage resumes from its last checkpoint), DSA_DEMO_SCALE
-# (multiplies every stage's steps, default 1).
+# (multiplies every stage's steps, default 1), DSA_DEMO_DEVICE (cpu, default, or cuda / cuda:N: the
+# training and evaluation passes on a GPU — the same model code over the CUDA ops; needs a CUDA build).
 set -euo pipefail
 BUILD=${1:-build}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,6 +17,7 @@ DSA="$BUILD/dsa"
 DATA=${DSA_DEMO_DATA:-data}
 RUN=${DSA_DEMO_RUN:-runs/demo}
 SCALE=${DSA_DEMO_SCALE:-1}
+DEVICE=${DSA_DEMO_DEVICE:-cpu}
 # Threads: all cores on an idle machine; one when the machine is already busy (load ≥ cores), where
 # OpenMP's barrier waits between short parallel regions cost more than a second thread gains
 # (measured on a shared 2-core machine: docs/perf.md "Training demo").
@@ -29,7 +31,7 @@ export OMP_NUM_THREADS
 # on 2 cores spinning threads steal the core another thread (BLIS, the kernel) needs. Measured here:
 # 40 pretraining steps 10.1 s spinning vs 5.5 s passive (docs/perf.md "Training demo").
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
-echo "demo: $OMP_NUM_THREADS OpenMP thread(s) ($cores cores, load $(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo ?))"
+echo "demo: device $DEVICE, $OMP_NUM_THREADS OpenMP thread(s) ($cores cores, load $(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo ?))"
 
 # ── the demo config (context 256 = 8·k; see docs/perf.md "Training demo") ──
 # scripts/demo_model.json: a V3.2-shaped model (MLA + lightning indexer) at hidden 128, 2 layers, 2 heads,
@@ -59,7 +61,7 @@ if [ ! -f "$RUN/tokenizer.model" ]; then
 fi
 lap tokenizer
 
-COMMON="--run $RUN --checkpoint-every 100 --seq-len $CTX --batch 4"
+COMMON="--run $RUN --checkpoint-every 100 --seq-len $CTX --batch 4 --device $DEVICE"
 phase "stage 1/3: dense pretraining (all parameters but the indexer; half synthetic long-range sequences)"
 # shellcheck disable=SC2086
 "$DSA" train $COMMON --stage pretrain --data "$DATA/txt" --tokenizer "$RUN/tokenizer.model" $MODEL \
@@ -77,7 +79,7 @@ phase "stage 3/3: sparse training (top-$K; LM loss -> model, selected-set KL -> 
 lap sparse
 
 phase "evaluation"
-"$DSA" eval --run "$RUN" --topk $K --seq-len $CTX --val-sequences 8 --trials 4 --speed-context 8192 --decode-tokens 16 | tee "$RUN/table.txt"
+"$DSA" eval --run "$RUN" --device "$DEVICE" --topk $K --seq-len $CTX --val-sequences 8 --trials 4 --speed-context 8192 --decode-tokens 16 | tee "$RUN/table.txt"
 lap eval
 echo
 echo "demo: finished in $(( $(date +%s) - t0 )) s; run folder $RUN (plots: $RUN/*/loss.png, $RUN/eval/*.png)"

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "command.h"
+#include "device.h"
 #include "dsa/ops.h"
 #include "dsa/tokenizer.h"
 #include "dsa/train.h"
@@ -36,12 +37,13 @@ int run_eval(const dsa::cli::Args& args) {
         "usage: dsa eval --run DIR [--checkpoint CKPT] [--baseline CKPT] [--topk K] [--seq-len N] [--val-sequences N]\n"
         "                [--ks K,K,…] [--passkey-lengths N,N,…] [--trials N] [--speed-context N] [--decode-tokens N]\n"
         "                [--prefill-chunk N] [--speed-threads N (default 1)]\n"
-        "                [--data PATH,…] [--tokenizer SPEC] [--holdout SUBSTR,…] [--threads N] [--no-plots]\n");
+        "                [--data PATH,…] [--tokenizer SPEC] [--holdout SUBSTR,…] [--threads N] [--no-plots]\n"
+        "                [--device cpu|cuda|cuda:N (PPL and passkey passes; default cpu)]\n");
     return 0;
   }
   dsa::cli::Flags f(args,
                     {"run", "checkpoint", "baseline", "topk", "seq-len", "val-sequences", "ks", "passkey-lengths", "trials", "speed-context",
-                     "decode-tokens", "prefill-chunk", "speed-threads", "data", "tokenizer", "holdout", "threads", "seed"},
+                     "decode-tokens", "prefill-chunk", "speed-threads", "data", "tokenizer", "holdout", "threads", "seed", "device"},
                     {"no-plots"});
   if (!f.positional().empty()) throw dsa::Error("eval: unexpected argument \"" + f.positional()[0] + "\"");
   dsa::train::EvalOptions o;
@@ -62,6 +64,7 @@ int run_eval(const dsa::cli::Args& args) {
   o.speed_threads = static_cast<int>(f.get_int("speed-threads", o.speed_threads));
   o.seed = static_cast<uint64_t>(f.get_int("seed", static_cast<long long>(o.seed)));
   o.plots = !f.has("no-plots");
+  o.attach_device = dsa::cli::parse_device(f.get("device", "cpu"), "eval");
   const auto data = dsa::cli::run_data(f, o.run_dir);
   const auto tok = dsa::load_tokenizer(data.tokenizer);
   const auto corpus = dsa::train::load_corpus(data, (fs::path(o.run_dir) / "tokens").string());

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "command.h"
+#include "device.h"
 #include "dsa/model.h"
 #include "dsa/ops.h"
 #include "dsa/tokenizer.h"
@@ -80,7 +81,8 @@ const char* kUsage =
     "             --synthetic-min-len N --synthetic-ramp STEPS (length curriculum: synthetic slots packed\n"
     "             with short tasks, the longest doubling every STEPS steps from N to --seq-len)\n"
     "             --synthetic-first N (the first N steps synthetic only: retrieval forms before text joins)\n"
-    "  output:    --checkpoint-every N --keep N --val-every N --no-progress --no-plots\n";
+    "  output:    --checkpoint-every N --keep N --val-every N --no-progress --no-plots\n"
+    "  device:    --device cpu|cuda|cuda:N (where forward/backward run; the optimizer stays on the host)\n";
 
 int run_train(const dsa::cli::Args& args) {
   if (!args.empty() && args[0] == "--help") {
@@ -91,7 +93,8 @@ int run_train(const dsa::cli::Args& args) {
           {"run", "stage", "data", "tokenizer", "holdout", "threads", "config", "hidden", "layers", "heads", "intermediate", "q-lora",
            "kv-lora", "nope", "rope", "v-dim", "index-heads", "index-dim", "topk", "max-pos", "steps", "batch", "seq-len", "lr",
            "indexer-lr", "weight-decay", "clip", "warmup-steps", "min-lr-ratio", "synthetic", "synthetic-mix", "synthetic-min-len",
-           "synthetic-ramp", "synthetic-first", "seed", "init", "checkpoint-every", "keep", "val-every", "shared-embedding"},
+           "synthetic-ramp", "synthetic-first", "seed", "init", "checkpoint-every", "keep", "val-every", "shared-embedding",
+           "device"},
           {"no-progress", "no-plots"});
   if (!f.positional().empty()) throw dsa::Error("train: unexpected argument \"" + f.positional()[0] + "\"");
   dsa::train::TrainOptions o;
@@ -153,6 +156,8 @@ int run_train(const dsa::cli::Args& args) {
   o.val_every = static_cast<int>(f.get_int("val-every", 0));
   o.progress = !f.has("no-progress");
   o.plots = !f.has("no-plots");
+  o.device = f.get("device", "cpu");
+  o.attach_device = dsa::cli::parse_device(o.device, "train");
   // Refuse a bad command line before the run folder is created or anything is written to it.
   dsa::train::check_train_options(o);
   dsa::train::DataOptions data = dsa::cli::run_data(f, o.run_dir);

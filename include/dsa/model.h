@@ -133,6 +133,7 @@ struct SamplerOptions {
 int32_t sample_token(const float* logits, int vocab, const SamplerOptions& opt, std::mt19937_64& rng);
 
 class Session;
+class Exec;   // where a pass runs (src/model/exec.h); the CPU unless set_exec installs another
 
 // ── The model ───────────────────────────────────────────────────────────────────────────────────
 class Model {
@@ -194,6 +195,14 @@ class Model {
     std::vector<double> layer_mass, layer_oracle;
   };
   RecallStats indexer_recall(const Batch& batch, int topk = 0) const;
+
+  // Where forward_backward / evaluate / logits run: the CPU (the default, exec = null) or the GPU
+  // executor that dsa::cuda::attach_model (dsa/model_cuda.h, the dsa_cuda library) installs — the same
+  // model code (src/model/forward.cpp) over the CUDA ops. Parameters stay in params() on the host (the
+  // optimizer and checkpoints use them) and are copied to the executor at every pass; gradients come
+  // back into grads(). indexer_recall, the MHA oracle and Session always run on the CPU.
+  void set_exec(std::shared_ptr<Exec> exec);
+  bool has_exec() const;
 
   struct Impl;
  private:

@@ -195,6 +195,10 @@ struct TrainOptions {
   // (throwing from it simulates a crash in the middle of a checkpoint write).
   int64_t stop_after = 0;
   std::function<void(const std::string&)> on_checkpoint_phase;
+  // Where the passes run: called on the model once it is created or loaded (the CLI's --device cuda
+  // installs dsa::cuda::attach_model); empty = the CPU. `device` names it in the stage's config.json.
+  std::function<void(model::Model&)> attach_device;
+  std::string device = "cpu";
 };
 
 struct StepRecord {
@@ -241,6 +245,9 @@ struct EvalOptions {
   int speed_threads = 1;
   uint64_t seed = 7;
   bool plots = true;
+  // As TrainOptions::attach_device: the PPL and passkey passes run there (recall, the attention map
+  // and the speed test stay on the CPU).
+  std::function<void(model::Model&)> attach_device;
 };
 
 struct EvalReport {

@@ -1,12 +1,15 @@
 // impl.h — Model::Impl shared by the model's source files (params, forward/backward, session).
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "dsa/model.h"
 
 namespace dsa::model {
+
+class Exec;   // model/exec.h: where a pass runs
 
 // Indices into params()/grads() of one layer's tensors.
 struct LayerParams {
@@ -22,6 +25,9 @@ struct Model::Impl {
   int embed = -1, final_norm = -1, lm_head = -1;   // lm_head = embed when tied
   std::vector<float> inv_freq;                     // [qk_rope_head_dim / 2], YaRN-blended
   float scale = 0.0f;                              // main softmax scale
+  // The executor of forward_backward / evaluate / logits when not the CPU (Model::set_exec); recall,
+  // the MHA oracle and the Session always run on the CPU.
+  std::shared_ptr<Exec> exec;
 
   explicit Impl(const Config& c);
   const float* P(int i) const { return params[i].data.data(); }
@@ -49,17 +55,18 @@ void mm_xwt(bool exact, int64_t N, int I, int O, const float* x, int64_t ldx, co
 void mm_xw(bool exact, int64_t N, int I, int O, const float* x, int64_t ldx, const float* W, int64_t ldw, float* y,
            int64_t ldy);
 
-// Projections shared by training and the session (src/model/forward.cpp).
+// Projections shared by training and the session (src/model/forward.cpp), run by `ex` (pointers in its
+// memory, parameters ex.param(), RoPE tables ex.inv_freq(); the session passes an exact CPU executor).
 // Main-path query/key latents of T rows of the normalised layer input xn [T, D]:
 //   qa, qan (+ rstd), q [T,H,dq] with RoPE, kva [T, kvr+dr] (c raw | k_pe roped), c_raw, cn (+ rstd),
 //   qm [T,H,Dm] (absorbed), kvm [T,Dm].
-void mla_project(const Model::Impl& m, int l, const float* xn, int64_t T, const int32_t* pos, float* qa,
+void mla_project(Exec& ex, const Model::Impl& m, int l, const float* xn, int64_t T, const int32_t* pos, float* qa,
                  float* rstd_qa, float* qan, float* q, float* kva, float* c_raw, float* rstd_kv, float* cn,
-                 float* qm, float* kvm, bool exact = false);
+                 float* qm, float* kvm);
 // Indexer q/k/w of T rows (fp32, after RoPE and Hadamard; w with the HI^-0.5·DI^-0.5 scale):
 //   kpre [T,DI] (wk output, for LayerNorm backward), kmean/krstd [T].
-void indexer_project(const Model::Impl& m, int l, const float* xn, const float* qan, int64_t T, const int32_t* pos,
-                     float* iq, float* kpre, float* kmean, float* krstd, float* ik, float* iw, bool exact = false);
+void indexer_project(Exec& ex, const Model::Impl& m, int l, const float* xn, const float* qan, int64_t T,
+                     const int32_t* pos, float* iq, float* kpre, float* kmean, float* krstd, float* ik, float* iw);
 // The main attention of a layer in MQA mode over the latents: qm [T,H,Dm] against kvm [S,Dm] (V = the
 // first kvr dims) with the model's explicit softmax scale. The caller adds the key set: indices/K
 // (sparse) or ks/ke (dense).
@@ -78,6 +85,6 @@ inline AttentionParams mqa_attention_params(const Model::Impl& m, const Dims& d,
 }
 
 // out[t,h] = o_lat[t,h] · W_UV[h]ᵀ → o [T, H·dv]
-void absorb_out(const Model::Impl& m, int l, const float* olat, int64_t T, float* o, bool exact = false);
+void absorb_out(Exec& ex, const Model::Impl& m, int l, const float* olat, int64_t T, float* o);
 
 }  // namespace dsa::model

@@ -10,7 +10,7 @@
 #include <cstring>
 #include <numeric>
 
-#include "model/impl.h"
+#include "model/exec.h"
 
 namespace dsa::model {
 namespace {
@@ -29,6 +29,7 @@ T* grow(std::vector<T>& v, int64_t n) {
 
 struct Session::Impl {
   const Model::Impl& m;
+  std::unique_ptr<Exec> ex = make_cpu_exec(/*exact=*/true);   // row-invariant matmuls: chunked ≡ one-shot
   SessionOptions opt;
   Dims d;
   int K = 0;                        // sparse / window budget
@@ -49,6 +50,7 @@ struct Session::Impl {
   std::vector<int32_t> pos, ctx, tables, sel;
 
   Impl(const Model::Impl& model, const SessionOptions& o) : m(model), opt(o), d(model.cfg) {
+    ex->begin_run(m, nullptr);
     const Config& c = m.cfg;
     K = opt.topk > 0 ? opt.topk : c.index_topk;
     if (K > kMaxTopK) throw Error("Session: topk = " + std::to_string(K) + " exceeds kMaxTopK");
@@ -124,8 +126,8 @@ struct Session::Impl {
         }
       return;
     }
-    indexer_project(m, l, xn.data(), qan.data(), n, pos.data(), iq.data(), kpre.data(), kmean.data(), krstd.data(),
-                    ik.data(), iw.data(), /*exact=*/true);
+    indexer_project(*ex, m, l, xn.data(), qan.data(), n, pos.data(), iq.data(), kpre.data(), kmean.data(), krstd.data(),
+                    ik.data(), iw.data());
     float* lg = grow(ilog, n * total);
     if (fp8_indexer) {
       IndexerQuantizeParams qp;
@@ -219,8 +221,8 @@ struct Session::Impl {
     for (int l = 0; l < c.num_hidden_layers; ++l) {
       const LayerParams& L = m.layers[l];
       cpu::rmsnorm_forward(x.data(), m.P(L.input_norm), xn.data(), rstd.data(), n, d.D, eps);
-      mla_project(m, l, xn.data(), n, pos.data(), qa.data(), rstd2.data(), qan.data(), q.data(), kva.data(),
-                  c_raw.data(), rstd2.data(), cn.data(), qm.data(), kvm.data(), /*exact=*/true);
+      mla_project(*ex, m, l, xn.data(), n, pos.data(), qa.data(), rstd2.data(), qan.data(), q.data(), kva.data(),
+                  c_raw.data(), rstd2.data(), cn.data(), qm.data(), kvm.data());
       write_kv(l, n);
       select(l, n, next_n, Kr);
       cpu::paged_to_physical(static_cast<int>(n), 1, Kr, tab, num_pages, num_pages, sel.data());
@@ -246,7 +248,7 @@ struct Session::Impl {
         ap.indices = sel.data();
         cpu::sparse_attention_forward(ap, AttentionForwardOut{olat.data(), lse.data(), nullptr});
       }
-      absorb_out(m, l, olat.data(), n, o.data(), /*exact=*/true);
+      absorb_out(*ex, m, l, olat.data(), n, o.data());
       mm_xwt(true, n, d.H * d.dv, d.D, o.data(), d.H * d.dv, m.P(L.o), d.H * d.dv, attn.data(), d.D);
       for (int64_t i = 0; i < n * d.D; ++i) x[i] += attn[i];
       cpu::rmsnorm_forward(x.data(), m.P(L.post_norm), hn.data(), rstd.data(), n, d.D, eps);

@@ -146,7 +146,8 @@ EvalReport evaluate_run(const EvalOptions& o, const Corpus& corpus, const Tokeni
   if (o.run_dir.empty()) throw Error("eval: --run is empty");
   const std::string ckpt = o.checkpoint.empty() ? final_checkpoint((fs::path(o.run_dir) / "sparse").string()) : o.checkpoint;
   if (!fs::exists(fs::path(ckpt) / "config.json")) throw Error("eval: --checkpoint " + ckpt + " is not a checkpoint folder");
-  const model::Model m = model::Model::load(ckpt);
+  model::Model m = model::Model::load(ckpt);
+  if (o.attach_device) o.attach_device(m);
   if (m.config().vocab_size != corpus.vocab_size) throw Error("eval: the checkpoint's vocab differs from the tokenizer's");
   EvalReport r;
   r.topk = o.topk > 0 ? o.topk : m.config().index_topk;
@@ -168,7 +169,8 @@ EvalReport evaluate_run(const EvalOptions& o, const Corpus& corpus, const Tokeni
     if (fs::exists(pre / "final")) baseline = final_checkpoint(pre.string());
   }
   if (!baseline.empty()) {
-    const model::Model b = model::Model::load(baseline);
+    model::Model b = model::Model::load(baseline);
+    if (o.attach_device) o.attach_device(b);
     const double loss = b.evaluate(val, AttentionMode::kDense).lm_loss;
     r.ppl.push_back({"dense-pretrain", 0, loss, std::exp(loss)});
   }

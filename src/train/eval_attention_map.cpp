@@ -11,7 +11,7 @@
 
 #include "dsa/ops.h"
 #include "dsa/train.h"
-#include "model/impl.h"
+#include "model/exec.h"
 
 namespace fs = std::filesystem;
 
@@ -23,6 +23,8 @@ AttentionMap attention_map(const model::Model& mdl, const std::vector<int32_t>& 
   if (tokens.empty()) throw Error("attention_map: no tokens");
   model::Model::Impl m(c);
   m.params = mdl.params();
+  const auto ex = model::make_cpu_exec(/*exact=*/false);
+  ex->begin_run(m, nullptr);
   const model::Dims d(c);
   const int64_t T = static_cast<int64_t>(tokens.size());
   const float eps = static_cast<float>(c.rms_norm_eps);
@@ -41,7 +43,7 @@ AttentionMap attention_map(const model::Model& mdl, const std::vector<int32_t>& 
     cpu::rmsnorm_forward(x.data(), m.P(L.input_norm), xn.data(), rstd.data(), T, d.D, eps);
     std::vector<float> qa = vec(T * d.qr), rqa = vec(T), qan = vec(T * d.qr), q = vec(T * d.H * d.dq), kva = vec(T * d.Dm),
                        craw = vec(T * d.kvr), rkv = vec(T), cn = vec(T * d.kvr), qm = vec(T * d.H * d.Dm), kvm = vec(T * d.Dm);
-    model::mla_project(m, l, xn.data(), T, pos.data(), qa.data(), rqa.data(), qan.data(), q.data(), kva.data(), craw.data(), rkv.data(),
+    model::mla_project(*ex, m, l, xn.data(), T, pos.data(), qa.data(), rqa.data(), qan.data(), q.data(), kva.data(), craw.data(), rkv.data(),
                        cn.data(), qm.data(), kvm.data());
     AttentionParams ap = model::mqa_attention_params(m, d, static_cast<int>(T), static_cast<int>(T), qm.data(), kvm.data());
     ap.ks = ks.data();
@@ -64,7 +66,7 @@ AttentionMap attention_map(const model::Model& mdl, const std::vector<int32_t>& 
       // The indexer's selection at this layer.
       std::vector<float> iq = vec(T * d.HI * d.DI), kpre = vec(T * d.DI), kmean = vec(T), krstd = vec(T), ik = vec(T * d.DI),
                          iw = vec(T * d.HI), logits = vec(T * T);
-      model::indexer_project(m, l, xn.data(), qan.data(), T, pos.data(), iq.data(), kpre.data(), kmean.data(), krstd.data(), ik.data(),
+      model::indexer_project(*ex, m, l, xn.data(), qan.data(), T, pos.data(), iq.data(), kpre.data(), kmean.data(), krstd.data(), ik.data(),
                              iw.data());
       IndexerParams ip;
       ip.T = static_cast<int>(T);
@@ -83,7 +85,7 @@ AttentionMap attention_map(const model::Model& mdl, const std::vector<int32_t>& 
       break;
     }
     std::vector<float> o = vec(T * d.H * d.dv), y = vec(T * d.D);
-    model::absorb_out(m, l, olat.data(), T, o.data());
+    model::absorb_out(*ex, m, l, olat.data(), T, o.data());
     cpu::linear_forward(o.data(), m.P(L.o), y.data(), T, d.H * d.dv, d.D);
     for (int64_t i = 0; i < T * d.D; ++i) x[i] += y[i];
     cpu::rmsnorm_forward(x.data(), m.P(L.post_norm), xn.data(), rstd.data(), T, d.D, eps);

@@ -61,7 +61,7 @@ std::string options_json(const TrainOptions& o, const model::Config& cfg) {
     << ",\n  \"synthetic_share\": " << o.loader.synthetic_share << ",\n  \"synthetic_mix\": [" << o.loader.synthetic_mix[0] << ", "
     << o.loader.synthetic_mix[1] << ", " << o.loader.synthetic_mix[2] << "],\n  \"synthetic_min_len\": " << o.loader.synthetic_min_len
     << ",\n  \"synthetic_ramp_steps\": " << o.loader.synthetic_ramp_steps << ",\n  \"synthetic_first_steps\": " << o.loader.synthetic_first_steps
-    << ",\n  \"seed\": " << o.seed << ",\n  \"shared_embedding\": " << o.shared_embedding
+    << ",\n  \"seed\": " << o.seed << ",\n  \"device\": " << json::quote(o.device) << ",\n  \"shared_embedding\": " << o.shared_embedding
     << ",\n  \"checkpoint_every\": " << o.checkpoint_every << ",\n  \"model_group\": " << group(o.model_group)
     << ",\n  \"indexer_group\": " << group(o.indexer_group) << ",\n  \"model\": " << cfg.to_json() << "\n}\n";
   return j.str();
@@ -171,6 +171,7 @@ TrainResult train_stage(const TrainOptions& o, const Corpus& corpus, const Token
     mdl = std::make_unique<model::Model>(model::Model::load(init));
   }
   model::Model& m = *mdl;
+  if (o.attach_device) o.attach_device(m);
   if (m.config().vocab_size != corpus.vocab_size)
     throw Error("train: the model's vocab_size " + std::to_string(m.config().vocab_size) + " differs from the tokenizer's " +
                 std::to_string(corpus.vocab_size));

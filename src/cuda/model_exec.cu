@@ -1,0 +1,295 @@
+// model_exec.cu — the GPU executor of the model's passes (src/model/exec.h): every op method calls the
+// dsa::cuda op of the same name on this executor's stream, the glue is four small kernels and
+// cudaMemcpy2DAsync. Memory comes from the device's stream-ordered pool (cudaMallocAsync), kept
+// cached between passes, so a training step allocates nothing from the driver after the first.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common.cuh"
+#include "dsa/cuda_ops.h"
+#include "dsa/model_cuda.h"
+#include "model/exec.h"
+
+namespace dsa::cuda {
+namespace {
+
+constexpr int kGlueThreads = 256;
+
+__global__ void add_kernel(float* __restrict__ y, const float* __restrict__ x, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] += x[i];
+}
+
+__global__ void scale_kernel(float* __restrict__ x, float a, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    x[i] *= a;
+}
+
+__global__ void window_kernel(const int32_t* __restrict__ ks, const int32_t* __restrict__ ke, int64_t T, int K,
+                              int32_t* __restrict__ idx) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < T * K;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = i / K;
+    const int j = static_cast<int>(i % K);
+    const int32_t s = ke[t] - 1 - j;
+    idx[i] = s >= ks[t] ? s : kInvalidIndex;
+  }
+}
+
+__global__ void gather_kernel(const float* __restrict__ logits, int64_t S, const int32_t* __restrict__ idx, int64_t T,
+                              int K, float* __restrict__ out) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < T * K;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int32_t s = idx[i];
+    out[i] = s >= 0 && s < S ? logits[(i / K) * S + s] : -INFINITY;
+  }
+}
+
+// Grid of a grid-stride loop over n elements (capped: the loops stride).
+int glue_blocks(int64_t n) {
+  constexpr int64_t kMaxBlocks = 4096;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kMaxBlocks, (n + kGlueThreads - 1) / kGlueThreads)));
+}
+
+class CudaExec final : public model::Exec {
+ public:
+  CudaExec(const model::Model::Impl& m, int device) : device_(device) {
+    int count = 0;
+    DSA_CUDA_CALL("attach_model", cudaGetDeviceCount(&count));
+    if (device < 0 || device >= count)
+      throw Error("attach_model: device " + std::to_string(device) + " does not exist (" + std::to_string(count) +
+                  " CUDA device(s))");
+    select();
+    DSA_CUDA_CALL("attach_model", cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    // Keep freed blocks in the pool between passes instead of returning them at every sync.
+    cudaMemPool_t pool;
+    DSA_CUDA_CALL("attach_model", cudaDeviceGetDefaultMemPool(&pool, device));
+    uint64_t keep = std::numeric_limits<uint64_t>::max();
+    DSA_CUDA_CALL("attach_model", cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+    for (const model::Tensor& t : m.params) {
+      params_.push_back(zeros(t.numel()));
+      grads_.push_back(zeros(t.numel()));
+    }
+    inv_freq_ = upload(m.inv_freq);
+  }
+  ~CudaExec() override {
+    params_.clear();
+    grads_.clear();
+    inv_freq_ = model::FBuf();
+    cudaStreamSynchronize(stream_);
+    cudaStreamDestroy(stream_);
+  }
+  bool host_memory() const override { return false; }
+
+  void begin_run(const model::Model::Impl& m, std::vector<model::Tensor>* grads) override {
+    select();
+    if (m.params.size() != params_.size()) throw Error("model exec: the model's parameter list changed after attach_model");
+    for (size_t i = 0; i < params_.size(); ++i) {
+      if (m.params[i].numel() != params_[i].size())
+        throw Error("model exec: parameter " + m.params[i].name + " changed size after attach_model");
+      DSA_CUDA_CALL("model exec", cudaMemcpyAsync(params_[i].data(), m.params[i].data.data(), sizeof(float) * params_[i].size(),
+                                                  cudaMemcpyHostToDevice, stream_));
+      if (grads)
+        DSA_CUDA_CALL("model exec", cudaMemsetAsync(grads_[i].data(), 0, sizeof(float) * grads_[i].size(), stream_));
+    }
+    want_grads_ = grads != nullptr;
+  }
+  void end_run(std::vector<model::Tensor>* grads) override {
+    if (grads)
+      for (size_t i = 0; i < grads_.size(); ++i)
+        DSA_CUDA_CALL("model exec", cudaMemcpyAsync((*grads)[i].data.data(), grads_[i].data(), sizeof(float) * grads_[i].size(),
+                                                    cudaMemcpyDeviceToHost, stream_));
+    sync();
+  }
+  const float* param(int i) const override { return params_[static_cast<size_t>(i)].data(); }
+  float* grad(int i) override {
+    if (!want_grads_) throw Error("model: a gradient was asked for in a forward-only pass");
+    return grads_[static_cast<size_t>(i)].data();
+  }
+  const float* inv_freq() const override { return inv_freq_.data(); }
+
+  model::FBuf zeros(int64_t n) override { return model::FBuf(alloc<float>(n), n); }
+  model::IBuf upload(const std::vector<int32_t>& v) override {
+    model::IBuf b(alloc<int32_t>(static_cast<int64_t>(v.size())), static_cast<int64_t>(v.size()));
+    DSA_CUDA_CALL("model exec", cudaMemcpyAsync(b.data(), v.data(), sizeof(int32_t) * v.size(), cudaMemcpyHostToDevice, stream_));
+    return b;
+  }
+  model::FBuf upload(const std::vector<float>& v) override {
+    model::FBuf b = zeros(static_cast<int64_t>(v.size()));
+    DSA_CUDA_CALL("model exec", cudaMemcpyAsync(b.data(), v.data(), sizeof(float) * v.size(), cudaMemcpyHostToDevice, stream_));
+    return b;
+  }
+  std::vector<float> download(const model::FBuf& b) override {
+    std::vector<float> v(static_cast<size_t>(b.size()));
+    DSA_CUDA_CALL("model exec", cudaMemcpyAsync(v.data(), b.data(), sizeof(float) * v.size(), cudaMemcpyDeviceToHost, stream_));
+    sync();
+    return v;
+  }
+
+  void copy(float* dst, const float* src, int64_t n) override {
+    DSA_CUDA_CALL("model exec", cudaMemcpyAsync(dst, src, sizeof(float) * static_cast<size_t>(n), cudaMemcpyDeviceToDevice, stream_));
+  }
+  void add(float* y, const float* x, int64_t n) override {
+    add_kernel<<<glue_blocks(n), kGlueThreads, 0, stream_>>>(y, x, n);
+    DSA_CUDA_LAUNCH_CHECK("model exec add");
+  }
+  void scale(float* x, float a, int64_t n) override {
+    scale_kernel<<<glue_blocks(n), kGlueThreads, 0, stream_>>>(x, a, n);
+    DSA_CUDA_LAUNCH_CHECK("model exec scale");
+  }
+  void copy_cols(float* dst, int64_t ldd, const float* src, int64_t lds, int64_t rows, int width) override {
+    if (rows <= 0 || width <= 0) return;
+    DSA_CUDA_CALL("model exec", cudaMemcpy2DAsync(dst, sizeof(float) * ldd, src, sizeof(float) * lds, sizeof(float) * width,
+                                                  static_cast<size_t>(rows), cudaMemcpyDeviceToDevice, stream_));
+  }
+  void window_indices(const int32_t* ks, const int32_t* ke, int64_t T, int K, int32_t* idx) override {
+    window_kernel<<<glue_blocks(T * K), kGlueThreads, 0, stream_>>>(ks, ke, T, K, idx);
+    DSA_CUDA_LAUNCH_CHECK("model exec window_indices");
+  }
+  void gather_selected(const float* logits, int64_t S, const int32_t* idx, int64_t T, int K, float* out) override {
+    gather_kernel<<<glue_blocks(T * K), kGlueThreads, 0, stream_>>>(logits, S, idx, T, K, out);
+    DSA_CUDA_LAUNCH_CHECK("model exec gather_selected");
+  }
+  double sum(const float* x, int64_t n) override {
+    std::vector<float> v(static_cast<size_t>(n));
+    DSA_CUDA_CALL("model exec", cudaMemcpyAsync(v.data(), x, sizeof(float) * v.size(), cudaMemcpyDeviceToHost, stream_));
+    sync();
+    double s = 0.0;
+    for (const float f : v) s += f;
+    return s;
+  }
+
+  void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+            float beta, float* C, int64_t ldc) override {
+    cuda::gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, stream_);
+  }
+  void mm_xwt(int64_t N, int I, int O, const float* x, int64_t ldx, const float* W, int64_t ldw, float* y,
+              int64_t ldy) override {
+    if (N > 0) cuda::gemm(false, true, N, O, I, x, ldx, W, ldw, 0.0f, y, ldy, stream_);
+  }
+  void mm_xw(int64_t N, int I, int O, const float* x, int64_t ldx, const float* W, int64_t ldw, float* y,
+             int64_t ldy) override {
+    if (N > 0) cuda::gemm(false, false, N, O, I, x, ldx, W, ldw, 0.0f, y, ldy, stream_);
+  }
+
+  void linear_forward(const float* x, const float* w, float* y, int64_t N, int I, int O) override {
+    cuda::linear_forward(x, w, y, N, I, O, stream_);
+  }
+  void linear_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, int64_t N, int I, int O,
+                       bool accumulate_dx) override {
+    cuda::linear_backward(x, w, dy, dx, dw, N, I, O, accumulate_dx, stream_);
+  }
+  void rmsnorm_forward(const float* x, const float* w, float* y, float* rstd, int64_t N, int C, float eps) override {
+    cuda::rmsnorm_forward(x, w, y, rstd, N, C, eps, stream_);
+  }
+  void rmsnorm_backward(const float* x, const float* w, const float* rstd, const float* dy, float* dx, float* dw,
+                        int64_t N, int C) override {
+    cuda::rmsnorm_backward(x, w, rstd, dy, dx, dw, N, C, stream_);
+  }
+  void layernorm_forward(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd, int64_t N,
+                         int C, float eps) override {
+    cuda::layernorm_forward(x, w, b, y, mean, rstd, N, C, eps, stream_);
+  }
+  void layernorm_backward(const float* x, const float* w, const float* mean, const float* rstd, const float* dy,
+                          float* dx, float* dw, float* db, int64_t N, int C) override {
+    cuda::layernorm_backward(x, w, mean, rstd, dy, dx, dw, db, N, C, stream_);
+  }
+  void swiglu_forward(const float* g, const float* u, float* a, int64_t N) override {
+    cuda::swiglu_forward(g, u, a, N, stream_);
+  }
+  void swiglu_backward(const float* g, const float* u, const float* da, float* dg, float* du, int64_t N) override {
+    cuda::swiglu_backward(g, u, da, dg, du, N, stream_);
+  }
+  void embedding_forward(const int32_t* tokens, const float* table, float* out, int64_t N, int V, int C) override {
+    cuda::embedding_forward(tokens, table, out, N, V, C, stream_);
+  }
+  void embedding_backward(const int32_t* tokens, const float* dout, float* dtable, int64_t N, int V, int C) override {
+    const size_t bytes = cuda::embedding_backward_workspace_bytes(N, V);
+    const auto ws = alloc<char>(static_cast<int64_t>(bytes));
+    cuda::embedding_backward(tokens, dout, dtable, N, V, C, ws.get(), bytes, stream_);
+  }
+  double cross_entropy_forward(const float* logits, const int32_t* targets, int64_t N, int V) override {
+    const model::FBuf loss = zeros(N);
+    cuda::cross_entropy_forward(logits, targets, loss.data(), N, V, stream_);
+    return sum(loss.data(), N);
+  }
+  void cross_entropy_backward(const float* logits, const int32_t* targets, float dloss, float* dlogits, int64_t N,
+                              int V) override {
+    cuda::cross_entropy_backward(logits, targets, dloss, dlogits, N, V, stream_);
+  }
+  void rope_forward(const RopeParams& p) override { cuda::rope_forward(p, stream_); }
+  void rope_backward(const RopeParams& p) override { cuda::rope_backward(p, stream_); }
+  void hadamard_transform(float* x, int64_t N, int D) override { cuda::hadamard_transform(x, N, D, stream_); }
+  void indexer_logits(const IndexerParams& p, float* logits) override { cuda::indexer_logits(p, logits, stream_); }
+  void topk_select(const TopkParams& p) override {
+    const size_t bytes = cuda::topk_select_workspace_bytes(p.T, p.S, p.K);
+    const auto ws = alloc<char>(static_cast<int64_t>(bytes));
+    cuda::topk_select(p, ws.get(), bytes, stream_);
+  }
+  void indexer_backward(const IndexerBackwardParams& p) override {
+    const size_t bytes = cuda::indexer_backward_workspace_bytes(p);
+    const auto ws = alloc<char>(static_cast<int64_t>(bytes));
+    cuda::indexer_backward(p, ws.get(), bytes, stream_);
+  }
+  void indexer_kl_forward(const IndexerKlParams& p, float* loss) override { cuda::indexer_kl_forward(p, loss, stream_); }
+  void indexer_kl_backward(const IndexerKlParams& p, const float* dloss, float* d_index_logits) override {
+    cuda::indexer_kl_backward(p, dloss, d_index_logits, stream_);
+  }
+  void sparse_attention_forward(const AttentionParams& p, const AttentionForwardOut& o) override {
+    cuda::sparse_attention_forward(p, o, stream_);
+  }
+  void sparse_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b) override {
+    const size_t bytes = cuda::sparse_attention_backward_workspace_bytes(p);
+    const auto ws = alloc<char>(static_cast<int64_t>(bytes));
+    cuda::sparse_attention_backward(p, b, ws.get(), bytes, stream_);
+  }
+  void dense_attention_forward(const AttentionParams& p, const AttentionForwardOut& o) override {
+    cuda::dense_attention_forward(p, o, stream_);
+  }
+  void dense_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b) override {
+    const size_t bytes = cuda::dense_attention_backward_workspace_bytes(p);
+    const auto ws = alloc<char>(static_cast<int64_t>(bytes));
+    cuda::dense_attention_backward(p, b, ws.get(), bytes, stream_);
+  }
+
+ private:
+  void select() const { DSA_CUDA_CALL("model exec", cudaSetDevice(device_)); }
+  void sync() const { DSA_CUDA_CALL("model exec", cudaStreamSynchronize(stream_)); }
+
+  // n zero-filled elements from the stream-ordered pool, freed on the same stream (so a buffer is
+  // reused only by work queued after everything that used it).
+  template <class T>
+  std::shared_ptr<T> alloc(int64_t n) {
+    const size_t bytes = sizeof(T) * static_cast<size_t>(std::max<int64_t>(n, 1));
+    void* p = nullptr;
+    DSA_CUDA_CALL("model exec", cudaMallocAsync(&p, bytes, stream_));
+    DSA_CUDA_CALL("model exec", cudaMemsetAsync(p, 0, bytes, stream_));
+    cudaStream_t s = stream_;
+    return std::shared_ptr<T>(static_cast<T*>(p), [s](T* q) { cudaFreeAsync(q, s); });
+  }
+
+  int device_;
+  cudaStream_t stream_ = nullptr;
+  bool want_grads_ = false;
+  std::vector<model::FBuf> params_, grads_;
+  model::FBuf inv_freq_;
+};
+
+}  // namespace
+
+void attach_model(model::Model& m, int device) {
+  // The executor mirrors the parameter list as it is now; Model::Impl is reached through a
+  // throwaway pass-free route: the model's own params() and config.
+  model::Model::Impl shape(m.config());
+  shape.params = m.params();
+  m.set_exec(std::make_shared<CudaExec>(shape, device));
+}
+
+}  // namespace dsa::cuda

@@ -1,0 +1,114 @@
+// exec.h — where the model's passes run. src/model/forward.cpp writes the model's forward and backward
+// ONCE against this interface; the CPU executor (exec_cpu.cpp) forwards every call to the dsa::cpu ops
+// on host memory, the CUDA executor (src/cuda/model_exec.cu, built with the CUDA backend) to the
+// dsa::cuda ops on device memory with the same parameter structs. Every op method has the signature
+// of its ops.h op with pointers into this executor's memory; the glue methods below them are the few
+// loops the model writes inline (residual adds, strided copies, the window baseline's indices).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "model/impl.h"
+
+namespace dsa::model {
+
+// n elements of the executor's memory (host or device), zero-filled at creation. Copies share the
+// storage (clone() makes a deep copy); the storage lives until the last copy goes.
+template <class T>
+class Buf {
+ public:
+  Buf() = default;
+  Buf(std::shared_ptr<T> p, int64_t n) : p_(std::move(p)), n_(n) {}
+  T* data() const { return p_.get(); }
+  int64_t size() const { return n_; }
+
+ private:
+  std::shared_ptr<T> p_;
+  int64_t n_ = 0;
+};
+using FBuf = Buf<float>;
+using IBuf = Buf<int32_t>;
+
+class Exec {
+ public:
+  virtual ~Exec() = default;
+  virtual bool host_memory() const = 0;   // pointers are host pointers (the CPU executor)
+
+  // ── a pass: begin_run makes the model's parameters (and zeroed gradients when want_grads) current
+  // in this executor's memory; end_run adds nothing and hands the gradients back to `grads` ──
+  virtual void begin_run(const Model::Impl& m, std::vector<Tensor>* grads) = 0;
+  virtual void end_run(std::vector<Tensor>* grads) = 0;
+  virtual const float* param(int i) const = 0;
+  virtual float* grad(int i) = 0;
+  virtual const float* inv_freq() const = 0;
+
+  // ── memory ──
+  virtual FBuf zeros(int64_t n) = 0;
+  virtual IBuf upload(const std::vector<int32_t>& v) = 0;
+  virtual FBuf upload(const std::vector<float>& v) = 0;
+  virtual std::vector<float> download(const FBuf& b) = 0;
+  FBuf clone(const FBuf& b) {
+    FBuf c = zeros(b.size());
+    copy(c.data(), b.data(), b.size());
+    return c;
+  }
+
+  // ── glue ──
+  virtual void copy(float* dst, const float* src, int64_t n) = 0;  // dst[i] = src[i]
+  virtual void add(float* y, const float* x, int64_t n) = 0;       // y[i] += x[i]
+  virtual void scale(float* x, float a, int64_t n) = 0;            // x[i] *= a
+  // dst[r·ldd + j] = src[r·lds + j] for r < rows, j < width
+  virtual void copy_cols(float* dst, int64_t ldd, const float* src, int64_t lds, int64_t rows, int width) = 0;
+  // the sliding-window baseline: idx[t, j] = ke[t]−1−j while ≥ ks[t] (newest first), else −1
+  virtual void window_indices(const int32_t* ks, const int32_t* ke, int64_t T, int K, int32_t* idx) = 0;
+  // out[t, j] = logits[t, idx[t, j]] (−inf for −1): the indexer logits of the selected set
+  virtual void gather_selected(const float* logits, int64_t S, const int32_t* idx, int64_t T, int K, float* out) = 0;
+  virtual double sum(const float* x, int64_t n) = 0;               // fp64, in index order
+
+  // ── matmuls: gemm as blas::sgemm (row-major, beta), mm_xwt / mm_xw as in impl.h ──
+  virtual void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+                    int64_t ldb, float beta, float* C, int64_t ldc) = 0;
+  virtual void mm_xwt(int64_t N, int I, int O, const float* x, int64_t ldx, const float* W, int64_t ldw, float* y,
+                      int64_t ldy) = 0;
+  virtual void mm_xw(int64_t N, int I, int O, const float* x, int64_t ldx, const float* W, int64_t ldw, float* y,
+                     int64_t ldy) = 0;
+
+  // ── ops.h ops ──
+  virtual void linear_forward(const float* x, const float* w, float* y, int64_t N, int I, int O) = 0;
+  virtual void linear_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, int64_t N, int I,
+                               int O, bool accumulate_dx) = 0;
+  virtual void rmsnorm_forward(const float* x, const float* w, float* y, float* rstd, int64_t N, int C, float eps) = 0;
+  virtual void rmsnorm_backward(const float* x, const float* w, const float* rstd, const float* dy, float* dx, float* dw,
+                                int64_t N, int C) = 0;
+  virtual void layernorm_forward(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd,
+                                 int64_t N, int C, float eps) = 0;
+  virtual void layernorm_backward(const float* x, const float* w, const float* mean, const float* rstd, const float* dy,
+                                  float* dx, float* dw, float* db, int64_t N, int C) = 0;
+  virtual void swiglu_forward(const float* g, const float* u, float* a, int64_t N) = 0;
+  virtual void swiglu_backward(const float* g, const float* u, const float* da, float* dg, float* du, int64_t N) = 0;
+  virtual void embedding_forward(const int32_t* tokens, const float* table, float* out, int64_t N, int V, int C) = 0;
+  virtual void embedding_backward(const int32_t* tokens, const float* dout, float* dtable, int64_t N, int V, int C) = 0;
+  virtual double cross_entropy_forward(const float* logits, const int32_t* targets, int64_t N, int V) = 0;   // Σ loss
+  virtual void cross_entropy_backward(const float* logits, const int32_t* targets, float dloss, float* dlogits,
+                                      int64_t N, int V) = 0;
+  virtual void rope_forward(const RopeParams& p) = 0;
+  virtual void rope_backward(const RopeParams& p) = 0;
+  virtual void hadamard_transform(float* x, int64_t N, int D) = 0;
+  virtual void indexer_logits(const IndexerParams& p, float* logits) = 0;
+  virtual void topk_select(const TopkParams& p) = 0;
+  virtual void indexer_backward(const IndexerBackwardParams& p) = 0;
+  virtual void indexer_kl_forward(const IndexerKlParams& p, float* loss) = 0;
+  virtual void indexer_kl_backward(const IndexerKlParams& p, const float* dloss, float* d_index_logits) = 0;
+  virtual void sparse_attention_forward(const AttentionParams& p, const AttentionForwardOut& o) = 0;
+  virtual void sparse_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b) = 0;
+  virtual void dense_attention_forward(const AttentionParams& p, const AttentionForwardOut& o) = 0;
+  virtual void dense_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b) = 0;
+};
+
+// The CPU executor over the model's host tensors. exact = true runs the projections' matmuls with
+// mm_xwt/mm_xw's row-invariant order (the Session); false uses BLAS (training, evaluation).
+std::unique_ptr<Exec> make_cpu_exec(bool exact);
+
+}  // namespace dsa::model

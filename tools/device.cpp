@@ -1,0 +1,36 @@
+// device.cpp — `--device cpu|cuda[:N]` (tools/device.h).
+#include "device.h"
+
+#include <cstdlib>
+
+#include "dsa/ops.h"
+#ifdef DSA_HAVE_CUDA
+#include "dsa/model_cuda.h"
+#endif
+
+namespace dsa::cli {
+
+std::function<void(model::Model&)> parse_device(const std::string& spec, const std::string& command) {
+  if (spec == "cpu") return {};
+  [[maybe_unused]] int ordinal = 0;
+  if (spec.rfind("cuda", 0) == 0) {
+    const std::string rest = spec.substr(4);
+    bool ok = rest.empty();
+    if (!ok && rest[0] == ':' && rest.size() > 1) {
+      char* stop = nullptr;
+      const long v = std::strtol(rest.c_str() + 1, &stop, 10);
+      ok = *stop == '\0' && v >= 0 && v < 1024;
+      ordinal = static_cast<int>(v);
+    }
+    if (ok) {
+#ifdef DSA_HAVE_CUDA
+      return [ordinal](model::Model& m) { cuda::attach_model(m, ordinal); };
+#else
+      throw Error(command + ": --device " + spec + ": this build has no CUDA backend (configure with a CUDA compiler)");
+#endif
+    }
+  }
+  throw Error(command + ": --device \"" + spec + "\" must be cpu, cuda or cuda:N");
+}
+
+}  // namespace dsa::cli
