@@ -131,18 +131,8 @@ void layer_recall(const Model::Impl& m, int l, const LayerActs& A, const FBuf& i
   for (int64_t t = 0; t < T; ++t)
     for (int32_t s = ks[t]; s < ke[t]; ++s) p[t * T + s] = static_cast<float>(acc[t * T + s]);
   std::vector<int32_t> sel(static_cast<size_t>(T * Kr)), best(static_cast<size_t>(T * Kr));
-  TopkParams tp;
-  tp.T = Ti;
-  tp.S = Ti;
-  tp.K = Kr;
-  tp.ks = ks.data();
-  tp.ke = ke.data();
-  tp.logits = ilog.data();
-  tp.indices = sel.data();
-  cpu::topk_select(tp);
-  tp.logits = p.data();
-  tp.indices = best.data();
-  cpu::topk_select(tp);
+  cpu::topk_select({Ti, Ti, Kr, ilog.data(), ks.data(), ke.data(), sel.data()});   // the indexer's top-k
+  cpu::topk_select({Ti, Ti, Kr, p.data(), ks.data(), ke.data(), best.data()});     // the attention's own
   for (int64_t t = 0; t < T; ++t) {
     double mass = 0.0, oracle = 0.0;
     int n = 0, overlap = 0;
@@ -296,15 +286,7 @@ RunResult run(const Model::Impl& m, Exec& ex, const Batch& batch, const RunOptio
     if (selection) {
       A.idx = ex.upload(std::vector<int32_t>(static_cast<size_t>(T * K), kInvalidIndex));
       if (opt.mode == AttentionMode::kSparse) {
-        TopkParams tp;
-        tp.T = Ti;
-        tp.S = Ti;
-        tp.K = K;
-        tp.logits = ilog.data();
-        tp.ks = ks_b.data();
-        tp.ke = ke_b.data();
-        tp.indices = A.idx.data();
-        ex.topk_select(tp);
+        ex.topk_select({Ti, Ti, K, ilog.data(), ks_b.data(), ke_b.data(), A.idx.data()});
       } else {
         ex.window_indices(ks_b.data(), ke_b.data(), T, K, A.idx.data());
       }

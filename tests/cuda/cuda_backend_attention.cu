@@ -23,25 +23,6 @@ namespace {
 
 using cpu::attn::Selection;
 
-// Raw device scratch for an op's workspace (no guards: the op owns all of it).
-class DeviceScratch {
- public:
-  explicit DeviceScratch(size_t bytes) : bytes_(bytes) {
-    if (bytes) DSA_CUDA_TEST_CHECK(cudaMalloc(&ptr_, bytes));
-  }
-  ~DeviceScratch() {
-    if (ptr_) cudaFree(ptr_);
-  }
-  DeviceScratch(const DeviceScratch&) = delete;
-  DeviceScratch& operator=(const DeviceScratch&) = delete;
-  void* data() const { return ptr_; }
-  size_t size() const { return bytes_; }
-
- private:
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
-
 size_t sz(long long a, long long b = 1, long long c = 1) { return static_cast<size_t>(a) * b * c; }
 
 // Device copies of an AttentionParams' inputs; params() returns the struct with device pointers.

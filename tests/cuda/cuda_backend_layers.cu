@@ -36,22 +36,6 @@ void require_ids(const int32_t* ids, int64_t N, int V, int C, int32_t lo, std::i
     DSA_REQUIRE(ids[n] >= lo && ids[n] < V, op, name, "[", n, "] = ", ids[n], " is out of range [", lo, ", ", V, ")");
 }
 
-class DeviceScratch {
- public:
-  explicit DeviceScratch(size_t bytes) {
-    if (bytes) DSA_CUDA_TEST_CHECK(cudaMalloc(&ptr_, bytes));
-  }
-  ~DeviceScratch() {
-    if (ptr_) cudaFree(ptr_);
-  }
-  DeviceScratch(const DeviceScratch&) = delete;
-  DeviceScratch& operator=(const DeviceScratch&) = delete;
-  void* data() const { return ptr_; }
-
- private:
-  void* ptr_ = nullptr;
-};
-
 }  // namespace
 
 void CudaBackend::linear_forward(const float* x, const float* w, float* y, int64_t N, int I, int O) {

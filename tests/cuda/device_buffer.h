@@ -68,6 +68,25 @@ class DeviceBuffer {
   T* base_ = nullptr;
 };
 
+// Raw device scratch for an op's workspace (no guards: the op owns all of it).
+class DeviceScratch {
+ public:
+  explicit DeviceScratch(size_t bytes) : bytes_(bytes) {
+    if (bytes) DSA_CUDA_TEST_CHECK(cudaMalloc(&ptr_, bytes));
+  }
+  ~DeviceScratch() {
+    if (ptr_) cudaFree(ptr_);
+  }
+  DeviceScratch(const DeviceScratch&) = delete;
+  DeviceScratch& operator=(const DeviceScratch&) = delete;
+  void* data() const { return ptr_; }
+  size_t size() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 // Runs after every wrapped op: surfaces asynchronous kernel errors at the op that caused them.
 inline void sync_and_check(const char* op) {
   DSA_CUDA_TEST_CHECK(cudaGetLastError());

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/device_buffer.h"
 #include "dsa/model_cuda.h"
 #include "model_util.h"
 
@@ -22,11 +23,6 @@ using dsa::model::Losses;
 using dsa::model::Model;
 using dsa::model::Stage;
 using dsa::model::Tensor;
-
-bool have_gpu() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
 
 // ‖a − b‖ / max(‖b‖, tiny) over one tensor.
 double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
@@ -73,7 +69,7 @@ std::vector<Case> cases() {
 }
 
 TEST(ModelExecCuda, EveryStageMatchesTheCpuExecutor) {
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  if (!dsa::test::have_gpu()) GTEST_SKIP() << "no CUDA device";
   for (const Case& cs : cases())
     for (const Stage stage : {Stage::kPretrain, Stage::kWarmup, Stage::kSparse}) {
       SCOPED_TRACE(std::string(cs.name) + " stage " + std::to_string(static_cast<int>(stage)));
@@ -117,7 +113,7 @@ TEST(ModelExecCuda, EveryStageMatchesTheCpuExecutor) {
 }
 
 TEST(ModelExecCuda, EvaluationAndLogitsMatchInEveryMode) {
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  if (!dsa::test::have_gpu()) GTEST_SKIP() << "no CUDA device";
   for (const Case& cs : cases()) {
     SCOPED_TRACE(cs.name);
     Model cpu(cs.config);
@@ -142,7 +138,7 @@ TEST(ModelExecCuda, EvaluationAndLogitsMatchInEveryMode) {
 }
 
 TEST(ModelExecCuda, BadDeviceIsRefusedByName) {
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  if (!dsa::test::have_gpu()) GTEST_SKIP() << "no CUDA device";
   Model m(dsa::test_model::micro_config());
   for (const int dev : {-1, 4096}) {
     try {

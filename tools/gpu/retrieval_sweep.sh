@@ -22,6 +22,7 @@ declare -A VARIANT=(
   [wide256]="--hidden 256 --intermediate 768 --q-lora 192 --kv-lora 256"
   [ctx512]="--seq-len 512 --batch 2"
   [passkey_heavy]="--synthetic-mix 4,1,1"
+  [heads4_passkey_heavy]="--heads 4 --synthetic-mix 4,1,1"
 )
 NAMES=${DSA_VARIANTS:-"base heads4 layers3 wide256 ctx512 passkey_heavy"}
 for name in $NAMES; do
