@@ -2,6 +2,7 @@
 #include "device.h"
 
 #include <cstdlib>
+#include <string>
 
 #include "dsa/ops.h"
 #ifdef DSA_HAVE_CUDA
@@ -24,6 +25,9 @@ std::function<void(model::Model&)> parse_device(const std::string& spec, const s
     }
     if (ok) {
 #ifdef DSA_HAVE_CUDA
+      const int count = cuda::device_count();
+      if (ordinal >= count)
+        throw Error(command + ": --device " + spec + ": no such GPU (" + std::to_string(count) + " CUDA device(s) visible)");
       return [ordinal](model::Model& m) { cuda::attach_model(m, ordinal); };
 #else
       throw Error(command + ": --device " + spec + ": this build has no CUDA backend (configure with a CUDA compiler)");

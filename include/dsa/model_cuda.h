@@ -12,4 +12,7 @@ namespace dsa::cuda {
 // rounding order, and reruns are bitwise equal. Throws dsa::Error when no such device exists.
 void attach_model(model::Model& m, int device = 0);
 
+// CUDA devices this process sees (0 without a driver or a device; never throws).
+int device_count();
+
 }  // namespace dsa::cuda

@@ -284,6 +284,15 @@ class CudaExec final : public model::Exec {
 
 }  // namespace
 
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();   // clear the sticky "no device" so later calls start clean
+    return 0;
+  }
+  return n;
+}
+
 void attach_model(model::Model& m, int device) {
   // The executor mirrors the parameter list as it is now; Model::Impl is reached through a
   // throwaway pass-free route: the model's own params() and config.
