@@ -33,14 +33,15 @@ export OMP_NUM_THREADS
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 echo "demo: device $DEVICE, $OMP_NUM_THREADS OpenMP thread(s) ($cores cores, load $(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo ?))"
 
-# ── the demo config (context 256 = 8·k; see docs/perf.md "Training demo") ──
-# scripts/demo_model.json: a V3.2-shaped model (MLA + lightning indexer) at hidden 128, 2 layers, 2 heads,
-# with V3.2's rope_scaling block (so the softmax scale is V3.2's formula: 48^-½·mscale²), tied
-# embeddings and init 0.08. --shared-embedding 2 gives every token embedding one common random
-# component at init so layer 0 can attend by position (include/dsa/model.h says why); without it
-# layer 0 stays near-uniform and caps the indexer recall (docs/perf.md "Training demo").
+# ── the demo config (context 256 = 8·k; see docs/perf.md "Training demo" and "Training on the GPU") ──
+# scripts/demo_model.json: a V3.2-shaped model (MLA + lightning indexer) at hidden 128, 2 layers, 4 heads,
+# a 128-wide KV latent (a 64-wide one never learns retrieval), V3.2's rope_scaling block (softmax scale
+# 48^-½·mscale²), tied embeddings, init 0.08. Pretraining is built for retrieval: lr 3e-3, the synthetic
+# tasks passkey-heavy (8:1:1 passkey : key-value : copy), packed as short tasks whose longest length
+# doubles every 600 steps from 48, and synthetic only for the first 1800 steps — retrieval forms on short
+# contexts first; text then joins at half the sequences.
 K=32; CTX=256
-MODEL="--config $ROOT/scripts/demo_model.json --topk $K --shared-embedding 2"
+MODEL="--config $ROOT/scripts/demo_model.json --topk $K"
 VOCAB=1024
 steps() { echo $(( $1 * SCALE )); }
 
@@ -62,10 +63,11 @@ fi
 lap tokenizer
 
 COMMON="--run $RUN --checkpoint-every 100 --seq-len $CTX --batch 4 --device $DEVICE"
-phase "stage 1/3: dense pretraining (all parameters but the indexer; half synthetic long-range sequences)"
+phase "stage 1/3: dense pretraining (all parameters but the indexer; synthetic long-range tasks first, then half of the sequences)"
 # shellcheck disable=SC2086
 "$DSA" train $COMMON --stage pretrain --data "$DATA/txt" --tokenizer "$RUN/tokenizer.model" $MODEL \
-  --steps "$(steps 2400)" --lr 6e-3 --synthetic 0.5
+  --steps "$(steps 2400)" --lr 3e-3 --synthetic 0.5 --synthetic-mix 8,1,1 --synthetic-min-len 48 \
+  --synthetic-ramp "$(steps 600)" --synthetic-first "$(steps 1800)"
 lap pretrain
 
 phase "stage 2/3: indexer warm-up (model frozen; KL to the head-summed dense attention, lr 1e-3)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tools/gpu/retrieval_sweep.sh — what passkey retrieval needs in the demo's model family, on the GPU
 # (docs/perf.md "Training on the GPU"): the session-5 retrieval recipe (kv_lora 128, no shared embedding,
-# lr 3e-3, synthetic curriculum) at SCALE × the demo's steps, one architecture or data change per
+# lr 3e-3, synthetic curriculum; 2 heads as in the session-4 demo config) at SCALE × the demo's steps, one architecture or data change per
 # variant, each run pretrain → warm-up → sparse → eval on `--device cuda`.
 # Inputs as tools/gpu/train_gpu.sh (DSA_BIN, DSA_LIB, DSA_DATA), plus DSA_TOKENIZER (a trained
 # tokenizer.model), DSA_SCALE (default 4), DSA_VARIANTS (names from the table below, default all).
@@ -36,7 +36,7 @@ for name in $NAMES; do
     echo "### variant $name: $extra (scale $SCALE)"
     # shellcheck disable=SC2086
     timeout 300 "$BIN/dsa" train $C --stage pretrain --data "$DATA/txt" --tokenizer "$TOK" --config "$ROOT/scripts/demo_model.json" \
-      --kv-lora 128 --topk 32 --seq-len 256 --batch 4 --steps $((2400 * SCALE)) --lr 3e-3 --synthetic 0.5 --synthetic-mix 2,1,1 \
+      --heads 2 --kv-lora 128 --topk 32 --seq-len 256 --batch 4 --steps $((2400 * SCALE)) --lr 3e-3 --synthetic 0.5 --synthetic-mix 2,1,1 \
       --synthetic-min-len 48 --synthetic-ramp $((150 * SCALE)) --synthetic-first $((375 * SCALE)) $extra &&
     timeout 120 "$BIN/dsa" train $C --stage warmup --seq-len $ctx --batch $((1024 / ctx)) --steps $((300 * SCALE)) --indexer-lr 1e-3 --synthetic 0.5 &&
     timeout 120 "$BIN/dsa" train $C --stage sparse --seq-len $ctx --batch $((1024 / ctx)) --topk 32 --steps $((300 * SCALE)) --lr 5e-4 \

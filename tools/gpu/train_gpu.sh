@@ -34,9 +34,9 @@ echo "demo exit $?" | tee -a "$OUT/summary.txt"
 cat "$WORK/demo_gpu/timings.txt" >>"$OUT/summary.txt" 2>/dev/null
 grep -E "ratio|recall|passkey|all |prefill|decode" "$OUT/demo_gpu.log" | tail -20 >>"$OUT/summary.txt"
 
-stage "the same 200 pretraining steps (the demo config, a 200-step schedule): host CPU ($(nproc) threads) vs GPU"
+stage "the same 200 pretraining steps (the session-4 demo config, a 200-step schedule): host CPU ($(nproc) threads) vs GPU"
 PRE="--stage pretrain --data $DATA/txt --tokenizer $WORK/demo_gpu/tokenizer.model --config $ROOT/scripts/demo_model.json --topk 32
-     --shared-embedding 2 --steps 200 --lr 6e-3 --synthetic 0.5 --seq-len 256 --batch 4 --checkpoint-every 100000 --no-progress --no-plots"
+     --heads 2 --kv-lora 64 --shared-embedding 2 --steps 200 --lr 6e-3 --synthetic 0.5 --seq-len 256 --batch 4 --checkpoint-every 100000 --no-progress --no-plots"
 {
   for dev in cuda cpu; do
     t0=$(date +%s.%N)
@@ -65,7 +65,7 @@ for scale in $SCALES; do
   {
     # shellcheck disable=SC2086
     timeout 500 "$BIN/dsa" train $C --stage pretrain --data "$DATA/txt" --tokenizer "$WORK/demo_gpu/tokenizer.model" \
-      --config "$ROOT/scripts/demo_model.json" --kv-lora 128 --topk 32 --steps $((2400 * scale)) --lr 3e-3 --synthetic 0.5 \
+      --config "$ROOT/scripts/demo_model.json" --heads 2 --kv-lora 128 --topk 32 --steps $((2400 * scale)) --lr 3e-3 --synthetic 0.5 \
       --synthetic-mix 2,1,1 --synthetic-min-len 48 --synthetic-ramp $((150 * scale)) --synthetic-first $((375 * scale)) &&
     timeout 200 "$BIN/dsa" train $C --stage warmup --steps $((300 * scale)) --indexer-lr 1e-3 --synthetic 0.5 &&
     timeout 200 "$BIN/dsa" train $C --stage sparse --topk 32 --steps $((300 * scale)) --lr 5e-4 --indexer-lr 1e-3 --synthetic 0.5 &&
