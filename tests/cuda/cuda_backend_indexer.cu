@@ -25,24 +25,6 @@
 namespace dsa::test {
 namespace {
 
-class Scratch {  // raw device workspace of an op (no guards: the op owns all of it)
- public:
-  explicit Scratch(size_t bytes) : bytes_(bytes) {
-    if (bytes) DSA_CUDA_TEST_CHECK(cudaMalloc(&ptr_, bytes));
-  }
-  ~Scratch() {
-    if (ptr_) cudaFree(ptr_);
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  void* data() const { return ptr_; }
-  size_t size() const { return bytes_; }
-
- private:
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
-
 size_t n0(long long v) { return v > 0 ? static_cast<size_t>(v) : 0; }
 size_t sz(long long a, long long b = 1, long long c = 1) { return n0(a) * n0(b) * n0(c); }
 
@@ -241,7 +223,7 @@ void CudaBackend::topk_select(const TopkParams& p) {
   d.ks = ks.data();
   d.ke = ke.data();
   d.indices = idx.data();
-  Scratch ws(cuda::topk_select_workspace_bytes(p.T, p.S, p.K, version()));
+  DeviceScratch ws(cuda::topk_select_workspace_bytes(p.T, p.S, p.K, version()));
   cuda::topk_select(d, ws.data(), ws.size(), nullptr, version());
   sync_and_check(op);
   idx.download(p.indices, "indices");
@@ -254,7 +236,7 @@ void CudaBackend::indexer_topk(const IndexerParams& p, int K, int32_t* indices) 
   ::dsa::detail::require_ptr(indices, op, "indices");
   DeviceIndexer in(p);
   DeviceBuffer<int32_t> idx(indices, sz(p.T, K));
-  Scratch ws(cuda::indexer_topk_workspace_bytes(in.d, K, version()));
+  DeviceScratch ws(cuda::indexer_topk_workspace_bytes(in.d, K, version()));
   cuda::indexer_topk(in.d, K, idx.data(), ws.data(), ws.size(), nullptr, version());
   sync_and_check(op);
   idx.download(indices, "indices");
@@ -275,7 +257,7 @@ void CudaBackend::indexer_backward(const IndexerBackwardParams& p) {
   d.dq = dq.data();
   d.dk = dk.data();
   d.dw = dw.data();
-  Scratch ws(cuda::indexer_backward_workspace_bytes(d));
+  DeviceScratch ws(cuda::indexer_backward_workspace_bytes(d));
   cuda::indexer_backward(d, ws.data(), ws.size(), nullptr);
   sync_and_check(op);
   dq.download(p.dq, "dq");
