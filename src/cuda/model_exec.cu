@@ -60,7 +60,7 @@ int glue_blocks(int64_t n) {
 
 class CudaExec final : public model::Exec {
  public:
-  CudaExec(const model::Model::Impl& m, int device) : device_(device) {
+  explicit CudaExec(int device) : device_(device) {
     int count = 0;
     DSA_CUDA_CALL("attach_model", cudaGetDeviceCount(&count));
     if (device < 0 || device >= count)
@@ -73,11 +73,6 @@ class CudaExec final : public model::Exec {
     DSA_CUDA_CALL("attach_model", cudaDeviceGetDefaultMemPool(&pool, device));
     uint64_t keep = std::numeric_limits<uint64_t>::max();
     DSA_CUDA_CALL("attach_model", cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
-    for (const model::Tensor& t : m.params) {
-      params_.push_back(zeros(t.numel()));
-      grads_.push_back(zeros(t.numel()));
-    }
-    inv_freq_ = upload(m.inv_freq);
   }
   ~CudaExec() override {
     params_.clear();
@@ -90,10 +85,17 @@ class CudaExec final : public model::Exec {
 
   void begin_run(const model::Model::Impl& m, std::vector<model::Tensor>* grads) override {
     select();
-    if (m.params.size() != params_.size()) throw Error("model exec: the model's parameter list changed after attach_model");
+    if (params_.empty()) {   // the first pass sizes the mirrors: parameters, gradients, RoPE table
+      for (const model::Tensor& t : m.params) {
+        params_.push_back(zeros(t.numel()));
+        grads_.push_back(zeros(t.numel()));
+      }
+      inv_freq_ = upload(m.inv_freq);
+    }
+    if (m.params.size() != params_.size()) throw Error("model exec: the model's parameter list changed since its first pass");
     for (size_t i = 0; i < params_.size(); ++i) {
       if (m.params[i].numel() != params_[i].size())
-        throw Error("model exec: parameter " + m.params[i].name + " changed size after attach_model");
+        throw Error("model exec: parameter " + m.params[i].name + " changed size since its first pass");
       DSA_CUDA_CALL("model exec", cudaMemcpyAsync(params_[i].data(), m.params[i].data.data(), sizeof(float) * params_[i].size(),
                                                   cudaMemcpyHostToDevice, stream_));
       if (grads)
@@ -293,12 +295,6 @@ int device_count() {
   return n;
 }
 
-void attach_model(model::Model& m, int device) {
-  // The executor mirrors the parameter list as it is now; Model::Impl is reached through a
-  // throwaway pass-free route: the model's own params() and config.
-  model::Model::Impl shape(m.config());
-  shape.params = m.params();
-  m.set_exec(std::make_shared<CudaExec>(shape, device));
-}
+void attach_model(model::Model& m, int device) { m.set_exec(std::make_shared<CudaExec>(device)); }
 
 }  // namespace dsa::cuda

@@ -36,8 +36,9 @@ class Exec {
   virtual ~Exec() = default;
   virtual bool host_memory() const = 0;   // pointers are host pointers (the CPU executor)
 
-  // ── a pass: begin_run makes the model's parameters (and zeroed gradients when want_grads) current
-  // in this executor's memory; end_run adds nothing and hands the gradients back to `grads` ──
+  // ── a pass: begin_run makes the model's parameters current in this executor's memory (and zeroes
+  // its gradients when `grads` is given); end_run waits for the pass and copies the gradients into
+  // `grads` (when given) ──
   virtual void begin_run(const Model::Impl& m, std::vector<Tensor>* grads) = 0;
   virtual void end_run(std::vector<Tensor>* grads) = 0;
   virtual const float* param(int i) const = 0;
