@@ -8,6 +8,7 @@
 #include <string>
 
 #include "dsa/model.h"
+#include "model/exec.h"
 #include "model_util.h"
 
 namespace {
@@ -209,6 +210,8 @@ TEST(ModelGrad, SparseStageSeparatesLmAndKl) {
   }
 }
 
+// The second pass runs on the buffers the first one gave back to the model's host pool: a buffer handed
+// out again without its zero fill would change the losses or gradients.
 TEST(ModelGrad, DeterministicOverReruns) {
   Model m(micro_config());
   m.init_random(11);
@@ -220,6 +223,30 @@ TEST(ModelGrad, DeterministicOverReruns) {
   EXPECT_EQ(l1.kl_loss, l2.kl_loss);
   for (size_t p = 0; p < g1.size(); ++p)
     ASSERT_EQ(0, std::memcmp(g1[p].data.data(), m.grads()[p].data.data(), g1[p].data.size() * sizeof(float)));
+}
+
+TEST(ModelExecCpu, HostPoolReusesBuffersBySizeZeroFilled) {
+  using dsa::model::HostPool;
+  constexpr size_t kLen = 1000;
+  auto pool = std::make_shared<HostPool>();
+  float* first = nullptr;
+  {
+    const auto a = HostPool::take(pool, kLen);
+    first = a.get();
+    for (size_t i = 0; i < kLen; ++i) a.get()[i] = 1.0f + static_cast<float>(i);
+  }
+  const auto other_size = HostPool::take(pool, kLen + 1);   // another size: a new block
+  EXPECT_NE(other_size.get(), first);
+  const auto b = HostPool::take(pool, kLen);                  // the same size: the freed block, zeroed
+  EXPECT_EQ(b.get(), first);
+  for (size_t i = 0; i < kLen; ++i) ASSERT_EQ(b.get()[i], 0.0f) << i;
+  const auto c = HostPool::take(pool, kLen);                  // the block is taken: a new one
+  EXPECT_NE(c.get(), first);
+  // A buffer may outlive every other owner of its pool: it keeps the pool alive and returns to it.
+  auto late = HostPool::take(pool, kLen);
+  pool.reset();
+  late.get()[0] = 2.0f;
+  late.reset();
 }
 
 TEST(ModelModes, MhaEqualsMqaAndDenseEqualsSparseAtFullK) {

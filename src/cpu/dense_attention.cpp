@@ -9,9 +9,9 @@
 // Backward (FlashAttention-2 algebra, two deterministic passes, no atomics, no per-thread copies
 // of dkv):
 //   pass 1 (dq):  query blocks as in the forward; per tile recompute P and dZ, dq += dZ·K.
-//   pass 2 (dkv): key tiles are owned by one thread each; a tile visits every query whose range
-//                 meets it (ascending t) and accumulates dkv += scale·dZᵀ·Q + Pᵀ·dout.
-// Each dkv row is therefore summed in a fixed order (t ascending) whatever the thread count.
+//   pass 2 (dkv): key tiles are owned by one thread each; a tile visits every query block whose
+//                 ranges meet it (ascending) and accumulates dkv += scale·dZᵀ·Q + Pᵀ·dout.
+// Each dkv row is therefore summed in a fixed order (query blocks ascending) whatever the thread count.
 // The price is recomputing the scores twice (as FlashAttention-2 does once); memory is O(tile).
 #include <algorithm>
 
@@ -141,41 +141,49 @@ void dense_attention_backward(const AttentionParams& p, const AttentionBackwardA
   }
 
   // Pass 2: dkv[s] = scale · Σ_{t,h} dZ·q[t,h]  (K role, Dqk dims)  +  Σ_{t,h} P·dout[t,h]  (V role,
-  // first Dv dims; inverts out = Σ P·kv[s, 0:Dv]).
+  // first Dv dims; inverts out = Σ P·kv[s, 0:Dv]). A key tile visits the query blocks of pass 1 in
+  // ascending order; each block's ≈ 64 rows are summed in fp32 (one tile of rows, as the forward sums
+  // one tile of keys) and carried into the fp64 accumulators, so the score recomputation, the key
+  // transpose and the fp64 fold are paid once per (key tile, query block), not once per query.
   const int n_kblocks = (p.S + kKeyBlock - 1) / kKeyBlock;
 #pragma omp parallel
   {
     attn::TileRows rows;
     attn::BackwardTile w;
-    std::vector<attn::BackwardRow> brow(p.H);
-    std::vector<const float*> dout_rows(p.H);
-    std::vector<float> ck(static_cast<size_t>(kKeyBlock) * p.H), cv(static_cast<size_t>(kKeyBlock) * p.H);
+    std::vector<attn::BackwardRow> brow;
+    std::vector<const float*> dout_rows;
+    const int max_rows = Bq * p.H;
+    std::vector<float> ck(static_cast<size_t>(kKeyBlock) * max_rows), cv(static_cast<size_t>(kKeyBlock) * max_rows);
     std::vector<float> part(static_cast<size_t>(kKeyBlock) * p.Dqk);
     std::vector<double> acc(static_cast<size_t>(kKeyBlock) * p.Dqk);
     const float* keys[kKeyBlock];
-    w.reserve(p.H);
+    w.reserve(max_rows);
 #pragma omp for schedule(dynamic, 1)
     for (int kb = 0; kb < n_kblocks; ++kb) {
       const int j0 = kb * kKeyBlock, nb = std::min(kKeyBlock, p.S - j0);
       key_pointers(p.kv, p.Dqk, j0, nb, keys);
       std::fill(acc.begin(), acc.end(), 0.0);
-      for (int t = 0; t < p.T; ++t) {
-        tile_rows(p, t, t + 1, j0, nb, rows);
-        if (rows.size() == 0) continue;
-        for (int h = 0; h < p.H; ++h) {
-          brow[h] = brow_of(static_cast<int64_t>(t) * p.H + h);
-          dout_rows[h] = brow[h].dout;
+      for (int qb = 0; qb < n_qblocks; ++qb) {
+        const int t0 = qb * Bq, t1 = std::min(p.T, t0 + Bq);
+        tile_rows(p, t0, t1, j0, nb, rows);
+        const int n = rows.size();
+        if (n == 0) continue;
+        brow.resize(n);
+        dout_rows.resize(n);
+        for (int a = 0; a < n; ++a) {
+          brow[a] = brow_of(static_cast<int64_t>(t0) * p.H + rows.id[a]);
+          dout_rows[a] = brow[a].dout;
         }
         attn::backward_scores(w, rows, brow.data(), keys, nb, p.Dqk, p.Dv, p.scale);
-        // Transposed coefficients: ck[j,h] = scale·dZ[h,j], cv[j,h] = P[h,j].
-        for (int h = 0; h < p.H; ++h)
+        // Transposed coefficients: ck[j,a] = scale·dZ[a,j], cv[j,a] = P[a,j].
+        for (int a = 0; a < n; ++a)
           for (int j = 0; j < nb; ++j) {
-            ck[static_cast<size_t>(j) * p.H + h] = p.scale * w.dp[static_cast<size_t>(h) * kKeyBlock + j];
-            cv[static_cast<size_t>(j) * p.H + h] = w.z[static_cast<size_t>(h) * kKeyBlock + j];
+            ck[static_cast<size_t>(j) * n + a] = p.scale * w.dp[static_cast<size_t>(a) * kKeyBlock + j];
+            cv[static_cast<size_t>(j) * n + a] = w.z[static_cast<size_t>(a) * kKeyBlock + j];
           }
         std::fill(part.begin(), part.end(), 0.0f);
-        attn::axpy_block(ck.data(), p.H, nb, rows.q.data(), p.H, p.Dqk, part.data(), p.Dqk);
-        attn::axpy_block(cv.data(), p.H, nb, dout_rows.data(), p.H, p.Dv, part.data(), p.Dqk);
+        attn::axpy_block(ck.data(), n, nb, rows.q.data(), n, p.Dqk, part.data(), p.Dqk);
+        attn::axpy_block(cv.data(), n, nb, dout_rows.data(), n, p.Dv, part.data(), p.Dqk);
         for (size_t i = 0; i < static_cast<size_t>(nb) * p.Dqk; ++i) acc[i] += part[i];
       }
       float* dkv = b.dkv + static_cast<int64_t>(j0) * p.Dqk;

@@ -280,21 +280,25 @@ void cross_entropy_backward(const float* logits, const int32_t* targets, float d
     DSA_REQUIRE(targets[n] >= -1 && targets[n] < V, op, "targets[", n, "] = ", targets[n],
                 " is out of range [-1, ", V, ")");
   // inverts loss = logsumexp(z) − z[target]:  dz = dloss·(softmax(z) − onehot)
-#pragma omp parallel for schedule(static)
-  for (int64_t n = 0; n < N; ++n) {
-    float* d = dlogits + n * V;
-    if (targets[n] < 0) {
-      for (int v = 0; v < V; ++v) d[v] = 0.0f;
-      continue;
+#pragma omp parallel
+  {
+    std::vector<double> e(static_cast<size_t>(V));   // exp(z − m) of the row: one exp per logit
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      float* d = dlogits + n * V;
+      if (targets[n] < 0) {
+        for (int v = 0; v < V; ++v) d[v] = 0.0f;
+        continue;
+      }
+      const float* z = logits + n * V;
+      float m = -std::numeric_limits<float>::infinity();
+      for (int v = 0; v < V; ++v) m = std::max(m, z[v]);
+      double s = 0.0;
+      for (int v = 0; v < V; ++v) s += (e[static_cast<size_t>(v)] = std::exp(static_cast<double>(z[v]) - m));
+      const double inv = 1.0 / s;
+      for (int v = 0; v < V; ++v) d[v] = static_cast<float>(dloss * e[static_cast<size_t>(v)] * inv);
+      d[targets[n]] -= dloss;
     }
-    const float* z = logits + n * V;
-    float m = -std::numeric_limits<float>::infinity();
-    for (int v = 0; v < V; ++v) m = std::max(m, z[v]);
-    double s = 0.0;
-    for (int v = 0; v < V; ++v) s += std::exp(static_cast<double>(z[v]) - m);
-    const double inv = 1.0 / s;
-    for (int v = 0; v < V; ++v) d[v] = static_cast<float>(dloss * std::exp(static_cast<double>(z[v]) - m) * inv);
-    d[targets[n]] -= dloss;
   }
 }
 

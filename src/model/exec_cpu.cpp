@@ -12,7 +12,7 @@ namespace {
 
 class CpuExec final : public Exec {
  public:
-  explicit CpuExec(bool exact) : exact_(exact) {}
+  CpuExec(bool exact, std::shared_ptr<HostPool> pool) : exact_(exact), pool_(std::move(pool)) {}
   bool host_memory() const override { return true; }
 
   void begin_run(const Model::Impl& m, std::vector<Tensor>* grads) override {
@@ -28,8 +28,7 @@ class CpuExec final : public Exec {
   const float* inv_freq() const override { return m_->inv_freq.data(); }
 
   FBuf zeros(int64_t n) override {
-    const size_t len = static_cast<size_t>(std::max<int64_t>(n, 1));
-    return FBuf(std::shared_ptr<float>(new float[len](), std::default_delete<float[]>()), n);
+    return FBuf(HostPool::take(pool_, static_cast<size_t>(std::max<int64_t>(n, 1))), n);
   }
   IBuf upload(const std::vector<int32_t>& v) override {
     IBuf b(std::shared_ptr<int32_t>(new int32_t[std::max<size_t>(v.size(), 1)](), std::default_delete<int32_t[]>()),
@@ -148,12 +147,38 @@ class CpuExec final : public Exec {
 
  private:
   bool exact_;
+  std::shared_ptr<HostPool> pool_;
   const Model::Impl* m_ = nullptr;
   std::vector<Tensor>* grads_ = nullptr;
 };
 
 }  // namespace
 
-std::unique_ptr<Exec> make_cpu_exec(bool exact) { return std::make_unique<CpuExec>(exact); }
+std::unique_ptr<Exec> make_cpu_exec(bool exact, std::shared_ptr<HostPool> pool) {
+  if (!pool) pool = std::make_shared<HostPool>();
+  return std::make_unique<CpuExec>(exact, std::move(pool));
+}
+
+HostPool::~HostPool() {
+  for (auto& [len, p] : free_) ::operator delete[](p);
+}
+
+std::shared_ptr<float> HostPool::take(const std::shared_ptr<HostPool>& pool, size_t len) {
+  float* p = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(pool->mu_);
+    const auto it = pool->free_.find(len);
+    if (it != pool->free_.end()) {
+      p = it->second;
+      pool->free_.erase(it);
+    }
+  }
+  if (!p) p = static_cast<float*>(::operator new[](len * sizeof(float)));
+  std::memset(p, 0, len * sizeof(float));
+  return std::shared_ptr<float>(p, [pool, len](float* q) {
+    std::lock_guard<std::mutex> lock(pool->mu_);
+    pool->free_.emplace(len, q);
+  });
+}
 
 }  // namespace dsa::model

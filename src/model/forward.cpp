@@ -471,7 +471,7 @@ RunResult run_pass(const Model::Impl& m, const Batch& batch, const RunOptions& o
   std::unique_ptr<Exec> cpu_exec;
   Exec* ex = m.exec.get();
   if (!ex || opt.recall || opt.mha) {
-    cpu_exec = make_cpu_exec(/*exact=*/false);
+    cpu_exec = make_cpu_exec(/*exact=*/false, m.host_pool);
     ex = cpu_exec.get();
   }
   ex->begin_run(m, grads);

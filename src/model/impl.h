@@ -9,7 +9,8 @@
 
 namespace dsa::model {
 
-class Exec;   // model/exec.h: where a pass runs
+class Exec;       // model/exec.h: where a pass runs
+class HostPool;   // model/exec.h: host buffers reused across CPU passes
 
 // Indices into params()/grads() of one layer's tensors.
 struct LayerParams {
@@ -28,6 +29,8 @@ struct Model::Impl {
   // The executor of forward_backward / evaluate / logits when not the CPU (Model::set_exec); recall,
   // the MHA oracle and the Session always run on the CPU.
   std::shared_ptr<Exec> exec;
+  // The buffers of CPU passes, reused from pass to pass (created with the Impl).
+  std::shared_ptr<HostPool> host_pool;
 
   explicit Impl(const Config& c);
   const float* P(int i) const { return params[i].data.data(); }

@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "dsa/safetensors.h"
+#include "model/exec.h"
 #include "model/impl.h"
 
 namespace dsa::model {
@@ -44,7 +45,7 @@ int64_t Tensor::numel() const {
   return n;
 }
 
-Model::Impl::Impl(const Config& c) : cfg(c) {
+Model::Impl::Impl(const Config& c) : cfg(c), host_pool(std::make_shared<HostPool>()) {
   cfg.validate();
   const Dims d(cfg);
   auto add = [&](const std::string& name, std::vector<int64_t> shape) {
