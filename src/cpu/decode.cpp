@@ -47,7 +47,9 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace
 
-void indexer_logits_paged(const PagedIndexerParams& p, float* logits) {
+// fp-contract=off: w·ReLU must be one rounded multiply before the add, as in op 3's kernels; a
+// -march=native build would otherwise fuse it into an FMA (measured: paged ≠ contiguous bitwise).
+[[gnu::optimize("fp-contract=off")]] void indexer_logits_paged(const PagedIndexerParams& p, float* logits) {
   ::dsa::detail::validate_paged_indexer_args(p, logits);
   ::dsa::detail::validate_paged_indexer_data(p);
   const std::array<float, 256> e4m3 = e4m3_table();

@@ -489,16 +489,34 @@ void mm_xwt(bool exact, int64_t N, int I, int O, const float* x, int64_t ldx, co
     gemm(false, true, N, O, I, x, ldx, W, ldw, 0.0f, y, ldy);
     return;
   }
+  // The 8 partial sums live in explicit vectors of the native width (one of 8 lanes with AVX, two of 4
+  // otherwise): left to the auto-vectoriser, the same loop over a float[8] ran 5.6× slower under
+  // -march=native (AVX-512) than in the portable build, and one 8-lane vector halves the portable
+  // build's speed (both measured at 8192 × 128 × 384).
   constexpr int kLanes = 8;
+#if defined(__AVX__)
+  constexpr int kVec = 8;
+#else
+  constexpr int kVec = 4;
+#endif
+  typedef float lanes __attribute__((vector_size(kVec * sizeof(float))));
+  constexpr int kVecs = kLanes / kVec;
 #pragma omp parallel for collapse(2) schedule(static) if (N * O * I > kParallelMinWork)
   for (int64_t n = 0; n < N; ++n)
     for (int o = 0; o < O; ++o) {
       const float* xr = x + n * ldx;
       const float* wr = W + o * ldw;
-      float acc[kLanes] = {};
+      lanes part[kVecs] = {};
       int i = 0;
       for (; i + kLanes <= I; i += kLanes)
-        for (int j = 0; j < kLanes; ++j) acc[j] += xr[i + j] * wr[i + j];
+        for (int v = 0; v < kVecs; ++v) {
+          lanes xv, wv;
+          std::memcpy(&xv, xr + i + v * kVec, sizeof xv);
+          std::memcpy(&wv, wr + i + v * kVec, sizeof wv);
+          part[v] += xv * wv;
+        }
+      float acc[kLanes];
+      std::memcpy(acc, part, sizeof acc);
       float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
       for (; i < I; ++i) s += xr[i] * wr[i];
       y[n * ldy + o] = s;
