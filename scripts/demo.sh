@@ -7,8 +7,10 @@
 # folders with metrics.csv + loss.png + checkpoints, eval/ with CSVs and PNGs, and demo.log.
 # Environment: DSA_DEMO_DATA (corpus folder, default data), DSA_DEMO_RUN, DSA_DEMO_RESUME=1 (keep an
 # existing run and continue it — every stage resumes from its last checkpoint), DSA_DEMO_SCALE
-# (multiplies every stage's steps, default 1), DSA_DEMO_DEVICE (cpu, default, or cuda / cuda:N: the
-# training and evaluation passes on a GPU — the same model code over the CUDA ops; needs a CUDA build).
+# (multiplies every stage's steps, default 1; fractions allowed), DSA_DEMO_DEVICE (cpu, default, or
+# cuda / cuda:N: the training and evaluation passes on a GPU — the same model code over the CUDA ops;
+# needs a CUDA build),
+# DSA_DEMO_CONFIG (the model's config.json, default scripts/demo_model.json).
 set -euo pipefail
 BUILD=${1:-build}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,14 +38,21 @@ echo "demo: device $DEVICE, $OMP_NUM_THREADS OpenMP thread(s) ($cores cores, loa
 # ── the demo config (context 256 = 8·k; see docs/perf.md "Training demo" and "Training on the GPU") ──
 # scripts/demo_model.json: a V3.2-shaped model (MLA + lightning indexer) at hidden 128, 2 layers, 4 heads,
 # a 128-wide KV latent (a 64-wide one never learns retrieval), V3.2's rope_scaling block (softmax scale
-# 48^-½·mscale²), tied embeddings, init 0.08. Pretraining is built for retrieval: lr 3e-3, the synthetic
-# tasks passkey-heavy (8:1:1 passkey : key-value : copy), packed as short tasks whose longest length
-# doubles every 600 steps from 48, and synthetic only for the first 1800 steps — retrieval forms on short
-# contexts first; text then joins at half the sequences.
+# 48^-½·mscale²), tied embeddings, init 0.08. Pretraining is built for retrieval: 3600 steps at lr 3e-3,
+# the synthetic tasks passkey-heavy (8:1:1 passkey : key-value : copy), packed as short tasks whose longest
+# length doubles every 900 steps from 48, and synthetic only for the first 2700 steps — retrieval forms on
+# short contexts first; text then joins at half the sequences. 3600 steps is the fewest of the budgets
+# tried that recalls whole passkeys (2400 recalls none: docs/perf.md "Training demo").
 K=32; CTX=256
-MODEL="--config $ROOT/scripts/demo_model.json --topk $K"
+CONFIG=${DSA_DEMO_CONFIG:-$ROOT/scripts/demo_model.json}
+MODEL="--config $CONFIG --topk $K"
 VOCAB=1024
-steps() { echo $(( $1 * SCALE )); }
+case "$SCALE" in
+  ''|*[!0-9.]*|*.*.*|.) scale_ok=0 ;;
+  *) scale_ok=$(awk -v s="$SCALE" 'BEGIN { print (s > 0) }') ;;
+esac
+[ "$scale_ok" = 1 ] || { echo "demo: DSA_DEMO_SCALE=$SCALE is not a positive number" >&2; exit 2; }
+steps() { awk -v n="$1" -v s="$SCALE" 'BEGIN { v = int(n * s + 0.5); print (v > 0 ? v : 1) }'; }
 
 if [ "${DSA_DEMO_RESUME:-0}" != 1 ]; then rm -rf "$RUN"; fi
 mkdir -p "$RUN"
@@ -66,18 +75,18 @@ COMMON="--run $RUN --checkpoint-every 100 --seq-len $CTX --batch 4 --device $DEV
 phase "stage 1/3: dense pretraining (all parameters but the indexer; synthetic long-range tasks first, then half of the sequences)"
 # shellcheck disable=SC2086
 "$DSA" train $COMMON --stage pretrain --data "$DATA/txt" --tokenizer "$RUN/tokenizer.model" $MODEL \
-  --steps "$(steps 2400)" --lr 3e-3 --synthetic 0.5 --synthetic-mix 8,1,1 --synthetic-min-len 48 \
-  --synthetic-ramp "$(steps 600)" --synthetic-first "$(steps 1800)"
+  --steps "$(steps 3600)" --lr 3e-3 --synthetic 0.5 --synthetic-mix 8,1,1 --synthetic-min-len 48 \
+  --synthetic-ramp "$(steps 900)" --synthetic-first "$(steps 2700)"
 lap pretrain
 
 phase "stage 2/3: indexer warm-up (model frozen; KL to the head-summed dense attention, lr 1e-3)"
 # shellcheck disable=SC2086
-"$DSA" train $COMMON --stage warmup --steps "$(steps 300)" --indexer-lr 1e-3 --synthetic 0.5
+"$DSA" train $COMMON --stage warmup --steps "$(steps 450)" --indexer-lr 1e-3 --synthetic 0.5
 lap warmup
 
 phase "stage 3/3: sparse training (top-$K; LM loss -> model, selected-set KL -> indexer)"
 # shellcheck disable=SC2086
-"$DSA" train $COMMON --stage sparse --topk $K --steps "$(steps 300)" --lr 5e-4 --indexer-lr 1e-3 --synthetic 0.5
+"$DSA" train $COMMON --stage sparse --topk $K --steps "$(steps 450)" --lr 5e-4 --indexer-lr 1e-3 --synthetic 0.5
 lap sparse
 
 phase "evaluation"
