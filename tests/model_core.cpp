@@ -242,6 +242,16 @@ TEST(ModelExecCpu, HostPoolReusesBuffersBySizeZeroFilled) {
   for (size_t i = 0; i < kLen; ++i) ASSERT_EQ(b.get()[i], 0.0f) << i;
   const auto c = HostPool::take(pool, kLen);                  // the block is taken: a new one
   EXPECT_NE(c.get(), first);
+  EXPECT_EQ(pool->pooled_bytes(), 0u);
+  // Beyond the pool's byte cap a freed buffer goes back to the OS instead of the pool.
+  const auto capped = std::make_shared<HostPool>(kLen * sizeof(float));
+  {
+    const auto big = HostPool::take(capped, kLen);
+    const auto small = HostPool::take(capped, 1);
+    (void)big;
+    (void)small;
+  }   // `small` is freed first and pooled; then `big` no longer fits under the cap
+  EXPECT_EQ(capped->pooled_bytes(), sizeof(float));
   // A buffer may outlive every other owner of its pool: it keeps the pool alive and returns to it.
   auto late = HostPool::take(pool, kLen);
   pool.reset();

@@ -113,20 +113,26 @@ class Exec {
 // Host buffers of CPU passes: freed ones come back here and are handed out again by size. A training
 // step allocates the same few hundred buffers every pass, and fresh memory from the OS costs a page
 // fault and a zeroed page per 4 KB (measured: 15 % of a demo pretraining step); reused memory costs one
-// memset. A model's passes share one pool (Model::Impl::host_pool), which holds at most the peak of
-// one pass. Thread-safe.
+// memset. A model's passes share one pool (Model::Impl::host_pool). With passes of one shape (training)
+// it holds the buffers of one pass; passes of many shapes would keep a set per shape, so at most
+// max_bytes are kept and a buffer freed beyond that goes back to the OS. Thread-safe.
 class HostPool {
  public:
-  HostPool() = default;
+  static constexpr size_t kDefaultMaxBytes = size_t{1} << 30;
+  explicit HostPool(size_t max_bytes = kDefaultMaxBytes) : max_bytes_(max_bytes) {}
   HostPool(const HostPool&) = delete;
   HostPool& operator=(const HostPool&) = delete;
   ~HostPool();
   // len zero-filled floats; the buffer returns to `pool` when its last copy goes
   static std::shared_ptr<float> take(const std::shared_ptr<HostPool>& pool, size_t len);
+  size_t pooled_bytes() const;
 
  private:
-  std::mutex mu_;
+  void give_back(size_t len, float* p);
+  const size_t max_bytes_;
+  mutable std::mutex mu_;
   std::multimap<size_t, float*> free_;
+  size_t bytes_ = 0;   // Σ len·sizeof(float) over free_
 };
 
 // The CPU executor over the model's host tensors. exact = true runs the projections' matmuls with

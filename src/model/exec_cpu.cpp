@@ -171,14 +171,29 @@ std::shared_ptr<float> HostPool::take(const std::shared_ptr<HostPool>& pool, siz
     if (it != pool->free_.end()) {
       p = it->second;
       pool->free_.erase(it);
+      pool->bytes_ -= len * sizeof(float);
     }
   }
   if (!p) p = static_cast<float*>(::operator new[](len * sizeof(float)));
   std::memset(p, 0, len * sizeof(float));
-  return std::shared_ptr<float>(p, [pool, len](float* q) {
-    std::lock_guard<std::mutex> lock(pool->mu_);
-    pool->free_.emplace(len, q);
-  });
+  return std::shared_ptr<float>(p, [pool, len](float* q) { pool->give_back(len, q); });
+}
+
+void HostPool::give_back(size_t len, float* p) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (bytes_ + len * sizeof(float) <= max_bytes_) {
+      free_.emplace(len, p);
+      bytes_ += len * sizeof(float);
+      return;
+    }
+  }
+  ::operator delete[](p);
+}
+
+size_t HostPool::pooled_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return bytes_;
 }
 
 }  // namespace dsa::model

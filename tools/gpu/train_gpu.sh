@@ -8,7 +8,7 @@
 #   DSA_LIB      shared libraries the image lacks (BLIS, SentencePiece)                       [.gpu-prof/lib]
 #   DSA_DATA     corpus folder with txt/.complete (scripts/fetch_corpus.sh output; the device has no network)
 #                                                                                              [.gpu-data]
-#   DSA_SCALES   retrieval-recipe budgets, multiples of the demo's 2400 pretraining steps       ["4 16"]
+#   DSA_SCALES   retrieval-recipe budgets, multiples of 2400 pretraining steps (session 6 demo)  ["4 16"]
 # Logs: $OUT/tests.log, demo_gpu.log, cpu_vs_gpu.log, retrieval.log (+ summary.txt).
 # shellcheck source=tools/gpu/prebuilt_env.sh
 . "$(dirname "$0")/prebuilt_env.sh"
