@@ -1,7 +1,8 @@
 // train_recipe.cpp — the training recipe's invariants on a tiny model (include/dsa/train.h):
 // warm-up freezes the model bitwise, the LM loss never reaches the indexer in the sparse stage,
 // loss falls, kill-and-resume is bitwise identical, an interrupted checkpoint write leaves the
-// previous checkpoint loadable, the loader is a pure function of the step, bad options name the flag.
+// previous checkpoint loadable, the loader is a pure function of the step, bad options name the flag
+// and a stage that cannot start is refused before anything is written.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -393,6 +394,45 @@ TEST_F(TrainRecipe, BadOptionsNameTheFlag) {
   expect_error([&] { dsa::train::load_corpus(d); }, "--holdout");
   d.tokenizer = (root / "missing.model").string();
   expect_error([&] { dsa::train::load_corpus(d); }, "missing.model");
+}
+
+// `dsa train` asks check_stage_start before it writes anything: every way the stage cannot start is
+// refused by name while the run folder does not exist yet.
+TEST_F(TrainRecipe, StageStartIsCheckedBeforeAnythingIsWritten) {
+  auto expect_refused = [&](const dsa::train::TrainOptions& o, int vocab, const std::string& needle) {
+    try {
+      dsa::train::check_stage_start(o, vocab);
+      FAIL() << "expected dsa::Error mentioning " << needle;
+    } catch (const dsa::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(fs::exists(o.run_dir)) << needle;
+  };
+  const int vocab = tok->vocab_size();
+  auto o = options("fresh", Stage::kWarmup, 2);                 // no pretraining stage has run
+  expect_refused(o, vocab, "has no final checkpoint");
+  o.init = (root / "nowhere").string();
+  expect_refused(o, vocab, "is not a checkpoint folder");
+  o = options("fresh", Stage::kPretrain, 2);
+  o.config.num_attention_heads = 0;                             // a fresh model of a bad config
+  expect_refused(o, vocab, "num_attention_heads");
+  o = options("fresh", Stage::kPretrain, 2);
+  o.loader.seq_len = o.config.max_position_embeddings + 1;
+  expect_refused(o, vocab, "--seq-len");
+  EXPECT_NO_THROW(dsa::train::check_stage_start(options("fresh", Stage::kPretrain, 2), vocab));
+
+  // A finished pretraining stage: the warm-up starts from it, so ITS config is what must fit.
+  const auto pre = options("run", Stage::kPretrain, 2);
+  dsa::train::train_stage(pre, corpus, *tok);
+  auto warm = options("run", Stage::kWarmup, 2);
+  EXPECT_NO_THROW(dsa::train::check_stage_start(warm, vocab));
+  try {
+    dsa::train::check_stage_start(warm, vocab + 7);             // another tokenizer
+    FAIL() << "a vocabulary mismatch was accepted";
+  } catch (const dsa::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("vocab_size"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(fs::path(warm.run_dir) / "warmup"));
 }
 
 }  // namespace

@@ -162,11 +162,14 @@ int run_train(const dsa::cli::Args& args) {
   dsa::train::check_train_options(o);
   dsa::train::DataOptions data = dsa::cli::run_data(f, o.run_dir);
   if (data.tokenizer != "byte" && !fs::exists(data.tokenizer)) throw dsa::Error("train: --tokenizer file " + data.tokenizer + " does not exist");
+  const auto tok = dsa::load_tokenizer(data.tokenizer);
+  dsa::train::check_stage_start(o, tok->vocab_size());   // the model it starts from, before anything is written
+  // The corpus is read and split before the run folder is written (its token cache is written only
+  // once every document has been read and the split holds both parts).
+  const auto corpus = dsa::train::load_corpus(data, (fs::path(o.run_dir) / "tokens").string());
   fs::create_directories(o.run_dir);
   dsa::cli::record_run_data(data, o.run_dir);
 
-  const auto tok = dsa::load_tokenizer(data.tokenizer);
-  const auto corpus = dsa::train::load_corpus(data, (fs::path(o.run_dir) / "tokens").string());
   std::fprintf(stderr, "[%-8s] corpus: %zu train documents (%lld tokens), %zu held out (%lld tokens), vocab %d\n",
                dsa::train::stage_name(o.stage), corpus.train.size(), static_cast<long long>(corpus.train_tokens()), corpus.val.size(),
                static_cast<long long>(corpus.val_tokens()), corpus.vocab_size);

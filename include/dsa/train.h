@@ -216,6 +216,11 @@ struct TrainResult {
 // Throws dsa::Error naming the flag of the first bad option that needs no corpus, model or run folder
 // (so a command line can be refused before anything is written). train_stage runs it too.
 void check_train_options(const TrainOptions& options);
+// Throws dsa::Error naming the problem if the stage cannot start, reading files only: the model it
+// would start from (its own newest checkpoint, else --init or the previous stage's final checkpoint,
+// else a fresh model of options.config) must exist, be valid, and fit the tokenizer's vocab_size and
+// --seq-len. `dsa train` runs it before it writes anything; train_stage runs it too.
+void check_stage_start(const TrainOptions& options, int vocab_size);
 // Runs (or resumes) one stage. The corpus and tokenizer are those of the run.
 TrainResult train_stage(const TrainOptions& options, const Corpus& corpus, const Tokenizer& tok);
 

@@ -128,7 +128,7 @@ class HostPool {
   size_t pooled_bytes() const;
 
  private:
-  void give_back(size_t len, float* p);
+  void give_back(size_t len, float* p) noexcept;
   const size_t max_bytes_;
   mutable std::mutex mu_;
   std::multimap<size_t, float*> free_;

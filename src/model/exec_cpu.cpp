@@ -179,14 +179,17 @@ std::shared_ptr<float> HostPool::take(const std::shared_ptr<HostPool>& pool, siz
   return std::shared_ptr<float>(p, [pool, len](float* q) { pool->give_back(len, q); });
 }
 
-void HostPool::give_back(size_t len, float* p) {
-  {
+// Runs inside a shared_ptr deleter, so it must not throw: a free-list node that cannot be allocated
+// means the block goes back to the OS instead.
+void HostPool::give_back(size_t len, float* p) noexcept {
+  try {
     std::lock_guard<std::mutex> lock(mu_);
     if (bytes_ + len * sizeof(float) <= max_bytes_) {
       free_.emplace(len, p);
       bytes_ += len * sizeof(float);
       return;
     }
+  } catch (...) {
   }
   ::operator delete[](p);
 }

@@ -141,43 +141,62 @@ void check_train_options(const TrainOptions& o) {
   check_loader_options(o.loader);
 }
 
-TrainResult train_stage(const TrainOptions& o, const Corpus& corpus, const Tokenizer& tok) {
+namespace {
+// The checkpoint train_stage starts from ("" = a fresh model of o.config).
+std::string start_checkpoint(const TrainOptions& o) {
+  const std::string resume = latest_checkpoint((fs::path(o.run_dir) / stage_name(o.stage)).string());
+  if (!resume.empty()) return resume;
+  if (o.stage == model::Stage::kPretrain && o.init.empty()) return "";
+  std::string init = o.init;
+  if (init.empty()) {
+    const model::Stage prev = o.stage == model::Stage::kWarmup ? model::Stage::kPretrain : model::Stage::kWarmup;
+    init = final_checkpoint((fs::path(o.run_dir) / stage_name(prev)).string());
+  }
+  if (!fs::exists(fs::path(init) / "config.json")) throw Error("train: --init " + init + " is not a checkpoint folder (no config.json)");
+  return init;
+}
+}  // namespace
+
+void check_stage_start(const TrainOptions& o, int vocab_size) {
   check_train_options(o);
+  const std::string from = start_checkpoint(o);
+  model::Config cfg = o.config;
+  if (from.empty()) cfg.vocab_size = vocab_size;
+  else cfg = model::Config::from_json_file((fs::path(from) / "config.json").string());
+  cfg.validate();
+  if (cfg.vocab_size != vocab_size)
+    throw Error("train: the model's vocab_size " + std::to_string(cfg.vocab_size) + " differs from the tokenizer's " +
+                std::to_string(vocab_size));
+  if (o.loader.seq_len > cfg.max_position_embeddings)
+    throw Error("train: --seq-len " + std::to_string(o.loader.seq_len) + " exceeds max_position_embeddings " +
+                std::to_string(cfg.max_position_embeddings));
+}
+
+TrainResult train_stage(const TrainOptions& o, const Corpus& corpus, const Tokenizer& tok) {
+  check_stage_start(o, corpus.vocab_size);
   const auto t_start = std::chrono::steady_clock::now();
   const fs::path stage_dir = fs::path(o.run_dir) / stage_name(o.stage);
   fs::create_directories(stage_dir);
   for (const auto& e : fs::directory_iterator(stage_dir))   // debris of an interrupted checkpoint write
     if (e.path().filename().string().rfind(".tmp-", 0) == 0) fs::remove_all(e.path());
 
-  // ── model: resume, or start from the previous stage / a fresh init ──
+  // ── model: resume, or start from the previous stage / a fresh init (checked by check_stage_start) ──
   TrainResult result;
   const std::string resume = latest_checkpoint(stage_dir.string());
   std::unique_ptr<model::Model> mdl;
   if (!resume.empty()) {
     mdl = std::make_unique<model::Model>(model::Model::load(resume));
     result.start_step = checkpoint_step(resume);
-  } else if (o.stage == model::Stage::kPretrain && o.init.empty()) {
+  } else if (const std::string init = start_checkpoint(o); init.empty()) {
     model::Config cfg = o.config;
     cfg.vocab_size = corpus.vocab_size;
     mdl = std::make_unique<model::Model>(cfg);
     mdl->init_random(o.seed, o.shared_embedding);
   } else {
-    std::string init = o.init;
-    if (init.empty()) {
-      const model::Stage prev = o.stage == model::Stage::kWarmup ? model::Stage::kPretrain : model::Stage::kWarmup;
-      init = final_checkpoint((fs::path(o.run_dir) / stage_name(prev)).string());
-    }
-    if (!fs::exists(fs::path(init) / "config.json")) throw Error("train: --init " + init + " is not a checkpoint folder (no config.json)");
     mdl = std::make_unique<model::Model>(model::Model::load(init));
   }
   model::Model& m = *mdl;
   if (o.attach_device) o.attach_device(m);
-  if (m.config().vocab_size != corpus.vocab_size)
-    throw Error("train: the model's vocab_size " + std::to_string(m.config().vocab_size) + " differs from the tokenizer's " +
-                std::to_string(corpus.vocab_size));
-  if (o.loader.seq_len > m.config().max_position_embeddings)
-    throw Error("train: --seq-len " + std::to_string(o.loader.seq_len) + " exceeds max_position_embeddings " +
-                std::to_string(m.config().max_position_embeddings));
   AdamW opt(m, o.model_group, o.indexer_group);
   if (!resume.empty()) opt.load((fs::path(resume) / kOptimizerFile).string());
   const bool train_model = o.stage != model::Stage::kWarmup;
