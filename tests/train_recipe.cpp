@@ -2,10 +2,11 @@
 // warm-up freezes the model bitwise, the LM loss never reaches the indexer in the sparse stage,
 // loss falls, kill-and-resume is bitwise identical, an interrupted checkpoint write leaves the
 // previous checkpoint loadable, the loader is a pure function of the step, bad options name the flag
-// and a stage that cannot start is refused before anything is written.
+// and a stage that cannot start is refused before anything is written; the evaluation fills every table.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -433,6 +434,68 @@ TEST_F(TrainRecipe, StageStartIsCheckedBeforeAnythingIsWritten) {
     EXPECT_NE(std::string(e.what()).find("vocab_size"), std::string::npos) << e.what();
   }
   EXPECT_FALSE(fs::exists(fs::path(warm.run_dir) / "warmup"));
+}
+
+// dsa eval on a tiny trained run: every table present and consistent with the free oracles (at k ≥ the
+// context DSA and the window see every key, so their PPL is the dense PPL and the recall is 1), and
+// every bad option refused before the first pass, with no eval folder written.
+TEST_F(TrainRecipe, EvaluationFillsEveryTableAndRefusesBadOptionsFirst) {
+  for (Stage st : {Stage::kPretrain, Stage::kWarmup, Stage::kSparse}) dsa::train::train_stage(options("run", st, 2), corpus, *tok);
+  const int floor = dsa::train::synthetic_min_length(dsa::train::SyntheticTask::kPasskey, *tok);
+  dsa::train::EvalOptions e;
+  e.run_dir = (root / "run").string();
+  e.seq_len = 48;
+  e.val_sequences = 2;
+  e.ks = {6, 48};                    // the trained k, and k = the whole context
+  e.passkey_lengths = {floor, floor + 16};
+  e.depths = {0.2, 0.8};
+  e.passkey_trials = 1;
+  e.speed_context = 96;
+  e.decode_tokens = 2;
+  e.plots = false;
+  const fs::path eval_dir = root / "run" / "eval";
+  auto expect_refused = [&](dsa::train::EvalOptions bad, const std::string& needle) {
+    try {
+      dsa::train::evaluate_run(bad, corpus, *tok);
+      FAIL() << "expected dsa::Error mentioning " << needle;
+    } catch (const dsa::Error& err) {
+      EXPECT_NE(std::string(err.what()).find(needle), std::string::npos) << err.what();
+    }
+    EXPECT_FALSE(fs::exists(eval_dir)) << needle;
+  };
+  auto bad = e;
+  bad.seq_len = 1000;
+  expect_refused(bad, "--seq-len 1000 exceeds max_position_embeddings");
+  bad = e;
+  bad.passkey_lengths = {floor - 1};
+  expect_refused(bad, "is shorter than the task");
+  bad = e;
+  bad.passkey_lengths = {256};       // + its BOS > 256 positions
+  expect_refused(bad, "passkey length 256");
+  bad = e;
+  bad.speed_context = 100000;
+  expect_refused(bad, "--speed-context");
+  bad = e;
+  bad.passkey_trials = 0;
+  expect_refused(bad, "--trials");
+
+  const auto r = dsa::train::evaluate_run(e, corpus, *tok);
+  ASSERT_EQ(r.ppl.size(), 2u + 2u * e.ks.size());   // dense-pretrain, dense, (dsa, window) per k
+  for (const auto& row : r.ppl) {
+    if (row.k == 48) {
+      EXPECT_NEAR(row.loss, std::log(r.dense_ppl), 1e-4) << row.what;
+    }
+  }
+  EXPECT_NEAR(r.ppl_ratio, r.dsa_ppl / r.dense_ppl, 1e-12);
+  ASSERT_EQ(r.recall.size(), e.ks.size());
+  EXPECT_NEAR(r.recall[1].mass, 1.0, 1e-6);
+  EXPECT_LE(r.recall[0].mass, r.recall[0].oracle + 1e-9);   // the dense top-k is the ceiling
+  EXPECT_EQ(r.passkey.size(), e.passkey_lengths.size() * e.depths.size() * 3);
+  for (const auto& row : r.passkey) EXPECT_EQ(row.trials, e.passkey_trials);
+  ASSERT_EQ(r.speed.size(), 2u);
+  EXPECT_EQ(r.speed[0].context, e.speed_context);
+  for (const char* file : {"ppl.csv", "recall.csv", "passkey.csv", "passkey_by_length.csv", "speed.csv", "summary.txt"})
+    EXPECT_TRUE(fs::exists(eval_dir / file)) << file;
 }
 
 }  // namespace

@@ -153,16 +153,39 @@ EvalReport evaluate_run(const EvalOptions& o, const Corpus& corpus, const Tokeni
   r.topk = o.topk > 0 ? o.topk : m.config().index_topk;
   const int k = r.topk;
   r.seq_len = o.seq_len > 0 ? o.seq_len : 8 * k;
-  const fs::path dir = fs::path(o.run_dir) / "eval";
-  fs::create_directories(dir);
+  std::vector<int> ks = o.ks;
+  if (ks.empty()) ks = {std::max(1, k / 4), std::max(1, k / 2), k, 2 * k};
+  std::vector<int> lengths = o.passkey_lengths;
+  if (lengths.empty()) lengths = {4 * k, 8 * k, 16 * k};
+  const int context = o.speed_context > 0 ? o.speed_context : *std::max_element(lengths.begin(), lengths.end());
+
+  // Every option is checked before the first pass, so a bad one costs no evaluation time; the eval
+  // folder is written only at the end.
+  const int max_pos = m.config().max_position_embeddings;
+  auto within = [&](int n, const std::string& what) {
+    if (n > max_pos) throw Error("eval: " + what + " " + std::to_string(n) + " exceeds max_position_embeddings " + std::to_string(max_pos));
+  };
+  if (o.val_sequences <= 0) throw Error("eval: --val-sequences must be > 0");
+  if (o.passkey_trials <= 0) throw Error("eval: --trials must be > 0");
+  if (o.decode_tokens <= 0) throw Error("eval: --decode-tokens must be > 0");
+  within(r.seq_len, "--seq-len");
+  const int passkey_floor = synthetic_min_length(SyntheticTask::kPasskey, tok);
+  for (int len : lengths) {
+    if (len + 1 > max_pos)   // a passkey sequence is fed with its BOS
+      throw Error("eval: passkey length " + std::to_string(len) + " (with its BOS " + std::to_string(len + 1) +
+                  " tokens) exceeds max_position_embeddings " + std::to_string(max_pos));
+    if (len < passkey_floor)
+      throw Error("eval: passkey length " + std::to_string(len) + " is shorter than the task (" + std::to_string(passkey_floor) +
+                  " tokens)");
+  }
+  within(context, "--speed-context");
   LoaderOptions lo;
   lo.seq_len = r.seq_len;
   Loader loader(corpus, tok, lo);
+  if (static_cast<int64_t>(loader.val_stream().size()) < context) throw Error("eval: --speed-context exceeds the held-out text");
   const model::Batch val = loader.val_batch(o.val_sequences, r.seq_len, 0);
 
   // ── perplexity ──
-  std::vector<int> ks = o.ks;
-  if (ks.empty()) ks = {std::max(1, k / 4), std::max(1, k / 2), k, 2 * k};
   std::string baseline = o.baseline;
   if (baseline.empty()) {
     const fs::path pre = fs::path(o.run_dir) / "pretrain";
@@ -196,15 +219,10 @@ EvalReport evaluate_run(const EvalOptions& o, const Corpus& corpus, const Tokeni
   r.ppl_ratio = r.dsa_ppl / r.dense_ppl;
 
   // ── passkey retrieval ──
-  std::vector<int> lengths = o.passkey_lengths;
-  if (lengths.empty()) lengths = {4 * k, 8 * k, 16 * k};
   const AttentionMode modes[] = {AttentionMode::kDense, AttentionMode::kSparse, AttentionMode::kWindow};
   double total[3] = {0, 0, 0}, digits[3] = {0, 0, 0};
   int cells = 0;
   for (int len : lengths) {
-    if (len > m.config().max_position_embeddings)
-      throw Error("eval: passkey length " + std::to_string(len) + " exceeds max_position_embeddings " +
-                  std::to_string(m.config().max_position_embeddings));
     for (double depth : o.depths) {
       std::vector<PasskeySample> samples;
       for (int t = 0; t < o.passkey_trials; ++t)
@@ -243,8 +261,6 @@ EvalReport evaluate_run(const EvalOptions& o, const Corpus& corpus, const Tokeni
   }
 
   // ── long-context speed ──
-  const int context = o.speed_context > 0 ? o.speed_context : *std::max_element(lengths.begin(), lengths.end());
-  if (static_cast<int64_t>(loader.val_stream().size()) < context) throw Error("eval: --speed-context exceeds the held-out text");
   const int saved_threads = omp_get_max_threads();
   if (o.speed_threads > 0) omp_set_num_threads(o.speed_threads);
   for (AttentionMode mode : {AttentionMode::kDense, AttentionMode::kSparse})
@@ -255,6 +271,8 @@ EvalReport evaluate_run(const EvalOptions& o, const Corpus& corpus, const Tokeni
   r.decode_speedup = r.speed[0].decode_ms_per_token / std::max(r.speed[1].decode_ms_per_token, 1e-12);
 
   // ── files ──
+  const fs::path dir = fs::path(o.run_dir) / "eval";
+  fs::create_directories(dir);
   std::ostringstream ppl, rec, pk, by_depth, by_len, spd;
   ppl << "mode,k,loss,ppl\n";
   for (const auto& p : r.ppl) ppl << p.what << "," << p.k << "," << p.loss << "," << p.ppl << "\n";
