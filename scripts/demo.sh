@@ -47,11 +47,8 @@ K=32; CTX=256
 CONFIG=${DSA_DEMO_CONFIG:-$ROOT/scripts/demo_model.json}
 MODEL="--config $CONFIG --topk $K"
 VOCAB=1024
-case "$SCALE" in
-  ''|*[!0-9.]*|*.*.*|.) scale_ok=0 ;;
-  *) scale_ok=$(awk -v s="$SCALE" 'BEGIN { print (s > 0) }') ;;
-esac
-[ "$scale_ok" = 1 ] || { echo "demo: DSA_DEMO_SCALE=$SCALE is not a positive number" >&2; exit 2; }
+awk -v s="$SCALE" 'BEGIN { exit !(s ~ /^([0-9]+[.]?[0-9]*|[.][0-9]+)$/ && s + 0 > 0) }' ||
+  { echo "demo: DSA_DEMO_SCALE=$SCALE is not a positive number" >&2; exit 2; }
 steps() { awk -v n="$1" -v s="$SCALE" 'BEGIN { v = int(n * s + 0.5); print (v > 0 ? v : 1) }'; }
 
 if [ "${DSA_DEMO_RESUME:-0}" != 1 ]; then rm -rf "$RUN"; fi
