@@ -125,7 +125,7 @@ struct BackwardTile {
 };
 void backward_scores(BackwardTile& w, const TileRows& rows, const BackwardRow* brow, const float* const* keys, int nb,
                      int Dqk, int Dv, float scale);
-// After backward_scores: w.z holds P, w.dp holds dZ.
+// After backward_scores: w.z holds P, w.dp holds dZ, w.dout_rows the active rows' dout pointers.
 
 // Δ[t,h] = out[t,h]·dout[t,h] in fp64, [T·H].
 std::vector<double> row_deltas(const float* out, const float* dout, int64_t rows, int Dv);

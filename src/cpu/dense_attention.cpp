@@ -151,7 +151,6 @@ void dense_attention_backward(const AttentionParams& p, const AttentionBackwardA
     attn::TileRows rows;
     attn::BackwardTile w;
     std::vector<attn::BackwardRow> brow;
-    std::vector<const float*> dout_rows;
     const int max_rows = Bq * p.H;
     std::vector<float> ck(static_cast<size_t>(kKeyBlock) * max_rows), cv(static_cast<size_t>(kKeyBlock) * max_rows);
     std::vector<float> part(static_cast<size_t>(kKeyBlock) * p.Dqk);
@@ -169,11 +168,7 @@ void dense_attention_backward(const AttentionParams& p, const AttentionBackwardA
         const int n = rows.size();
         if (n == 0) continue;
         brow.resize(n);
-        dout_rows.resize(n);
-        for (int a = 0; a < n; ++a) {
-          brow[a] = brow_of(static_cast<int64_t>(t0) * p.H + rows.id[a]);
-          dout_rows[a] = brow[a].dout;
-        }
+        for (int a = 0; a < n; ++a) brow[a] = brow_of(static_cast<int64_t>(t0) * p.H + rows.id[a]);
         attn::backward_scores(w, rows, brow.data(), keys, nb, p.Dqk, p.Dv, p.scale);
         // Transposed coefficients: ck[j,a] = scale·dZ[a,j], cv[j,a] = P[a,j].
         for (int a = 0; a < n; ++a)
@@ -183,7 +178,7 @@ void dense_attention_backward(const AttentionParams& p, const AttentionBackwardA
           }
         std::fill(part.begin(), part.end(), 0.0f);
         attn::axpy_block(ck.data(), n, nb, rows.q.data(), n, p.Dqk, part.data(), p.Dqk);
-        attn::axpy_block(cv.data(), n, nb, dout_rows.data(), n, p.Dv, part.data(), p.Dqk);
+        attn::axpy_block(cv.data(), n, nb, w.dout_rows.data(), n, p.Dv, part.data(), p.Dqk);   // dout rows, set by backward_scores
         for (size_t i = 0; i < static_cast<size_t>(nb) * p.Dqk; ++i) acc[i] += part[i];
       }
       float* dkv = b.dkv + static_cast<int64_t>(j0) * p.Dqk;
