@@ -277,11 +277,21 @@ void topk_select(const TopkParams& p);
 // Backward (FlashAttention-2 algebra, P = exp(z − lse), Δ[t,h] = out[t,h]·dout[t,h]):
 //   dP = dout·V_sᵀ;  dZ = P ∘ (dP − Δ);  dq = scale · Σ_s dZ·kv[s];
 //   dkv[s, :] = scale · Σ_{t,h} dZ·q[t,h]  (K role, Dqk dims)  +  Σ_{t,h} P·dout[t,h]  (V role, first Dv)
+// Element type of a tensor argument that may come in more than one type. bf16 tensors hold bf16 bit
+// patterns (uint16_t, cpu::bf16_from_float); the fp32 form is the reference path.
+enum class DType { kF32, kBF16 };
+
+// q and kv come in one dtype (DType): fp32 in q / kv, or bf16 in q_bf16 / kv_bf16 (the other pair
+// null). Every backend accepts both; the CPU computes bf16 inputs exactly (bf16 → fp32 is exact), the
+// GPU's tensor-core variants take bf16 (cuda_ops.h: which variant runs for which dtype).
 struct AttentionParams {
   int T = 0, S = 0, H = 0, Dqk = 0, Dv = 0;
   float scale = 0.0f;                    // explicit softmax scale, > 0
-  const float* q = nullptr;              // [T, H, Dqk]
-  const float* kv = nullptr;             // [S, Dqk]
+  DType dtype = DType::kF32;             // of q and kv
+  const float* q = nullptr;              // [T, H, Dqk]   dtype kF32
+  const float* kv = nullptr;             // [S, Dqk]      dtype kF32
+  const uint16_t* q_bf16 = nullptr;      // [T, H, Dqk]   dtype kBF16
+  const uint16_t* kv_bf16 = nullptr;     // [S, Dqk]      dtype kBF16
   // sparse selection (sparse_* ops): indices [T, K] and optional topk_length [T] (each ≤ K)
   int K = 0;
   const int32_t* indices = nullptr;
@@ -373,7 +383,9 @@ struct SparseDecodeParams {
   int64_t num_slots = 0;                        // cache slots (pages · 64)
   float scale = 0.0f;
   KvCacheFormat format = KvCacheFormat::kFp8Record;
+  DType q_dtype = DType::kF32;                  // q (kF32) or q_bf16 (kBF16), the other null
   const float* q = nullptr;                     // [B, next_n, H, 576]
+  const uint16_t* q_bf16 = nullptr;             // [B, next_n, H, 576] bf16 bits
   const void* cache = nullptr;                  // see format
   const int32_t* indices = nullptr;             // [B, next_n, K] physical slots
   const int32_t* topk_length = nullptr;         // [B·next_n], may be null
