@@ -1,78 +1,50 @@
-// backend.h — what the test table runs an op on. Every method has the signature of the op in
-// dsa/ops.h and takes HOST pointers; the CPU backend forwards them, a GPU backend copies inputs to
-// the device, runs its kernel version, and copies outputs back (checking its own guard regions).
-// Each backend/kernel version registers itself once in backends(); every table row runs on all.
+// backend.h — what the test table runs an op on: a dsa::Backend (dsa/backend.h, the one op list) whose
+// op pointers are HOST pointers. The "cpu" backend is dsa::cpu_backend() itself; a GPU backend copies
+// the inputs of each op to the device (with guard regions), runs the op on a CUDA backend of one
+// variant class (dsa::cuda::make_backend), and copies the outputs back. Every backend is registered on
+// every machine; one that cannot run here (no GPU, no CUDA in the build, or no variant of its class
+// for a row's op) reports the row as skipped, with the reason.
 #pragma once
 
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "dsa/ops.h"
+#include "dsa/backend.h"
 
 namespace dsa::test {
 
-class Backend {
- public:
-  virtual ~Backend() = default;
-  virtual std::string name() const = 0;
-
-  // 1. numerics and cache records
-  virtual void fp8_block_quantize(const Fp8BlockQuantizeParams& p) = 0;
-  virtual void fp8_block_dequantize(const Fp8BlockDequantizeParams& p) = 0;
-  virtual void mla_cache_pack(const MlaCacheParams& p) = 0;
-  virtual void mla_cache_unpack(const MlaCacheParams& p) = 0;
-  virtual void indexer_cache_pack(const IndexerCacheParams& p) = 0;
-  virtual void indexer_cache_unpack(const IndexerCacheParams& p) = 0;
-  // 2. rotations
-  virtual void hadamard_transform(float* x, int64_t N, int D) = 0;
-  virtual void rope_forward(const RopeParams& p) = 0;
-  virtual void rope_backward(const RopeParams& p) = 0;
-  // 3-5, 10. indexer
-  virtual void indexer_quantize_fp8(const IndexerQuantizeParams& p) = 0;
-  virtual void indexer_logits(const IndexerParams& p, float* logits) = 0;
-  virtual void topk_select(const TopkParams& p) = 0;
-  virtual void indexer_topk(const IndexerParams& p, int K, int32_t* indices) = 0;
-  virtual void indexer_backward(const IndexerBackwardParams& p) = 0;
-  // 6-8. attention
-  virtual void sparse_attention_forward(const AttentionParams& p, const AttentionForwardOut& o) = 0;
-  virtual void sparse_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b) = 0;
-  virtual void dense_attention_forward(const AttentionParams& p, const AttentionForwardOut& o) = 0;
-  virtual void dense_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b) = 0;
-  // 9. indexer KL
-  virtual void indexer_kl_forward(const IndexerKlParams& p, float* loss) = 0;
-  virtual void indexer_kl_backward(const IndexerKlParams& p, const float* dloss, float* d_index_logits) = 0;
-  // 11. decode over paged caches
-  virtual void indexer_logits_paged(const PagedIndexerParams& p, float* logits) = 0;
-  virtual void paged_to_physical(int B, int next_n, int K, const int32_t* block_table, int max_blocks,
-                                 int num_pages, int32_t* indices) = 0;
-  virtual void sparse_attention_decode(const SparseDecodeParams& p) = 0;
-  // 12. model layers (the CPU signatures; cross_entropy_forward returns the fp64 Σ of the losses)
-  virtual void linear_forward(const float* x, const float* w, float* y, int64_t N, int I, int O) = 0;
-  virtual void linear_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, int64_t N,
-                               int I, int O, bool accumulate_dx) = 0;
-  virtual void rmsnorm_forward(const float* x, const float* w, float* y, float* rstd, int64_t N, int C, float eps) = 0;
-  virtual void rmsnorm_backward(const float* x, const float* w, const float* rstd, const float* dy, float* dx,
-                                float* dw, int64_t N, int C) = 0;
-  virtual void layernorm_forward(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd,
-                                 int64_t N, int C, float eps) = 0;
-  virtual void layernorm_backward(const float* x, const float* w, const float* mean, const float* rstd,
-                                  const float* dy, float* dx, float* dw, float* db, int64_t N, int C) = 0;
-  virtual void swiglu_forward(const float* g, const float* u, float* a, int64_t N) = 0;
-  virtual void swiglu_backward(const float* g, const float* u, const float* da, float* dg, float* du, int64_t N) = 0;
-  virtual void embedding_forward(const int32_t* tokens, const float* table, float* out, int64_t N, int V, int C) = 0;
-  virtual void embedding_backward(const int32_t* tokens, const float* dout, float* dtable, int64_t N, int V,
-                                  int C) = 0;
-  virtual double cross_entropy_forward(const float* logits, const int32_t* targets, float* loss, int64_t N,
-                                       int V) = 0;
-  virtual void cross_entropy_backward(const float* logits, const int32_t* targets, float dloss, float* dlogits,
-                                      int64_t N, int V) = 0;
+// The arithmetic a backend runs an op with, which sets a row's tolerance.
+enum class Arith {
+  kExact,     // fp32 inputs, fp32/fp64 arithmetic (the CPU, the GPU's kExact variants)
+  kTensor,    // tensor cores: bf16 q/kv/P for attention, e4m3 products with narrower accumulation for the indexer
 };
 
-// Every backend present in this build: "cpu" always, GPU kernel versions when a device is found.
+class Backend : public dsa::Backend {
+ public:
+  // Why this backend cannot run rows of `op` here, or "" when it can.
+  virtual std::string skip_reason(const std::string& op) const {
+    (void)op;
+    return "";
+  }
+  // The arithmetic of `op` on this backend.
+  virtual Arith arith(const std::string& op) const {
+    (void)op;
+    return Arith::kExact;
+  }
+};
+
+// The skip reason of a GPU backend on a machine without a GPU (or a build without CUDA).
+inline constexpr const char* kNoGpu = "no GPU on this machine";
+
+// Every backend of the table: "cpu", then the GPU variant classes "cuda_exact", "cuda_mma"
+// … (tests/cuda/cuda_backend.cu; registered in every build, skipped where they cannot run).
 const std::vector<std::shared_ptr<Backend>>& backends();
 
-// GPU backends register through this hook (defined in tests/cuda/ when CUDA is built).
+// The GPU backends (tests/cuda/ in CUDA builds; placeholders that skip otherwise).
 void append_gpu_backends(std::vector<std::shared_ptr<Backend>>& out);
+
+// DSA_REQUIRE_GPU=1: a GPU row that would be skipped for want of a GPU fails instead.
+bool gpu_required();
 
 }  // namespace dsa::test

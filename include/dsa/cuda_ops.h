@@ -10,23 +10,47 @@
 // range as empty and such an index as invalid (FlashMLA's convention), never reading out of bounds.
 #pragma once
 
+#include <string>
+
+#include "dsa/backend.h"
 #include "dsa/ops.h"
 
 typedef struct CUstream_st* cudaStream_t;
 
 namespace dsa::cuda {
 
-// Kernel versions: every op with several implementations takes a trailing `int version`
-// (kDefaultVersion = the fastest that runs on this device). An op with a single kernel ignores it.
-// Every version is a row of the test table (tests/cuda/cuda_backend.cu registers one per entry).
-inline constexpr int kDefaultVersion = 0;
-inline constexpr int kKernelVersions[] = {1, 2};
+// ── Kernel variants ───────────────────────────────────────────────────────────────────────────
+// An op with several kernels takes a trailing `Variant` (default kAuto). Each variant declares the
+// dtypes, shapes and architectures it serves (op_variants and the op's comment below); kAuto runs the
+// fastest variant that can run for the call's dtypes and shape on the current device, and asking for
+// a variant that cannot run is a dsa::Error saying why — there is no fallback from a named variant.
+//   kExact : fp32 CUDA cores, every arch (sm_80+), any shape; fp32 math whatever the input dtype
+//            (bf16 inputs are widened exactly): the GPU's oracle, bitwise deterministic.
+//   kMma   : tensor cores through mma.sync (bf16 sm_80+, e4m3 sm_89+).
+//   kWgmma : Hopper tensor cores (wgmma, sm_90a code on an sm_90 device).
+//   kCublas: cuBLAS bf16 tensor-core GEMMs (sm_80+), deterministic reductions around them.
+// The dtype rule of kAuto: fp32 inputs run kExact (fp32 stays the reference path: no op rounds a
+// caller's fp32 tensors to bf16 unless a bf16 variant is named), bf16 / e4m3 inputs run the fastest
+// tensor-core variant that applies. Named tensor-core variants accept fp32 inputs and round them
+// (to bf16: q/kv; the conversion costs a pass and a workspace).
+enum class Variant { kAuto, kExact, kMma, kWgmma, kCublas };
+const char* variant_name(Variant v);                    // "auto", "exact", "mma", "wgmma", "cublas"
+Variant parse_variant(const std::string& name);         // dsa::Error naming the bad name
 
-// Declarations are added op by op by src/cuda/<op>.cu owners (see README "adding an op").
-// Layout of this header: one block per op family, in ops.h catalogue order, each naming its file.
-// Workspace convention: `size_t <op>_workspace_bytes(...)` returns the scratch bytes the op needs
-// (possibly 0); the op takes (void* workspace, size_t workspace_bytes) and throws dsa::Error
-// ("<op>: workspace_bytes ...") when the buffer is null or too small while bytes are needed.
+// The ops with variants and, per op, its variants fastest first (kExact last).
+struct OpVariants {
+  const char* op;
+  const Variant* variants;
+  int count;
+};
+const OpVariants* op_variants(int* n_ops);
+
+// The variant a call runs: `requested` itself when it can run here (else dsa::Error naming the op,
+// the variant and the reason), or for kAuto the first variant of the op's list that can. Host-only
+// (the first query probes the binary's code for the device once: keep it outside graph capture).
+Variant resolve_variant(const IndexerParams& p, Variant requested, const char* op = "indexer_logits");
+Variant resolve_variant(const AttentionParams& p, Variant requested, const char* op);
+Variant resolve_variant(const SparseDecodeParams& p, Variant requested);
 
 // ── 1. numerics and cache records (src/cuda/numerics.cu) ─────────────────────────────────────
 void fp8_block_quantize(const Fp8BlockQuantizeParams& p, cudaStream_t stream);
@@ -43,35 +67,32 @@ void rope_backward(const RopeParams& p, cudaStream_t stream);
 
 // ── 3. indexer quantisation and logits (src/cuda/indexer_quantize.cu, indexer_logits.cu) ───────
 void indexer_quantize_fp8(const IndexerQuantizeParams& p, cudaStream_t stream);
-// Per-element arithmetic (identical in indexer_logits and indexer_topk of the same version):
-//   v1: dot_h = fp32 fmaf chain over d = 0..DI−1; acc = fp32 fmaf(w[t,h], max(dot_h, 0), acc) for
-//       h = 0..HI−1 in order; logit = acc · k_scale[s] (kFp8) or acc.
-//   v2 (kFp8, DI == 128, HI % 16 == 0 ≤ 128, sm_89+; anything else falls back to v1): dot_h from
-//       e4m3 mma.sync (fp32 accumulate), then a fixed per-warp butterfly over 16-head groups and an
-//       in-order sum of the groups (src/cuda/indexer_logits_mma.cu documents the exact order).
-//   v3 = kIndexerWgmmaVersion (opt-in, not a kKernelVersions row; kFp8, HI == 64, DI == 128, sm_90a
-//       code on an sm_90 device; else it runs as v2): dot_h from e4m3 wgmma (fp32 accumulate, the
-//       tensor core's narrower fp8 accumulation), a fixed in-register + quad-shuffle head sum
-//       (src/cuda/indexer_logits_wgmma.cu documents the order). indexer_topk v3 uses it (op 5).
-// kDefaultVersion picks v2 where it applies.
-inline constexpr int kIndexerWgmmaVersion = 3;
-void indexer_logits(const IndexerParams& p, float* logits, cudaStream_t stream, int version = kDefaultVersion);
+// Variants (per-element arithmetic identical in indexer_logits and indexer_topk of one variant):
+//   kWgmma (kFp8, HI == 64, DI == 128, q/k 16-byte aligned, sm_90a): dot_h from e4m3 wgmma (fp32
+//       accumulate, the tensor core's narrower fp8 accumulation), a fixed in-register + quad-shuffle
+//       head sum (indexer_logits_wgmma.cu documents the order).
+//   kMma (kFp8, DI == 128, HI % 16 == 0 ≤ 128, sm_89+): dot_h from e4m3 mma.sync (fp32 accumulate),
+//       a fixed per-warp butterfly over 16-head groups and an in-order sum of the groups
+//       (indexer_logits_mma.cu).
+//   kExact (any precision and shape): dot_h = fp32 fmaf chain over d = 0..DI−1; acc = fp32
+//       fmaf(w[t,h], max(dot_h, 0), acc) for h = 0..HI−1 in order; logit = acc · k_scale[s] (kFp8).
+// kAuto: kWgmma, then kMma for e4m3 inputs; kExact for fp32 / bf16 inputs.
+void indexer_logits(const IndexerParams& p, float* logits, cudaStream_t stream, Variant variant = Variant::kAuto);
 
 // ── 4. top-k (src/cuda/topk.cu): radix select, deterministic, no allocation, no host sync ─────
-size_t topk_select_workspace_bytes(int T, int S, int K, int version = kDefaultVersion);
-void topk_select(const TopkParams& p, void* workspace, size_t workspace_bytes, cudaStream_t stream,
-                 int version = kDefaultVersion);
+// One kernel; the workspace query returns 0 (the argument pair is kept for a uniform call shape).
+size_t topk_select_workspace_bytes(int T, int S, int K);
+void topk_select(const TopkParams& p, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 // ── 5. fused indexer + top-k (src/cuda/indexer_topk.cu) ───────────────────────────────────────
-// v1: never writes logits, O(T·K) memory. v2 (where indexer_logits v2 applies): v2 logits of
-// ≤ 128 MiB of rows at a time in the workspace + topk_select (O(chunk·S) memory). v3 =
-// kIndexerWgmmaVersion: the same chunked pipeline with the v3 (wgmma) logits where they apply, else
-// exactly v2 (then v1); ≡ topk_select(indexer_logits v3) bit for bit. Pass the version to the query.
-// v2/v3 given more workspace than the query asks for run chunks of workspace_bytes / (4·S) rows
-// (same indices; fewer, larger logits launches).
-size_t indexer_topk_workspace_bytes(const IndexerParams& p, int K, int version = kDefaultVersion);
+// kExact: one fused kernel that never writes logits, O(T·K) memory (kExact indexer arithmetic).
+// kMma / kWgmma: that variant's logits for ≤ 128 MiB of rows at a time in the workspace, then
+// topk_select (O(chunk·S) memory); ≡ topk_select(indexer_logits of the same variant) bit for bit.
+// Pass the variant to the query. Given more workspace than the query asks for, they run chunks of
+// workspace_bytes / (4·S) rows (same indices; fewer, larger logits launches).
+size_t indexer_topk_workspace_bytes(const IndexerParams& p, int K, Variant variant = Variant::kAuto);
 void indexer_topk(const IndexerParams& p, int K, int32_t* indices, void* workspace, size_t workspace_bytes,
-                  cudaStream_t stream, int version = kDefaultVersion);
+                  cudaStream_t stream, Variant variant = Variant::kAuto);
 
 // ── 10. indexer backward (src/cuda/indexer_backward.cu): deterministic, no float atomics ───────
 size_t indexer_backward_workspace_bytes(const IndexerBackwardParams& p);
@@ -83,66 +104,50 @@ void indexer_logits_paged(const PagedIndexerParams& p, float* logits, cudaStream
 void paged_to_physical(int B, int next_n, int K, const int32_t* block_table, int max_blocks, int num_pages,
                        int32_t* indices, cudaStream_t stream);
 
-// ── 6–9, 11. attention side (h6b appends below) ───────────────────────────────────────────────
+// ── 6–9, 11. attention side ───────────────────────────────────────────────────────────────────
 // Index / range data the host cannot see without a sync: an index outside [0, S) is invalid (as
 // −1), a malformed key range (ks > ke, outside [0, S]) is empty; topk_length is clamped to [0, K].
-// v1 of every op below: fp32 CUDA-core kernels, bitwise deterministic, every arch (sm_80+).
-// kDefaultVersion and the kKernelVersions rows run v1 for these ops (exact fp32, the table's
-// tolerances); the bf16 tensor-core versions below are opt-in (docs/kernels/sparse_attention.md).
+// q / kv come as fp32 or bf16 (AttentionParams::dtype). kExact kernels (every op below) widen bf16
+// on load and compute in fp32, bitwise deterministic. The tensor-core variants round q, kv (when
+// given fp32) and P to bf16 and accumulate in fp32 (relative error ~1e-3..1e-2 against fp64;
+// docs/kernels/sparse_attention.md).
 
-// 6. sparse_attention_forward.cu — FlashMLA flash_mla_sparse_fwd semantics, any H / Dqk / Dv.
-//    version == kSparseAttentionBf16Version: bf16 tensor cores (mma.sync, sm_80+) for the V3.2 shape
-//    (Dqk 576, Dv 512, H % 64 == 0; other shapes run v1). Opt-in, not a kKernelVersions row: its
-//    bf16 rounding (relative error ~1e-3..1e-2 vs fp64) is outside the table's fp32 tolerances, so
-//    tests/cuda/attention_bf16_test.cu checks it with a bf16 tolerance.
-inline constexpr int kSparseAttentionBf16Version = 3;
-//    version == kSparseAttentionPipelinedVersion: the same bf16 MMAs, kv converted to bf16 once into
-//    the workspace (S·1152 bytes) and gathered by cp.async, double-buffered (same tolerance, opt-in).
-//    Every version but this one needs no workspace (workspace_bytes query → 0).
-inline constexpr int kSparseAttentionPipelinedVersion = 4;
-//    version == kSparseAttentionWgmmaVersion: Hopper bf16 wgmma (sparse_attention_forward_wgmma.cu),
-//    same numerics and tolerance, same workspace (S·1152 bytes, 16-byte aligned), opt-in. Applies to
-//    Dqk 576, Dv 512, H % 64 == 0 on an sm_90 device when the binary carries sm_90a code; anything
-//    else asked for v5 runs as v4 (then v3, then v1), with the same workspace query.
-//    sparse_attention_forward_wgmma_available says whether v5 itself runs (its first call probes the
-//    binary once: a tiny launch + copy, keep it outside CUDA-graph capture).
-inline constexpr int kSparseAttentionWgmmaVersion = 5;
-bool sparse_attention_forward_wgmma_available(const AttentionParams& p);
-size_t sparse_attention_forward_workspace_bytes(const AttentionParams& p, int version = kDefaultVersion);
+// 6. sparse_attention_forward — FlashMLA flash_mla_sparse_fwd semantics.
+//    kWgmma (sparse_attention_forward_wgmma.cu): Dqk 576, Dv 512, H % 64 == 0, sm_90a, q/kv 16-byte
+//      aligned. kMma (sparse_attention_forward_pipelined.cu): mma.sync + cp.async gathers, the same
+//      shapes, sm_80+ with ≥ 156 KiB of shared memory per block. Both read bf16 q/kv as they are; given
+//      fp32 they convert kv to bf16 once into the workspace (S·1152 bytes, 16-byte aligned).
+//    kExact: any H / Dqk / Dv, no workspace.
+size_t sparse_attention_forward_workspace_bytes(const AttentionParams& p, Variant variant = Variant::kAuto);
 void sparse_attention_forward(const AttentionParams& p, const AttentionForwardOut& o, void* workspace,
-                              size_t workspace_bytes, cudaStream_t stream, int version = kDefaultVersion);
-void sparse_attention_forward(const AttentionParams& p, const AttentionForwardOut& o, cudaStream_t stream,
-                              int version = kDefaultVersion);
-// 7. sparse_attention_backward.cu — deterministic: a stable radix sort of the selection gives each
-//    key its (t, slot) entries in ascending order; dkv is summed key-major in that order.
-//    Workspace ≈ 16·T·K + 4·T·H + 4·S bytes (+ cub's sort storage).
-//    version == kSparseAttentionBf16Version (opt-in, sm_80+, any shape; sparse_attention_backward_bf16.cu):
-//    cuBLAS bf16 tensor-core GEMMs over query chunks, dkv reduced key-major in the same sorted order
-//    (bitwise reproducible for fixed shapes, workspace size and device; same bf16 tolerance as the
-//    forward). Its workspace query (pass the version) sizes the default chunk (≤ ~4 GiB); a smaller
-//    workspace, down to the one-query size, runs smaller chunks. Its first call on a device creates a
-//    cached cuBLAS handle (allocates: keep that call out of CUDA-graph capture).
-size_t sparse_attention_backward_workspace_bytes(const AttentionParams& p, int version = kDefaultVersion);
+                              size_t workspace_bytes, cudaStream_t stream, Variant variant = Variant::kAuto);
+// 7. sparse_attention_backward — deterministic: a stable radix sort of the selection gives each key
+//    its (t, slot) entries in ascending order; dkv is summed key-major in that order.
+//    kExact workspace ≈ 16·T·K + 4·T·H + 4·S bytes (+ cub's sort storage).
+//    kCublas (sparse_attention_backward_bf16.cu, sm_80+, any shape): bf16 GEMMs over query chunks, dkv
+//      reduced key-major in the same sorted order (bitwise reproducible for fixed shapes, workspace
+//      size and device). Its query sizes the default chunk (≤ ~4 GiB); a smaller workspace, down to
+//      the one-query size, runs smaller chunks. Its first call on a device creates a cached cuBLAS
+//      handle (allocates: keep that call out of CUDA-graph capture).
+size_t sparse_attention_backward_workspace_bytes(const AttentionParams& p, Variant variant = Variant::kAuto);
 void sparse_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b, void* workspace,
-                               size_t workspace_bytes, cudaStream_t stream, int version = kDefaultVersion);
-// 8. dense_attention_forward.cu / dense_attention_backward.cu — MQA over key ranges.
+                               size_t workspace_bytes, cudaStream_t stream, Variant variant = Variant::kAuto);
+// 8. dense_attention_forward / dense_attention_backward — MQA over key ranges (kExact only).
 //    Backward workspace: Δ, 4·T·H bytes.
-void dense_attention_forward(const AttentionParams& p, const AttentionForwardOut& o, cudaStream_t stream,
-                             int version = kDefaultVersion);
+void dense_attention_forward(const AttentionParams& p, const AttentionForwardOut& o, cudaStream_t stream);
 size_t dense_attention_backward_workspace_bytes(const AttentionParams& p);
 void dense_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b, void* workspace,
-                              size_t workspace_bytes, cudaStream_t stream, int version = kDefaultVersion);
-// 9. indexer_kl.cu — no workspace (the backward parks p̃ in d_index_logits before rewriting it).
-void indexer_kl_forward(const IndexerKlParams& p, float* loss, cudaStream_t stream, int version = kDefaultVersion);
-void indexer_kl_backward(const IndexerKlParams& p, const float* dloss, float* d_index_logits, cudaStream_t stream,
-                         int version = kDefaultVersion);
-// 11. sparse_attention_decode.cu — split-KV over the K slots + combine; the split count depends on
-//     the shapes only. Workspace: splits·B·next_n·H·513 floats (0 when one split suffices).
-//     version == kSparseAttentionBf16Version: the bf16 tensor-core tile over the cache (H % 64 == 0),
-//     one block per row × 64 heads, no split-KV, no workspace (same bf16 tolerance, opt-in).
-size_t sparse_attention_decode_workspace_bytes(const SparseDecodeParams& p);
+                              size_t workspace_bytes, cudaStream_t stream);
+// 9. indexer_kl.cu — kExact only, no workspace (the backward parks p̃ in d_index_logits first).
+void indexer_kl_forward(const IndexerKlParams& p, float* loss, cudaStream_t stream);
+void indexer_kl_backward(const IndexerKlParams& p, const float* dloss, float* d_index_logits, cudaStream_t stream);
+// 11. sparse_attention_decode.cu — kExact: split-KV over the K slots + combine; the split count
+//     depends on the shapes only; workspace splits·B·next_n·H·513 floats (0 when one split suffices).
+//     kMma: the bf16 tensor-core tile over the cache (H % 64 == 0, sm_80+), one block per row × 64
+//     heads, no split-KV, no workspace. kAuto: kMma for bf16 q, kExact for fp32 q.
+size_t sparse_attention_decode_workspace_bytes(const SparseDecodeParams& p, Variant variant = Variant::kAuto);
 void sparse_attention_decode(const SparseDecodeParams& p, void* workspace, size_t workspace_bytes, cudaStream_t stream,
-                             int version = kDefaultVersion);
+                             Variant variant = Variant::kAuto);
 
 // ── 12. model layers (src/cuda/layers.cu, src/cuda/layers_norm.cu) ─────────────────────────────
 // ops.h §12 with device pointers: same math, same write/accumulate rules (every backward
@@ -184,5 +189,13 @@ void cross_entropy_forward(const float* logits, const int32_t* targets, float* l
                            cudaStream_t stream);
 void cross_entropy_backward(const float* logits, const int32_t* targets, float dloss, float* dlogits, int64_t N,
                             int V, cudaStream_t stream);
+
+// ── the CUDA backend of dsa/backend.h (src/cuda/backend.cu) ───────────────────────────────────
+// Every op on device pointers, in call order on `stream` (null: a stream the backend creates), on
+// the device current when make_backend is called. `variant` is a class: an op that has that variant
+// runs it (a dsa::Error when it cannot run the call), every other op runs its kAuto choice. The backend owns
+// one workspace, grown (stream-ordered) to the largest query seen, so a call allocates only when a
+// shape needs more than any call before it.
+std::unique_ptr<Backend> make_backend(cudaStream_t stream = nullptr, Variant variant = Variant::kAuto);
 
 }  // namespace dsa::cuda

@@ -126,7 +126,15 @@ void validate_sparse_decode_args(const SparseDecodeParams& p) {
   DSA_REQUIRE(p.format == KvCacheFormat::kFp32 || p.format == KvCacheFormat::kBf16 ||
                   p.format == KvCacheFormat::kFp8Record,
               op, "format = ", static_cast<int>(p.format), " is not a KvCacheFormat");
-  require_ptr(p.q, op, "q");
+  DSA_REQUIRE(p.q_dtype == DType::kF32 || p.q_dtype == DType::kBF16, op, "q_dtype = ", static_cast<int>(p.q_dtype),
+              " is not fp32 or bf16");
+  if (p.q_dtype == DType::kF32) {
+    require_ptr(p.q, op, "q");
+    DSA_REQUIRE(p.q_bf16 == nullptr, op, "q_bf16 is set but q_dtype is fp32");
+  } else {
+    require_ptr(p.q_bf16, op, "q_bf16 (q_dtype bf16)");
+    DSA_REQUIRE(p.q == nullptr, op, "q is set but q_dtype is bf16");
+  }
   require_ptr(p.cache, op, "cache");
   require_ptr(p.indices, op, "indices");
   require_ptr(p.out, op, "out");

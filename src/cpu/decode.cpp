@@ -197,7 +197,10 @@ void sparse_attention_decode(const SparseDecodeParams& p) {
       if (p.indices[r * p.K + k] != kInvalidIndex) slots.push_back(p.indices[r * p.K + k]);
     const int64_t nv = static_cast<int64_t>(slots.size());
     for (int h = 0; h < H; ++h)
-      for (int d = 0; d < kRowDim; ++d) qT[static_cast<size_t>(d) * H + h] = p.q[(r * H + h) * kRowDim + d];
+      for (int d = 0; d < kRowDim; ++d) {
+        const int64_t i = (r * H + h) * kRowDim + d;
+        qT[static_cast<size_t>(d) * H + h] = p.q_dtype == DType::kBF16 ? bf16_to_float(p.q_bf16[i]) : p.q[i];
+      }
 
     // Phase 1, one slot per task: dequantise its record ONCE for this row, then its logits for all
     // H heads, z[h, i] = scale · Σ_d q[r,h,d]·kv[i,d] (fp64, sequential in d; the loop over h

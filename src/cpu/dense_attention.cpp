@@ -16,6 +16,7 @@
 #include <algorithm>
 
 #include "cpu/attention_common.h"
+#include "cpu/attention_dtype.h"
 
 namespace dsa::cpu {
 
@@ -57,7 +58,9 @@ void key_pointers(const float* kv, int Dqk, int j0, int nb, const float** keys) 
 
 }  // namespace
 
-void dense_attention_forward(const AttentionParams& p, const AttentionForwardOut& o) {
+void dense_attention_forward(const AttentionParams& p_in, const AttentionForwardOut& o) {
+  attn::Fp32Inputs inputs;
+  const AttentionParams& p = inputs.fp32(p_in, kFwdOp);
   attn::validate_params(p, attn::Selection::kDense, kFwdOp);
   attn::validate_forward_out(o, kFwdOp);
   const int Bq = query_block_size(p.H);
@@ -89,7 +92,9 @@ void dense_attention_forward(const AttentionParams& p, const AttentionForwardOut
   }
 }
 
-void dense_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b) {
+void dense_attention_backward(const AttentionParams& p_in, const AttentionBackwardArgs& b) {
+  attn::Fp32Inputs inputs;
+  const AttentionParams& p = inputs.fp32(p_in, kBwdOp);
   attn::validate_params(p, attn::Selection::kDense, kBwdOp);
   attn::validate_backward_args(b, kBwdOp);
   const int64_t n_rows = static_cast<int64_t>(p.T) * p.H;

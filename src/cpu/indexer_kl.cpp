@@ -14,6 +14,7 @@
 
 #include "common/check.h"
 #include "cpu/attention_common.h"
+#include "cpu/attention_dtype.h"
 
 namespace dsa::cpu {
 
@@ -104,7 +105,10 @@ void compute_row(const IndexerKlParams& p, int t, RowWork& w) {
 
 }  // namespace
 
-void indexer_kl_forward(const IndexerKlParams& p, float* loss) {
+void indexer_kl_forward(const IndexerKlParams& p_in, float* loss) {
+  attn::Fp32Inputs inputs;
+  IndexerKlParams p = p_in;
+  p.attn = inputs.fp32(p_in.attn, kFwdOp);
   validate(p, kFwdOp);
   detail::require_ptr(loss, kFwdOp, "loss");
 #pragma omp parallel
@@ -121,7 +125,10 @@ void indexer_kl_forward(const IndexerKlParams& p, float* loss) {
   }
 }
 
-void indexer_kl_backward(const IndexerKlParams& p, const float* dloss, float* d_index_logits) {
+void indexer_kl_backward(const IndexerKlParams& p_in, const float* dloss, float* d_index_logits) {
+  attn::Fp32Inputs inputs;
+  IndexerKlParams p = p_in;
+  p.attn = inputs.fp32(p_in.attn, kBwdOp);
   validate(p, kBwdOp);
   detail::require_ptr(d_index_logits, kBwdOp, "d_index_logits");
   const int64_t row = logit_row(p);

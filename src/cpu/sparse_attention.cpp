@@ -18,6 +18,7 @@
 #include <algorithm>
 
 #include "cpu/attention_common.h"
+#include "cpu/attention_dtype.h"
 
 namespace dsa::cpu {
 
@@ -45,7 +46,9 @@ void query_rows(const AttentionParams& p, int t, int nb, attn::TileRows& rows) {
 
 }  // namespace
 
-void sparse_attention_forward(const AttentionParams& p, const AttentionForwardOut& o) {
+void sparse_attention_forward(const AttentionParams& p_in, const AttentionForwardOut& o) {
+  attn::Fp32Inputs inputs;
+  const AttentionParams& p = inputs.fp32(p_in, kFwdOp);
   attn::validate_params(p, attn::Selection::kSparse, kFwdOp);
   attn::validate_forward_out(o, kFwdOp);
 #pragma omp parallel
@@ -73,7 +76,9 @@ void sparse_attention_forward(const AttentionParams& p, const AttentionForwardOu
   }
 }
 
-void sparse_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b) {
+void sparse_attention_backward(const AttentionParams& p_in, const AttentionBackwardArgs& b) {
+  attn::Fp32Inputs inputs;
+  const AttentionParams& p = inputs.fp32(p_in, kBwdOp);
   attn::validate_params(p, attn::Selection::kSparse, kBwdOp);
   attn::validate_backward_args(b, kBwdOp);
   const int64_t n_rows = static_cast<int64_t>(p.T) * p.H;

@@ -58,8 +58,7 @@ size_t dense_attention_backward_workspace_bytes(const AttentionParams& p) {
 }
 
 void dense_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b, void* workspace,
-                              size_t workspace_bytes, cudaStream_t stream, int version) {
-  (void)version;  // single kernel so far
+                              size_t workspace_bytes, cudaStream_t stream) {
   validate(p, b);
   const size_t need = sizeof(float) * static_cast<size_t>(p.T) * p.H;
   DSA_REQUIRE(need == 0 || (workspace != nullptr && workspace_bytes >= need), kOp, "workspace_bytes = ",

@@ -15,8 +15,7 @@ constexpr const char* kOp = "dense_attention_forward";
 
 }  // namespace
 
-void dense_attention_forward(const AttentionParams& p, const AttentionForwardOut& o, cudaStream_t stream, int version) {
-  (void)version;  // single kernel so far
+void dense_attention_forward(const AttentionParams& p, const AttentionForwardOut& o, cudaStream_t stream) {
   attn::validate_params(p, false, kOp);
   ::dsa::detail::require_ptr(o.out, kOp, "out");
   ::dsa::detail::require_ptr(o.lse, kOp, "lse");

@@ -173,16 +173,13 @@ void launch(const IndexerKlParams& p, const float* dloss, float* loss, float* d_
 
 }  // namespace
 
-void indexer_kl_forward(const IndexerKlParams& p, float* loss, cudaStream_t stream, int version) {
-  (void)version;  // single kernel so far
+void indexer_kl_forward(const IndexerKlParams& p, float* loss, cudaStream_t stream) {
   validate(p, kFwdOp);
   ::dsa::detail::require_ptr(loss, kFwdOp, "loss");
   launch(p, nullptr, loss, nullptr, stream, kFwdOp);
 }
 
-void indexer_kl_backward(const IndexerKlParams& p, const float* dloss, float* d_index_logits, cudaStream_t stream,
-                         int version) {
-  (void)version;
+void indexer_kl_backward(const IndexerKlParams& p, const float* dloss, float* d_index_logits, cudaStream_t stream) {
   validate(p, kBwdOp);
   ::dsa::detail::require_ptr(d_index_logits, kBwdOp, "d_index_logits");
   launch(p, dloss, nullptr, d_index_logits, stream, kBwdOp);

@@ -63,15 +63,15 @@ void indexer_logits_v1(const IndexerParams& p, float* logits, cudaStream_t strea
 }
 }  // namespace detail
 
-void indexer_logits(const IndexerParams& p, float* logits, cudaStream_t stream, int version) {
+void indexer_logits(const IndexerParams& p, float* logits, cudaStream_t stream, Variant variant) {
   constexpr const char* op = "indexer_logits";
   detail::validate_indexer_host(p, op);
   ::dsa::detail::require_ptr(logits, op, "logits");
-  // Version 3 (wgmma, sm_90a; indexer_logits_wgmma.cu) where it applies, else it runs as version 2.
-  if (detail::use_logits_wgmma(p, version)) detail::indexer_logits_wgmma(p, logits, stream);
-  else if (detail::use_logits_mma(p, version == kIndexerWgmmaVersion ? 2 : version))
-    detail::indexer_logits_mma(p, logits, stream);
-  else detail::indexer_logits_v1(p, logits, stream);
+  switch (resolve_variant(p, variant, op)) {   // the op's one dispatch point
+    case Variant::kWgmma: detail::indexer_logits_wgmma(p, logits, stream); break;
+    case Variant::kMma: detail::indexer_logits_mma(p, logits, stream); break;
+    default: detail::indexer_logits_v1(p, logits, stream); break;
+  }
 }
 
 }  // namespace dsa::cuda

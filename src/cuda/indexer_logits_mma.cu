@@ -163,8 +163,7 @@ __global__ void __launch_bounds__(kThreads) indexer_logits_mma_kernel(IndexerPar
 
 namespace detail {
 
-bool use_logits_mma(const IndexerParams& p, int version) {
-  if (version != kDefaultVersion && version < 2) return false;
+bool use_logits_mma(const IndexerParams& p) {
   if (p.precision != Precision::kFp8 || p.DI != kIndexerKeyDim) return false;
   if (p.HI % kHeadTile != 0 || p.HI > kWarps * kHeadTile) return false;
   // Both the device AND the code that will run must be sm_89+: a binary built only for sm_80 runs

@@ -7,7 +7,7 @@
 namespace dsa::cuda::detail {
 
 // True when `version` selects the tensor-core path and it applies (kFp8, DI == 128, sm_89+).
-bool use_logits_mma(const IndexerParams& p, int version);
+bool use_logits_mma(const IndexerParams& p);
 void indexer_logits_mma(const IndexerParams& p, float* logits, cudaStream_t stream);
 void indexer_logits_v1(const IndexerParams& p, float* logits, cudaStream_t stream);
 

@@ -438,8 +438,7 @@ bool kernel_has_wgmma() {
 
 namespace detail {
 
-bool use_logits_wgmma(const IndexerParams& p, int version) {
-  if (version != kIndexerWgmmaVersion) return false;
+bool use_logits_wgmma(const IndexerParams& p) {
   if (p.precision != Precision::kFp8 || p.DI != kIndexerKeyDim || p.HI != kHeads) return false;
   if (reinterpret_cast<uintptr_t>(p.q) % kChunk != 0 || reinterpret_cast<uintptr_t>(p.k) % kChunk != 0) return false;
   if (device_sm_version() != kSmVersion) return false;  // wgmma exists on sm_90 only

@@ -10,7 +10,7 @@ namespace dsa::cuda::detail {
 // 16-byte aligned, an sm_90 device, and the binary carries this file's sm_90a code (probed once).
 // The probe (first call only) launches a one-thread kernel and copies 4 bytes back: it allocates and
 // synchronizes once, so make the first version-3 call outside CUDA-graph capture.
-bool use_logits_wgmma(const IndexerParams& p, int version);
+bool use_logits_wgmma(const IndexerParams& p);
 void indexer_logits_wgmma(const IndexerParams& p, float* logits, cudaStream_t stream);
 // Tuning hook (bench, tests): runs v3 configuration `config` (0 = the default) with no applicability
 // check (the caller checks use_logits_wgmma), returns its name, or nullptr past the last one.

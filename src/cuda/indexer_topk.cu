@@ -108,27 +108,21 @@ int mma_chunk_rows(const IndexerParams& p) {
   return static_cast<int>(std::min<size_t>(rows, size_t(std::max(p.T, 1))));
 }
 
-// The logits kernel of the chunked path for `version`, or kNone (the v1 fused kernel runs).
-enum class ChunkedLogits { kNone, kMma, kWgmma };
-ChunkedLogits chunked_logits(const IndexerParams& p, int version) {
-  if (detail::use_logits_wgmma(p, version)) return ChunkedLogits::kWgmma;
-  if (detail::use_logits_mma(p, version == kIndexerWgmmaVersion ? 2 : version)) return ChunkedLogits::kMma;
-  return ChunkedLogits::kNone;
-}
 
-size_t indexer_topk_workspace_bytes(const IndexerParams& p, int K, int version) {
+size_t indexer_topk_workspace_bytes(const IndexerParams& p, int K, Variant variant) {
   if (K < 1 || K > kMaxTopK || p.T <= 0) return 0;
-  if (chunked_logits(p, version) != ChunkedLogits::kNone) return size_t(mma_chunk_rows(p)) * p.S * sizeof(float);
+  if (resolve_variant(p, variant, "indexer_topk") != Variant::kExact) return size_t(mma_chunk_rows(p)) * p.S * sizeof(float);
   return buffer_in_smem(K) ? 0 : size_t(p.T) * buffer_cap(K) * sizeof(uint64_t);
 }
 
 void indexer_topk(const IndexerParams& p, int K, int32_t* indices, void* workspace, size_t workspace_bytes,
-                  cudaStream_t stream, int version) {
+                  cudaStream_t stream, Variant variant) {
   constexpr const char* op = "indexer_topk";
   detail::validate_indexer_host(p, op);
   detail::validate_topk_budget(K, op);
   ::dsa::detail::require_ptr(indices, op, "indices");
-  const size_t need = indexer_topk_workspace_bytes(p, K, version);
+  const Variant v = resolve_variant(p, variant, op);   // the op's one dispatch point
+  const size_t need = indexer_topk_workspace_bytes(p, K, v);
   if (need > 0 && (workspace == nullptr || workspace_bytes < need))
     ::dsa::detail::fail(op, "workspace_bytes = ", workspace_bytes, " is less than the ", need, " required");
   if (p.T == 0) return;
@@ -136,8 +130,7 @@ void indexer_topk(const IndexerParams& p, int K, int32_t* indices, void* workspa
   const bool in_smem = need == 0;
   const size_t smem = in_smem ? size_t(cap) * sizeof(uint64_t) : 0;
   auto* ws = static_cast<uint64_t*>(workspace);
-  const ChunkedLogits chunked = chunked_logits(p, version);
-  if (chunked != ChunkedLogits::kNone) {
+  if (v != Variant::kExact) {
     const size_t fit = workspace_bytes / (std::max<size_t>(size_t(p.S), 1) * sizeof(float));
     const int rows = std::max(mma_chunk_rows(p), static_cast<int>(std::min<size_t>(fit, size_t(p.T))));
     auto* chunk_logits = static_cast<float*>(workspace);
@@ -149,12 +142,10 @@ void indexer_topk(const IndexerParams& p, int K, int32_t* indices, void* workspa
       sub.ks = p.ks + t0;
       sub.ke = p.ke + t0;
       // sub.q stays 16-byte aligned (t0·HI·DI bytes, DI = 128), so v3's applicability holds per chunk.
-      if (chunked == ChunkedLogits::kWgmma) detail::indexer_logits_wgmma(sub, chunk_logits, stream);
+      if (v == Variant::kWgmma) detail::indexer_logits_wgmma(sub, chunk_logits, stream);
       else detail::indexer_logits_mma(sub, chunk_logits, stream);
-      // topk_select v2: the selection topk_select runs for versions 2 and 3 (the strict total order
-      // of select_key makes every topk_select version return the same indices).
       topk_select(TopkParams{sub.T, p.S, K, chunk_logits, sub.ks, sub.ke, indices + int64_t(t0) * K}, nullptr, 0,
-                  stream, 2);
+                  stream);
     }
     return;
   }

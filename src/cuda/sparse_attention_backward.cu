@@ -79,17 +79,17 @@ __global__ void __launch_bounds__(attn::kThreads) sparse_bwd_dkv(DkvArgs a) {
 
 }  // namespace
 
-size_t sparse_attention_backward_workspace_bytes(const AttentionParams& p, int version) {
-  if (version == kSparseAttentionBf16Version && attn::sparse_backward_bf16_fits(p))
-    return attn::sparse_backward_bf16_workspace(p, kOp);
+size_t sparse_attention_backward_workspace_bytes(const AttentionParams& p, Variant variant) {
+  attn::validate_params(p, true, kOp);
+  if (resolve_variant(p, variant, kOp) == Variant::kCublas) return attn::sparse_backward_bf16_workspace(p, kOp);
   validate_shape(p);
   return plan(p, nullptr).total;
 }
 
 void sparse_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b, void* workspace,
-                               size_t workspace_bytes, cudaStream_t stream, int version) {
+                               size_t workspace_bytes, cudaStream_t stream, Variant variant) {
   validate(p, b);
-  if (version == kSparseAttentionBf16Version && attn::sparse_backward_bf16_fits(p)) {
+  if (resolve_variant(p, variant, kOp) == Variant::kCublas) {
     attn::sparse_backward_bf16(p, b, workspace, workspace_bytes, stream, kOp);
     return;
   }

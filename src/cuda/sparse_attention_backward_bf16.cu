@@ -255,7 +255,7 @@ void sparse_backward_bf16(const AttentionParams& p, const AttentionBackwardArgs&
     DSA_REQUIRE(workspace != nullptr && workspace_bytes >= need, op, "workspace_bytes = ", workspace_bytes,
                 " (workspace ", workspace ? "set" : "null", ") is smaller than the ", need,
                 " B a one-query chunk needs (sparse_attention_backward_workspace_bytes asks for ",
-                make_plan(p, dflt, nullptr, op).total, " B, version ", kSparseAttentionBf16Version, ")");
+                make_plan(p, dflt, nullptr, op).total, " B, variant cublas)");
     tc = largest_chunk(p, dflt, workspace_bytes, op);
   }
   DSA_CUDA_CALL(op, cudaMemsetAsync(b.dkv, 0, sizeof(float) * static_cast<size_t>(p.S) * p.Dqk, stream));

@@ -138,20 +138,21 @@ __global__ void __launch_bounds__(attn::kThreads) sparse_decode_combine(DecodeAr
 
 }  // namespace
 
-size_t sparse_attention_decode_workspace_bytes(const SparseDecodeParams& p) {
+size_t sparse_attention_decode_workspace_bytes(const SparseDecodeParams& p, Variant variant) {
   using namespace ::dsa::detail;
   require_positive(p.B, kOp, "B");
   DSA_REQUIRE(p.next_n == 1 || p.next_n == 2, kOp, "next_n = ", p.next_n, " must be 1 or 2");
   require_positive(p.H, kOp, "H");
   require_positive(p.K, kOp, "K");
+  if (resolve_variant(p, variant) == Variant::kMma) return 0;
   return plan(p).workspace;
 }
 
 void sparse_attention_decode(const SparseDecodeParams& p, void* workspace, size_t workspace_bytes, cudaStream_t stream,
-                             int version) {
+                             Variant variant) {
   // Host-visible checks only: indices and topk_length live on the device (cuda_ops.h contract).
   ::dsa::detail::validate_sparse_decode_args(p);
-  if (version == kSparseAttentionBf16Version && attn::sparse_decode_bf16_fits(p)) {
+  if (resolve_variant(p, variant) == Variant::kMma) {
     attn::sparse_decode_bf16(p, stream, kOp);   // needs no workspace
     return;
   }

@@ -1,6 +1,6 @@
 // topk.cu — op 4 on the GPU: topk_select by radix select, one thread block per row.
-// Two kernels, one dispatch point (topk_select at the end): v1 = the multi-pass radix select below;
-// v2 (the default; K ≤ 2048) = a sampled threshold + one pass + shared-memory select (see
+// Two kernels, one dispatch point (topk_select at the end), chosen by K alone: v1 = the multi-pass radix
+// select below (K > 2048); v2 (K ≤ 2048) = a sampled threshold + one pass + shared-memory select (see
 // topk_v2_kernel), falling back to v1's code per row. Both return the same (unique) answer. v2 has
 // tuning configurations (kV2Configs), among them DENSE ones that handle the pass's hits through
 // per-warp queues (see kQueue); all of them return that same answer.
@@ -637,9 +637,9 @@ static_assert((kSortWidth + kV2DefaultCap) * sizeof(uint64_t) <= 99 * 1024, "the
 
 }  // namespace
 
-size_t topk_select_workspace_bytes(int, int, int, int) { return 0; }
+size_t topk_select_workspace_bytes(int, int, int) { return 0; }
 
-void topk_select(const TopkParams& p, void*, size_t, cudaStream_t stream, int version) {
+void topk_select(const TopkParams& p, void*, size_t, cudaStream_t stream) {
   constexpr const char* op = "topk_select";
   ::dsa::detail::require_non_negative(p.T, op, "T");
   ::dsa::detail::require_non_negative(p.S, op, "S");
@@ -649,7 +649,7 @@ void topk_select(const TopkParams& p, void*, size_t, cudaStream_t stream, int ve
   ::dsa::detail::require_ptr(p.ks, op, "ks");
   ::dsa::detail::require_ptr(p.ke, op, "ke");
   if (p.T == 0) return;
-  if (version != 1 && p.K <= kSampledMaxK) {  // v2 (and the default)
+  if (p.K <= kSampledMaxK) {  // v2
     kV2Configs[0].launch(p, stream);
     return;
   }

@@ -1,9 +1,8 @@
 // exec.h — where the model's passes run. src/model/forward.cpp writes the model's forward and backward
-// ONCE against this interface; the CPU executor (exec_cpu.cpp) forwards every call to the dsa::cpu ops
-// on host memory, the CUDA executor (src/cuda/model_exec.cu, built with the CUDA backend) to the
-// dsa::cuda ops on device memory with the same parameter structs. Every op method has the signature
-// of its ops.h op with pointers into this executor's memory; the glue methods below them are the few
-// loops the model writes inline (residual adds, strided copies, the window baseline's indices).
+// ONCE against this interface. The ops run on the executor's dsa::Backend (ops(): the CPU backend on
+// host memory for exec_cpu.cpp, a CUDA backend on device memory for exec_cuda.cu, built with the CUDA
+// backend); the executor adds the memory, the parameter mirrors and the glue — the few loops the model
+// writes inline (residual adds, strided copies, the window baseline's indices).
 #pragma once
 
 #include <cstdint>
@@ -12,6 +11,7 @@
 #include <mutex>
 #include <vector>
 
+#include "dsa/backend.h"
 #include "model/impl.h"
 
 namespace dsa::model {
@@ -78,36 +78,8 @@ class Exec {
   virtual void mm_xw(int64_t N, int I, int O, const float* x, int64_t ldx, const float* W, int64_t ldw, float* y,
                      int64_t ldy) = 0;
 
-  // ── ops.h ops ──
-  virtual void linear_forward(const float* x, const float* w, float* y, int64_t N, int I, int O) = 0;
-  virtual void linear_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, int64_t N, int I,
-                               int O, bool accumulate_dx) = 0;
-  virtual void rmsnorm_forward(const float* x, const float* w, float* y, float* rstd, int64_t N, int C, float eps) = 0;
-  virtual void rmsnorm_backward(const float* x, const float* w, const float* rstd, const float* dy, float* dx, float* dw,
-                                int64_t N, int C) = 0;
-  virtual void layernorm_forward(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd,
-                                 int64_t N, int C, float eps) = 0;
-  virtual void layernorm_backward(const float* x, const float* w, const float* mean, const float* rstd, const float* dy,
-                                  float* dx, float* dw, float* db, int64_t N, int C) = 0;
-  virtual void swiglu_forward(const float* g, const float* u, float* a, int64_t N) = 0;
-  virtual void swiglu_backward(const float* g, const float* u, const float* da, float* dg, float* du, int64_t N) = 0;
-  virtual void embedding_forward(const int32_t* tokens, const float* table, float* out, int64_t N, int V, int C) = 0;
-  virtual void embedding_backward(const int32_t* tokens, const float* dout, float* dtable, int64_t N, int V, int C) = 0;
-  virtual double cross_entropy_forward(const float* logits, const int32_t* targets, int64_t N, int V) = 0;   // Σ loss
-  virtual void cross_entropy_backward(const float* logits, const int32_t* targets, float dloss, float* dlogits,
-                                      int64_t N, int V) = 0;
-  virtual void rope_forward(const RopeParams& p) = 0;
-  virtual void rope_backward(const RopeParams& p) = 0;
-  virtual void hadamard_transform(float* x, int64_t N, int D) = 0;
-  virtual void indexer_logits(const IndexerParams& p, float* logits) = 0;
-  virtual void topk_select(const TopkParams& p) = 0;
-  virtual void indexer_backward(const IndexerBackwardParams& p) = 0;
-  virtual void indexer_kl_forward(const IndexerKlParams& p, float* loss) = 0;
-  virtual void indexer_kl_backward(const IndexerKlParams& p, const float* dloss, float* d_index_logits) = 0;
-  virtual void sparse_attention_forward(const AttentionParams& p, const AttentionForwardOut& o) = 0;
-  virtual void sparse_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b) = 0;
-  virtual void dense_attention_forward(const AttentionParams& p, const AttentionForwardOut& o) = 0;
-  virtual void dense_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b) = 0;
+  // ── the ops of dsa/backend.h, on this executor's memory ──
+  virtual Backend& ops() = 0;
 };
 
 // Host buffers of CPU passes: freed ones come back here and are handed out again by size. A training

@@ -83,67 +83,7 @@ class CpuExec final : public Exec {
     model::mm_xw(exact_, N, I, O, x, ldx, W, ldw, y, ldy);
   }
 
-  void linear_forward(const float* x, const float* w, float* y, int64_t N, int I, int O) override {
-    cpu::linear_forward(x, w, y, N, I, O);
-  }
-  void linear_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, int64_t N, int I, int O,
-                       bool accumulate_dx) override {
-    cpu::linear_backward(x, w, dy, dx, dw, N, I, O, accumulate_dx);
-  }
-  void rmsnorm_forward(const float* x, const float* w, float* y, float* rstd, int64_t N, int C, float eps) override {
-    cpu::rmsnorm_forward(x, w, y, rstd, N, C, eps);
-  }
-  void rmsnorm_backward(const float* x, const float* w, const float* rstd, const float* dy, float* dx, float* dw,
-                        int64_t N, int C) override {
-    cpu::rmsnorm_backward(x, w, rstd, dy, dx, dw, N, C);
-  }
-  void layernorm_forward(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd, int64_t N,
-                         int C, float eps) override {
-    cpu::layernorm_forward(x, w, b, y, mean, rstd, N, C, eps);
-  }
-  void layernorm_backward(const float* x, const float* w, const float* mean, const float* rstd, const float* dy,
-                          float* dx, float* dw, float* db, int64_t N, int C) override {
-    cpu::layernorm_backward(x, w, mean, rstd, dy, dx, dw, db, N, C);
-  }
-  void swiglu_forward(const float* g, const float* u, float* a, int64_t N) override { cpu::swiglu_forward(g, u, a, N); }
-  void swiglu_backward(const float* g, const float* u, const float* da, float* dg, float* du, int64_t N) override {
-    cpu::swiglu_backward(g, u, da, dg, du, N);
-  }
-  void embedding_forward(const int32_t* tokens, const float* table, float* out, int64_t N, int V, int C) override {
-    cpu::embedding_forward(tokens, table, out, N, V, C);
-  }
-  void embedding_backward(const int32_t* tokens, const float* dout, float* dtable, int64_t N, int V, int C) override {
-    cpu::embedding_backward(tokens, dout, dtable, N, V, C);
-  }
-  double cross_entropy_forward(const float* logits, const int32_t* targets, int64_t N, int V) override {
-    return cpu::cross_entropy_forward(logits, targets, nullptr, N, V);
-  }
-  void cross_entropy_backward(const float* logits, const int32_t* targets, float dloss, float* dlogits, int64_t N,
-                              int V) override {
-    cpu::cross_entropy_backward(logits, targets, dloss, dlogits, N, V);
-  }
-  void rope_forward(const RopeParams& p) override { cpu::rope_forward(p); }
-  void rope_backward(const RopeParams& p) override { cpu::rope_backward(p); }
-  void hadamard_transform(float* x, int64_t N, int D) override { cpu::hadamard_transform(x, N, D); }
-  void indexer_logits(const IndexerParams& p, float* logits) override { cpu::indexer_logits(p, logits); }
-  void topk_select(const TopkParams& p) override { cpu::topk_select(p); }
-  void indexer_backward(const IndexerBackwardParams& p) override { cpu::indexer_backward(p); }
-  void indexer_kl_forward(const IndexerKlParams& p, float* loss) override { cpu::indexer_kl_forward(p, loss); }
-  void indexer_kl_backward(const IndexerKlParams& p, const float* dloss, float* d_index_logits) override {
-    cpu::indexer_kl_backward(p, dloss, d_index_logits);
-  }
-  void sparse_attention_forward(const AttentionParams& p, const AttentionForwardOut& o) override {
-    cpu::sparse_attention_forward(p, o);
-  }
-  void sparse_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b) override {
-    cpu::sparse_attention_backward(p, b);
-  }
-  void dense_attention_forward(const AttentionParams& p, const AttentionForwardOut& o) override {
-    cpu::dense_attention_forward(p, o);
-  }
-  void dense_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b) override {
-    cpu::dense_attention_backward(p, b);
-  }
+  Backend& ops() override { return cpu_backend(); }
 
  private:
   bool exact_;

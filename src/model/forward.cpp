@@ -97,19 +97,19 @@ void indexer_param_backward(Exec& ex, const Model::Impl& m, int l, const LayerAc
   // inverts iw = (xn·Wwᵀ)·HI^-½·DI^-½
   const float wscale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d.HI) * d.DI));
   ex.scale(dwi.data(), wscale, T * d.HI);
-  ex.linear_backward(A.xn.data(), ex.param(L.idx_w), dwi.data(), nullptr, ex.grad(L.idx_w), T, d.D, d.HI, false);
+  ex.ops().linear_backward(A.xn.data(), ex.param(L.idx_w), dwi.data(), nullptr, ex.grad(L.idx_w), T, d.D, d.HI, false);
   // inverts iq = Hadamard(RoPE_rh(qan·Wqᵀ)): Hadamard is symmetric orthonormal (its own transpose)
-  ex.hadamard_transform(dqi.data(), T * d.HI, d.DI);
-  ex.rope_backward(rope(T, d.HI, d.DI, 0, d.dr, RopeLayout::kRotateHalf, pos, ex.inv_freq(), dqi.data()));
-  ex.linear_backward(A.qan.data(), ex.param(L.idx_wq), dqi.data(), nullptr, ex.grad(L.idx_wq), T, d.qr, d.HI * d.DI,
+  ex.ops().hadamard_transform(dqi.data(), T * d.HI, d.DI);
+  ex.ops().rope_backward(rope(T, d.HI, d.DI, 0, d.dr, RopeLayout::kRotateHalf, pos, ex.inv_freq(), dqi.data()));
+  ex.ops().linear_backward(A.qan.data(), ex.param(L.idx_wq), dqi.data(), nullptr, ex.grad(L.idx_wq), T, d.qr, d.HI * d.DI,
                      false);
   // inverts ik = Hadamard(RoPE_rh(LayerNorm(xn·Wkᵀ)))
-  ex.hadamard_transform(dki.data(), T, d.DI);
-  ex.rope_backward(rope(T, 1, d.DI, 0, d.dr, RopeLayout::kRotateHalf, pos, ex.inv_freq(), dki.data()));
+  ex.ops().hadamard_transform(dki.data(), T, d.DI);
+  ex.ops().rope_backward(rope(T, 1, d.DI, 0, d.dr, RopeLayout::kRotateHalf, pos, ex.inv_freq(), dki.data()));
   FBuf dkpre = ex.zeros(T * d.DI);
-  ex.layernorm_backward(kpre.data(), ex.param(L.idx_norm_w), kmean.data(), krstd.data(), dki.data(), dkpre.data(),
+  ex.ops().layernorm_backward(kpre.data(), ex.param(L.idx_norm_w), kmean.data(), krstd.data(), dki.data(), dkpre.data(),
                         ex.grad(L.idx_norm_w), ex.grad(L.idx_norm_b), T, d.DI);
-  ex.linear_backward(A.xn.data(), ex.param(L.idx_wk), dkpre.data(), nullptr, ex.grad(L.idx_wk), T, d.D, d.DI, false);
+  ex.ops().linear_backward(A.xn.data(), ex.param(L.idx_wk), dkpre.data(), nullptr, ex.grad(L.idx_wk), T, d.D, d.DI, false);
 }
 
 // Indexer recall of one layer (host memory only: the CPU executor).
@@ -236,7 +236,7 @@ RunResult run(const Model::Impl& m, Exec& ex, const Batch& batch, const RunOptio
     res.recall.layer_oracle.assign(static_cast<size_t>(c.num_hidden_layers), 0.0);
   }
   FBuf x = ex.zeros(T * d.D);
-  ex.embedding_forward(tokens.data(), ex.param(m.embed), x.data(), T, d.V, d.D);
+  ex.ops().embedding_forward(tokens.data(), ex.param(m.embed), x.data(), T, d.V, d.D);
 
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const LayerParams& L = m.layers[l];
@@ -244,7 +244,7 @@ RunResult run(const Model::Impl& m, Exec& ex, const Batch& batch, const RunOptio
     A.x = x;
     A.xn = ex.zeros(T * d.D);
     A.rstd_in = ex.zeros(T);
-    ex.rmsnorm_forward(A.x.data(), ex.param(L.input_norm), A.xn.data(), A.rstd_in.data(), T, d.D, eps);
+    ex.ops().rmsnorm_forward(A.x.data(), ex.param(L.input_norm), A.xn.data(), A.rstd_in.data(), T, d.D, eps);
     A.qa = ex.zeros(T * d.qr);
     A.rstd_qa = ex.zeros(T);
     A.qan = ex.zeros(T * d.qr);
@@ -281,12 +281,12 @@ RunResult run(const Model::Impl& m, Exec& ex, const Batch& batch, const RunOptio
       ip.ks = ks_b.data();
       ip.ke = ke_b.data();
       ilog = ex.zeros(T * T);
-      ex.indexer_logits(ip, ilog.data());
+      ex.ops().indexer_logits(ip, ilog.data());
     }
     if (selection) {
       A.idx = ex.upload(std::vector<int32_t>(static_cast<size_t>(T * K), kInvalidIndex));
       if (opt.mode == AttentionMode::kSparse) {
-        ex.topk_select({Ti, Ti, K, ilog.data(), ks_b.data(), ke_b.data(), A.idx.data()});
+        ex.ops().topk_select({Ti, Ti, K, ilog.data(), ks_b.data(), ke_b.data(), A.idx.data()});
       } else {
         ex.window_indices(ks_b.data(), ke_b.data(), T, K, A.idx.data());
       }
@@ -301,8 +301,8 @@ RunResult run(const Model::Impl& m, Exec& ex, const Batch& batch, const RunOptio
       mha_attention(m, l, A, ap, T);
     } else {
       const AttentionForwardOut out{A.olat.data(), A.lse.data(), nullptr};
-      if (selection) ex.sparse_attention_forward(ap, out);
-      else ex.dense_attention_forward(ap, out);
+      if (selection) ex.ops().sparse_attention_forward(ap, out);
+      else ex.ops().dense_attention_forward(ap, out);
       absorb_out(ex, m, l, A.olat.data(), T, A.o.data());
     }
 
@@ -320,12 +320,12 @@ RunResult run(const Model::Impl& m, Exec& ex, const Batch& batch, const RunOptio
         kp.index_logits = ilog.data();
       }
       FBuf loss = ex.zeros(T);
-      ex.indexer_kl_forward(kp, loss.data());
+      ex.ops().indexer_kl_forward(kp, loss.data());
       res.losses.kl_loss += ex.sum(loss.data(), T) / static_cast<double>(T);
       if (opt.kl_backward) {
         const FBuf dloss = ex.upload(Vec(static_cast<size_t>(T), static_cast<float>(1.0 / static_cast<double>(T))));
         FBuf dI = ex.zeros(selection ? T * K : T * T);
-        ex.indexer_kl_backward(kp, dloss.data(), dI.data());
+        ex.ops().indexer_kl_backward(kp, dloss.data(), dI.data());
         FBuf dqi = ex.zeros(T * d.HI * d.DI), dki = ex.zeros(T * d.DI), dwi = ex.zeros(T * d.HI);
         IndexerBackwardParams bp;
         bp.fwd = ip;
@@ -335,7 +335,7 @@ RunResult run(const Model::Impl& m, Exec& ex, const Batch& batch, const RunOptio
         bp.dq = dqi.data();
         bp.dk = dki.data();
         bp.dw = dwi.data();
-        ex.indexer_backward(bp);
+        ex.ops().indexer_backward(bp);
         indexer_param_backward(ex, m, l, A, kpre, kmean, krstd, dqi, dki, dwi, T, pos_b.data());
       }
     }
@@ -347,20 +347,20 @@ RunResult run(const Model::Impl& m, Exec& ex, const Batch& batch, const RunOptio
     A.x1 = ex.clone(A.x);
     {
       FBuf attn = ex.zeros(T * d.D);
-      ex.linear_forward(A.o.data(), ex.param(L.o), attn.data(), T, d.H * d.dv, d.D);
+      ex.ops().linear_forward(A.o.data(), ex.param(L.o), attn.data(), T, d.H * d.dv, d.D);
       ex.add(A.x1.data(), attn.data(), T * d.D);
     }
     A.hn = ex.zeros(T * d.D);
     A.rstd_post = ex.zeros(T);
-    ex.rmsnorm_forward(A.x1.data(), ex.param(L.post_norm), A.hn.data(), A.rstd_post.data(), T, d.D, eps);
+    ex.ops().rmsnorm_forward(A.x1.data(), ex.param(L.post_norm), A.hn.data(), A.rstd_post.data(), T, d.D, eps);
     A.g = ex.zeros(T * d.F);
     A.u = ex.zeros(T * d.F);
     A.a = ex.zeros(T * d.F);
-    ex.linear_forward(A.hn.data(), ex.param(L.gate), A.g.data(), T, d.D, d.F);
-    ex.linear_forward(A.hn.data(), ex.param(L.up), A.u.data(), T, d.D, d.F);
-    ex.swiglu_forward(A.g.data(), A.u.data(), A.a.data(), T * d.F);
+    ex.ops().linear_forward(A.hn.data(), ex.param(L.gate), A.g.data(), T, d.D, d.F);
+    ex.ops().linear_forward(A.hn.data(), ex.param(L.up), A.u.data(), T, d.D, d.F);
+    ex.ops().swiglu_forward(A.g.data(), A.u.data(), A.a.data(), T * d.F);
     FBuf mlp = ex.zeros(T * d.D);
-    ex.linear_forward(A.a.data(), ex.param(L.down), mlp.data(), T, d.F, d.D);
+    ex.ops().linear_forward(A.a.data(), ex.param(L.down), mlp.data(), T, d.F, d.D);
     x = ex.clone(A.x1);
     ex.add(x.data(), mlp.data(), T * d.D);
   }
@@ -375,23 +375,25 @@ RunResult run(const Model::Impl& m, Exec& ex, const Batch& batch, const RunOptio
 
   // ── final norm, LM head, cross-entropy ──
   FBuf xf = ex.zeros(T * d.D), rstd_f = ex.zeros(T), logits = ex.zeros(T * d.V);
-  ex.rmsnorm_forward(x.data(), ex.param(m.final_norm), xf.data(), rstd_f.data(), T, d.D, eps);
-  ex.linear_forward(xf.data(), ex.param(m.lm_head), logits.data(), T, d.D, d.V);
+  ex.ops().rmsnorm_forward(x.data(), ex.param(m.final_norm), xf.data(), rstd_f.data(), T, d.D, eps);
+  ex.ops().linear_forward(xf.data(), ex.param(m.lm_head), logits.data(), T, d.D, d.V);
   int64_t count = 0;
   for (const int32_t t : batch.targets) count += t >= 0;
-  const double total = ex.cross_entropy_forward(logits.data(), targets.data(), T, d.V);
+  const FBuf row_loss = ex.zeros(T);
+  ex.ops().cross_entropy_forward(logits.data(), targets.data(), row_loss.data(), T, d.V);
+  const double total = ex.sum(row_loss.data(), T);
   res.losses.tokens = count;
   res.losses.lm_loss = count > 0 ? total / static_cast<double>(count) : 0.0;
 
   if (opt.lm_backward && count > 0) {
     // inverts loss = mean CE(logits)
     FBuf dlogits = ex.zeros(T * d.V);
-    ex.cross_entropy_backward(logits.data(), targets.data(), static_cast<float>(1.0 / count), dlogits.data(), T, d.V);
+    ex.ops().cross_entropy_backward(logits.data(), targets.data(), static_cast<float>(1.0 / count), dlogits.data(), T, d.V);
     // inverts logits = xf·Wlmᵀ and xf = RMSNorm(x)
     FBuf dxf = ex.zeros(T * d.D), dx = ex.zeros(T * d.D);
-    ex.linear_backward(xf.data(), ex.param(m.lm_head), dlogits.data(), dxf.data(), ex.grad(m.lm_head), T, d.D, d.V, false);
+    ex.ops().linear_backward(xf.data(), ex.param(m.lm_head), dlogits.data(), dxf.data(), ex.grad(m.lm_head), T, d.D, d.V, false);
     dlogits = FBuf();
-    ex.rmsnorm_backward(x.data(), ex.param(m.final_norm), rstd_f.data(), dxf.data(), dx.data(), ex.grad(m.final_norm), T, d.D);
+    ex.ops().rmsnorm_backward(x.data(), ex.param(m.final_norm), rstd_f.data(), dxf.data(), dx.data(), ex.grad(m.final_norm), T, d.D);
 
     FBuf tmp = ex.zeros(T * d.D);
     for (int l = c.num_hidden_layers - 1; l >= 0; --l) {
@@ -399,16 +401,16 @@ RunResult run(const Model::Impl& m, Exec& ex, const Batch& batch, const RunOptio
       LayerActs& A = acts[l];
       // inverts x_out = x1 + down(swiglu(gate(hn), up(hn))), hn = RMSNorm(x1)
       FBuf da = ex.zeros(T * d.F), dg = ex.zeros(T * d.F), du = ex.zeros(T * d.F), dhn = ex.zeros(T * d.D);
-      ex.linear_backward(A.a.data(), ex.param(L.down), dx.data(), da.data(), ex.grad(L.down), T, d.F, d.D, false);
-      ex.swiglu_backward(A.g.data(), A.u.data(), da.data(), dg.data(), du.data(), T * d.F);
-      ex.linear_backward(A.hn.data(), ex.param(L.gate), dg.data(), dhn.data(), ex.grad(L.gate), T, d.D, d.F, false);
-      ex.linear_backward(A.hn.data(), ex.param(L.up), du.data(), dhn.data(), ex.grad(L.up), T, d.D, d.F, true);
-      ex.rmsnorm_backward(A.x1.data(), ex.param(L.post_norm), A.rstd_post.data(), dhn.data(), tmp.data(),
+      ex.ops().linear_backward(A.a.data(), ex.param(L.down), dx.data(), da.data(), ex.grad(L.down), T, d.F, d.D, false);
+      ex.ops().swiglu_backward(A.g.data(), A.u.data(), da.data(), dg.data(), du.data(), T * d.F);
+      ex.ops().linear_backward(A.hn.data(), ex.param(L.gate), dg.data(), dhn.data(), ex.grad(L.gate), T, d.D, d.F, false);
+      ex.ops().linear_backward(A.hn.data(), ex.param(L.up), du.data(), dhn.data(), ex.grad(L.up), T, d.D, d.F, true);
+      ex.ops().rmsnorm_backward(A.x1.data(), ex.param(L.post_norm), A.rstd_post.data(), dhn.data(), tmp.data(),
                           ex.grad(L.post_norm), T, d.D);
       ex.add(dx.data(), tmp.data(), T * d.D);   // dx is now d x1
       // inverts x1 = x + o·Woᵀ
       FBuf dout = ex.zeros(T * d.H * d.dv);
-      ex.linear_backward(A.o.data(), ex.param(L.o), dx.data(), dout.data(), ex.grad(L.o), T, d.H * d.dv, d.D, false);
+      ex.ops().linear_backward(A.o.data(), ex.param(L.o), dx.data(), dout.data(), ex.grad(L.o), T, d.H * d.dv, d.D, false);
       // inverts o[h] = o_lat[h]·W_UV[h]ᵀ
       FBuf dolat = ex.zeros(T * d.H * d.kvr);
       const float* Wkvb = ex.param(L.kv_b);
@@ -424,8 +426,8 @@ RunResult run(const Model::Impl& m, Exec& ex, const Batch& batch, const RunOptio
       const AttentionParams ap = attention_params(A);
       FBuf dqm = ex.zeros(T * d.H * d.Dm), dkvm = ex.zeros(T * d.Dm);
       const AttentionBackwardArgs ab{dolat.data(), A.olat.data(), A.lse.data(), dqm.data(), dkvm.data()};
-      if (selection) ex.sparse_attention_backward(ap, ab);
-      else ex.dense_attention_backward(ap, ab);
+      if (selection) ex.ops().sparse_attention_backward(ap, ab);
+      else ex.ops().dense_attention_backward(ap, ab);
       // inverts qm[h] = [q_nope[h]·W_UK[h] | q_pe[h]]
       FBuf dq = ex.zeros(T * d.H * d.dq);
       for (int h = 0; h < d.H; ++h) {
@@ -437,29 +439,29 @@ RunResult run(const Model::Impl& m, Exec& ex, const Batch& batch, const RunOptio
         ex.copy_cols(dq.data() + h * d.dq + d.dn, d.H * d.dq, dqm.data() + h * d.Dm + d.kvr, d.H * d.Dm, T, d.dr);
       }
       // inverts the interleaved RoPE on q_pe, q = qan·Wqbᵀ, qan = RMSNorm(qa), qa = xn·Wqaᵀ
-      ex.rope_backward(rope(T, d.H, d.dq, d.dn, d.dr, RopeLayout::kInterleaved, pos_b.data(), ex.inv_freq(), dq.data()));
+      ex.ops().rope_backward(rope(T, d.H, d.dq, d.dn, d.dr, RopeLayout::kInterleaved, pos_b.data(), ex.inv_freq(), dq.data()));
       FBuf dqan = ex.zeros(T * d.qr), dqa = ex.zeros(T * d.qr), dxn = ex.zeros(T * d.D);
-      ex.linear_backward(A.qan.data(), ex.param(L.q_b), dq.data(), dqan.data(), ex.grad(L.q_b), T, d.qr, d.H * d.dq, false);
-      ex.rmsnorm_backward(A.qa.data(), ex.param(L.q_a_norm), A.rstd_qa.data(), dqan.data(), dqa.data(),
+      ex.ops().linear_backward(A.qan.data(), ex.param(L.q_b), dq.data(), dqan.data(), ex.grad(L.q_b), T, d.qr, d.H * d.dq, false);
+      ex.ops().rmsnorm_backward(A.qa.data(), ex.param(L.q_a_norm), A.rstd_qa.data(), dqan.data(), dqa.data(),
                           ex.grad(L.q_a_norm), T, d.qr);
-      ex.linear_backward(A.xn.data(), ex.param(L.q_a), dqa.data(), dxn.data(), ex.grad(L.q_a), T, d.D, d.qr, false);
+      ex.ops().linear_backward(A.xn.data(), ex.param(L.q_a), dqa.data(), dxn.data(), ex.grad(L.q_a), T, d.D, d.qr, false);
       // inverts kvm = [RMSNorm(c) | RoPE(k_pe)], [c | k_pe] = xn·Wkvaᵀ
       FBuf dcn = ex.zeros(T * d.kvr), dkva = ex.zeros(T * d.Dm);
       ex.copy_cols(dcn.data(), d.kvr, dkvm.data(), d.Dm, T, d.kvr);
       ex.copy_cols(dkva.data() + d.kvr, d.Dm, dkvm.data() + d.kvr, d.Dm, T, d.dr);
       FBuf dc = ex.zeros(T * d.kvr);
-      ex.rmsnorm_backward(A.c_raw.data(), ex.param(L.kv_a_norm), A.rstd_kv.data(), dcn.data(), dc.data(),
+      ex.ops().rmsnorm_backward(A.c_raw.data(), ex.param(L.kv_a_norm), A.rstd_kv.data(), dcn.data(), dc.data(),
                           ex.grad(L.kv_a_norm), T, d.kvr);
       ex.copy_cols(dkva.data(), d.Dm, dc.data(), d.kvr, T, d.kvr);
-      ex.rope_backward(rope(T, 1, d.Dm, d.kvr, d.dr, RopeLayout::kInterleaved, pos_b.data(), ex.inv_freq(), dkva.data()));
-      ex.linear_backward(A.xn.data(), ex.param(L.kv_a), dkva.data(), dxn.data(), ex.grad(L.kv_a), T, d.D, d.Dm, true);
+      ex.ops().rope_backward(rope(T, 1, d.Dm, d.kvr, d.dr, RopeLayout::kInterleaved, pos_b.data(), ex.inv_freq(), dkva.data()));
+      ex.ops().linear_backward(A.xn.data(), ex.param(L.kv_a), dkva.data(), dxn.data(), ex.grad(L.kv_a), T, d.D, d.Dm, true);
       // inverts xn = RMSNorm(x) and the residual x1 = x + …
-      ex.rmsnorm_backward(A.x.data(), ex.param(L.input_norm), A.rstd_in.data(), dxn.data(), tmp.data(),
+      ex.ops().rmsnorm_backward(A.x.data(), ex.param(L.input_norm), A.rstd_in.data(), dxn.data(), tmp.data(),
                           ex.grad(L.input_norm), T, d.D);
       ex.add(dx.data(), tmp.data(), T * d.D);
     }
     // inverts x = embed[tokens]
-    ex.embedding_backward(tokens.data(), dx.data(), ex.grad(m.embed), T, d.V, d.D);
+    ex.ops().embedding_backward(tokens.data(), dx.data(), ex.grad(m.embed), T, d.V, d.D);
   }
   if (opt.want_logits) res.logits = ex.download(logits);
   return res;
@@ -550,13 +552,13 @@ void mla_project(Exec& ex, const Model::Impl& m, int l, const float* xn, int64_t
   const LayerParams& L = m.layers[l];
   const float eps = static_cast<float>(m.cfg.rms_norm_eps);
   ex.mm_xwt(T, d.D, d.qr, xn, d.D, ex.param(L.q_a), d.D, qa, d.qr);
-  ex.rmsnorm_forward(qa, ex.param(L.q_a_norm), qan, rstd_qa, T, d.qr, eps);
+  ex.ops().rmsnorm_forward(qa, ex.param(L.q_a_norm), qan, rstd_qa, T, d.qr, eps);
   ex.mm_xwt(T, d.qr, d.H * d.dq, qan, d.qr, ex.param(L.q_b), d.qr, q, d.H * d.dq);
-  ex.rope_forward(rope(T, d.H, d.dq, d.dn, d.dr, RopeLayout::kInterleaved, pos, ex.inv_freq(), q));
+  ex.ops().rope_forward(rope(T, d.H, d.dq, d.dn, d.dr, RopeLayout::kInterleaved, pos, ex.inv_freq(), q));
   ex.mm_xwt(T, d.D, d.Dm, xn, d.D, ex.param(L.kv_a), d.D, kva, d.Dm);
   ex.copy_cols(c_raw, d.kvr, kva, d.Dm, T, d.kvr);
-  ex.rmsnorm_forward(c_raw, ex.param(L.kv_a_norm), cn, rstd_kv, T, d.kvr, eps);
-  ex.rope_forward(rope(T, 1, d.Dm, d.kvr, d.dr, RopeLayout::kInterleaved, pos, ex.inv_freq(), kva));
+  ex.ops().rmsnorm_forward(c_raw, ex.param(L.kv_a_norm), cn, rstd_kv, T, d.kvr, eps);
+  ex.ops().rope_forward(rope(T, 1, d.Dm, d.kvr, d.dr, RopeLayout::kInterleaved, pos, ex.inv_freq(), kva));
   ex.copy_cols(kvm, d.Dm, cn, d.kvr, T, d.kvr);
   ex.copy_cols(kvm + d.kvr, d.Dm, kva + d.kvr, d.Dm, T, d.dr);
   const float* Wkvb = ex.param(L.kv_b);
@@ -573,12 +575,12 @@ void indexer_project(Exec& ex, const Model::Impl& m, int l, const float* xn, con
   const Dims d(m.cfg);
   const LayerParams& L = m.layers[l];
   ex.mm_xwt(T, d.qr, d.HI * d.DI, qan, d.qr, ex.param(L.idx_wq), d.qr, iq, d.HI * d.DI);
-  ex.rope_forward(rope(T, d.HI, d.DI, 0, d.dr, RopeLayout::kRotateHalf, pos, ex.inv_freq(), iq));
-  ex.hadamard_transform(iq, T * d.HI, d.DI);
+  ex.ops().rope_forward(rope(T, d.HI, d.DI, 0, d.dr, RopeLayout::kRotateHalf, pos, ex.inv_freq(), iq));
+  ex.ops().hadamard_transform(iq, T * d.HI, d.DI);
   ex.mm_xwt(T, d.D, d.DI, xn, d.D, ex.param(L.idx_wk), d.D, kpre, d.DI);
-  ex.layernorm_forward(kpre, ex.param(L.idx_norm_w), ex.param(L.idx_norm_b), ik, kmean, krstd, T, d.DI, kIndexerNormEps);
-  ex.rope_forward(rope(T, 1, d.DI, 0, d.dr, RopeLayout::kRotateHalf, pos, ex.inv_freq(), ik));
-  ex.hadamard_transform(ik, T, d.DI);
+  ex.ops().layernorm_forward(kpre, ex.param(L.idx_norm_w), ex.param(L.idx_norm_b), ik, kmean, krstd, T, d.DI, kIndexerNormEps);
+  ex.ops().rope_forward(rope(T, 1, d.DI, 0, d.dr, RopeLayout::kRotateHalf, pos, ex.inv_freq(), ik));
+  ex.ops().hadamard_transform(ik, T, d.DI);
   ex.mm_xwt(T, d.D, d.HI, xn, d.D, ex.param(L.idx_w), d.D, iw, d.HI);
   ex.scale(iw, static_cast<float>(1.0 / std::sqrt(static_cast<double>(d.HI) * d.DI)), T * d.HI);
 }

@@ -1,5 +1,5 @@
-// cuda_backend.cu — registers one CudaBackend per kernel version when a GPU is present; with no
-// GPU (CI), no GPU rows exist and the table runs the CPU rows only.
+// cuda_backend.cu — the GPU backends of the test table: one CudaBackend per variant class, registered
+// on every machine; without a GPU each of their rows is skipped (DSA_REQUIRE_GPU=1: failed).
 #include <cuda_runtime.h>
 
 #include "cuda/cuda_backend.h"
@@ -7,10 +7,48 @@
 #include "dsa/cuda_ops.h"
 
 namespace dsa::test {
+namespace {
+
+// The rows a tensor-core class runs: the rows of the ops that have its variant AND whose table
+// tolerances hold for its arithmetic. The indexer's e4m3 mma.sync products are exact in fp32 (only
+// the order of the head sums differs), so the table's indexer rows take kMma as they are.
+const std::vector<std::pair<cuda::Variant, std::vector<std::string>>>& class_rows() {
+  static const std::vector<std::pair<cuda::Variant, std::vector<std::string>>> rows = {
+      {cuda::Variant::kMma, {"indexer_logits", "indexer_topk"}},
+  };
+  return rows;
+}
+
+}  // namespace
+
+cuda::Variant CudaBackend::variant(const char* op) const {
+  if (class_ == cuda::Variant::kExact) return cuda::Variant::kExact;
+  int n = 0;
+  const cuda::OpVariants* ops = cuda::op_variants(&n);
+  for (int i = 0; i < n; ++i) {
+    if (std::string(ops[i].op) != op) continue;
+    for (int j = 0; j < ops[i].count; ++j)
+      if (ops[i].variants[j] == class_) return class_;
+  }
+  return cuda::Variant::kExact;
+}
+
+std::string CudaBackend::skip_reason(const std::string& op) const {
+  if (!have_gpu()) return kNoGpu;
+  if (class_ == cuda::Variant::kExact) return "";
+  for (const auto& [cls, rows] : class_rows())
+    if (cls == class_)
+      for (const std::string& r : rows)
+        if (r == op) return "";
+  return std::string("no ") + cuda::variant_name(class_) + " variant of " + op + " with this row's tolerances";
+}
+
+Arith CudaBackend::arith(const std::string& op) const {
+  return variant(op.c_str()) == cuda::Variant::kExact ? Arith::kExact : Arith::kTensor;
+}
 
 void append_gpu_backends(std::vector<std::shared_ptr<Backend>>& out) {
-  if (!have_gpu()) return;
-  for (int v : dsa::cuda::kKernelVersions) out.push_back(std::make_shared<CudaBackend>(v));
+  for (cuda::Variant v : {cuda::Variant::kExact, cuda::Variant::kMma}) out.push_back(std::make_shared<CudaBackend>(v));
 }
 
 }  // namespace dsa::test

@@ -1,18 +1,24 @@
-// cuda_backend.h — GPU rows of the test table: one CudaBackend per kernel version. Each method
+// cuda_backend.h — GPU rows of the test table: one CudaBackend per variant class. Each method
 // copies the host inputs of the op to the device, runs dsa::cuda::<op>, copies outputs back, and
 // checks guard regions around every device output. Methods are defined in
 // tests/cuda/cuda_backend_*.cu next to the ops they wrap.
 #pragma once
 
 #include "backend.h"
+#include "dsa/cuda_ops.h"
 
 namespace dsa::test {
 
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(int version) : version_(version) {}
-  std::string name() const override { return "cuda_v" + std::to_string(version_); }
-  int version() const { return version_; }
+  explicit CudaBackend(cuda::Variant cls) : class_(cls) {}
+  std::string name() const override { return std::string("cuda_") + cuda::variant_name(class_); }
+  bool host_memory() const override { return true; }
+  void synchronize() override {}
+  std::string skip_reason(const std::string& op) const override;
+  Arith arith(const std::string& op) const override;
+  // The variant this backend runs `op` with: its class where the op has that variant, else kExact.
+  cuda::Variant variant(const char* op) const;
 
   void fp8_block_quantize(const Fp8BlockQuantizeParams& p) override;
   void fp8_block_dequantize(const Fp8BlockDequantizeParams& p) override;
@@ -58,7 +64,7 @@ class CudaBackend final : public Backend {
                               int V) override;
 
  private:
-  int version_;
+  cuda::Variant class_;
 };
 
 }  // namespace dsa::test

@@ -1,6 +1,6 @@
 // cuda_backend_attention.cu — the attention side of the GPU test rows: CudaBackend methods for ops
 // 6–9 and the sparse decode. Each copies the host inputs to the device (DeviceBuffer, with device-
-// side guard regions), runs dsa::cuda::<op> with this backend's kernel version on the default
+// side guard regions), runs dsa::cuda::<op> with this backend's variant on the default
 // stream, synchronises, and copies the outputs back (checking the device guards).
 //
 // Argument errors: the GPU ops check what the host can see (shapes, null pointers) themselves; the
@@ -79,22 +79,24 @@ void backward(const AttentionParams& p, const AttentionBackwardArgs& b, Selectio
 
 void CudaBackend::sparse_attention_forward(const AttentionParams& p, const AttentionForwardOut& o) {
   forward(p, o, Selection::kSparse, "sparse_attention_forward", [&](const AttentionParams& d, const AttentionForwardOut& od) {
-    cuda::sparse_attention_forward(d, od, nullptr, version());
+    const cuda::Variant v = variant("sparse_attention_forward");
+    DeviceScratch ws(cuda::sparse_attention_forward_workspace_bytes(d, v));
+    cuda::sparse_attention_forward(d, od, ws.data(), ws.size(), nullptr, v);
   });
 }
 
 void CudaBackend::dense_attention_forward(const AttentionParams& p, const AttentionForwardOut& o) {
   forward(p, o, Selection::kDense, "dense_attention_forward", [&](const AttentionParams& d, const AttentionForwardOut& od) {
-    cuda::dense_attention_forward(d, od, nullptr, version());
+    cuda::dense_attention_forward(d, od, nullptr);
   });
 }
 
 void CudaBackend::sparse_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b) {
   backward(
       p, b, Selection::kSparse, "sparse_attention_backward",
-      [](const AttentionParams& d) { return cuda::sparse_attention_backward_workspace_bytes(d); },
+      [&](const AttentionParams& d) { return cuda::sparse_attention_backward_workspace_bytes(d, variant("sparse_attention_backward")); },
       [&](const AttentionParams& d, const AttentionBackwardArgs& bd, void* ws, size_t n) {
-        cuda::sparse_attention_backward(d, bd, ws, n, nullptr, version());
+        cuda::sparse_attention_backward(d, bd, ws, n, nullptr, variant("sparse_attention_backward"));
       });
 }
 
@@ -103,7 +105,7 @@ void CudaBackend::dense_attention_backward(const AttentionParams& p, const Atten
       p, b, Selection::kDense, "dense_attention_backward",
       [](const AttentionParams& d) { return cuda::dense_attention_backward_workspace_bytes(d); },
       [&](const AttentionParams& d, const AttentionBackwardArgs& bd, void* ws, size_t n) {
-        cuda::dense_attention_backward(d, bd, ws, n, nullptr, version());
+        cuda::dense_attention_backward(d, bd, ws, n, nullptr);
       });
 }
 
@@ -138,7 +140,7 @@ void CudaBackend::indexer_kl_forward(const IndexerKlParams& p, float* loss) {
   detail::require_ptr(loss, op, "loss");
   DeviceKl in(p);
   DeviceBuffer<float> l(loss, sz(p.attn.T));
-  cuda::indexer_kl_forward(in.d, l.data(), nullptr, version());
+  cuda::indexer_kl_forward(in.d, l.data(), nullptr);
   sync_and_check(op);
   l.download(loss, "loss");
 }
@@ -149,7 +151,7 @@ void CudaBackend::indexer_kl_backward(const IndexerKlParams& p, const float* dlo
   detail::require_ptr(d_index_logits, op, "d_index_logits");
   DeviceKl in(p);
   DeviceBuffer<float> dl(dloss, sz(p.attn.T)), g(d_index_logits, in.logits_n);
-  cuda::indexer_kl_backward(in.d, dl.data(), g.data(), nullptr, version());
+  cuda::indexer_kl_backward(in.d, dl.data(), g.data(), nullptr);
   sync_and_check(op);
   g.download(d_index_logits, "d_index_logits");
 }
@@ -179,8 +181,8 @@ void CudaBackend::sparse_attention_decode(const SparseDecodeParams& p) {
   d.topk_length = len.data();
   d.out = out.data();
   d.lse = lse.data();
-  DeviceScratch ws(cuda::sparse_attention_decode_workspace_bytes(d));
-  cuda::sparse_attention_decode(d, ws.data(), ws.size(), nullptr, version());
+  DeviceScratch ws(cuda::sparse_attention_decode_workspace_bytes(d, variant("sparse_attention_decode")));
+  cuda::sparse_attention_decode(d, ws.data(), ws.size(), nullptr, variant("sparse_attention_decode"));
   sync_and_check(op);
   out.download(p.out, "out");
   lse.download(p.lse, "lse");

@@ -1,7 +1,7 @@
 // cuda_backend_indexer.cu — the numerics / rotations / indexer / top-k / paged side of the GPU test
 // rows: CudaBackend methods for ops 1–5, 10 and the paged indexer. Each copies the host inputs to the
 // device (DeviceBuffer: device-side guard regions; outputs are uploaded with their poison so an
-// unwritten element comes back as poison), runs dsa::cuda::<op> with this backend's kernel version
+// unwritten element comes back as poison), runs dsa::cuda::<op> with this backend's variant
 // on the default stream, synchronises, downloads the outputs and checks the device guards.
 //
 // Argument errors: the device ops check what the host can see; the data checks of the CPU (ranges,
@@ -203,7 +203,7 @@ void CudaBackend::indexer_logits(const IndexerParams& p, float* logits) {
   ::dsa::detail::require_ptr(logits, op, "logits");
   DeviceIndexer in(p);
   DeviceBuffer<float> out(logits, sz(p.T, p.S));
-  cuda::indexer_logits(in.d, out.data(), nullptr, version());
+  cuda::indexer_logits(in.d, out.data(), nullptr, variant("indexer_logits"));
   sync_and_check(op);
   out.download(logits, "logits");
 }
@@ -223,8 +223,8 @@ void CudaBackend::topk_select(const TopkParams& p) {
   d.ks = ks.data();
   d.ke = ke.data();
   d.indices = idx.data();
-  DeviceScratch ws(cuda::topk_select_workspace_bytes(p.T, p.S, p.K, version()));
-  cuda::topk_select(d, ws.data(), ws.size(), nullptr, version());
+  DeviceScratch ws(cuda::topk_select_workspace_bytes(p.T, p.S, p.K));
+  cuda::topk_select(d, ws.data(), ws.size(), nullptr);
   sync_and_check(op);
   idx.download(p.indices, "indices");
 }
@@ -236,8 +236,8 @@ void CudaBackend::indexer_topk(const IndexerParams& p, int K, int32_t* indices) 
   ::dsa::detail::require_ptr(indices, op, "indices");
   DeviceIndexer in(p);
   DeviceBuffer<int32_t> idx(indices, sz(p.T, K));
-  DeviceScratch ws(cuda::indexer_topk_workspace_bytes(in.d, K, version()));
-  cuda::indexer_topk(in.d, K, idx.data(), ws.data(), ws.size(), nullptr, version());
+  DeviceScratch ws(cuda::indexer_topk_workspace_bytes(in.d, K, variant("indexer_topk")));
+  cuda::indexer_topk(in.d, K, idx.data(), ws.data(), ws.size(), nullptr, variant("indexer_topk"));
   sync_and_check(op);
   idx.download(indices, "indices");
 }

@@ -1,7 +1,7 @@
 // cuda_backend_layers.cu — the model-layer side of the GPU test rows (ops.h §12): CudaBackend methods
 // that copy the host inputs to the device (DeviceBuffer, guarded), run dsa::cuda::<op> on the
 // default stream, synchronise and copy the outputs back (checking the device guards). The layer ops
-// have a single kernel each, so every CudaBackend version runs the same code.
+// have a single kernel each, so every CudaBackend class runs the same code.
 //
 // Data checks: the device ops cannot see tokens / targets on the host (cuda_ops.h: an out-of-range
 // token is a zero row, an out-of-range target counts as −1). Here the data are on the host, so the

@@ -1,5 +1,5 @@
-// model_exec.cu — the GPU executor of the model's passes (src/model/exec.h): every op method calls the
-// dsa::cuda op of the same name on this executor's stream, the glue is four small kernels and
+// exec_cuda.cu — the GPU executor of the model's passes (src/model/exec.h): the ops run on a CUDA
+// backend (dsa::cuda::make_backend) on this executor's stream, the glue is four small kernels and
 // cudaMemcpy2DAsync. Memory comes from the device's stream-ordered pool (cudaMallocAsync), kept
 // cached between passes, so a training step allocates nothing from the driver after the first.
 #include <cuda_runtime.h>
@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "common.cuh"
+#include "cuda/common.cuh"
 #include "dsa/cuda_ops.h"
 #include "dsa/model_cuda.h"
 #include "model/exec.h"
@@ -68,6 +68,7 @@ class CudaExec final : public model::Exec {
                   " CUDA device(s))");
     select();
     DSA_CUDA_CALL("attach_model", cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    backend_ = make_backend(stream_);
     // Keep freed blocks in the pool between passes instead of returning them at every sync.
     cudaMemPool_t pool;
     DSA_CUDA_CALL("attach_model", cudaDeviceGetDefaultMemPool(&pool, device));
@@ -78,6 +79,7 @@ class CudaExec final : public model::Exec {
     params_.clear();
     grads_.clear();
     inv_freq_ = model::FBuf();
+    backend_.reset();
     cudaStreamSynchronize(stream_);
     cudaStreamDestroy(stream_);
   }
@@ -181,85 +183,7 @@ class CudaExec final : public model::Exec {
     if (N > 0) cuda::gemm(false, false, N, O, I, x, ldx, W, ldw, 0.0f, y, ldy, stream_);
   }
 
-  void linear_forward(const float* x, const float* w, float* y, int64_t N, int I, int O) override {
-    cuda::linear_forward(x, w, y, N, I, O, stream_);
-  }
-  void linear_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, int64_t N, int I, int O,
-                       bool accumulate_dx) override {
-    cuda::linear_backward(x, w, dy, dx, dw, N, I, O, accumulate_dx, stream_);
-  }
-  void rmsnorm_forward(const float* x, const float* w, float* y, float* rstd, int64_t N, int C, float eps) override {
-    cuda::rmsnorm_forward(x, w, y, rstd, N, C, eps, stream_);
-  }
-  void rmsnorm_backward(const float* x, const float* w, const float* rstd, const float* dy, float* dx, float* dw,
-                        int64_t N, int C) override {
-    cuda::rmsnorm_backward(x, w, rstd, dy, dx, dw, N, C, stream_);
-  }
-  void layernorm_forward(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd, int64_t N,
-                         int C, float eps) override {
-    cuda::layernorm_forward(x, w, b, y, mean, rstd, N, C, eps, stream_);
-  }
-  void layernorm_backward(const float* x, const float* w, const float* mean, const float* rstd, const float* dy,
-                          float* dx, float* dw, float* db, int64_t N, int C) override {
-    cuda::layernorm_backward(x, w, mean, rstd, dy, dx, dw, db, N, C, stream_);
-  }
-  void swiglu_forward(const float* g, const float* u, float* a, int64_t N) override {
-    cuda::swiglu_forward(g, u, a, N, stream_);
-  }
-  void swiglu_backward(const float* g, const float* u, const float* da, float* dg, float* du, int64_t N) override {
-    cuda::swiglu_backward(g, u, da, dg, du, N, stream_);
-  }
-  void embedding_forward(const int32_t* tokens, const float* table, float* out, int64_t N, int V, int C) override {
-    cuda::embedding_forward(tokens, table, out, N, V, C, stream_);
-  }
-  void embedding_backward(const int32_t* tokens, const float* dout, float* dtable, int64_t N, int V, int C) override {
-    const size_t bytes = cuda::embedding_backward_workspace_bytes(N, V);
-    const auto ws = alloc<char>(static_cast<int64_t>(bytes));
-    cuda::embedding_backward(tokens, dout, dtable, N, V, C, ws.get(), bytes, stream_);
-  }
-  double cross_entropy_forward(const float* logits, const int32_t* targets, int64_t N, int V) override {
-    const model::FBuf loss = zeros(N);
-    cuda::cross_entropy_forward(logits, targets, loss.data(), N, V, stream_);
-    return sum(loss.data(), N);
-  }
-  void cross_entropy_backward(const float* logits, const int32_t* targets, float dloss, float* dlogits, int64_t N,
-                              int V) override {
-    cuda::cross_entropy_backward(logits, targets, dloss, dlogits, N, V, stream_);
-  }
-  void rope_forward(const RopeParams& p) override { cuda::rope_forward(p, stream_); }
-  void rope_backward(const RopeParams& p) override { cuda::rope_backward(p, stream_); }
-  void hadamard_transform(float* x, int64_t N, int D) override { cuda::hadamard_transform(x, N, D, stream_); }
-  void indexer_logits(const IndexerParams& p, float* logits) override { cuda::indexer_logits(p, logits, stream_); }
-  void topk_select(const TopkParams& p) override {
-    const size_t bytes = cuda::topk_select_workspace_bytes(p.T, p.S, p.K);
-    const auto ws = alloc<char>(static_cast<int64_t>(bytes));
-    cuda::topk_select(p, ws.get(), bytes, stream_);
-  }
-  void indexer_backward(const IndexerBackwardParams& p) override {
-    const size_t bytes = cuda::indexer_backward_workspace_bytes(p);
-    const auto ws = alloc<char>(static_cast<int64_t>(bytes));
-    cuda::indexer_backward(p, ws.get(), bytes, stream_);
-  }
-  void indexer_kl_forward(const IndexerKlParams& p, float* loss) override { cuda::indexer_kl_forward(p, loss, stream_); }
-  void indexer_kl_backward(const IndexerKlParams& p, const float* dloss, float* d_index_logits) override {
-    cuda::indexer_kl_backward(p, dloss, d_index_logits, stream_);
-  }
-  void sparse_attention_forward(const AttentionParams& p, const AttentionForwardOut& o) override {
-    cuda::sparse_attention_forward(p, o, stream_);
-  }
-  void sparse_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b) override {
-    const size_t bytes = cuda::sparse_attention_backward_workspace_bytes(p);
-    const auto ws = alloc<char>(static_cast<int64_t>(bytes));
-    cuda::sparse_attention_backward(p, b, ws.get(), bytes, stream_);
-  }
-  void dense_attention_forward(const AttentionParams& p, const AttentionForwardOut& o) override {
-    cuda::dense_attention_forward(p, o, stream_);
-  }
-  void dense_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b) override {
-    const size_t bytes = cuda::dense_attention_backward_workspace_bytes(p);
-    const auto ws = alloc<char>(static_cast<int64_t>(bytes));
-    cuda::dense_attention_backward(p, b, ws.get(), bytes, stream_);
-  }
+  Backend& ops() override { return *backend_; }
 
  private:
   void select() const { DSA_CUDA_CALL("model exec", cudaSetDevice(device_)); }
@@ -279,6 +203,7 @@ class CudaExec final : public model::Exec {
 
   int device_;
   cudaStream_t stream_ = nullptr;
+  std::unique_ptr<Backend> backend_;
   bool want_grads_ = false;
   std::vector<model::FBuf> params_, grads_;
   model::FBuf inv_freq_;
