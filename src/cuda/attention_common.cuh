@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "cuda/common.cuh"
 
@@ -178,10 +179,12 @@ inline void set_smem(Kernel kernel, size_t bytes, const char* op) {
 }
 
 // The bf16 tensor-core sparse forward (sparse_attention_forward_bf16.cu): whether it takes this
-// shape on this device (Dqk = 576, Dv = 512, H % 64 == 0, enough shared memory), and its launch.
+// shape on this device (Dqk = 576, Dv = 512, H % 64 == 0, enough shared memory; bf16 inputs: q_bf16
+// and kv_bf16 8-byte aligned), and its launch (q / kv of either dtype).
 bool sparse_forward_bf16_fits(const AttentionParams& p);
 void sparse_forward_bf16(const AttentionParams& p, const AttentionForwardOut& o, cudaStream_t stream, const char* op);
-// The same kernel over the paged decode caches (no split-KV: one block per row × 64 heads).
+// The same kernel over the paged decode caches (no split-KV: one block per row × 64 heads); q of
+// either q_dtype (bf16: q_bf16 8-byte aligned, else fits is false).
 bool sparse_decode_bf16_fits(const SparseDecodeParams& p);
 void sparse_decode_bf16(const SparseDecodeParams& p, cudaStream_t stream, const char* op);
 // The pipelined bf16 forward (sparse_attention_forward_pipelined.cu): fp32 kv converted to bf16 in the
@@ -198,7 +201,8 @@ const __nv_bfloat16* kv_to_bf16_workspace(const AttentionParams& p, void* worksp
 void sparse_forward_pipelined(const AttentionParams& p, const AttentionForwardOut& o, void* workspace,
                               cudaStream_t stream, const char* op);
 // The bf16 tensor-core sparse backward (sparse_attention_backward_bf16.cu): cuBLAS bf16 GEMMs over
-// query chunks, any shape on sm_80+; its workspace (for the default chunk) and its launch.
+// query chunks, any shape on sm_80+, q / kv of either dtype; its workspace (for the default chunk;
+// S·Dqk·2 bytes smaller for bf16 inputs, whose kv is gathered directly) and its launch.
 bool sparse_backward_bf16_fits(const AttentionParams& p);
 size_t sparse_backward_bf16_workspace(const AttentionParams& p, const char* op);
 void sparse_backward_bf16(const AttentionParams& p, const AttentionBackwardArgs& b, void* workspace,
@@ -498,6 +502,64 @@ inline DqArgs<Keys> dq_args(const AttentionParams& p, const Keys& keys, const fl
                             const float* delta, float* dq) {
   const Elems q = q_elems(p);
   return DqArgs<Keys>{keys, p.H, p.Dqk, p.Dv, p.scale, q.f32, dout, lse, delta, dq, q.bf16};
+}
+// Host: the v1 dq pass (grid (T, ⌈H/8⌉)) with q / kv in p's dtype; delta = Δ [T, H] already computed.
+template <class Keys>
+inline void launch_dq_v1(const AttentionParams& p, const Keys& keys, const AttentionBackwardArgs& b,
+                         const float* delta, cudaStream_t stream, const char* op) {
+  const size_t smem = dq_smem_bytes(p.Dqk, p.Dv);
+  set_smem(dq_v1_kernel<Keys>, smem, op);
+  if (p.T == 0) return;
+  dq_v1_kernel<<<dim3(p.T, detail::ceil_div(p.H, kTileHeads)), kThreads, smem, stream>>>(
+      dq_args(p, keys, b.dout, b.lse, delta, b.dq));
+  DSA_CUDA_LAUNCH_CHECK(op);
+}
+
+// ── v1 dkv passes (key-major, one key per block, dkv_key) with q / kv of either dtype ─────────────
+// Sparse: block s walks its entries of the key-major transposition (key_major.cuh: sorted_pos =
+// vals_out, offsets) in sorted order; the entry at position pos belongs to query pos / K.
+// Dense: block s visits every query t (ascending) whose clamped range holds s.
+// (Templates so that every translation unit may include them.)
+template <class Keys>
+struct DkvV1Args {
+  Keys keys;                             // kv (either dtype) and, dense, the ranges
+  int T, H, Dqk, Dv, K;
+  float scale;
+  Elems q;
+  const float *dout, *lse, *delta;
+  const int32_t *sorted_pos, *offsets;   // sparse only
+  float* dkv;
+};
+template <class Keys>
+__global__ void __launch_bounds__(kThreads) dkv_v1_kernel(DkvV1Args<Keys> a) {
+  const int64_t s = blockIdx.x;
+  const auto visit = [&](auto&& f) {
+    if constexpr (std::is_same_v<Keys, SparseKeys>) {
+      const int e0 = a.offsets[s], e1 = a.offsets[s + 1];
+      for (int e = e0; e < e1; ++e) f(static_cast<int64_t>(a.sorted_pos[e] / a.K));
+    } else {
+      for (int t = 0; t < a.T; ++t) {
+        int lo, hi;
+        a.keys.range(t, lo, hi);
+        if (s >= lo && s < hi) f(static_cast<int64_t>(t));
+      }
+    }
+  };
+  dkv_key(a.keys.row(s), a.q, a.dout, a.lse, a.delta, a.H, a.Dqk, a.Dv, a.scale, a.dkv + s * a.Dqk, visit);
+}
+// Host: the v1 dkv pass over a key source (sparse_keys(p): sorted_pos / offsets required; dense_keys(p):
+// both null) with q / kv in p's dtype; delta = Δ [T, H].
+template <class Keys>
+inline void launch_dkv_v1(const AttentionParams& p, const Keys& keys, const AttentionBackwardArgs& b,
+                          const float* delta, const int32_t* sorted_pos, const int32_t* offsets, cudaStream_t stream,
+                          const char* op) {
+  const size_t smem = dkv_smem_bytes(p.Dqk, p.H);
+  set_smem(dkv_v1_kernel<Keys>, smem, op);
+  if (p.S == 0) return;
+  const DkvV1Args<Keys> a{keys, p.T, p.H, p.Dqk, p.Dv, p.K, p.scale, q_elems(p),
+                          b.dout, b.lse, delta, sorted_pos, offsets, b.dkv};
+  dkv_v1_kernel<<<p.S, kThreads, smem, stream>>>(a);
+  DSA_CUDA_LAUNCH_CHECK(op);
 }
 
 }  // namespace dsa::cuda::attn
