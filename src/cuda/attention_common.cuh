@@ -10,6 +10,9 @@
 //     ascending; head sums: h ascending), so results are bitwise reproducible run to run.
 //   * Rows are padded by one float in shared memory (ld = D + 1) so the 16 keys a warp reads in
 //     the score phase fall in 16 different banks.
+// q and kv come in the dtype of AttentionParams (fp32, or bf16 bits): the v1 tiles load either and
+// convert each bf16 element to fp32 on load (exact), so everything after the load is the same fp32
+// arithmetic for both dtypes (an fp32 input holding bf16 values gives bitwise the same results).
 // Key sources turn "slot j of query t" into a kv row id (−1 = invalid) and load one element of it:
 //   SparseKeys  indices[t, 0:len) (len = topk_length or K), id outside [0, S) → invalid
 //   DenseKeys   [ks[t], ke[t]) clamped (detail::clamp_range: a malformed range is empty)
@@ -22,6 +25,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "cuda/common.cuh"
 
@@ -36,14 +40,34 @@ inline constexpr float kInf = std::numeric_limits<float>::infinity();
 
 __host__ __device__ inline int padded_ld(int D) { return D + 1; }
 
+// ── inputs of either dtype ────────────────────────────────────────────────────────────────────
+// A q or kv tensor as the kernels read it: fp32 elements, or bf16 bits when bf16 is set (then f32
+// is ignored). Element i comes back as fp32 (bf16 → fp32 is exact).
+struct Elems {
+  const float* f32 = nullptr;
+  const uint16_t* bf16 = nullptr;
+  __device__ float operator[](int64_t i) const { return bf16 != nullptr ? detail::bf16_decode(bf16[i]) : f32[i]; }
+  __host__ __device__ Elems operator+(int64_t i) const {
+    return {f32 != nullptr ? f32 + i : nullptr, bf16 != nullptr ? bf16 + i : nullptr};
+  }
+};
+// q and kv of an AttentionParams in the pointer pair its dtype names (the other pair ignored).
+inline Elems q_elems(const AttentionParams& p) {
+  return p.dtype == DType::kBF16 ? Elems{nullptr, p.q_bf16} : Elems{p.q, nullptr};
+}
+inline Elems kv_elems(const AttentionParams& p) {
+  return p.dtype == DType::kBF16 ? Elems{nullptr, p.kv_bf16} : Elems{p.kv, nullptr};
+}
+
 // ── key sources ──────────────────────────────────────────────────────────────────────────────
 struct SparseKeys {
   const int32_t* indices;      // [T, K]
   const int32_t* topk_length;  // [T] or null
   int K;
   int S;
-  const float* kv;             // [S, Dqk]
+  const float* kv;             // [S, Dqk] fp32 (used when kv_bf16 is null)
   int Dqk;
+  const uint16_t* kv_bf16 = nullptr;   // [S, Dqk] bf16 bits, or null
   __device__ int count(int64_t t) const {
     const int n = topk_length ? topk_length[t] : K;
     return n < 0 ? 0 : (n > K ? K : n);
@@ -52,15 +76,19 @@ struct SparseKeys {
     const int32_t s = indices[t * K + j];
     return (s >= 0 && s < S) ? s : -1;
   }
-  __device__ float load(int64_t key, int d) const { return kv[key * Dqk + d]; }
+  __device__ float load(int64_t key, int d) const {
+    return kv_bf16 != nullptr ? detail::bf16_decode(kv_bf16[key * Dqk + d]) : kv[key * Dqk + d];
+  }
+  __host__ __device__ Elems row(int64_t key) const { return Elems{kv, kv_bf16} + key * Dqk; }
 };
 
 struct DenseKeys {
   const int32_t* ks;           // [T]
   const int32_t* ke;           // [T]
   int S;
-  const float* kv;             // [S, Dqk]
+  const float* kv;             // [S, Dqk] fp32 (used when kv_bf16 is null)
   int Dqk;
+  const uint16_t* kv_bf16 = nullptr;   // [S, Dqk] bf16 bits, or null
   __device__ void range(int64_t t, int& lo, int& hi) const { detail::clamp_range(ks[t], ke[t], S, lo, hi); }
   __device__ int count(int64_t t) const {
     int lo, hi;
@@ -72,8 +100,22 @@ struct DenseKeys {
     range(t, lo, hi);
     return lo + j;
   }
-  __device__ float load(int64_t key, int d) const { return kv[key * Dqk + d]; }
+  __device__ float load(int64_t key, int d) const {
+    return kv_bf16 != nullptr ? detail::bf16_decode(kv_bf16[key * Dqk + d]) : kv[key * Dqk + d];
+  }
+  __host__ __device__ Elems row(int64_t key) const { return Elems{kv, kv_bf16} + key * Dqk; }
 };
+
+// Key sources over an AttentionParams' selection (sparse: indices / topk_length / K; dense: ks / ke)
+// and its kv in the dtype it names.
+inline SparseKeys sparse_keys(const AttentionParams& p) {
+  const Elems kv = kv_elems(p);
+  return SparseKeys{p.indices, p.topk_length, p.K, p.S, kv.f32, p.Dqk, kv.bf16};
+}
+inline DenseKeys dense_keys(const AttentionParams& p) {
+  const Elems kv = kv_elems(p);
+  return DenseKeys{p.ks, p.ke, p.S, kv.f32, p.Dqk, kv.bf16};
+}
 
 // ── shared-memory plans (in floats; the int64 key ids go first for alignment) ─────────────────
 // forward: keys[KC] | q[HT][ld] | kv[KC][ld] | o[HT][Dv] | p[HT][KC] | m, l, alpha [HT]
@@ -107,8 +149,15 @@ inline void validate_params(const AttentionParams& p, bool sparse, const char* o
     DSA_REQUIRE(p.Dv <= p.Dqk, op, "Dv = ", p.Dv, " must be <= Dqk = ", p.Dqk, " (V is the first Dv dims of a kv row)");
   }
   DSA_REQUIRE(p.scale > 0.0f && std::isfinite(p.scale), op, "scale = ", p.scale, " must be finite and > 0");
-  require_ptr(p.q, op, "q");
-  require_ptr(p.kv, op, "kv");
+  DSA_REQUIRE(p.dtype == DType::kF32 || p.dtype == DType::kBF16, op, "dtype = ", static_cast<int>(p.dtype),
+              " is not a DType");
+  if (p.dtype == DType::kBF16) {
+    DSA_REQUIRE(p.q_bf16 != nullptr, op, "q_bf16 is null (dtype bf16)");
+    DSA_REQUIRE(p.kv_bf16 != nullptr, op, "kv_bf16 is null (dtype bf16)");
+  } else {
+    require_ptr(p.q, op, "q");
+    require_ptr(p.kv, op, "kv");
+  }
   if (sparse) {
     require_positive(p.K, op, "K");
     require_ptr(p.indices, op, "indices");
@@ -130,23 +179,30 @@ inline void set_smem(Kernel kernel, size_t bytes, const char* op) {
 }
 
 // The bf16 tensor-core sparse forward (sparse_attention_forward_bf16.cu): whether it takes this
-// shape on this device (Dqk = 576, Dv = 512, H % 64 == 0, enough shared memory), and its launch.
+// shape on this device (Dqk = 576, Dv = 512, H % 64 == 0, enough shared memory; bf16 inputs: q_bf16
+// and kv_bf16 8-byte aligned), and its launch (q / kv of either dtype).
 bool sparse_forward_bf16_fits(const AttentionParams& p);
 void sparse_forward_bf16(const AttentionParams& p, const AttentionForwardOut& o, cudaStream_t stream, const char* op);
-// The same kernel over the paged decode caches (no split-KV: one block per row × 64 heads).
+// The same kernel over the paged decode caches (no split-KV: one block per row × 64 heads); q of
+// either q_dtype (bf16: q_bf16 8-byte aligned, else fits is false).
 bool sparse_decode_bf16_fits(const SparseDecodeParams& p);
 void sparse_decode_bf16(const SparseDecodeParams& p, cudaStream_t stream, const char* op);
-// The pipelined bf16 forward (sparse_attention_forward_pipelined.cu): kv converted to bf16 in the
-// workspace (S·1152 bytes), cp.async double-buffered gathers.
+// The pipelined bf16 forward (sparse_attention_forward_pipelined.cu): fp32 kv converted to bf16 in the
+// workspace (S·1152 bytes; bf16 kv read directly, workspace 0), cp.async double-buffered gathers.
+// fits: the shape, shared memory and, for bf16 inputs, 16-byte aligned q_bf16 / kv_bf16.
 bool sparse_forward_pipelined_fits(const AttentionParams& p);
 size_t sparse_forward_pipelined_workspace(const AttentionParams& p);
-// kv [S, 576] fp32 → bf16 into the workspace (its first S·1152 bytes), the copy the pipelined (v4) and
-// wgmma (v5) sparse forwards gather from; returns it. Defined in sparse_attention_forward_pipelined.cu.
-__nv_bfloat16* kv_to_bf16_workspace(const AttentionParams& p, void* workspace, cudaStream_t stream, const char* op);
+// The bf16 kv rows [S, 576] the pipelined (v4) and wgmma (v5) sparse forwards gather from: fp32 kv
+// converted into the workspace (its first S·1152 bytes), or kv_bf16 itself for bf16 inputs (no launch,
+// workspace unused). Defined in sparse_attention_forward_pipelined.cu.
+const __nv_bfloat16* kv_to_bf16_workspace(const AttentionParams& p, void* workspace, cudaStream_t stream,
+                                          const char* op);
+// workspace: sparse_forward_pipelined_workspace bytes (may be null for bf16 inputs).
 void sparse_forward_pipelined(const AttentionParams& p, const AttentionForwardOut& o, void* workspace,
                               cudaStream_t stream, const char* op);
 // The bf16 tensor-core sparse backward (sparse_attention_backward_bf16.cu): cuBLAS bf16 GEMMs over
-// query chunks, any shape on sm_80+; its workspace (for the default chunk) and its launch.
+// query chunks, any shape on sm_80+, q / kv of either dtype; its workspace (for the default chunk;
+// S·Dqk·2 bytes smaller for bf16 inputs, whose kv is gathered directly) and its launch.
 bool sparse_backward_bf16_fits(const AttentionParams& p);
 size_t sparse_backward_bf16_workspace(const AttentionParams& p, const char* op);
 void sparse_backward_bf16(const AttentionParams& p, const AttentionBackwardArgs& b, void* workspace,
@@ -186,12 +242,13 @@ __device__ inline void load_key_chunk(const Keys& keys, int64_t t, int c, int j_
 }
 
 // ── forward tile (online softmax) ────────────────────────────────────────────────────────────
-// Attention of nh ≤ kTileHeads heads of query t (q → q[t, h0, 0], heads contiguous) over slots
+// Attention of nh ≤ kTileHeads heads of query t (q → q[t, h0, 0], heads contiguous; a const float*
+// or an Elems of either dtype) over slots
 // [j_begin, j_end) of the key source. Writes out[h·Dv + d] (normalised), lse[h·lse_stride] and, if
 // non-null, max_logits[h]. A tile that saw no valid key writes out = 0, lse = empty_lse (+inf for a
 // final result, −inf for a split-KV partial), max_logits = −inf.
-template <class Keys>
-__device__ void forward_tile(const Keys& keys, int64_t t, int j_begin, int j_end, const float* __restrict__ q, int nh,
+template <class Keys, class Q>
+__device__ void forward_tile(const Keys& keys, int64_t t, int j_begin, int j_end, const Q q, int nh,
                              int Dqk, int Dv, float scale, float* __restrict__ out, float* __restrict__ lse,
                              int lse_stride, float* __restrict__ max_logits, float empty_lse) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -282,8 +339,9 @@ __device__ inline void row_delta(const float* out, const float* dout, int64_t ro
 // ── backward dq tile (query-major) ───────────────────────────────────────────────────────────
 // For nh heads of query t over all its slots: recompute z (forward 2a), P = exp(z − lse) (inverts
 // the normalisation), dP = dout·v (inverts 2c), dZ = P(dP − Δ); dq = scale·Σ_s dZ·kv[s] (inverts 2a).
-template <class Keys>
-__device__ void dq_tile(const Keys& keys, int64_t t, const float* __restrict__ q, const float* __restrict__ dout,
+// q: a const float* or an Elems of either dtype.
+template <class Keys, class Q>
+__device__ void dq_tile(const Keys& keys, int64_t t, const Q q, const float* __restrict__ dout,
                         const float* __restrict__ lse, const float* __restrict__ delta, int nh, int Dqk, int Dv,
                         float scale, float* __restrict__ dq) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -337,8 +395,9 @@ __device__ void dq_tile(const Keys& keys, int64_t t, const float* __restrict__ q
 //          scale·dZ[t,h,s]·q[t,h]  (K role, Dqk dims)  +  P[t,h,s]·dout[t,h]  (V role, Dv dims).
 // `visit(f)` calls f(t) once per entry in a fixed order. Warps own heads for the two dot products
 // (butterfly reductions, fixed order); threads own dims for the accumulation (h ascending).
-template <class Visit>
-__device__ void dkv_key(const float* __restrict__ kv_row, const float* __restrict__ q, const float* __restrict__ dout,
+// kv_row and q: const float* or Elems of either dtype (Keys::row gives the kv row of a key source).
+template <class Visit, class KvRow, class Q>
+__device__ void dkv_key(const KvRow kv_row, const Q q, const float* __restrict__ dout,
                         const float* __restrict__ lse, const float* __restrict__ delta, int H, int Dqk, int Dv,
                         float scale, float* __restrict__ dkv_row, const Visit& visit) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -354,7 +413,7 @@ __device__ void dkv_key(const float* __restrict__ kv_row, const float* __restric
   __syncthreads();
   visit([&](int64_t t) {
     for (int h = warp; h < H; h += kWarps) {
-      const float* qr = q + (t * H + h) * Dqk;
+      const auto qr = q + (t * H + h) * Dqk;
       const float* dr = dout + (t * H + h) * Dv;
       float z = 0.0f, dp = 0.0f;
       for (int d = lane; d < Dqk; d += detail::kWarpSize) z = fmaf(qr[d], kv_s[d], z);
@@ -388,10 +447,11 @@ struct ForwardArgs {
   Keys keys;
   int T, H, Dqk, Dv;
   float scale;
-  const float* q;
+  const float* q;       // fp32 q (used when q_bf16 is null)
   float* out;
   float* lse;
   float* max_logits;   // may be null
+  const uint16_t* q_bf16 = nullptr;   // bf16 q, or null
 };
 template <class Keys>
 __global__ void __launch_bounds__(kThreads) forward_v1_kernel(ForwardArgs<Keys> a) {
@@ -399,7 +459,7 @@ __global__ void __launch_bounds__(kThreads) forward_v1_kernel(ForwardArgs<Keys> 
   const int h0 = blockIdx.y * kTileHeads;
   const int nh = min(kTileHeads, a.H - h0);
   const int64_t row = t * a.H + h0;
-  forward_tile(a.keys, t, 0, a.keys.count(t), a.q + row * a.Dqk, nh, a.Dqk, a.Dv, a.scale, a.out + row * a.Dv,
+  forward_tile(a.keys, t, 0, a.keys.count(t), Elems{a.q, a.q_bf16} + row * a.Dqk, nh, a.Dqk, a.Dv, a.scale, a.out + row * a.Dv,
                a.lse + row, 1, a.max_logits ? a.max_logits + row : nullptr, kInf);
 }
 // backward dq: same grid, one dq_tile per (query, head tile).
@@ -408,8 +468,9 @@ struct DqArgs {
   Keys keys;
   int H, Dqk, Dv;
   float scale;
-  const float *q, *dout, *lse, *delta;
+  const float *q, *dout, *lse, *delta;   // q fp32 (used when q_bf16 is null)
   float* dq;
+  const uint16_t* q_bf16 = nullptr;      // bf16 q, or null
 };
 template <class Keys>
 __global__ void __launch_bounds__(kThreads) dq_v1_kernel(DqArgs<Keys> a) {
@@ -417,8 +478,88 @@ __global__ void __launch_bounds__(kThreads) dq_v1_kernel(DqArgs<Keys> a) {
   const int h0 = blockIdx.y * kTileHeads;
   const int nh = min(kTileHeads, a.H - h0);
   const int64_t row = t * a.H + h0;
-  dq_tile(a.keys, t, a.q + row * a.Dqk, a.dout + row * a.Dv, a.lse + row, a.delta + row, nh, a.Dqk, a.Dv, a.scale,
+  dq_tile(a.keys, t, Elems{a.q, a.q_bf16} + row * a.Dqk, a.dout + row * a.Dv, a.lse + row, a.delta + row, nh, a.Dqk, a.Dv, a.scale,
           a.dq + row * a.Dqk);
+}
+
+
+// Host: the v1 forward over a key source (sparse_keys(p) / dense_keys(p)) with q in p's dtype.
+template <class Keys>
+inline void launch_forward_v1(const AttentionParams& p, const Keys& keys, const AttentionForwardOut& o,
+                              cudaStream_t stream, const char* op) {
+  const size_t smem = forward_smem_bytes(p.Dqk, p.Dv);
+  set_smem(forward_v1_kernel<Keys>, smem, op);
+  if (p.T == 0) return;
+  const Elems q = q_elems(p);
+  const ForwardArgs<Keys> a{keys, p.T, p.H, p.Dqk, p.Dv, p.scale, q.f32, o.out, o.lse, o.max_logits, q.bf16};
+  const dim3 grid(p.T, detail::ceil_div(p.H, kTileHeads));
+  forward_v1_kernel<<<grid, kThreads, smem, stream>>>(a);
+  DSA_CUDA_LAUNCH_CHECK(op);
+}
+// Host: the arguments of dq_v1_kernel with q in p's dtype.
+template <class Keys>
+inline DqArgs<Keys> dq_args(const AttentionParams& p, const Keys& keys, const float* dout, const float* lse,
+                            const float* delta, float* dq) {
+  const Elems q = q_elems(p);
+  return DqArgs<Keys>{keys, p.H, p.Dqk, p.Dv, p.scale, q.f32, dout, lse, delta, dq, q.bf16};
+}
+// Host: the v1 dq pass (grid (T, ⌈H/8⌉)) with q / kv in p's dtype; delta = Δ [T, H] already computed.
+template <class Keys>
+inline void launch_dq_v1(const AttentionParams& p, const Keys& keys, const AttentionBackwardArgs& b,
+                         const float* delta, cudaStream_t stream, const char* op) {
+  const size_t smem = dq_smem_bytes(p.Dqk, p.Dv);
+  set_smem(dq_v1_kernel<Keys>, smem, op);
+  if (p.T == 0) return;
+  dq_v1_kernel<<<dim3(p.T, detail::ceil_div(p.H, kTileHeads)), kThreads, smem, stream>>>(
+      dq_args(p, keys, b.dout, b.lse, delta, b.dq));
+  DSA_CUDA_LAUNCH_CHECK(op);
+}
+
+// ── v1 dkv passes (key-major, one key per block, dkv_key) with q / kv of either dtype ─────────────
+// Sparse: block s walks its entries of the key-major transposition (key_major.cuh: sorted_pos =
+// vals_out, offsets) in sorted order; the entry at position pos belongs to query pos / K.
+// Dense: block s visits every query t (ascending) whose clamped range holds s.
+// (Templates so that every translation unit may include them.)
+template <class Keys>
+struct DkvV1Args {
+  Keys keys;                             // kv (either dtype) and, dense, the ranges
+  int T, H, Dqk, Dv, K;
+  float scale;
+  Elems q;
+  const float *dout, *lse, *delta;
+  const int32_t *sorted_pos, *offsets;   // sparse only
+  float* dkv;
+};
+template <class Keys>
+__global__ void __launch_bounds__(kThreads) dkv_v1_kernel(DkvV1Args<Keys> a) {
+  const int64_t s = blockIdx.x;
+  const auto visit = [&](auto&& f) {
+    if constexpr (std::is_same_v<Keys, SparseKeys>) {
+      const int e0 = a.offsets[s], e1 = a.offsets[s + 1];
+      for (int e = e0; e < e1; ++e) f(static_cast<int64_t>(a.sorted_pos[e] / a.K));
+    } else {
+      for (int t = 0; t < a.T; ++t) {
+        int lo, hi;
+        a.keys.range(t, lo, hi);
+        if (s >= lo && s < hi) f(static_cast<int64_t>(t));
+      }
+    }
+  };
+  dkv_key(a.keys.row(s), a.q, a.dout, a.lse, a.delta, a.H, a.Dqk, a.Dv, a.scale, a.dkv + s * a.Dqk, visit);
+}
+// Host: the v1 dkv pass over a key source (sparse_keys(p): sorted_pos / offsets required; dense_keys(p):
+// both null) with q / kv in p's dtype; delta = Δ [T, H].
+template <class Keys>
+inline void launch_dkv_v1(const AttentionParams& p, const Keys& keys, const AttentionBackwardArgs& b,
+                          const float* delta, const int32_t* sorted_pos, const int32_t* offsets, cudaStream_t stream,
+                          const char* op) {
+  const size_t smem = dkv_smem_bytes(p.Dqk, p.H);
+  set_smem(dkv_v1_kernel<Keys>, smem, op);
+  if (p.S == 0) return;
+  const DkvV1Args<Keys> a{keys, p.T, p.H, p.Dqk, p.Dv, p.K, p.scale, q_elems(p),
+                          b.dout, b.lse, delta, sorted_pos, offsets, b.dkv};
+  dkv_v1_kernel<<<p.S, kThreads, smem, stream>>>(a);
+  DSA_CUDA_LAUNCH_CHECK(op);
 }
 
 }  // namespace dsa::cuda::attn

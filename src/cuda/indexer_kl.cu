@@ -14,6 +14,7 @@
 //     +inf when some p̃ > 0 sits on an I = −inf logit (π = 0), 0 for an empty A(t).
 //   Phase 2 (backward only): p̃ was parked in d_index_logits during phase 1 (the output doubles as
 //     scratch); the block rewrites its row: dI = dloss·(π − p̃/Z) on A(t), 0 elsewhere.
+// q / kv fp32 or bf16 (AttentionParams::dtype): each bf16 element is converted to fp32 on load (exact).
 // Shared memory: keys[KC] | q[HT][ld] | kv[KC][ld] | P[HT][KC] floats | p̃[KC] doubles | 6 doubles.
 #include "cuda/attention_common.cuh"
 #include "dsa/cuda_ops.h"
@@ -36,7 +37,8 @@ struct KlArgs {
   bool dense;
   int H, Dqk, S, K;
   float scale;
-  const float *q, *lse, *logits, *dloss;
+  attn::Elems q;               // [T, H, Dqk] either dtype
+  const float *lse, *logits, *dloss;
   float* loss;                 // forward output [T] (null in backward)
   float* d_logits;             // backward output (null in forward)
 };
@@ -72,7 +74,7 @@ __device__ void kl_row(const KlArgs& a, const Keys& keys, int64_t t) {
     for (int h0 = 0; h0 < a.H; h0 += attn::kTileHeads) {
       const int nh = min(attn::kTileHeads, a.H - h0);
       __syncthreads();   // previous group's q_s / p_s readers are done
-      const float* q = a.q + (t * a.H + h0) * a.Dqk;
+      const attn::Elems q = a.q + (t * a.H + h0) * a.Dqk;
       for (int i = tid; i < nh * a.Dqk; i += attn::kThreads) q_s[(i / a.Dqk) * ld + i % a.Dqk] = q[i];
       __syncthreads();
       float p = 0.0f;
@@ -163,10 +165,8 @@ void launch(const IndexerKlParams& p, const float* dloss, float* loss, float* d_
   const size_t smem = kl_smem_bytes(at.Dqk);
   attn::set_smem(indexer_kl_v1, smem, op);
   if (at.T == 0) return;
-  KlArgs a{{at.indices, at.topk_length, at.K, at.S, at.kv, at.Dqk},
-           {at.ks, at.ke, at.S, at.kv, at.Dqk},
-           at.indices == nullptr, at.H, at.Dqk, at.S, at.K, at.scale, at.q, p.lse, p.index_logits, dloss, loss,
-           d_logits};
+  const KlArgs a{attn::sparse_keys(at), attn::dense_keys(at), at.indices == nullptr, at.H, at.Dqk, at.S, at.K,
+                 at.scale, attn::q_elems(at), p.lse, p.index_logits, dloss, loss, d_logits};
   indexer_kl_v1<<<at.T, attn::kThreads, smem, stream>>>(a);
   DSA_CUDA_LAUNCH_CHECK(op);
 }

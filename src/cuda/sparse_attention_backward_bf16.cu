@@ -5,14 +5,17 @@
 // Contract (same as v1, sparse_attention_backward.cu): −1 / out-of-range / past-topk_length slots
 // contribute nothing; P = exp(scale·z − lse) with the forward's natural-log lse; dkv's first Dv
 // dims get Pᵀ·dout (V role) and all Dqk dims get scale·dZᵀ·q (K role). Any H, Dqk, Dv ≤ Dqk, K,
-// on sm_80+ (cuBLAS bf16 GEMMs); older devices run v1. Operands are rounded to bf16 (q, kv, dout,
-// P, dZ); every product is accumulated in fp32 and dkv is summed in fp32 → relative error ~1e-3..1e-2
+// on sm_80+ (cuBLAS bf16 GEMMs); older devices run v1. q and kv come in fp32 or bf16
+// (AttentionParams::dtype; bf16 ones are used as they are, fp32 ones rounded to nearest even, so a
+// bf16 input holding the rounded values of an fp32 one gives bitwise the same dq / dkv); dout, out,
+// lse and the outputs dq / dkv are fp32. Operands are rounded to bf16 (q, kv, dout, P, dZ); every product is accumulated in fp32 and dkv is summed in fp32 → relative error ~1e-3..1e-2
 // vs fp64 (tests/cuda/attention_bwd_bf16_test.cu states the tolerance).
 //
 // Algorithm: the queries go through in chunks of Tc (a fixed function of the shapes and of
-// workspace_bytes: default_chunk, largest_chunk). Once per call: kv → bf16 (kvb [S,Dqk]), dkv = 0.
+// workspace_bytes: default_chunk, largest_chunk). Once per call: fp32 kv → bf16 (kvb [S,Dqk]; bf16 kv
+// is kvb itself, not copied), dkv = 0.
 // Per chunk:
-//   1. prep     Q2[t] = [q[t] ; dout[t] padded with zeros to Dqk]  (bf16 [2H, Dqk]),
+//   1. prep     Q2[t] = [q[t] ; dout[t] padded with zeros to Dqk]  (bf16 [2H, Dqk]; bf16 q copied),
 //               Δ[t,h] = out·dout (fp32, one warp per row, lanes strided then a fixed butterfly),
 //               slot keys: key = indices[t,j] if slot j is valid else S (the sort's "invalid" key),
 //               value = local position t·K + j
@@ -40,7 +43,7 @@
 // context is gone). Each call
 // binds the stream and our workspace's cuBLAS slice under a mutex held while the chunk loop is
 // enqueued (enqueue only, no host sync), so concurrent host threads cannot swap them mid-call.
-// Workspace (plan): kvb S·Dqk·2 + cuBLAS 32 MiB + (S+1)·4 + per query of the chunk
+// Workspace (plan): kvb S·Dqk·2 (fp32 inputs only) + cuBLAS 32 MiB + (S+1)·4 + per query of the chunk
 // K·Dqk·(2 + 4) + 2H·Dqk·2 + 2H·K·(4 + 2) + 4H + 16K (+ cub's sort storage) ≈ 10.6 MB per query at
 // the V3.2 shape; the default chunk keeps the total ≤ kChunkBudgetBytes (4 GiB → Tc ≈ 400 there).
 // A caller may pass less: Tc becomes the largest chunk that fits (≥ the size for Tc = 1).
@@ -82,7 +85,7 @@ Plan make_plan(const AttentionParams& p, int tc, void* base, const char* op) {
   w.tc = tc;
   detail::WorkspaceCarver ws(base);
   w.cublas_ws = ws.take<unsigned char>(kCublasWorkspaceBytes);
-  w.kvb = ws.take<__nv_bfloat16>(static_cast<size_t>(p.S) * D);
+  if (p.dtype != DType::kBF16) w.kvb = ws.take<__nv_bfloat16>(static_cast<size_t>(p.S) * D);   // bf16: kv_bf16 itself
   w.q2 = ws.take<__nv_bfloat16>(tc * H2 * D);
   w.kg = ws.take<__nv_bfloat16>(n * D);
   w.sp = ws.take<float>(tc * H2 * p.K);
@@ -120,13 +123,20 @@ __global__ void bwd_bf16_convert_kv(const float* kv, int64_t n, __nv_bfloat16* k
     kvb[i] = __float2bfloat16_rn(kv[i]);
 }
 
-// Q2[tl] rows 0..H−1 = q[c0+tl], rows H..2H−1 = dout[c0+tl] (dims ≥ Dv zero). A block per row.
-__global__ void bwd_bf16_prep_q2(const float* q, const float* dout, int64_t c0, int tc, int H, int Dqk, int Dv,
-                                 __nv_bfloat16* q2) {
+// Q2[tl] rows 0..H−1 = q[c0+tl] (fp32 q rounded, or bf16 q16 copied when q16 is set), rows H..2H−1 =
+// dout[c0+tl] (dims ≥ Dv zero). A block per row.
+__global__ void bwd_bf16_prep_q2(const float* q, const uint16_t* q16, const float* dout, int64_t c0, int tc, int H,
+                                 int Dqk, int Dv, __nv_bfloat16* q2) {
   const int64_t rows = static_cast<int64_t>(tc) * 2 * H;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {   // local row tl·2H + hr
     const int64_t t = c0 + r / (2 * H);
     const int hr = static_cast<int>(r % (2 * H));
+    if (hr < H && q16 != nullptr) {
+      const uint16_t* src = q16 + (t * H + hr) * Dqk;
+      uint16_t* dst = reinterpret_cast<uint16_t*>(q2 + r * Dqk);
+      for (int d = threadIdx.x; d < Dqk; d += blockDim.x) dst[d] = src[d];
+      continue;
+    }
     const float* src = hr < H ? q + (t * H + hr) * Dqk : dout + (t * H + hr - H) * Dv;
     const int len = hr < H ? Dqk : Dv;
     for (int d = threadIdx.x; d < Dqk; d += blockDim.x) q2[r * Dqk + d] = __float2bfloat16_rn(d < len ? src[d] : 0.0f);
@@ -262,9 +272,11 @@ void sparse_backward_bf16(const AttentionParams& p, const AttentionBackwardArgs&
   if (p.T == 0) return;
   const Plan w = make_plan(p, tc, workspace, op);
   const int H = p.H, K = p.K, D = p.Dqk, H2 = 2 * p.H;
-  const SparseKeys keys{p.indices, p.topk_length, p.K, p.S, p.kv, p.Dqk};
+  const SparseKeys keys = sparse_keys(p);
   const uint32_t S = static_cast<uint32_t>(p.S);
-  if (p.S > 0) {
+  const bool bf16 = p.dtype == DType::kBF16;
+  const __nv_bfloat16* kvb = bf16 ? reinterpret_cast<const __nv_bfloat16*>(p.kv_bf16) : w.kvb;
+  if (p.S > 0 && !bf16) {
     const int64_t n = static_cast<int64_t>(p.S) * D;
     bwd_bf16_convert_kv<<<grid_for(n), kThreads256, 0, stream>>>(p.kv, n, w.kvb);
     DSA_CUDA_LAUNCH_CHECK(op);
@@ -273,15 +285,16 @@ void sparse_backward_bf16(const AttentionParams& p, const AttentionBackwardArgs&
   cublasHandle_t h = detail::cublas_handle(op);
   DSA_CUBLAS_CALL(op, cublasSetStream(h, stream));   // resets the workspace: bind ours after it
   DSA_CUBLAS_CALL(op, cublasSetWorkspace(h, w.cublas_ws, kCublasWorkspaceBytes));
-  const bool vec_gather = D % kVecBf16 == 0, vec_dkv = D % 4 == 0;
+  // 16-byte gathers need 16-byte rows: Dqk % 8 == 0 and (bf16 kv) a 16-byte aligned kv_bf16
+  const bool vec_gather = D % kVecBf16 == 0 && reinterpret_cast<uintptr_t>(kvb) % 16 == 0, vec_dkv = D % 4 == 0;
   const int dkv_threads = std::min(1024, static_cast<int>((vec_dkv ? D / 4 : D) + 31) / 32 * 32);
 
   for (int64_t c0 = 0; c0 < p.T; c0 += tc) {
     const int n_t = static_cast<int>(std::min<int64_t>(tc, p.T - c0));
     const int64_t n = static_cast<int64_t>(n_t) * K;   // slots of the chunk
     // 1. prep
-    bwd_bf16_prep_q2<<<grid_rows(static_cast<int64_t>(n_t) * H2), kThreads256, 0, stream>>>(p.q, b.dout, c0, n_t, H, D,
-                                                                                           p.Dv, w.q2);
+    bwd_bf16_prep_q2<<<grid_rows(static_cast<int64_t>(n_t) * H2), kThreads256, 0, stream>>>(
+        bf16 ? nullptr : p.q, bf16 ? p.q_bf16 : nullptr, b.dout, c0, n_t, H, D, p.Dv, w.q2);
     DSA_CUDA_LAUNCH_CHECK(op);
     const int64_t rows = static_cast<int64_t>(n_t) * H;
     bwd_bf16_delta<<<detail::ceil_div(rows * detail::kWarpSize, kThreads256), kThreads256, 0, stream>>>(
@@ -291,9 +304,9 @@ void sparse_backward_bf16(const AttentionParams& p, const AttentionBackwardArgs&
     // 2. gather
     const int gather_grid = grid_for(n * detail::kWarpSize);
     if (vec_gather)
-      bwd_bf16_gather<true><<<gather_grid, kThreads256, 0, stream>>>(w.kvb, w.km.keys_in, n, D, S, w.kg);
+      bwd_bf16_gather<true><<<gather_grid, kThreads256, 0, stream>>>(kvb, w.km.keys_in, n, D, S, w.kg);
     else
-      bwd_bf16_gather<false><<<gather_grid, kThreads256, 0, stream>>>(w.kvb, w.km.keys_in, n, D, S, w.kg);
+      bwd_bf16_gather<false><<<gather_grid, kThreads256, 0, stream>>>(kvb, w.km.keys_in, n, D, S, w.kg);
     DSA_CUDA_LAUNCH_CHECK(op);
     // 3. SP[t] (2H×K row-major = K×2H column-major) = Kg[t] (K×D) · Q2[t]ᵀ
     gemm(h, CUBLAS_OP_T, CUBLAS_OP_N, K, H2, D, w.kg, D, static_cast<long long>(K) * D, w.q2, D,

@@ -3,6 +3,7 @@
 // topk_length optional), cache kFp32 / kBf16 / kFp8Record (656 B: e4m3·block scale + bf16 RoPE,
 // dequantised on the fly exactly as mla_cache_unpack does). out [B,next_n,H,512], lse [B,H,next_n].
 //
+// q fp32 or bf16 (SparseDecodeParams::q_dtype; v1 converts each bf16 element to fp32 on load, exact).
 // v1 (every arch): split-KV + combine, fp32, deterministic.
 //   decode   grid (rows = B·next_n, ⌈H/kTileHeads⌉, splits): block = one row × 8 heads × one
 //            contiguous range of its K slots (attention_common.cuh forward_tile over CacheKeys).
@@ -85,9 +86,10 @@ struct DecodeArgs {
   int next_n, H, per_split, splits;
   int64_t rows;
   float scale;
-  const float* q;
+  const float* q;              // fp32 q (used when q_bf16 is null)
   float *out, *lse;            // final (splits == 1)
   float *part_o, *part_lse;    // workspace (splits > 1)
+  const uint16_t* q_bf16 = nullptr;   // bf16 q (q_dtype kBF16), or null
 };
 
 __global__ void __launch_bounds__(attn::kThreads) sparse_decode_v1(DecodeArgs a) {
@@ -96,7 +98,7 @@ __global__ void __launch_bounds__(attn::kThreads) sparse_decode_v1(DecodeArgs a)
   const int nh = min(attn::kTileHeads, a.H - h0);
   const int n = a.keys.count(r);
   const int j0 = min(n, split * a.per_split), j1 = min(n, j0 + a.per_split);
-  const float* q = a.q + (r * a.H + h0) * kRowDim;
+  const attn::Elems q = attn::Elems{a.q, a.q_bf16} + (r * a.H + h0) * kRowDim;
   if (a.splits == 1) {
     const int64_t b = r / a.next_n, i = r % a.next_n;
     attn::forward_tile(a.keys, r, j0, j1, q, nh, kRowDim, kDv, a.scale, a.out + (r * a.H + h0) * kDv,

@@ -1,7 +1,8 @@
 // sparse_attention_forward_bf16.cu — op 6, tensor-core version (kSparseAttentionBf16Version), and
 // the same kernel over the paged decode caches (op 11, sparse_attention_decode's bf16 version): one
-// kernel template over a row source (PrefillSrc: fp32 kv [S,576]; DecodeSrc: kFp32 / kBf16 /
-// kFp8Record cache at physical slots). V3.2 shape only (Dqk = 576, Dv = 512, H a multiple of 64, any
+// kernel template over a row source (PrefillSrc: fp32 or bf16 kv [S,576]; DecodeSrc: kFp32 / kBf16 /
+// kFp8Record cache at physical slots) and the dtype of q (fp32 or bf16: AttentionParams::dtype,
+// SparseDecodeParams::q_dtype). V3.2 shape only (Dqk = 576, Dv = 512, H a multiple of 64, any
 // K), bf16 operands through mma.sync m16n8k16 (sm_80+; fp32 accumulation), fp32 softmax statistics.
 // Same contract and conventions as v1; results differ from fp32 by bf16 rounding of q, kv and P
 // (relative ~1e-3..1e-2, the stated tolerance in docs/kernels/sparse_attention.md and
@@ -16,7 +17,9 @@
 //   q [64][584] 74,752 B | kv [64][584] 74,752 B | P [64][72] 9,216 B | keys [64] int32 |
 //   row max [2][64] f32 | row sum [2][64] f32   = 159,744 B  (sm_80: 163 KiB, sm_90: 227 KiB;
 //   sm_89's 99 KiB is too small → v1 runs there).
-// Loads convert the fp32 inputs on the fly (the contract's dtype); nothing is double-buffered yet.
+// Loads convert the inputs on the fly: fp32 → bf16 (round to nearest even), bf16 → fp32 → bf16
+// (exact, so bf16 inputs holding the rounded values of fp32 ones give bitwise the same output); bf16
+// q / kv pointers must be 8-byte aligned (4-element loads; else v1 runs). Nothing is double-buffered.
 #include <cuda_bf16.h>
 
 #include "cuda/attention_common.cuh"
@@ -81,15 +84,26 @@ __device__ inline void load_rows_bf16(__nv_bfloat16* dst, const Load& load) {
   }
 }
 
+// Four bf16 (bit patterns, element 0 in the low half of w.x) as fp32 — exact.
+__device__ inline float4 bf16x4_to_float4(uint2 w) {
+  return make_float4(detail::bf16_decode(w.x & 0xFFFF), detail::bf16_decode(w.x >> 16),
+                     detail::bf16_decode(w.y & 0xFFFF), detail::bf16_decode(w.y >> 16));
+}
+
 // ── row sources: which kv rows a query row attends to, how a row is loaded, where results go ──
-// Prefill (op 6): kv fp32 [S, 576], out [T, H, 512], lse [T, H], max_logits [T, H] or null.
+// Prefill (op 6): kv [S, 576] fp32 (keys.kv) or, kBf16, bf16 bits (keys.kv_bf16); out [T, H, 512],
+// lse [T, H], max_logits [T, H] or null.
+template <bool kBf16>
 struct PrefillSrc {
   SparseKeys keys;
   int H;
   float *out, *lse, *max_logits;
   __device__ int count(int64_t t) const { return keys.count(t); }
   __device__ int64_t key(int64_t t, int j) const { return keys.key(t, j); }
-  __device__ float4 load4(int64_t s, int d) const { return __ldg(reinterpret_cast<const float4*>(keys.kv + s * kDqk + d)); }
+  __device__ float4 load4(int64_t s, int d) const {
+    if constexpr (kBf16) return bf16x4_to_float4(__ldg(reinterpret_cast<const uint2*>(keys.kv_bf16 + s * kDqk + d)));
+    else return __ldg(reinterpret_cast<const float4*>(keys.kv + s * kDqk + d));
+  }
   __device__ float* out_row(int64_t t, int h) const { return out + (t * H + h) * kDv; }
   __device__ float* lse_at(int64_t t, int h) const { return lse + t * H + h; }
   __device__ float* max_logits_at(int64_t t, int h) const { return max_logits ? max_logits + t * H + h : nullptr; }
@@ -130,9 +144,7 @@ struct DecodeSrc {
       }
       b16 = reinterpret_cast<const uint16_t*>(rec + kRopeOffset) + (d - kMlaLatentDim);
     }
-    const uint2 w = *reinterpret_cast<const uint2*>(b16);
-    return make_float4(detail::bf16_decode(w.x & 0xFFFF), detail::bf16_decode(w.x >> 16),
-                       detail::bf16_decode(w.y & 0xFFFF), detail::bf16_decode(w.y >> 16));
+    return bf16x4_to_float4(*reinterpret_cast<const uint2*>(b16));
   }
   __device__ float* out_row(int64_t r, int h) const { return out + (r * H + h) * kDv; }
   __device__ float* lse_at(int64_t r, int h) const { return lse + ((r / next_n) * H + h) * next_n + r % next_n; }
@@ -143,11 +155,12 @@ template <class Src>
 struct Bf16Args {
   Src src;
   int H;
-  float scale_log2;   // scale · log2(e): scores live in the log2 domain inside the kernel
-  const float* q;     // [rows, H, 576]
+  float scale_log2;      // scale · log2(e): scores live in the log2 domain inside the kernel
+  const float* q;        // [rows, H, 576] fp32 (kernel with kQBf16 false)
+  const uint16_t* q16;   // [rows, H, 576] bf16 bits (kQBf16 true)
 };
 
-template <class Src>
+template <class Src, bool kQBf16>
 __global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_bf16_kernel(Bf16Args<Src> a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Smem& sm = *reinterpret_cast<Smem*>(smem_raw);
@@ -156,11 +169,14 @@ __global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_bf16_kernel
   const int lane = threadIdx.x % detail::kWarpSize, warp = threadIdx.x / detail::kWarpSize;
   const int g = warp % 4, j = warp / 4;
   const int lr = lane / 4, lc = lane % 4;   // fragment row (0..7) and column pair (0..3)
-  const float* q = a.q + (t * a.H + h0) * kDqk;
+  const int64_t q_row = (t * a.H + h0) * kDqk;
 
   // Phase 1: q tile → bf16.
   load_rows_bf16<kHeads>(sm.q, [&](int r, int d) {
-    return __ldg(reinterpret_cast<const float4*>(q + static_cast<int64_t>(r) * kDqk + d));
+    if constexpr (kQBf16)
+      return bf16x4_to_float4(__ldg(reinterpret_cast<const uint2*>(a.q16 + q_row + static_cast<int64_t>(r) * kDqk + d)));
+    else
+      return __ldg(reinterpret_cast<const float4*>(a.q + q_row + static_cast<int64_t>(r) * kDqk + d));
   });
 
   float o[kDvPerWarp / kMmaN][4];
@@ -243,29 +259,46 @@ __global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_bf16_kernel
 }  // namespace
 
 bool sparse_forward_bf16_fits(const AttentionParams& p) {
+  // bf16 inputs: 8-byte (4-element) loads of q_bf16 and kv_bf16
+  if (p.dtype == DType::kBF16 &&
+      (reinterpret_cast<uintptr_t>(p.q_bf16) % 8 != 0 || reinterpret_cast<uintptr_t>(p.kv_bf16) % 8 != 0))
+    return false;
   return p.Dqk == kDqk && p.Dv == kDv && p.H % kHeads == 0 &&
          static_cast<size_t>(detail::max_dynamic_smem_bytes()) >= kSmemBytes;
 }
 
 void sparse_forward_bf16(const AttentionParams& p, const AttentionForwardOut& o, cudaStream_t stream, const char* op) {
-  set_smem(sparse_attention_bf16_kernel<PrefillSrc>, kSmemBytes, op);
-  if (p.T == 0) return;
-  Bf16Args<PrefillSrc> a{{{p.indices, p.topk_length, p.K, p.S, p.kv, p.Dqk}, p.H, o.out, o.lse, o.max_logits},
-                         p.H, p.scale * kLog2e, p.q};
-  sparse_attention_bf16_kernel<<<dim3(p.T, p.H / kHeads), kBlockThreads, kSmemBytes, stream>>>(a);
+  const dim3 grid(p.T, p.H / kHeads);
+  if (p.dtype == DType::kBF16) {
+    set_smem(sparse_attention_bf16_kernel<PrefillSrc<true>, true>, kSmemBytes, op);
+    if (p.T == 0) return;
+    const Bf16Args<PrefillSrc<true>> a{{sparse_keys(p), p.H, o.out, o.lse, o.max_logits}, p.H, p.scale * kLog2e,
+                                       nullptr, p.q_bf16};
+    sparse_attention_bf16_kernel<PrefillSrc<true>, true><<<grid, kBlockThreads, kSmemBytes, stream>>>(a);
+  } else {
+    set_smem(sparse_attention_bf16_kernel<PrefillSrc<false>, false>, kSmemBytes, op);
+    if (p.T == 0) return;
+    const Bf16Args<PrefillSrc<false>> a{{sparse_keys(p), p.H, o.out, o.lse, o.max_logits}, p.H, p.scale * kLog2e,
+                                        p.q, nullptr};
+    sparse_attention_bf16_kernel<PrefillSrc<false>, false><<<grid, kBlockThreads, kSmemBytes, stream>>>(a);
+  }
   DSA_CUDA_LAUNCH_CHECK(op);
 }
 
 bool sparse_decode_bf16_fits(const SparseDecodeParams& p) {
+  // bf16 q: 8-byte (4-element) loads of q_bf16
+  if (p.q_dtype == DType::kBF16 && reinterpret_cast<uintptr_t>(p.q_bf16) % 8 != 0) return false;
   return p.H % kHeads == 0 && static_cast<size_t>(detail::max_dynamic_smem_bytes()) >= kSmemBytes;
 }
 
 void sparse_decode_bf16(const SparseDecodeParams& p, cudaStream_t stream, const char* op) {
-  set_smem(sparse_attention_bf16_kernel<DecodeSrc>, kSmemBytes, op);
+  const bool q_bf16 = p.q_dtype == DType::kBF16;
+  const auto kernel = q_bf16 ? sparse_attention_bf16_kernel<DecodeSrc, true> : sparse_attention_bf16_kernel<DecodeSrc, false>;
+  set_smem(kernel, kSmemBytes, op);
   const int64_t rows = static_cast<int64_t>(p.B) * p.next_n;
-  Bf16Args<DecodeSrc> a{{p.indices, p.topk_length, p.K, p.num_slots, p.format, p.cache, p.H, p.next_n, p.out, p.lse},
-                        p.H, p.scale * kLog2e, p.q};
-  sparse_attention_bf16_kernel<<<dim3(static_cast<unsigned>(rows), p.H / kHeads), kBlockThreads, kSmemBytes, stream>>>(a);
+  const Bf16Args<DecodeSrc> a{{p.indices, p.topk_length, p.K, p.num_slots, p.format, p.cache, p.H, p.next_n, p.out, p.lse},
+                              p.H, p.scale * kLog2e, q_bf16 ? nullptr : p.q, q_bf16 ? p.q_bf16 : nullptr};
+  kernel<<<dim3(static_cast<unsigned>(rows), p.H / kHeads), kBlockThreads, kSmemBytes, stream>>>(a);
   DSA_CUDA_LAUNCH_CHECK(op);
 }
 

@@ -1,10 +1,13 @@
 // sparse_attention_forward_pipelined.cu — op 6, version kSparseAttentionPipelinedVersion: the bf16
-// tensor-core forward with kv pre-converted to bf16 in the caller's workspace, so each chunk's kv
-// rows are gathered by cp.async straight into shared memory, double-buffered: the gather of chunk
-// c+1 runs while chunk c's MMAs run. V3.2 shape only (Dqk 576, Dv 512, H % 64 == 0); otherwise v1.
-// Same numerics as the bf16 version (bf16 q, kv, P; fp32 accumulation and softmax statistics).
+// tensor-core forward over kv in bf16 (fp32 kv pre-converted into the caller's workspace; bf16 kv,
+// AttentionParams::dtype kBF16, read where it lies), so each chunk's kv rows are gathered by cp.async
+// straight into shared memory, double-buffered: the gather of chunk c+1 runs while chunk c's MMAs
+// run. V3.2 shape only (Dqk 576, Dv 512, H % 64 == 0; bf16 q_bf16 / kv_bf16 16-byte aligned);
+// otherwise v1. Same numerics as the bf16 version (bf16 q, kv, P — bf16 inputs taken as they are,
+// fp32 inputs rounded to nearest even —; fp32 accumulation and softmax statistics).
 //
-// Launches: (1) kv fp32 [S,576] → bf16 [S,576] into the workspace (S·1152 bytes);
+// Launches: (1) fp32 inputs only: kv fp32 [S,576] → bf16 [S,576] into the workspace (S·1152 bytes;
+//               bf16 inputs need no workspace);
 //           (2) grid (T, H/64), 256 threads: block = one query × 64 heads, 32-key chunks.
 // Warp w = (g = w % 4, j = w / 4): S for heads [16g, 16g+16) × keys [16j, 16j+16) over 576 dims (72
 // MMAs); row maxima exchanged through shared memory (both key halves share the running max); P (bf16)
@@ -36,7 +39,8 @@ constexpr int kKeysPerWarp = kKeys / 2;              // 16
 constexpr int kRowChunks = kDqk * 2 / 16;            // 72 cp.async of 16 B per kv row
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
-constexpr int kQLoadBatch = 12;
+constexpr int kQLoadBatch = 12;                      // float4 q loads in flight per thread (fp32 q)
+constexpr int kQChunkBatch = 9;                      // 16-byte q loads in flight per thread (bf16 q)
 
 struct Smem {
   __nv_bfloat16 q[kHeads * kLd];
@@ -60,11 +64,12 @@ __global__ void kv_to_bf16(const float* __restrict__ kv, int64_t n, __nv_bfloat1
 }
 
 struct PipeArgs {
-  SparseKeys keys;                 // kv unused here (the bf16 copy below is read)
-  const __nv_bfloat16* kv16;       // [S, 576]
+  SparseKeys keys;                 // kv unused here (kv16 is read)
+  const __nv_bfloat16* kv16;       // [S, 576] bf16: the workspace copy (fp32 inputs) or kv_bf16
   int H;
   float scale_log2;
-  const float* q;
+  const float* q;                  // [T, H, 576] fp32 (kernel<false>)
+  const uint16_t* q16;             // [T, H, 576] bf16 bits (kernel<true>)
   float *out, *lse, *max_logits;
 };
 
@@ -84,6 +89,8 @@ __device__ inline void issue_chunk(const PipeArgs& a, int64_t t, int c, int n, i
   cp_async_commit();
 }
 
+// kQBf16: q is read from a.q16 (bf16, copied as it is) instead of a.q (fp32, rounded to bf16).
+template <bool kQBf16>
 __global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_forward_pipelined_kernel(PipeArgs a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Smem& sm = *reinterpret_cast<Smem*>(smem_raw);
@@ -96,7 +103,22 @@ __global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_forward_pip
 
   // Phase 1: start chunk 0's gathers, then convert the q tile while they fly.
   if (n > 0) issue_chunk(a, t, 0, n, sm.key[0], sm.kv[0]);
-  {
+  if constexpr (kQBf16) {
+    // 16-byte chunk ch of head row h → sm.q[h·kLd + 8·ch] (kLd·2 bytes is a multiple of 16).
+    const uint4* q = reinterpret_cast<const uint4*>(a.q16 + (t * a.H + h0) * kDqk);
+    constexpr int kPerThread = kHeads * kRowChunks / kBlockThreads;
+    static_assert(kPerThread % kQChunkBatch == 0 && (kLd * 2) % 16 == 0, "whole batches, 16-byte rows");
+    for (int b0 = 0; b0 < kPerThread; b0 += kQChunkBatch) {
+      uint4 v[kQChunkBatch];
+#pragma unroll
+      for (int u = 0; u < kQChunkBatch; ++u) v[u] = __ldg(q + threadIdx.x + (b0 + u) * kBlockThreads);
+#pragma unroll
+      for (int u = 0; u < kQChunkBatch; ++u) {
+        const int i = threadIdx.x + (b0 + u) * kBlockThreads;
+        *reinterpret_cast<uint4*>(sm.q + (i / kRowChunks) * kLd + (i % kRowChunks) * 8) = v[u];
+      }
+    }
+  } else {
     const float* q = a.q + (t * a.H + h0) * kDqk;
     constexpr int kPerRow = kDqk / 4, kPerThread = kHeads * kPerRow / kBlockThreads;
     static_assert(kPerThread % kQLoadBatch == 0, "whole batches");
@@ -191,15 +213,22 @@ __global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_forward_pip
 }  // namespace
 
 bool sparse_forward_pipelined_fits(const AttentionParams& p) {
+  // bf16 inputs: 16-byte loads of q_bf16 and cp.async gathers from kv_bf16
+  if (p.dtype == DType::kBF16 &&
+      (reinterpret_cast<uintptr_t>(p.q_bf16) % 16 != 0 || reinterpret_cast<uintptr_t>(p.kv_bf16) % 16 != 0))
+    return false;
   return p.Dqk == kDqk && p.Dv == kDv && p.H % kHeads == 0 &&
          static_cast<size_t>(detail::max_dynamic_smem_bytes()) >= kSmemBytes;
 }
 
 size_t sparse_forward_pipelined_workspace(const AttentionParams& p) {
+  if (p.dtype == DType::kBF16) return 0;   // kv_bf16 is gathered where it lies
   return sparse_forward_pipelined_fits(p) ? static_cast<size_t>(p.S) * kDqk * sizeof(__nv_bfloat16) : 0;
 }
 
-__nv_bfloat16* kv_to_bf16_workspace(const AttentionParams& p, void* workspace, cudaStream_t stream, const char* op) {
+const __nv_bfloat16* kv_to_bf16_workspace(const AttentionParams& p, void* workspace, cudaStream_t stream,
+                                          const char* op) {
+  if (p.dtype == DType::kBF16) return reinterpret_cast<const __nv_bfloat16*>(p.kv_bf16);   // no copy
   auto* kv16 = static_cast<__nv_bfloat16*>(workspace);
   const int64_t n = static_cast<int64_t>(p.S) * kDqk;
   if (n > 0) {
@@ -213,12 +242,15 @@ __nv_bfloat16* kv_to_bf16_workspace(const AttentionParams& p, void* workspace, c
 
 void sparse_forward_pipelined(const AttentionParams& p, const AttentionForwardOut& o, void* workspace,
                               cudaStream_t stream, const char* op) {
-  set_smem(sparse_attention_forward_pipelined_kernel, kSmemBytes, op);
+  const bool bf16 = p.dtype == DType::kBF16;
+  const auto kernel =
+      bf16 ? sparse_attention_forward_pipelined_kernel<true> : sparse_attention_forward_pipelined_kernel<false>;
+  set_smem(kernel, kSmemBytes, op);
   if (p.T == 0) return;
-  const __nv_bfloat16* kv16 = kv_to_bf16_workspace(p, workspace, stream, op);
-  PipeArgs a{{p.indices, p.topk_length, p.K, p.S, p.kv, p.Dqk}, kv16, p.H, p.scale * kLog2e, p.q, o.out, o.lse,
-             o.max_logits};
-  sparse_attention_forward_pipelined_kernel<<<dim3(p.T, p.H / kHeads), kBlockThreads, kSmemBytes, stream>>>(a);
+  const __nv_bfloat16* kv16 = kv_to_bf16_workspace(p, workspace, stream, op);   // kv_bf16 itself for bf16
+  const PipeArgs a{sparse_keys(p), kv16, p.H, p.scale * kLog2e, bf16 ? nullptr : p.q, bf16 ? p.q_bf16 : nullptr,
+                   o.out, o.lse, o.max_logits};
+  kernel<<<dim3(p.T, p.H / kHeads), kBlockThreads, kSmemBytes, stream>>>(a);
   DSA_CUDA_LAUNCH_CHECK(op);
 }
 

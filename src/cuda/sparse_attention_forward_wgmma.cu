@@ -6,11 +6,13 @@
 // decides).
 //
 // Contract: ops.h §6 (FlashMLA flash_mla_sparse_fwd): q [T,H,576], kv [S,576] shared by all heads,
+// both fp32 or both bf16 (AttentionParams::dtype),
 // V = kv[:, :512], indices [T,K] (−1, ≥ S or slot ≥ topk_length[t] → skipped), explicit scale;
 // out [T,H,512], lse [T,H] natural log (+inf and out = 0 for an empty row), max_logits [T,H] or null
 // (−inf for an empty row).
 // Numerics (the same as v3 / v4 up to the MMA's accumulation order): q, kv and P rounded to bf16
-// (round to nearest even), scores and O accumulated in fp32 by the tensor cores, softmax statistics
+// (round to nearest even; bf16 inputs are taken as they are, so a bf16 input holding the rounded
+// values of an fp32 one gives bitwise the same output), scores and O accumulated in fp32 by the tensor cores, softmax statistics
 // in fp32 in the base-2 domain (score·scale·log2 e), exp2 by ex2.approx.ftz (= exp2f except results
 // below 2^−126, flushed to 0), the row sum kept as two partials (keys
 // 0..31 and 32..63 of every tile, v3's key halves) over this thread's keys in tile order, then quad
@@ -29,13 +31,13 @@
 //   PV phase: warpgroup w accumulates O[64 heads × dims 256w..256w+255] += P[64 × 64] · V[64 × 256]:
 //             4 × wgmma m64n256k16 (A = P, K-major; B = the same kv tile read MN-major, i.e. the
 //             transposed-B form of bf16 wgmma), 128 fp32 accumulators per thread.
-//   kv comes pre-converted to bf16 in the caller's workspace (S·1152 bytes, the v4 conversion);
-//   tile j+1 is gathered by cp.async (16 B, rows through indices, invalid slots → zero rows and
+//   kv is read as bf16: fp32 kv is converted once into the caller's workspace (S·1152 bytes, the
+//   v4 conversion), bf16 kv is gathered where it lies (no workspace); tile j+1 is gathered by cp.async (16 B, rows through indices, invalid slots → zero rows and
 //   −inf scores) while tile j is computed (2 stages).
 //
 // Phases, in order:
-//   1. key ids of tiles 0, 1 → barrier → issue tile 0's gathers; stage q (fp32 → bf16, 128-byte
-//      swizzled) with plain stores;
+//   1. key ids of tiles 0, 1 → barrier → issue tile 0's gathers; stage q (fp32 → bf16, or bf16
+//      16-byte chunks copied as they are; 128-byte swizzled) with plain stores;
 //   2. per tile j: issue tile j−1's PV wgmmas (commit, no wait: no wgmma group stays in flight
 //      across the loop's back edge, which ptxas would answer by serialising) → wait for tile j's
 //      gathers → fence.proxy.async → barrier → warpgroup 0: S wgmmas (commit), queued behind the PV
@@ -61,8 +63,9 @@
 // row (the hardware applies the swizzle to the final address). MN-major V (B of the PV phase): the canonical 128-byte-swizzle MN-major
 // layout ((64 dims, m), (8 keys, k)) : ((1, LBO), (128 B, SBO)) with LBO = 8192 B (next column
 // block = next 64 dims) and SBO = 1024 B (next 8 keys); a k-step of 16 keys advances 2048 B.
-// Host-side requirements (else v5 does not apply / a named error): q and kv 16-byte aligned (float4
-// loads), the workspace 16-byte aligned (cp.async) and ≥ S·1152 bytes.
+// Host-side requirements (else v5 does not apply / a named error): q and kv (q_bf16 and kv_bf16 for
+// bf16 inputs) 16-byte aligned (float4 / 16-byte loads, cp.async gathers); for fp32 inputs the
+// workspace 16-byte aligned (cp.async) and ≥ S·1152 bytes.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -104,7 +107,8 @@ constexpr int kMmaK = 16;                                       // wgmma K for b
 constexpr int kGatherRowsPerPass = kBlockThreads / kChunksPerBlockRow;     // 32: 8 threads per kv row
 constexpr int kSRegs = kHeads * kKeys / kWarpGroupThreads;      // 32 (warpgroup 0: S is 64 × 64)
 constexpr int kORegs = kHeads * kDvPerWg / kWarpGroupThreads;   // 128
-constexpr int kQLoadBatch = 12;                                 // float4 loads in flight per thread
+constexpr int kQLoadBatch = 12;                                 // float4 loads in flight per thread (fp32 q)
+constexpr int kQChunkBatch = 9;                                 // 16-byte loads in flight per thread (bf16 q)
 constexpr int kSmVersion = 90;
 constexpr float kLog2e = 1.4426950408889634f;
 [[maybe_unused]] constexpr float kLn2 = 0.6931471805599453f;
@@ -137,13 +141,16 @@ static_assert(kSRegs == 32 && kORegs == 128, "accumulator registers per thread")
 static_assert(kSmemBytes <= 227 * 1024, "fits Hopper's 227 KiB opt-in shared memory");
 static_assert(kKvBlockBytes >> 4 < (1 << 14) && kSwizzleAtom >> 4 < (1 << 14), "descriptor offset fields are 14 bits");
 static_assert((kHeads * (kDqk / 4)) % (kBlockThreads * kQLoadBatch) == 0, "whole q load batches per thread");
+static_assert((kHeads * (kDqk * kElemBytes / kChunk)) % (kBlockThreads * kQChunkBatch) == 0,
+              "whole bf16 q chunk batches per thread");
 
 struct WgmmaArgs {
-  SparseKeys keys;                 // kv unused here (the bf16 copy below is read)
-  const __nv_bfloat16* kv16;       // [S, 576] bf16 (workspace)
+  SparseKeys keys;                 // kv unused here (kv16 is read)
+  const __nv_bfloat16* kv16;       // [S, 576] bf16: the workspace copy (fp32 inputs) or kv_bf16
   int H;
   float scale_log2;                // scale · log2 e
-  const float* q;
+  const float* q;                  // [T, H, 576] fp32 (kernel<false>)
+  const uint16_t* q16;             // [T, H, 576] bf16 bits (kernel<true>)
   float *out, *lse, *max_logits;
 };
 
@@ -247,6 +254,8 @@ __device__ __forceinline__ void issue_tile(const WgmmaArgs& a, const int32_t* ke
 }
 #endif  // DSA_WGMMA
 
+// kQBf16: q is read from a.q16 (bf16, copied as it is) instead of a.q (fp32, rounded to bf16).
+template <bool kQBf16>
 __global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_forward_wgmma_kernel(WgmmaArgs a) {
 #if DSA_WGMMA
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -272,7 +281,23 @@ __global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_forward_wgm
   }
   __syncthreads();
   if (n > 0) issue_tile(a, key_s, base + kKvOff);
-  {
+  if constexpr (kQBf16) {
+    // 16-byte chunk i of the [64 heads × 72 chunks] tile lands at its swizzled place unchanged.
+    const uint4* q = reinterpret_cast<const uint4*>(a.q16 + (t * a.H + h0) * kDqk);
+    constexpr int kRowChunks = kDqk * kElemBytes / kChunk, kPerThread = kHeads * kRowChunks / kBlockThreads;
+    for (int b0 = 0; b0 < kPerThread; b0 += kQChunkBatch) {
+      uint4 v[kQChunkBatch];
+#pragma unroll
+      for (int u = 0; u < kQChunkBatch; ++u) v[u] = __ldg(q + tid + (b0 + u) * kBlockThreads);
+#pragma unroll
+      for (int u = 0; u < kQChunkBatch; ++u) {
+        const int i = tid + (b0 + u) * kBlockThreads;
+        const int h = i / kRowChunks, ch = i % kRowChunks;
+        const uint32_t off = kQOff + (ch / kChunksPerBlockRow) * kQBlockBytes + swizzled(h, ch % kChunksPerBlockRow);
+        *reinterpret_cast<uint4*>(smem + off) = v[u];
+      }
+    }
+  } else {
     const float* q = a.q + (t * a.H + h0) * kDqk;
     constexpr int kPerRow = kDqk / 4, kPerThread = kHeads * kPerRow / kBlockThreads;
     for (int b0 = 0; b0 < kPerThread; b0 += kQLoadBatch) {
@@ -512,8 +537,12 @@ bool kernel_has_wgmma() {
 
 bool sparse_forward_wgmma_applies(const AttentionParams& p) {
   if (p.Dqk != kDqk || p.Dv != kDv || p.H <= 0 || p.H % kHeads != 0) return false;
-  // float4 loads of q and of kv (the bf16 conversion)
-  if (reinterpret_cast<uintptr_t>(p.q) % kChunk != 0 || reinterpret_cast<uintptr_t>(p.kv) % kChunk != 0) return false;
+  // 16-byte loads of q and of kv: float4 (fp32: q staging, the bf16 conversion), or 16-byte chunks
+  // (bf16: q staging, the cp.async gathers straight from kv_bf16)
+  const bool bf16 = p.dtype == DType::kBF16;
+  const void* q = bf16 ? static_cast<const void*>(p.q_bf16) : static_cast<const void*>(p.q);
+  const void* kv = bf16 ? static_cast<const void*>(p.kv_bf16) : static_cast<const void*>(p.kv);
+  if (reinterpret_cast<uintptr_t>(q) % kChunk != 0 || reinterpret_cast<uintptr_t>(kv) % kChunk != 0) return false;
   if (detail::device_sm_version() != kSmVersion) return false;   // wgmma exists on sm_90 only
   if (detail::max_dynamic_smem_bytes() < kSmemBytes) return false;
   static const bool has_wgmma = kernel_has_wgmma();   // a binary without sm_90a code runs the trap body
@@ -521,18 +550,20 @@ bool sparse_forward_wgmma_applies(const AttentionParams& p) {
 }
 
 size_t sparse_forward_wgmma_workspace(const AttentionParams& p) {
+  if (p.dtype == DType::kBF16) return 0;   // kv_bf16 is gathered where it lies
   return static_cast<size_t>(p.S) * kDqk * sizeof(__nv_bfloat16);
 }
 
 void sparse_forward_wgmma(const AttentionParams& p, const AttentionForwardOut& o, void* workspace,
                           cudaStream_t stream, const char* op) {
-  DSA_CUDA_CALL(op, cudaFuncSetAttribute(sparse_attention_forward_wgmma_kernel,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+  const bool bf16 = p.dtype == DType::kBF16;
+  const auto kernel = bf16 ? sparse_attention_forward_wgmma_kernel<true> : sparse_attention_forward_wgmma_kernel<false>;
+  DSA_CUDA_CALL(op, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   if (p.T == 0) return;
-  const __nv_bfloat16* kv16 = kv_to_bf16_workspace(p, workspace, stream, op);   // v4's conversion
-  WgmmaArgs a{{p.indices, p.topk_length, p.K, p.S, p.kv, p.Dqk}, kv16, p.H, p.scale * kLog2e, p.q, o.out, o.lse,
-              o.max_logits};
-  sparse_attention_forward_wgmma_kernel<<<dim3(p.T, p.H / kHeads), kBlockThreads, kSmemBytes, stream>>>(a);
+  const __nv_bfloat16* kv16 = kv_to_bf16_workspace(p, workspace, stream, op);   // v4's conversion / kv_bf16
+  const WgmmaArgs a{sparse_keys(p), kv16, p.H, p.scale * kLog2e, bf16 ? nullptr : p.q,
+                    bf16 ? p.q_bf16 : nullptr, o.out, o.lse, o.max_logits};
+  kernel<<<dim3(p.T, p.H / kHeads), kBlockThreads, kSmemBytes, stream>>>(a);
   DSA_CUDA_LAUNCH_CHECK(op);
 }
 

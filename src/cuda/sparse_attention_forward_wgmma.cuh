@@ -14,10 +14,12 @@ inline constexpr size_t kWgmmaWorkspaceAlign = 16;
 // opt-in shared memory, and a binary carrying this file's sm_90a code (probed once: the first call
 // launches a one-thread kernel and copies 4 bytes back, so make it outside CUDA-graph capture).
 bool sparse_forward_wgmma_applies(const AttentionParams& p);
-// Bytes of the bf16 kv copy (S·576·2), the same as v4's workspace.
+// Bytes of the bf16 kv copy (S·576·2, the same as v4's workspace) for fp32 inputs; 0 for bf16
+// inputs (kv_bf16 is gathered directly).
 size_t sparse_forward_wgmma_workspace(const AttentionParams& p);
-// Converts kv to bf16 into `workspace` (16-byte aligned, ≥ sparse_forward_wgmma_workspace bytes)
-// and launches the kernel. The caller checked sparse_forward_wgmma_applies and p.S > 0.
+// fp32 inputs: converts kv to bf16 into `workspace` (16-byte aligned, ≥ sparse_forward_wgmma_workspace
+// bytes); bf16 inputs: reads q_bf16 / kv_bf16 as they are (workspace unused, may be null). Then
+// launches the kernel. The caller checked sparse_forward_wgmma_applies and p.S > 0.
 void sparse_forward_wgmma(const AttentionParams& p, const AttentionForwardOut& o, void* workspace,
                           cudaStream_t stream, const char* op);
 
