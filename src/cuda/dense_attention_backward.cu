@@ -21,26 +21,6 @@ __global__ void dense_bwd_delta(const float* out, const float* dout, int64_t row
   attn::row_delta(out, dout, rows, Dv, delta);
 }
 
-struct DkvArgs {
-  attn::DenseKeys keys;
-  int T, H, Dqk, Dv;
-  float scale;
-  const float *q, *dout, *lse, *delta;
-  float* dkv;
-};
-
-__global__ void __launch_bounds__(attn::kThreads) dense_bwd_dkv(DkvArgs a) {
-  const int s = blockIdx.x;
-  attn::dkv_key(a.keys.kv + static_cast<int64_t>(s) * a.Dqk, a.q, a.dout, a.lse, a.delta, a.H, a.Dqk, a.Dv, a.scale,
-                a.dkv + static_cast<int64_t>(s) * a.Dqk, [&](auto&& f) {
-                  for (int t = 0; t < a.T; ++t) {
-                    int lo, hi;
-                    a.keys.range(t, lo, hi);
-                    if (s >= lo && s < hi) f(static_cast<int64_t>(t));
-                  }
-                });
-}
-
 void validate(const AttentionParams& p, const AttentionBackwardArgs& b) {
   attn::validate_params(p, false, kOp);
   ::dsa::detail::require_ptr(b.dout, kOp, "dout");
@@ -64,26 +44,17 @@ void dense_attention_backward(const AttentionParams& p, const AttentionBackwardA
   DSA_REQUIRE(need == 0 || (workspace != nullptr && workspace_bytes >= need), kOp, "workspace_bytes = ",
               workspace_bytes, " (workspace ", workspace ? "set" : "null", ") is smaller than the ", need,
               " B dense_attention_backward_workspace_bytes asks for");
-  const size_t dq_smem = attn::dq_smem_bytes(p.Dqk, p.Dv), dkv_smem = attn::dkv_smem_bytes(p.Dqk, p.H);
-  attn::set_smem(attn::dq_v1_kernel<attn::DenseKeys>, dq_smem, kOp);
-  attn::set_smem(dense_bwd_dkv, dkv_smem, kOp);
   float* delta = static_cast<float*>(workspace);
-  const attn::DenseKeys keys{p.ks, p.ke, p.S, p.kv, p.Dqk};
+  const attn::DenseKeys keys = attn::dense_keys(p);
   const int64_t rows = static_cast<int64_t>(p.T) * p.H;
   if (rows > 0) {
     const int64_t threads = rows * detail::kWarpSize;
     dense_bwd_delta<<<detail::ceil_div(threads, attn::kThreads), attn::kThreads, 0, stream>>>(b.out, b.dout, rows,
                                                                                              p.Dv, delta);
     DSA_CUDA_LAUNCH_CHECK(kOp);
-    attn::DqArgs<attn::DenseKeys> a{keys, p.H, p.Dqk, p.Dv, p.scale, p.q, b.dout, b.lse, delta, b.dq};
-    attn::dq_v1_kernel<<<dim3(p.T, detail::ceil_div(p.H, attn::kTileHeads)), attn::kThreads, dq_smem, stream>>>(a);
-    DSA_CUDA_LAUNCH_CHECK(kOp);
   }
-  if (p.S > 0) {
-    DkvArgs a{keys, p.T, p.H, p.Dqk, p.Dv, p.scale, p.q, b.dout, b.lse, delta, b.dkv};
-    dense_bwd_dkv<<<p.S, attn::kThreads, dkv_smem, stream>>>(a);
-    DSA_CUDA_LAUNCH_CHECK(kOp);
-  }
+  attn::launch_dq_v1(p, keys, b, delta, stream, kOp);
+  attn::launch_dkv_v1(p, keys, b, delta, nullptr, nullptr, stream, kOp);
 }
 
 }  // namespace dsa::cuda

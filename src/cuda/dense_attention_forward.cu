@@ -19,13 +19,7 @@ void dense_attention_forward(const AttentionParams& p, const AttentionForwardOut
   attn::validate_params(p, false, kOp);
   ::dsa::detail::require_ptr(o.out, kOp, "out");
   ::dsa::detail::require_ptr(o.lse, kOp, "lse");
-  const size_t smem = attn::forward_smem_bytes(p.Dqk, p.Dv);
-  attn::set_smem(attn::forward_v1_kernel<attn::DenseKeys>, smem, kOp);
-  if (p.T == 0) return;
-  attn::ForwardArgs<attn::DenseKeys> a{{p.ks, p.ke, p.S, p.kv, p.Dqk}, p.T, p.H, p.Dqk, p.Dv, p.scale, p.q, o.out, o.lse, o.max_logits};
-  const dim3 grid(p.T, detail::ceil_div(p.H, attn::kTileHeads));
-  attn::forward_v1_kernel<<<grid, attn::kThreads, smem, stream>>>(a);
-  DSA_CUDA_LAUNCH_CHECK(kOp);
+  attn::launch_forward_v1(p, attn::dense_keys(p), o, stream, kOp);
 }
 
 }  // namespace dsa::cuda

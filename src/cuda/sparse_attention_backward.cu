@@ -60,23 +60,6 @@ __global__ void sparse_bwd_delta(const float* out, const float* dout, int64_t ro
   attn::row_delta(out, dout, rows, Dv, delta);
 }
 
-struct DkvArgs {
-  int H, Dqk, Dv, K;
-  float scale;
-  const float *kv, *q, *dout, *lse, *delta;
-  const int32_t *sorted_pos, *offsets;
-  float* dkv;
-};
-
-__global__ void __launch_bounds__(attn::kThreads) sparse_bwd_dkv(DkvArgs a) {
-  const int64_t s = blockIdx.x;
-  const int e0 = a.offsets[s], e1 = a.offsets[s + 1];
-  attn::dkv_key(a.kv + s * a.Dqk, a.q, a.dout, a.lse, a.delta, a.H, a.Dqk, a.Dv, a.scale, a.dkv + s * a.Dqk,
-                [&](auto&& f) {
-                  for (int e = e0; e < e1; ++e) f(static_cast<int64_t>(a.sorted_pos[e] / a.K));
-                });
-}
-
 }  // namespace
 
 size_t sparse_attention_backward_workspace_bytes(const AttentionParams& p, Variant variant) {
@@ -98,13 +81,9 @@ void sparse_attention_backward(const AttentionParams& p, const AttentionBackward
               " (workspace ", workspace ? "set" : "null", ") is smaller than the ", w.total,
               " B sparse_attention_backward_workspace_bytes asks for");
   w = plan(p, workspace);
-  const size_t dq_smem = attn::dq_smem_bytes(p.Dqk, p.Dv), dkv_smem = attn::dkv_smem_bytes(p.Dqk, p.H);
-  attn::set_smem(attn::dq_v1_kernel<attn::SparseKeys>, dq_smem, kOp);
-  attn::set_smem(sparse_bwd_dkv, dkv_smem, kOp);
-  const attn::SparseKeys keys{p.indices, p.topk_length, p.K, p.S, p.kv, p.Dqk};
+  const attn::SparseKeys keys = attn::sparse_keys(p);
   const int n = p.T * p.K;
   const int64_t rows = static_cast<int64_t>(p.T) * p.H;
-
   if (rows > 0) {
     const int64_t threads = rows * detail::kWarpSize;
     sparse_bwd_delta<<<detail::ceil_div(threads, attn::kThreads), attn::kThreads, 0, stream>>>(b.out, b.dout, rows,
@@ -113,16 +92,8 @@ void sparse_attention_backward(const AttentionParams& p, const AttentionBackward
   }
   attn::key_major_fill(keys, 0, p.T, w.km, stream, kOp);
   attn::key_major_sort(n, p.S, w.km, stream, kOp);
-  if (p.T > 0) {
-    attn::DqArgs<attn::SparseKeys> a{keys, p.H, p.Dqk, p.Dv, p.scale, p.q, b.dout, b.lse, w.delta, b.dq};
-    attn::dq_v1_kernel<<<dim3(p.T, detail::ceil_div(p.H, attn::kTileHeads)), attn::kThreads, dq_smem, stream>>>(a);
-    DSA_CUDA_LAUNCH_CHECK(kOp);
-  }
-  if (p.S > 0) {
-    DkvArgs a{p.H, p.Dqk, p.Dv, p.K, p.scale, p.kv, p.q, b.dout, b.lse, w.delta, w.km.vals_out, w.km.offsets, b.dkv};
-    sparse_bwd_dkv<<<p.S, attn::kThreads, dkv_smem, stream>>>(a);
-    DSA_CUDA_LAUNCH_CHECK(kOp);
-  }
+  attn::launch_dq_v1(p, keys, b, w.delta, stream, kOp);
+  attn::launch_dkv_v1(p, keys, b, w.delta, w.km.vals_out, w.km.offsets, stream, kOp);
 }
 
 }  // namespace dsa::cuda

@@ -44,24 +44,16 @@ void sparse_attention_forward(const AttentionParams& p, const AttentionForwardOu
     DSA_REQUIRE(need == 0 || reinterpret_cast<uintptr_t>(workspace) % attn::kWgmmaWorkspaceAlign == 0, kOp,
                 "workspace must be ", attn::kWgmmaWorkspaceAlign, "-byte aligned (cp.async gathers), variant ",
                 variant_name(v));
-    if (p.S == 0 || p.T == 0) {   // no key to gather: every row is empty
-      attn::set_smem(attn::forward_v1_kernel<attn::SparseKeys>, attn::forward_smem_bytes(p.Dqk, p.Dv), kOp);
-    } else if (v == Variant::kWgmma) {
+    if (p.S > 0 && p.T > 0 && v == Variant::kWgmma) {
       attn::sparse_forward_wgmma(p, o, workspace, stream, kOp);
       return;
-    } else {
+    }
+    if (p.S > 0 && p.T > 0) {
       attn::sparse_forward_pipelined(p, o, workspace, stream, kOp);
       return;
     }
-  }
-  const size_t smem = attn::forward_smem_bytes(p.Dqk, p.Dv);
-  attn::set_smem(attn::forward_v1_kernel<attn::SparseKeys>, smem, kOp);
-  if (p.T == 0) return;
-  attn::ForwardArgs<attn::SparseKeys> a{{p.indices, p.topk_length, p.K, p.S, p.kv, p.Dqk}, p.T, p.H, p.Dqk, p.Dv, p.scale, p.q, o.out,
-                      o.lse, o.max_logits};
-  const dim3 grid(p.T, detail::ceil_div(p.H, attn::kTileHeads));
-  attn::forward_v1_kernel<<<grid, attn::kThreads, smem, stream>>>(a);
-  DSA_CUDA_LAUNCH_CHECK(kOp);
+  }   // no key to gather: every row is empty, the exact kernel writes the empty-row convention
+  attn::launch_forward_v1(p, attn::sparse_keys(p), o, stream, kOp);
 }
 
 }  // namespace dsa::cuda
