@@ -503,6 +503,10 @@ inline DqArgs<Keys> dq_args(const AttentionParams& p, const Keys& keys, const fl
   const Elems q = q_elems(p);
   return DqArgs<Keys>{keys, p.H, p.Dqk, p.Dv, p.scale, q.f32, dout, lse, delta, dq, q.bf16};
 }
+// Host: opts the v1 dq and dkv kernels of a key source into their shared memory, or throws (Dqk / H
+// too large) — call it before the first backward launch so that no output is written before a throw.
+template <class Keys>
+inline void set_backward_v1_smem(const AttentionParams& p, const char* op);
 // Host: the v1 dq pass (grid (T, ⌈H/8⌉)) with q / kv in p's dtype; delta = Δ [T, H] already computed.
 template <class Keys>
 inline void launch_dq_v1(const AttentionParams& p, const Keys& keys, const AttentionBackwardArgs& b,
@@ -560,6 +564,11 @@ inline void launch_dkv_v1(const AttentionParams& p, const Keys& keys, const Atte
                           b.dout, b.lse, delta, sorted_pos, offsets, b.dkv};
   dkv_v1_kernel<<<p.S, kThreads, smem, stream>>>(a);
   DSA_CUDA_LAUNCH_CHECK(op);
+}
+template <class Keys>
+inline void set_backward_v1_smem(const AttentionParams& p, const char* op) {
+  set_smem(dq_v1_kernel<Keys>, dq_smem_bytes(p.Dqk, p.Dv), op);
+  set_smem(dkv_v1_kernel<Keys>, dkv_smem_bytes(p.Dqk, p.H), op);
 }
 
 }  // namespace dsa::cuda::attn

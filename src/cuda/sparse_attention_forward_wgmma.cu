@@ -6,18 +6,17 @@
 // decides).
 //
 // Contract: ops.h §6 (FlashMLA flash_mla_sparse_fwd): q [T,H,576], kv [S,576] shared by all heads,
-// both fp32 or both bf16 (AttentionParams::dtype),
-// V = kv[:, :512], indices [T,K] (−1, ≥ S or slot ≥ topk_length[t] → skipped), explicit scale;
-// out [T,H,512], lse [T,H] natural log (+inf and out = 0 for an empty row), max_logits [T,H] or null
-// (−inf for an empty row).
+// both fp32 or both bf16 (AttentionParams::dtype), V = kv[:, :512], indices [T,K] (−1, ≥ S or
+// slot ≥ topk_length[t] → skipped), explicit scale; out [T,H,512], lse [T,H] natural log (+inf and
+// out = 0 for an empty row), max_logits [T,H] or null (−inf for an empty row).
 // Numerics (the same as v3 / v4 up to the MMA's accumulation order): q, kv and P rounded to bf16
 // (round to nearest even; bf16 inputs are taken as they are, so a bf16 input holding the rounded
-// values of an fp32 one gives bitwise the same output), scores and O accumulated in fp32 by the tensor cores, softmax statistics
-// in fp32 in the base-2 domain (score·scale·log2 e), exp2 by ex2.approx.ftz (= exp2f except results
-// below 2^−126, flushed to 0), the row sum kept as two partials (keys
-// 0..31 and 32..63 of every tile, v3's key halves) over this thread's keys in tile order, then quad
-// lanes (xor 1, xor 2), then partial 0 + partial 1. Fixed order: bitwise reproducible run to run (and,
-// measured, bitwise equal to v3 at the bench shape).
+// values of an fp32 one gives bitwise the same output), scores and O accumulated in fp32 by the
+// tensor cores, softmax statistics in fp32 in the base-2 domain (score·scale·log2 e), exp2 by
+// ex2.approx.ftz (= exp2f except results below 2^−126, flushed to 0), the row sum kept as two
+// partials (keys 0..31 and 32..63 of every tile, v3's key halves) over this thread's keys in tile
+// order, then quad lanes (xor 1, xor 2), then partial 0 + partial 1. Fixed order: bitwise
+// reproducible run to run (and, measured, bitwise equal to v3 at the bench shape).
 //
 // Plan: block = one query × 64 heads (grid T × H/64), 2 warpgroups (256 threads), 64-key tiles.
 //   S phase : warpgroup 0 alone computes S[64 heads × 64 keys]: 36 × wgmma m64n64k16 (A = q, B = kv
@@ -32,8 +31,9 @@
 //             4 × wgmma m64n256k16 (A = P, K-major; B = the same kv tile read MN-major, i.e. the
 //             transposed-B form of bf16 wgmma), 128 fp32 accumulators per thread.
 //   kv is read as bf16: fp32 kv is converted once into the caller's workspace (S·1152 bytes, the
-//   v4 conversion), bf16 kv is gathered where it lies (no workspace); tile j+1 is gathered by cp.async (16 B, rows through indices, invalid slots → zero rows and
-//   −inf scores) while tile j is computed (2 stages).
+//   v4 conversion), bf16 kv is gathered where it lies (no workspace); tile j+1 is gathered by
+//   cp.async (16 B, rows through indices, invalid slots → zero rows and −inf scores) while tile j is
+//   computed (2 stages).
 //
 // Phases, in order:
 //   1. key ids of tiles 0, 1 → barrier → issue tile 0's gathers; stage q (fp32 → bf16, or bf16
