@@ -46,6 +46,7 @@ void dense_attention_backward(const AttentionParams& p, const AttentionBackwardA
               " B dense_attention_backward_workspace_bytes asks for");
   float* delta = static_cast<float*>(workspace);
   const attn::DenseKeys keys = attn::dense_keys(p);
+  attn::set_backward_v1_smem<attn::DenseKeys>(p, kOp);
   const int64_t rows = static_cast<int64_t>(p.T) * p.H;
   if (rows > 0) {
     const int64_t threads = rows * detail::kWarpSize;

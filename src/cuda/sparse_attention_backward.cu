@@ -82,6 +82,7 @@ void sparse_attention_backward(const AttentionParams& p, const AttentionBackward
               " B sparse_attention_backward_workspace_bytes asks for");
   w = plan(p, workspace);
   const attn::SparseKeys keys = attn::sparse_keys(p);
+  attn::set_backward_v1_smem<attn::SparseKeys>(p, kOp);
   const int n = p.T * p.K;
   const int64_t rows = static_cast<int64_t>(p.T) * p.H;
   if (rows > 0) {

@@ -168,7 +168,8 @@ void sparse_attention_decode(const SparseDecodeParams& p, void* workspace, size_
   float* part_o = static_cast<float*>(workspace);
   float* part_lse = pl.splits > 1 ? part_o + static_cast<size_t>(pl.splits) * rows * p.H * kDv : nullptr;
   DecodeArgs a{{p.indices, p.topk_length, p.K, p.num_slots, p.format, p.cache},
-               p.next_n, p.H, pl.per_split, pl.splits, rows, p.scale, p.q, p.out, p.lse, part_o, part_lse};
+               p.next_n, p.H, pl.per_split, pl.splits, rows, p.scale, p.q, p.out, p.lse, part_o, part_lse,
+               p.q_dtype == DType::kBF16 ? p.q_bf16 : nullptr};
   const dim3 grid(static_cast<unsigned>(rows), detail::ceil_div(p.H, attn::kTileHeads), pl.splits);
   sparse_decode_v1<<<grid, attn::kThreads, smem, stream>>>(a);
   DSA_CUDA_LAUNCH_CHECK(kOp);
