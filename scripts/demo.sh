@@ -71,7 +71,7 @@ lap tokenizer
 COMMON="--run $RUN --checkpoint-every 100 --seq-len $CTX --batch 4 --device $DEVICE"
 phase "stage 1/3: dense pretraining (all parameters but the indexer; synthetic long-range tasks first, then half of the sequences)"
 # shellcheck disable=SC2086
-"$DSA" train $COMMON --stage pretrain --data "$DATA/txt" --tokenizer "$RUN/tokenizer.model" $MODEL \
+"$DSA" train $COMMON --stage pretrain --data "$DATA/txt" --tokenizer "$RUN/tokenizer.model" --holdout persuasion,northangerabbey $MODEL \
   --steps "$(steps 3600)" --lr 3e-3 --synthetic 0.5 --synthetic-mix 8,1,1 --synthetic-min-len 48 \
   --synthetic-ramp "$(steps 900)" --synthetic-first "$(steps 2700)"
 lap pretrain

@@ -1,17 +1,35 @@
-// `dsa generate --model DIR --prompt TEXT` — text generation with the inference Session (paged
-// caches, chunked prefill, one-token decode), printing prefill and decode tokens/s. Tokenizer:
-// DIR/tokenizer.model (SentencePiece, from the training recipe) when present, else bytes.
+// `dsa generate -m DIR -p TEXT` — text generation with the inference Session (paged caches, chunked
+// prefill, one-token decode), streaming the text as it is decoded and printing prefill and decode
+// tokens/s to stderr. Tokenizer: DIR/tokenizer.model (SentencePiece, from the training recipe) or one
+// up to two levels above it when present, else bytes. DIR may be a model folder, a stage's `final`
+// file, a stage folder or a run folder (dsa::train::resolve_checkpoint).
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <algorithm>
 #include <random>
 
 #include "command.h"
 #include "dsa/model.h"
 #include "dsa/tokenizer.h"
+#include "dsa/train.h"
 
 namespace {
+
+const char* kUsage =
+    "usage: dsa generate -m DIR -p TEXT [flags]\n"
+    "  -m, --model DIR            model folder, a stage's `final` file, a stage or a run folder\n"
+    "  -p, --prompt TEXT          the prompt (BOS is put first, as in training)\n"
+    "  -n, --max-new-tokens N     tokens to generate (default 64; alias --max-new)\n"
+    "  sampling:  --temperature T (default 0: greedy; alias --temp)  --top-k N (0: off)  --top-p P (0, 1]\n"
+    "             -s, --seed N\n"
+    "  attention: --mode dense|sparse|window (default sparse)  --attn-topk K (keys per query; default the config's)\n"
+    "             --kv-cache fp32|bf16|fp8  --indexer fp8|fp32  --chunk N (prefill chunk; 0: one step)\n"
+    "             --max-tokens N (cache capacity)\n"
+    "  -t, --threads N            OpenMP threads (default: every core; waits are passive)\n"
+    "  --tokenizer SPEC           byte | FILE.model (default: found next to the model, else byte)\n"
+    "  --no-stream                print the text once at the end instead of token by token\n"
+    "  --random-prompt N          benchmark: N random token ids as the prompt, no text output\n";
 
 dsa::model::AttentionMode parse_mode(const std::string& s) {
   if (s == "dense") return dsa::model::AttentionMode::kDense;
@@ -27,87 +45,137 @@ dsa::KvCacheFormat parse_cache(const std::string& s) {
   throw dsa::Error("generate: --kv-cache must be fp32, bf16 or fp8, not '" + s + "'");
 }
 
-const dsa::cli::Register kGenerate(
-    "generate",
-    "generate text: --model DIR --prompt TEXT [--max-new N] [--temperature T] [--top-p P] [--seed S] "
-    "[--mode dense|sparse|window] [--topk K] [--kv-cache fp32|bf16|fp8] [--indexer fp8|fp32] [--chunk N] [--tokenizer SPEC] "
-    "[--random-prompt N]",
-    [](const dsa::cli::Args& args) {
-      using Clock = std::chrono::steady_clock;
-      const dsa::cli::Flags f(args,
-                              {"model", "prompt", "max-new", "temperature", "top-p", "seed", "mode", "topk", "kv-cache",
-                               "chunk", "max-tokens", "random-prompt", "tokenizer", "indexer"},
-                              {"fp8-indexer"});
-      const std::string dir = f.require("model");
-      const dsa::model::Model m = dsa::model::Model::load(dir);
-      const dsa::model::Config& c = m.config();
-      // --tokenizer SPEC wins; else the training recipe's tokenizer.model in DIR or up to two levels
-      // above it (run/tokenizer.model next to run/<stage>/ckpt-N); else bytes.
-      std::string spec = f.get("tokenizer", "");
-      if (spec.empty()) {
-        spec = "byte";
-        std::filesystem::path p = std::filesystem::absolute(dir);
-        for (int up = 0; up < 3; ++up, p = p.parent_path())
-          if (std::filesystem::exists(p / "tokenizer.model")) {
-            spec = (p / "tokenizer.model").string();
-            break;
-          }
-      }
-      std::unique_ptr<dsa::Tokenizer> tok = dsa::load_tokenizer(spec);
-      if (tok->vocab_size() > c.vocab_size)
-        throw dsa::Error("generate: tokenizer vocabulary " + std::to_string(tok->vocab_size()) +
-                         " exceeds the model's vocab_size " + std::to_string(c.vocab_size));
-      std::vector<int32_t> prompt;
-      const long long random_prompt = f.get_int("random-prompt", 0);   // benchmarking: N random ids
-      if (random_prompt > 0) {
-        std::mt19937_64 g(1);
-        std::uniform_int_distribution<int> id(0, std::min(tok->vocab_size(), c.vocab_size) - 1);
-        for (long long i = 0; i < random_prompt; ++i) prompt.push_back(id(g));
-      } else {
-        prompt = tok->encode(f.require("prompt"));
-        prompt.insert(prompt.begin(), tok->bos_id());
-      }
-      const int max_new = static_cast<int>(f.get_int("max-new", 64));
-      dsa::model::SessionOptions so;
-      so.mode = parse_mode(f.get("mode", "sparse"));
-      so.topk = static_cast<int>(f.get_int("topk", 0));
-      const bool v32 = c.kv_lora_rank == dsa::kMlaLatentDim && c.qk_rope_head_dim == dsa::kMlaRopeDim;
-      so.kv_format = parse_cache(f.get("kv-cache", v32 ? "bf16" : "fp32"));
-      // The indexer runs FP8 in inference (V3.2) whenever its record fits (index_head_dim 128).
-      const std::string idx = f.has("fp8-indexer") ? "fp8" : f.get("indexer", c.index_head_dim == dsa::kIndexerKeyDim ? "fp8" : "fp32");
-      if (idx != "fp8" && idx != "fp32") throw dsa::Error("generate: --indexer must be fp8 or fp32, not '" + idx + "'");
-      so.indexer_precision = idx == "fp8" ? dsa::Precision::kFp8 : dsa::Precision::kFp32;
-      so.max_tokens = static_cast<int>(f.get_int("max-tokens", static_cast<long long>(prompt.size()) + max_new + 1));
-      dsa::model::Session session(m, so);
-      dsa::model::SamplerOptions sp;
-      sp.temperature = f.get_double("temperature", 0.0);
-      sp.top_p = f.get_double("top-p", 1.0);
-      std::mt19937_64 rng(static_cast<uint64_t>(f.get_int("seed", 0)));
+// Length of the longest prefix of s that ends on a whole UTF-8 character (a streamed piece may end
+// inside one: its bytes are held back until the next token completes it).
+size_t complete_utf8_prefix(const std::string& s) {
+  size_t i = s.size(), back = 0;
+  while (i > 0 && back < 4 && (static_cast<unsigned char>(s[i - 1]) & 0xC0) == 0x80) --i, ++back;
+  if (i == 0) return s.size();
+  const unsigned char lead = static_cast<unsigned char>(s[i - 1]);
+  const size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+  return need > back + 1 ? i - 1 : s.size();
+}
 
-      const auto t0 = Clock::now();
-      std::vector<float> logits = session.prefill(prompt, static_cast<int>(f.get_int("chunk", 0)));
-      const auto t1 = Clock::now();
-      std::vector<int32_t> out;
-      size_t decoded = 0;   // decode steps run (the last sampled token is not fed back)
-      for (int i = 0; i < max_new; ++i) {
-        const int32_t next = dsa::model::sample_token(logits.data(), c.vocab_size, sp, rng);
-        if (random_prompt <= 0 && (next >= tok->vocab_size() || next == tok->bos_id())) break;
-        out.push_back(next);
-        if (i + 1 < max_new) {
-          logits = session.decode(next);
-          ++decoded;
-        }
+int run_generate(const dsa::cli::Args& args) {
+  using Clock = std::chrono::steady_clock;
+  const dsa::cli::Flags f(args,
+                          {"model", "prompt", "max-new", "max-new-tokens", "temperature", "temp", "top-p", "top-k", "seed", "mode",
+                           "attn-topk", "topk", "kv-cache", "chunk", "max-tokens", "random-prompt", "tokenizer", "indexer", "threads"},
+                          {"fp8-indexer", "no-stream"},
+                          {{"-m", "model"}, {"-p", "prompt"}, {"-n", "max-new-tokens"}, {"-s", "seed"}, {"-t", "threads"}});
+  if (f.has("topk"))
+    throw dsa::Error("generate: --topk is ambiguous: --top-k N samples among the N likeliest tokens, --attn-topk K sets "
+                     "the keys each query attends to");
+  if (f.has("max-new") && f.has("max-new-tokens")) throw dsa::Error("generate: give -n/--max-new-tokens once (--max-new is its alias)");
+  if (f.has("temp") && f.has("temperature")) throw dsa::Error("generate: give --temperature once (--temp is its alias)");
+  // Every number is checked before the model is read.
+  const int max_new = f.get_i32(f.has("max-new") ? "max-new" : "max-new-tokens", 64, 0, 1 << 24);
+  dsa::model::SamplerOptions sp;
+  sp.temperature = f.get_double(f.has("temp") ? "temp" : "temperature", 0.0, 0.0, 1e6);
+  sp.top_p = f.get_double("top-p", 1.0, 0.0, 1.0);
+  if (sp.top_p <= 0.0) throw dsa::Error("flag --top-p = " + f.get("top-p") + " must be in (0, 1]");
+  sp.top_k = f.get_i32("top-k", 0, 0, 1 << 24);
+  const long long seed = f.get_int("seed", 0, 0, LLONG_MAX);
+  const int attn_topk = f.get_i32("attn-topk", 0, 0, 1 << 20);
+  const int chunk = f.get_i32("chunk", 0, 0, 1 << 24);
+  const int random_prompt = f.get_i32("random-prompt", 0, 0, 1 << 24);
+  const long long max_tokens_flag = f.get_int("max-tokens", 0, 0, 1 << 30);
+  const dsa::model::AttentionMode mode = parse_mode(f.get("mode", "sparse"));
+  if (f.has("kv-cache")) parse_cache(f.get("kv-cache"));
+  dsa::cli::apply_threads(f);
+  if (random_prompt == 0 && !f.has("prompt")) throw dsa::Error("missing required flag -p/--prompt (or --random-prompt N)");
+
+  const std::string dir = dsa::train::resolve_checkpoint(f.require("model"));
+  const dsa::model::Model m = dsa::model::Model::load(dir);
+  const dsa::model::Config& c = m.config();
+  if (sp.top_k > c.vocab_size)
+    throw dsa::Error("flag --top-k = " + std::to_string(sp.top_k) + " exceeds the model's vocab_size " + std::to_string(c.vocab_size));
+  // --tokenizer SPEC wins; else the training recipe's tokenizer.model in DIR or up to two levels
+  // above it (run/tokenizer.model next to run/<stage>/ckpt-N); else bytes.
+  std::string spec = f.get("tokenizer", "");
+  if (spec.empty()) {
+    spec = "byte";
+    std::filesystem::path p = std::filesystem::absolute(dir);
+    for (int up = 0; up < 3; ++up, p = p.parent_path())
+      if (std::filesystem::exists(p / "tokenizer.model")) {
+        spec = (p / "tokenizer.model").string();
+        break;
       }
-      const auto t2 = Clock::now();
-      const double pre_s = std::chrono::duration<double>(t1 - t0).count();
-      const double dec_s = std::chrono::duration<double>(t2 - t1).count();
-      if (random_prompt <= 0) std::printf("%s%s\n", f.require("prompt").c_str(), tok->decode(out).c_str());
-      std::fprintf(stderr, "prefill: %zu tokens in %.3f s (%.1f tok/s); decode: %zu tokens in %.3f s (%.1f tok/s)\n",
-                   prompt.size(), pre_s, prompt.size() / std::max(pre_s, 1e-9), decoded, dec_s,
-                   decoded / std::max(dec_s, 1e-9));
-      std::fprintf(stderr, "cache: %lld bytes per token (all layers)\n",
-                   static_cast<long long>(session.cache_bytes_per_token()));
-      return 0;
-    });
+  }
+  std::unique_ptr<dsa::Tokenizer> tok = dsa::load_tokenizer(spec);
+  if (tok->vocab_size() > c.vocab_size)
+    throw dsa::Error("generate: tokenizer vocabulary " + std::to_string(tok->vocab_size()) + " exceeds the model's vocab_size " +
+                     std::to_string(c.vocab_size));
+  std::vector<int32_t> prompt;
+  if (random_prompt > 0) {   // benchmarking: N random ids
+    std::mt19937_64 g(1);
+    std::uniform_int_distribution<int> id(0, std::min(tok->vocab_size(), c.vocab_size) - 1);
+    for (int i = 0; i < random_prompt; ++i) prompt.push_back(id(g));
+  } else {
+    prompt = dsa::encode_prompt(*tok, f.require("prompt"));
+  }
+  dsa::model::SessionOptions so;
+  so.mode = mode;
+  so.topk = attn_topk;
+  if (f.has("kv-cache")) so.kv_format = parse_cache(f.get("kv-cache"));   // else the config's (SessionOptions)
+  // The indexer runs FP8 in inference (V3.2) whenever its record fits (index_head_dim 128).
+  const std::string idx = f.has("fp8-indexer") ? "fp8" : f.get("indexer", c.index_head_dim == dsa::kIndexerKeyDim ? "fp8" : "fp32");
+  if (idx != "fp8" && idx != "fp32") throw dsa::Error("generate: --indexer must be fp8 or fp32, not '" + idx + "'");
+  so.indexer_precision = idx == "fp8" ? dsa::Precision::kFp8 : dsa::Precision::kFp32;
+  const long long need = static_cast<long long>(prompt.size()) + max_new + 1;
+  so.max_tokens = static_cast<int>(max_tokens_flag > 0 ? max_tokens_flag : std::min<long long>(need, 1 << 30));
+  if (so.max_tokens < static_cast<long long>(prompt.size()) + max_new)
+    throw dsa::Error("generate: --max-tokens " + std::to_string(so.max_tokens) + " holds fewer than the prompt's " +
+                     std::to_string(prompt.size()) + " tokens + " + std::to_string(max_new) + " new ones");
+  dsa::model::Session session(m, so);
+  std::mt19937_64 rng(static_cast<uint64_t>(seed));
+
+  const bool text = random_prompt == 0, stream = text && !f.has("no-stream");
+  std::string shown;   // the generated text printed so far
+  auto show = [&](const std::vector<int32_t>& out, bool last) {
+    const std::string all = tok->decode(out);
+    const size_t upto = last ? all.size() : complete_utf8_prefix(all);
+    if (upto > shown.size() && all.compare(0, shown.size(), shown) == 0) {
+      std::fwrite(all.data() + shown.size(), 1, upto - shown.size(), stdout);
+      std::fflush(stdout);
+      shown = all.substr(0, upto);
+    }
+  };
+  if (stream) {
+    std::printf("%s", f.require("prompt").c_str());
+    std::fflush(stdout);
+  }
+  const auto t0 = Clock::now();
+  std::vector<float> logits = max_new > 0 ? session.prefill(prompt, chunk) : std::vector<float>{};
+  const auto t1 = Clock::now();
+  std::vector<int32_t> out;
+  size_t decoded = 0;   // decode steps run (the last sampled token is not fed back)
+  for (int i = 0; i < max_new; ++i) {
+    const int32_t next = dsa::model::sample_token(logits.data(), c.vocab_size, sp, rng);
+    if (text && (next >= tok->vocab_size() || next == tok->bos_id())) break;
+    out.push_back(next);
+    if (stream) show(out, false);
+    if (i + 1 < max_new) {
+      logits = session.decode(next);
+      ++decoded;
+    }
+  }
+  const auto t2 = Clock::now();
+  if (stream) {
+    show(out, true);
+    std::printf("\n");
+  } else if (text) {
+    std::printf("%s%s\n", f.require("prompt").c_str(), tok->decode(out).c_str());
+  }
+  const double pre_s = std::chrono::duration<double>(t1 - t0).count();
+  const double dec_s = std::chrono::duration<double>(t2 - t1).count();
+  std::fprintf(stderr, "prefill: %zu tokens in %.3f s (%.1f tok/s); decode: %zu tokens in %.3f s (%.1f tok/s)\n", prompt.size(), pre_s,
+               prompt.size() / std::max(pre_s, 1e-9), decoded, dec_s, decoded / std::max(dec_s, 1e-9));
+  std::fprintf(stderr, "cache: %lld bytes per token (all layers)\n", static_cast<long long>(session.cache_bytes_per_token()));
+  return 0;
+}
+
+const dsa::cli::Register kGenerate("generate", "generate text from a model: -m DIR -p TEXT [-n N] (dsa generate --help)", run_generate,
+                                   kUsage);
 
 }  // namespace

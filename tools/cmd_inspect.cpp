@@ -7,14 +7,15 @@
 #include "command.h"
 #include "dsa/model.h"
 #include "dsa/safetensors.h"
+#include "dsa/train.h"
 
 namespace {
 const dsa::cli::Register kInspect(
     "inspect", "print a summary of a model directory: inspect DIR [--tensors]", [](const dsa::cli::Args& args) {
-      const dsa::cli::Flags f(args, {}, {"tensors"});
-      if (f.positional().size() != 1) throw dsa::Error("inspect: expected one model directory");
-      const std::string dir = f.positional()[0];
-      if (!std::filesystem::is_directory(dir)) throw dsa::Error("inspect: " + dir + " is not a model directory");
+      const dsa::cli::Flags f(args, {}, {"tensors"}, {}, 1);
+      if (f.positional().size() != 1) throw dsa::Error("inspect: expected one model directory (dsa inspect --help)");
+      const std::string dir = dsa::train::resolve_checkpoint(f.positional()[0]);
+      if (dir != f.positional()[0]) std::printf("checkpoint: %s\n", dir.c_str());
       for (const auto& e : std::filesystem::directory_iterator(dir)) {
         if (e.path().extension() != ".safetensors") continue;
         const auto file = dsa::safetensors::File::open(e.path().string());
@@ -41,5 +42,8 @@ const dsa::cli::Register kInspect(
       std::printf("softmax scale: %.6g; attention: MLA (kv_lora_rank %d) + lightning indexer (%d heads x %d, top-%d)\n",
                   c.softmax_scale(), c.kv_lora_rank, c.index_n_heads, c.index_head_dim, c.index_topk);
       return 0;
-    });
+    },
+    "usage: dsa inspect DIR [--tensors]\n"
+    "  config, parameter counts and weight statistics of a model; --tensors lists every tensor.\n"
+    "  DIR: a model folder, a stage's `final` file, a stage folder or a run folder (its last stage's final)\n");
 }  // namespace

@@ -4,7 +4,8 @@
 #include "command.h"
 
 namespace {
-const dsa::cli::Register kVersion("version", "print the version and the backends of this build", [](const dsa::cli::Args&) {
+const dsa::cli::Register kVersion("version", "print the version and the backends of this build", [](const dsa::cli::Args& args) {
+  const dsa::cli::Flags f(args, {}, {});   // no flags: a stray argument is refused
   std::printf("dsa 0.1.0 (cpu backend%s)\n",
 #ifdef DSA_HAVE_CUDA
               ", cuda backend"

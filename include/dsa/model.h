@@ -25,6 +25,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -115,7 +116,9 @@ struct Losses {
 struct SessionOptions {
   AttentionMode mode = AttentionMode::kSparse;      // kDense attends every cached key
   // MLA latent cache: kFp32 (any dims), kBf16 or kFp8Record (656 B; need kv_lora_rank 512, rope 64).
-  KvCacheFormat kv_format = KvCacheFormat::kBf16;
+  // Unset: chosen from the config — kBf16 for the V3.2 latent (512 + 64), else kFp32 — so a default
+  // SessionOptions works on every model Model accepts. Session::options() reports the choice.
+  std::optional<KvCacheFormat> kv_format;
   // Indexer: kFp8 uses the paged 132 B cache (needs index_head_dim 128; V3.2 inference, ue8m0
   // scales); kFp32 keeps fp32 keys (any index_head_dim; equals the training path's selection).
   Precision indexer_precision = Precision::kFp32;
@@ -125,10 +128,14 @@ struct SessionOptions {
                                                      // (tests that indices really are physical)
 };
 
-// Sampling for generation: temperature ≤ 0 → greedy (argmax, smallest id on ties).
+// Sampling for generation: temperature 0 (or top_k 1) → greedy (argmax, smallest id on ties); else
+// softmax(logits / temperature) restricted to the top_k most likely ids (0: all), then to the
+// smallest most-likely prefix of those holding top_p of their mass. sample_token throws dsa::Error
+// for a negative or non-finite temperature, top_p outside (0, 1] or a negative top_k.
 struct SamplerOptions {
   double temperature = 0.0;
   double top_p = 1.0;
+  int top_k = 0;
 };
 int32_t sample_token(const float* logits, int vocab, const SamplerOptions& opt, std::mt19937_64& rng);
 
@@ -211,6 +218,10 @@ class Model {
 };
 
 // ── Inference session: one sequence, paged caches, chunked prefill, decode ─────────────────────
+// BOS rule: every training and evaluation sequence starts with the tokenizer's BOS id (dsa::Tokenizer
+// ::bos_id), so a prompt must too — the logits of a prompt without it differ from what the model
+// learned. dsa::encode_prompt (dsa/tokenizer.h) is the one place that applies the rule; feed its
+// output to prefill / append.
 // Every call appends n tokens at positions [length(), length() + n) in one step: their latents are
 // written to the caches (pages of kCachePageTokens slots), then each row attends over the cache
 // (indexer top-k over logical positions → physical slots → sparse attention). Prefill in chunks ≡

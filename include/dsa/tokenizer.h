@@ -33,6 +33,11 @@ class Tokenizer {
   virtual std::string save_to(const std::string& dir) const = 0;
 };
 
+// The model's input for a prompt: bos_id() followed by encode(text). Every training and evaluation
+// sequence starts with BOS (dsa/train.h Loader), so inference must too; this is the one place that
+// applies the rule (dsa generate, the evaluation's passkey prompts and library users call it).
+std::vector<int32_t> encode_prompt(const Tokenizer& tok, std::string_view text);
+
 std::unique_ptr<Tokenizer> make_byte_tokenizer();
 // "byte" → ByteTokenizer; otherwise a SentencePiece model file (dsa::Error names a missing file).
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec);

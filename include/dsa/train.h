@@ -39,8 +39,11 @@ struct Document {
 struct DataOptions {
   std::vector<std::string> paths;       // files or folders of text documents
   // A document whose path contains one of these substrings is held out (validation and the
-  // long-context evaluations). Default: two Austen novels (shared/docs/corpus.md §0 (c)).
-  std::vector<std::string> holdout = {"persuasion", "northangerabbey"};
+  // long-context evaluations); every pattern must match a document. Empty (the default): the last
+  // holdout_share of every document's tokens is held out instead, so any corpus — one file
+  // included — has a validation split (`make demo` holds out two Austen novels by name).
+  std::vector<std::string> holdout;
+  double holdout_share = 0.05;
   std::string tokenizer = "byte";       // "byte" or a SentencePiece .model path
   int threads = 2;
 };
@@ -108,6 +111,10 @@ struct LoaderOptions {
 // Throws dsa::Error naming the flag of the first option out of range (the checks that need no
 // corpus or tokenizer; the Loader runs them too).
 void check_loader_options(const LoaderOptions& options);
+// Throws dsa::Error naming --seq-len when a synthetic task in use (share or synthetic_first_steps > 0,
+// weight > 0) does not fit a sequence of seq_len tokens with this tokenizer (synthetic_min_length).
+// The Loader runs it; `dsa train` runs it before it writes anything.
+void check_synthetic_lengths(const LoaderOptions& options, const Tokenizer& tok);
 // batch(step) is a pure function of (options, corpus, step): counter-based randomness, no state.
 // Every sequence (training and validation) starts with BOS, then text or a synthetic task.
 class Loader {
@@ -227,10 +234,16 @@ TrainResult train_stage(const TrainOptions& options, const Corpus& corpus, const
 // The newest complete checkpoint of a stage folder ("" if none); the final one of a finished stage.
 std::string latest_checkpoint(const std::string& stage_dir);
 std::string final_checkpoint(const std::string& stage_dir);   // dsa::Error if the stage did not finish
+// A model folder from anything a user may name as a checkpoint: a model folder itself (config.json
+// inside), a stage's `final` or `latest` pointer file, a stage folder (its final checkpoint) or a run
+// folder (the final checkpoint of its last finished stage: sparse, else warmup, else pretrain).
+// Throws dsa::Error saying what the path is and what it lacks.
+std::string resolve_checkpoint(const std::string& path);
 
 // ── Evaluation (src/train/eval.cpp) ───────────────────────────────────────────────────────────
 struct EvalOptions {
-  std::string run_dir;                  // results go to run_dir/eval/
+  std::string run_dir;                  // the run (its stages' checkpoints, its data)
+  std::string out_dir;                  // results go here; "" = run_dir/eval
   std::string checkpoint;               // "" = the sparse stage's final checkpoint
   std::string baseline;                 // dense baseline; "" = the pretrain stage's final (if any)
   int topk = 0;                         // the trained k; ≤ 0: config.index_topk
@@ -255,6 +268,15 @@ struct EvalOptions {
   std::function<void(model::Model&)> attach_device;
 };
 
+// A two-sided 95% interval.
+struct Interval {
+  double lo = 0, hi = 0;
+};
+// Wilson score interval of a proportion (correct of n trials); n = 0 gives [0, 1].
+Interval wilson_interval(int64_t correct, int64_t n);
+// Student-t interval of the mean of x (n ≥ 2; n < 2 gives [mean, mean]).
+Interval mean_interval(const std::vector<double>& x);
+
 struct EvalReport {
   struct PplRow { std::string what; int k = 0; double loss = 0, ppl = 0; };
   struct RecallRow { int k = 0; double mass = 0, oracle = 0, overlap = 0; };   // Model::RecallStats
@@ -268,9 +290,13 @@ struct EvalReport {
   int topk = 0, seq_len = 0;
   double dense_ppl = 0, dsa_ppl = 0;    // the final model at the trained k
   double ppl_ratio = 0;                 // dsa_ppl / dense_ppl
+  // 95% intervals over the validation sequences: PPL from each sequence's mean loss, the ratio from
+  // the paired per-sequence differences of DSA and dense loss (the same text under both).
+  Interval dense_ppl_ci, dsa_ppl_ci, ppl_ratio_ci;
   double recall_mass = 0, recall_oracle = 0, recall_overlap = 0;
   std::vector<double> recall_layer_mass, recall_layer_oracle;   // per layer at the trained k
   double passkey_dense = 0, passkey_dsa = 0, passkey_window = 0;   // accuracies over every cell
+  Interval passkey_dense_ci, passkey_dsa_ci, passkey_window_ci;    // 95% Wilson intervals over every trial
   double digits_dense = 0, digits_dsa = 0, digits_window = 0;      // per-token accuracies over every cell
   // make_copy repeats of held-out text at the longest passkey length: argmax accuracy per repeat token
   double copy_dense = 0, copy_dsa = 0, copy_window = 0;
@@ -289,9 +315,9 @@ struct AttentionMap {
 AttentionMap attention_map(const model::Model& m, const std::vector<int32_t>& tokens, int layer, int topk);
 void write_attention_map_plot(const AttentionMap& map, const std::string& dir, const std::string& title);
 
-// Evaluates a run; writes CSVs and PNGs into run_dir/eval and returns the numbers.
+// Evaluates a run; writes CSVs and PNGs into out_dir (run_dir/eval) and returns the numbers.
 EvalReport evaluate_run(const EvalOptions& options, const Corpus& corpus, const Tokenizer& tok);
-// The final table (terminal form), also written to run_dir/eval/summary.txt by evaluate_run.
+// The final table (terminal form), also written to summary.txt in the output folder by evaluate_run.
 std::string format_report(const EvalReport& r);
 
 // ── Files ─────────────────────────────────────────────────────────────────────────────────────

@@ -220,7 +220,11 @@ Model Model::load(const std::string& dir) {
 // ── Sampling ────────────────────────────────────────────────────────────────────────────────────
 int32_t sample_token(const float* logits, int vocab, const SamplerOptions& opt, std::mt19937_64& rng) {
   if (logits == nullptr || vocab <= 0) throw Error("sample_token: logits is null or vocab <= 0");
-  if (opt.temperature <= 0.0) {
+  if (!std::isfinite(opt.temperature) || opt.temperature < 0.0)
+    throw Error("sample_token: temperature must be finite and >= 0, got " + std::to_string(opt.temperature));
+  if (!(opt.top_p > 0.0 && opt.top_p <= 1.0)) throw Error("sample_token: top_p must be in (0, 1], got " + std::to_string(opt.top_p));
+  if (opt.top_k < 0) throw Error("sample_token: top_k must be >= 0, got " + std::to_string(opt.top_k));
+  if (opt.temperature == 0.0 || opt.top_k == 1) {
     int best = 0;
     for (int v = 1; v < vocab; ++v)
       if (logits[v] > logits[best]) best = v;
@@ -234,10 +238,16 @@ int32_t sample_token(const float* logits, int vocab, const SamplerOptions& opt, 
     z += p[v].first;
   }
   std::sort(p.begin(), p.end(), [](const auto& a, const auto& b) { return a.first != b.first ? a.first > b.first : a.second < b.second; });
-  const double top_p = std::clamp(opt.top_p, 0.0, 1.0);
+  // top-k first (the k most likely), then top-p inside them (the smallest prefix holding top_p of
+  // their mass), as Hugging Face's and llama.cpp's samplers apply them.
+  const size_t limit = opt.top_k > 0 ? std::min(p.size(), static_cast<size_t>(opt.top_k)) : p.size();
+  if (limit < p.size()) {
+    z = 0.0;
+    for (size_t i = 0; i < limit; ++i) z += p[i].first;
+  }
   double keep = 0.0;
   size_t n = 0;
-  while (n < p.size() && (n == 0 || keep < top_p * z)) keep += p[n++].first;
+  while (n < limit && (n == 0 || keep < opt.top_p * z)) keep += p[n++].first;
   std::uniform_real_distribution<double> u(0.0, keep);
   double r = u(rng);
   for (size_t i = 0; i < n; ++i) {

@@ -52,6 +52,8 @@ struct Session::Impl {
   Impl(const Model::Impl& model, const SessionOptions& o) : m(model), opt(o), d(model.cfg) {
     ex->begin_run(m, nullptr);
     const Config& c = m.cfg;
+    if (!opt.kv_format)   // unset: the format the config's latent fits (SessionOptions)
+      opt.kv_format = d.kvr == kMlaLatentDim && d.dr == kMlaRopeDim ? KvCacheFormat::kBf16 : KvCacheFormat::kFp32;
     K = opt.topk > 0 ? opt.topk : c.index_topk;
     if (K > kMaxTopK) throw Error("Session: topk = " + std::to_string(K) + " exceeds kMaxTopK");
     const int64_t want = opt.max_tokens > 0 ? opt.max_tokens : c.max_position_embeddings;
@@ -234,7 +236,7 @@ struct Session::Impl {
         sp.K = Kr;
         sp.num_slots = capacity;
         sp.scale = m.scale;
-        sp.format = opt.kv_format;
+        sp.format = *opt.kv_format;
         sp.q = qm.data();
         sp.cache = kv_cache(l);
         sp.indices = sel.data();
@@ -317,7 +319,7 @@ const SessionOptions& Session::options() const { return impl_->opt; }
 int64_t Session::cache_bytes_per_token() const {
   const Impl& s = *impl_;
   int64_t mla = 0;
-  switch (s.opt.kv_format) {
+  switch (*s.opt.kv_format) {
     case KvCacheFormat::kFp32: mla = static_cast<int64_t>(s.d.Dm) * sizeof(float); break;
     case KvCacheFormat::kBf16: mla = static_cast<int64_t>(kV32LatentDim) * sizeof(uint16_t); break;
     case KvCacheFormat::kFp8Record: mla = kMlaRecordBytes; break;

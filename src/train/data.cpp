@@ -39,6 +39,7 @@ uint64_t corpus_key(const std::vector<std::string>& files, const DataOptions& o)
     h = fnv1a(std::to_string(fs::file_size(f)), h);
   }
   for (const auto& p : o.holdout) h = fnv1a("holdout:" + p, h);
+  if (o.holdout.empty()) h = fnv1a("tail:" + std::to_string(o.holdout_share), h);
   return h;
 }
 
@@ -80,6 +81,8 @@ bool read_docs(std::ifstream& in, std::vector<Document>& docs) {
 
 Corpus load_corpus(const DataOptions& o, const std::string& cache_dir) {
   if (o.paths.empty()) throw Error("load_corpus: no data path (--data)");
+  if (!(o.holdout_share > 0 && o.holdout_share <= 0.5))
+    throw Error("load_corpus: holdout_share = " + std::to_string(o.holdout_share) + " must be in (0, 0.5]");
   const auto tok = load_tokenizer(o.tokenizer);
   const auto files = list_documents(o.paths);
   Corpus c;
@@ -111,16 +114,33 @@ Corpus load_corpus(const DataOptions& o, const std::string& cache_dir) {
   }
   for (const auto& e : errors)
     if (!e.empty()) throw Error("load_corpus: " + e);
-  for (auto& d : docs) {
-    if (d.tokens.empty()) continue;
-    (is_holdout(d.name, o.holdout) ? c.val : c.train).push_back(std::move(d));
+  if (o.holdout.empty()) {   // the tail of every document (DataOptions::holdout)
+    for (auto& d : docs) {
+      const size_t n = d.tokens.size();
+      const size_t tail = std::min(n / 2, static_cast<size_t>(std::ceil(static_cast<double>(n) * o.holdout_share)));
+      if (tail == 0) {
+        if (n > 0) c.train.push_back(std::move(d));
+        continue;
+      }
+      Document v{d.name + " (held-out tail)", std::vector<int32_t>(d.tokens.end() - static_cast<std::ptrdiff_t>(tail), d.tokens.end())};
+      d.tokens.resize(n - tail);
+      c.train.push_back(std::move(d));
+      c.val.push_back(std::move(v));
+    }
+    if (c.val.empty())
+      throw Error("load_corpus: the documents under --data are too short to hold out a validation tail (need 2 tokens or more)");
+  } else {
+    for (const auto& p : o.holdout) {
+      bool found = false;
+      for (const auto& d : docs) found = found || (!d.tokens.empty() && is_holdout(d.name, {p}));
+      if (!found) throw Error("load_corpus: no document under --data matches --holdout \"" + p + "\" (leave --holdout out to hold out the tail of every document)");
+    }
+    for (auto& d : docs) {
+      if (d.tokens.empty()) continue;
+      (is_holdout(d.name, o.holdout) ? c.val : c.train).push_back(std::move(d));
+    }
   }
   if (c.train.empty()) throw Error("load_corpus: no training document left after the hold-out (--data, --holdout)");
-  if (c.val.empty()) {
-    std::string pats;
-    for (const auto& p : o.holdout) pats += (pats.empty() ? "" : ",") + p;
-    throw Error("load_corpus: no document matches --holdout \"" + pats + "\"; validation needs held-out documents");
-  }
   if (!cache.empty()) {
     fs::create_directories(cache_dir);
     const std::string tmp = cache + ".tmp";
@@ -323,10 +343,24 @@ void check_loader_options(const LoaderOptions& o) {
     throw Error("loader: --synthetic-ramp needs --synthetic-min-len (the length the ramp starts from)");
 }
 
+void check_synthetic_lengths(const LoaderOptions& o, const Tokenizer& tok) {
+  if (!(o.synthetic_share > 0) && o.synthetic_first_steps <= 0) return;
+  static const char* kNames[kNumSyntheticTasks] = {"passkey", "key-value recall", "copy"};
+  for (int t = 0; t < kNumSyntheticTasks; ++t) {
+    if (!(o.synthetic_mix[t] > 0)) continue;
+    const int need = synthetic_min_length(static_cast<SyntheticTask>(t), tok);
+    if (o.seq_len < need)
+      throw Error("loader: --seq-len = " + std::to_string(o.seq_len) + " is too short for the synthetic " + kNames[t] + " task (" +
+                  std::to_string(need) + " tokens with this tokenizer): raise --seq-len, give that task weight 0 in "
+                  "--synthetic-mix P,K,C, or turn synthetic tasks off with --synthetic 0");
+  }
+}
+
 Loader::Loader(const Corpus& corpus, const Tokenizer& tok, const LoaderOptions& options)
     : tok_(tok), o_(options), bos_(corpus.bos_id), train_stream_(join(corpus.train, corpus.bos_id)),
       val_stream_(join(corpus.val, corpus.bos_id)) {
   check_loader_options(o_);
+  check_synthetic_lengths(o_, tok_);
   if (static_cast<int64_t>(train_stream_.size()) <= o_.seq_len + 1)
     throw Error("loader: the training split (" + std::to_string(train_stream_.size()) + " tokens) is shorter than --seq-len + 1");
   for (int t = 0; t < kNumSyntheticTasks; ++t) task_min_len_[t] = synthetic_min_length(static_cast<SyntheticTask>(t), tok_);

@@ -81,6 +81,29 @@ PasskeyScore passkey_score(const model::Model& m, const std::vector<PasskeySampl
   return score;
 }
 
+// Mean LM loss of each sequence of a packed batch, evaluated one sequence at a time.
+std::vector<double> per_sequence_loss(const model::Model& m, const model::Batch& b, AttentionMode mode, int k) {
+  std::vector<double> out;
+  size_t at = 0;
+  for (int len : b.seq_lens) {
+    model::Batch one;
+    one.tokens.assign(b.tokens.begin() + static_cast<std::ptrdiff_t>(at), b.tokens.begin() + static_cast<std::ptrdiff_t>(at + len));
+    one.targets.assign(b.targets.begin() + static_cast<std::ptrdiff_t>(at), b.targets.begin() + static_cast<std::ptrdiff_t>(at + len));
+    one.seq_lens = {len};
+    out.push_back(m.evaluate(one, mode, k).lm_loss);
+    at += static_cast<size_t>(len);
+  }
+  return out;
+}
+
+double mean_of(const std::vector<double>& x) {
+  double s = 0;
+  for (double v : x) s += v;
+  return x.empty() ? 0.0 : s / static_cast<double>(x.size());
+}
+
+Interval exp_interval(const Interval& i) { return {std::exp(i.lo), std::exp(i.hi)}; }
+
 EvalReport::SpeedRow time_session(const model::Model& m, AttentionMode mode, int k, const std::vector<int32_t>& text, int context,
                                   int decode_tokens, int chunk) {
   model::SessionOptions so;
@@ -142,6 +165,29 @@ void write_plots(const fs::path& dir, const EvalReport& r, const EvalOptions& o)
 
 }  // namespace
 
+Interval wilson_interval(int64_t correct, int64_t n) {
+  if (n <= 0) return {0.0, 1.0};
+  const double z = 1.959963984540054, p = static_cast<double>(correct) / static_cast<double>(n), nn = static_cast<double>(n);
+  const double centre = (p + z * z / (2 * nn)) / (1 + z * z / nn);
+  const double half = z / (1 + z * z / nn) * std::sqrt(p * (1 - p) / nn + z * z / (4 * nn * nn));
+  return {std::max(0.0, centre - half), std::min(1.0, centre + half)};
+}
+
+Interval mean_interval(const std::vector<double>& x) {
+  const double mean = mean_of(x);
+  const size_t n = x.size();
+  if (n < 2) return {mean, mean};
+  double ss = 0;
+  for (double v : x) ss += (v - mean) * (v - mean);
+  // Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom; the normal's beyond.
+  static const double kT[30] = {12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+                                2.120,  2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042};
+  const size_t df = n - 1;
+  const double t = df <= 30 ? kT[df - 1] : 1.96;
+  const double half = t * std::sqrt(ss / static_cast<double>(df) / static_cast<double>(n));
+  return {mean - half, mean + half};
+}
+
 EvalReport evaluate_run(const EvalOptions& o, const Corpus& corpus, const Tokenizer& tok) {
   if (o.run_dir.empty()) throw Error("eval: --run is empty");
   const std::string ckpt = o.checkpoint.empty() ? final_checkpoint((fs::path(o.run_dir) / "sparse").string()) : o.checkpoint;
@@ -197,11 +243,19 @@ EvalReport evaluate_run(const EvalOptions& o, const Corpus& corpus, const Tokeni
     const double loss = b.evaluate(val, AttentionMode::kDense).lm_loss;
     r.ppl.push_back({"dense-pretrain", 0, loss, std::exp(loss)});
   }
-  const double dense_loss = m.evaluate(val, AttentionMode::kDense).lm_loss;
+  // Dense and DSA at the trained k one sequence at a time: their spread gives the intervals.
+  const std::vector<double> dense_seq = per_sequence_loss(m, val, AttentionMode::kDense, 0);
+  const std::vector<double> dsa_seq = per_sequence_loss(m, val, AttentionMode::kSparse, k);
+  const double dense_loss = mean_of(dense_seq);
   r.ppl.push_back({"dense", 0, dense_loss, std::exp(dense_loss)});
   r.dense_ppl = std::exp(dense_loss);
+  r.dense_ppl_ci = exp_interval(mean_interval(dense_seq));
+  r.dsa_ppl_ci = exp_interval(mean_interval(dsa_seq));
+  std::vector<double> diff(dsa_seq.size());
+  for (size_t i = 0; i < diff.size(); ++i) diff[i] = dsa_seq[i] - dense_seq[i];
+  r.ppl_ratio_ci = exp_interval(mean_interval(diff));
   for (int kk : ks) {
-    const double loss = m.evaluate(val, AttentionMode::kSparse, kk).lm_loss;
+    const double loss = kk == k ? mean_of(dsa_seq) : m.evaluate(val, AttentionMode::kSparse, kk).lm_loss;
     r.ppl.push_back({"dsa", kk, loss, std::exp(loss)});
     if (kk == k) r.dsa_ppl = std::exp(loss);
     const double wloss = m.evaluate(val, AttentionMode::kWindow, kk).lm_loss;
@@ -221,6 +275,7 @@ EvalReport evaluate_run(const EvalOptions& o, const Corpus& corpus, const Tokeni
   // ── passkey retrieval ──
   const AttentionMode modes[] = {AttentionMode::kDense, AttentionMode::kSparse, AttentionMode::kWindow};
   double total[3] = {0, 0, 0}, digits[3] = {0, 0, 0};
+  int64_t hits[3] = {0, 0, 0}, tries[3] = {0, 0, 0};
   int cells = 0;
   for (int len : lengths) {
     for (double depth : o.depths) {
@@ -233,6 +288,8 @@ EvalReport evaluate_run(const EvalOptions& o, const Corpus& corpus, const Tokeni
         const PasskeyScore sc = passkey_score(m, samples, modes[mi], k);
         r.passkey.push_back({mode_name(modes[mi]), len, depth, sc.correct, o.passkey_trials, sc.digits_correct, sc.digits_total});
         total[mi] += static_cast<double>(sc.correct) / o.passkey_trials;
+        hits[mi] += sc.correct;
+        tries[mi] += o.passkey_trials;
         digits[mi] += static_cast<double>(sc.digits_correct) / std::max(1, sc.digits_total);
       }
       ++cells;
@@ -241,6 +298,9 @@ EvalReport evaluate_run(const EvalOptions& o, const Corpus& corpus, const Tokeni
   r.passkey_dense = total[0] / std::max(1, cells);
   r.passkey_dsa = total[1] / std::max(1, cells);
   r.passkey_window = total[2] / std::max(1, cells);
+  r.passkey_dense_ci = wilson_interval(hits[0], tries[0]);
+  r.passkey_dsa_ci = wilson_interval(hits[1], tries[1]);
+  r.passkey_window_ci = wilson_interval(hits[2], tries[2]);
   r.digits_dense = digits[0] / std::max(1, cells);
   r.digits_dsa = digits[1] / std::max(1, cells);
   r.digits_window = digits[2] / std::max(1, cells);
@@ -271,20 +331,28 @@ EvalReport evaluate_run(const EvalOptions& o, const Corpus& corpus, const Tokeni
   r.decode_speedup = r.speed[0].decode_ms_per_token / std::max(r.speed[1].decode_ms_per_token, 1e-12);
 
   // ── files ──
-  const fs::path dir = fs::path(o.run_dir) / "eval";
+  const fs::path dir = o.out_dir.empty() ? fs::path(o.run_dir) / "eval" : fs::path(o.out_dir);
   fs::create_directories(dir);
   std::ostringstream ppl, rec, pk, by_depth, by_len, spd;
-  ppl << "mode,k,loss,ppl\n";
-  for (const auto& p : r.ppl) ppl << p.what << "," << p.k << "," << p.loss << "," << p.ppl << "\n";
+  ppl << "mode,k,loss,ppl,ppl_lo95,ppl_hi95\n";   // intervals for dense and DSA at the trained k
+  for (const auto& p : r.ppl) {
+    ppl << p.what << "," << p.k << "," << p.loss << "," << p.ppl << ",";
+    if (p.what == "dense") ppl << r.dense_ppl_ci.lo << "," << r.dense_ppl_ci.hi;
+    else if (p.what == "dsa" && p.k == r.topk) ppl << r.dsa_ppl_ci.lo << "," << r.dsa_ppl_ci.hi;
+    else ppl << ",";
+    ppl << "\n";
+  }
   rec << "k,mass_in_selected,topk_overlap,oracle_mass\n";
   for (const auto& x : r.recall) rec << x.k << "," << x.mass << "," << x.overlap << "," << x.oracle << "\n";
   std::ostringstream rec_layer;
   rec_layer << "layer,mass_in_selected,oracle_mass\n";
   for (size_t l = 0; l < r.recall_layer_mass.size(); ++l) rec_layer << l << "," << r.recall_layer_mass[l] << "," << r.recall_layer_oracle[l] << "\n";
-  pk << "mode,length,depth,correct,trials,accuracy,digit_accuracy\n";
-  for (const auto& x : r.passkey)
+  pk << "mode,length,depth,correct,trials,accuracy,accuracy_lo95,accuracy_hi95,digit_accuracy\n";
+  for (const auto& x : r.passkey) {
+    const Interval ci = wilson_interval(x.correct, x.trials);
     pk << x.mode << "," << x.length << "," << x.depth << "," << x.correct << "," << x.trials << "," << double(x.correct) / x.trials << ","
-       << double(x.digits_correct) / std::max(1, x.digits_total) << "\n";
+       << ci.lo << "," << ci.hi << "," << double(x.digits_correct) / std::max(1, x.digits_total) << "\n";
+  }
   auto aggregate = [&](bool by_depth_axis, std::ostringstream& out) {
     out << (by_depth_axis ? "depth" : "length") << ",dense,dsa,window\n";
     std::vector<double> keys;
@@ -341,7 +409,11 @@ std::string format_report(const EvalReport& r) {
     std::snprintf(line, sizeof line, "    %-30s %8.4f %8.3f\n", what.c_str(), p.loss, p.ppl);
     s << line;
   }
-  std::snprintf(line, sizeof line, "  DSA/dense perplexity ratio at k=%d: %.4f   (target <= 1.02)\n", r.topk, r.ppl_ratio);
+  std::snprintf(line, sizeof line, "  DSA/dense perplexity ratio at k=%d: %.4f [%.4f, %.4f]   (target <= 1.02)\n", r.topk, r.ppl_ratio,
+                r.ppl_ratio_ci.lo, r.ppl_ratio_ci.hi);
+  s << line;
+  std::snprintf(line, sizeof line, "    95%% intervals over the validation sequences: dense %.3f [%.3f, %.3f], DSA %.3f [%.3f, %.3f]\n",
+                r.dense_ppl, r.dense_ppl_ci.lo, r.dense_ppl_ci.hi, r.dsa_ppl, r.dsa_ppl_ci.lo, r.dsa_ppl_ci.hi);
   s << line;
   s << "  indexer recall            k   attention mass in top-k   top-k overlap   ceiling (dense's own top-k)\n";
   for (const auto& x : r.recall) {
@@ -359,7 +431,7 @@ std::string format_report(const EvalReport& r) {
   std::vector<int> lengths;
   for (const auto& x : r.passkey)
     if (std::find(lengths.begin(), lengths.end(), x.length) == lengths.end()) lengths.push_back(x.length);
-  s << "    context   dense     dsa  window\n";
+  s << "    context  dense                dsa                  window                (95% Wilson interval)\n";
   for (int len : lengths) {
     double acc[3] = {0, 0, 0}, n[3] = {0, 0, 0};
     const char* modes[] = {"dense", "dsa", "window"};
@@ -370,12 +442,18 @@ std::string format_report(const EvalReport& r) {
             acc[i] += x.correct;
             n[i] += x.trials;
           }
-    std::snprintf(line, sizeof line, "    %7d  %6.3f  %6.3f  %6.3f\n", len, acc[0] / std::max(1.0, n[0]), acc[1] / std::max(1.0, n[1]),
-                  acc[2] / std::max(1.0, n[2]));
-    s << line;
+    std::string row = "    " + std::to_string(len);
+    row.resize(std::max<size_t>(row.size(), 13), ' ');
+    for (int i = 0; i < 3; ++i) {
+      const Interval ci = wilson_interval(static_cast<int64_t>(acc[i]), static_cast<int64_t>(n[i]));
+      std::snprintf(line, sizeof line, "%.2f [%.2f, %.2f]   ", acc[i] / std::max(1.0, n[i]), ci.lo, ci.hi);
+      row += line;
+    }
+    s << row << "trials " << static_cast<int64_t>(n[0]) << "\n";
   }
-  std::snprintf(line, sizeof line, "    all      %6.3f  %6.3f  %6.3f   (target: dsa == dense, clearly above window)\n", r.passkey_dense,
-                r.passkey_dsa, r.passkey_window);
+  std::snprintf(line, sizeof line, "    all      %.2f [%.2f, %.2f]   %.2f [%.2f, %.2f]   %.2f [%.2f, %.2f]   (target: dsa == dense, above window)\n",
+                r.passkey_dense, r.passkey_dense_ci.lo, r.passkey_dense_ci.hi, r.passkey_dsa, r.passkey_dsa_ci.lo, r.passkey_dsa_ci.hi,
+                r.passkey_window, r.passkey_window_ci.lo, r.passkey_window_ci.hi);
   s << line;
   std::snprintf(line, sizeof line, "    per key token (chance ~0.1): dense %.3f, dsa %.3f, window %.3f\n", r.digits_dense, r.digits_dsa,
                 r.digits_window);

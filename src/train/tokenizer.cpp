@@ -238,4 +238,10 @@ void train_sentencepiece(const SpmTrainOptions& o) {
   if (!status.ok()) throw Error("tokenizer train: " + status.ToString());
 }
 
+std::vector<int32_t> encode_prompt(const Tokenizer& tok, std::string_view text) {
+  std::vector<int32_t> ids = tok.encode(text);
+  ids.insert(ids.begin(), tok.bos_id());
+  return ids;
+}
+
 }  // namespace dsa

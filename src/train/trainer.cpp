@@ -24,7 +24,7 @@ constexpr const char* kLatestFile = "latest";
 constexpr const char* kFinalFile = "final";
 constexpr const char* kStateFile = "trainer_state.json";
 constexpr const char* kOptimizerFile = "optimizer.safetensors";
-constexpr const char* kCsvHeader = "step,lr,lm_loss,kl_loss,model_grad_norm,indexer_grad_norm,tokens_per_s,seconds";
+constexpr const char* kCsvHeader = "step,lr,lm_loss,kl_loss,model_grad_norm,indexer_grad_norm,tokens_per_s,seconds,val_lm_loss";
 
 std::string slurp_trimmed(const std::string& path) {
   std::ifstream in(path);
@@ -91,21 +91,28 @@ std::string format_seconds(double s) {
   return buf;
 }
 
-void write_loss_plot(const std::string& stage_dir, model::Stage stage) {
+void write_loss_plot(const std::string& stage_dir, model::Stage stage, int64_t steps) {
   const std::string script = (fs::path(stage_dir) / "loss.gp").string();
+  const std::string csv = (fs::path(stage_dir) / "metrics.csv").string();
+  // Per-step losses are noisy (one batch each): the plot shows them faint, an exponential moving
+  // average over ~steps/50 steps (at least 10) bold, and the validation loss (column 9, every
+  // --val-every steps and at the end) as points.
+  const double alpha = 2.0 / (std::max<double>(10.0, static_cast<double>(steps) / 50.0) + 1.0);
   std::ofstream gp(script);
   gp << "set terminal pngcairo size 900,500 noenhanced\nset output '" << (fs::path(stage_dir) / "loss.png").string() << "'\n"
-     << "set datafile separator ','\nset key autotitle columnhead\nset xlabel 'step'\nset grid\n"
-     << "set title 'dsa train: " << stage_name(stage) << "'\n";
-  if (stage == model::Stage::kWarmup) {
-    gp << "set ylabel 'indexer KL (nats)'\nplot '" << (fs::path(stage_dir) / "metrics.csv").string() << "' using 1:4 with lines lw 2\n";
-  } else {
-    gp << "set ylabel 'LM loss (nats)'\n";
-    if (stage == model::Stage::kSparse) gp << "set y2label 'indexer KL (selected set)'\nset y2tics\n";
-    gp << "plot '" << (fs::path(stage_dir) / "metrics.csv").string() << "' using 1:3 with lines lw 2";
-    if (stage == model::Stage::kSparse) gp << ", '' using 1:4 axes x1y2 with lines lw 2";
-    gp << "\n";
-  }
+     << "set datafile separator ','\nset datafile missing ''\nset xlabel 'step'\nset grid\n"
+     << "set title 'dsa train: " << stage_name(stage) << "'\na = " << alpha << "\n"
+     << "ema(col) = (e = (e != e) ? col : a * col + (1 - a) * e)\n";
+  const int col = stage == model::Stage::kWarmup ? 4 : 3;
+  gp << "set ylabel '" << (stage == model::Stage::kWarmup ? "indexer KL (nats)" : "LM loss (nats)") << "'\n";
+  if (stage == model::Stage::kSparse) gp << "set y2label 'indexer KL (selected set)'\nset y2tics\n";
+  const char* what = stage == model::Stage::kWarmup ? "indexer KL" : "LM loss";
+  gp << "e = NaN\nplot '" << csv << "' every ::1 using 1:" << col << " with lines lw 1 lc rgb '#b0c4de' title '" << what
+     << " (per step)', '' every ::1 using 1:(ema($" << col << ")) with lines lw 2 lc rgb '#1f4e9c' title '" << what << " (moving average)'";
+  if (stage != model::Stage::kWarmup)
+    gp << ", '' every ::1 using 1:9 with linespoints pt 7 lw 2 lc rgb '#d62728' title 'validation LM loss'";
+  if (stage == model::Stage::kSparse) gp << ", '' every ::1 using 1:4 axes x1y2 with lines lw 1 lc rgb '#2ca02c' title 'indexer KL'";
+  gp << "\n";
   gp.close();
   run_gnuplot(script);
 }
@@ -127,6 +134,24 @@ std::string final_checkpoint(const std::string& stage_dir) {
   const fs::path dir = fs::path(stage_dir) / slurp_trimmed(pointer.string());
   if (!fs::exists(dir / kStateFile)) throw Error("final checkpoint " + dir.string() + " is incomplete");
   return dir.string();
+}
+
+std::string resolve_checkpoint(const std::string& path) {
+  const fs::path p(path);
+  if (!fs::exists(p)) throw Error("checkpoint " + path + " does not exist");
+  if (fs::is_regular_file(p)) {   // a stage's final / latest pointer: the name of a sibling folder
+    const std::string name = slurp_trimmed(path);
+    const fs::path dir = p.parent_path() / name;
+    if (name.empty() || name.find('/') != std::string::npos || !fs::exists(dir / "config.json"))
+      throw Error(path + " is neither a model folder nor a pointer to a checkpoint folder next to it");
+    return dir.string();
+  }
+  if (fs::exists(p / "config.json")) return path;
+  if (fs::exists(p / kFinalFile)) return final_checkpoint(path);
+  for (const char* stage : {"sparse", "warmup", "pretrain"})
+    if (fs::exists(p / stage / kFinalFile)) return final_checkpoint((p / stage).string());
+  throw Error(path + " is not a model folder (no config.json), a stage folder with a final checkpoint, or a run "
+              "folder with a finished stage");
 }
 
 void check_train_options(const TrainOptions& o) {
@@ -242,6 +267,7 @@ TrainResult train_stage(const TrainOptions& o, const Corpus& corpus, const Token
   double step_seconds = 0;
   int64_t done_here = 0;
   std::string last_ckpt;
+  double final_val = std::nan("");   // the validation loss after the last step, once it ran here
   for (int64_t s = result.start_step; s < o.steps; ++s) {
     const auto t0 = std::chrono::steady_clock::now();
     const model::Batch batch = loader.batch(s);
@@ -260,9 +286,27 @@ TrainResult train_stage(const TrainOptions& o, const Corpus& corpus, const Token
     r.indexer_grad_norm = gs.indexer_grad_norm;
     r.tokens_per_s = static_cast<double>(batch.tokens.size()) / std::max(dt, 1e-9);
     result.records.push_back(r);
-    char line[256];
-    std::snprintf(line, sizeof line, "%lld,%.6g,%.17g,%.17g,%.6g,%.6g,%.1f,%.3f\n", static_cast<long long>(r.step), r.lr, r.lm_loss,
-                  r.kl_loss, r.model_grad_norm, r.indexer_grad_norm, r.tokens_per_s, dt);
+    const bool last = r.step == o.steps;
+    if (r.step % o.checkpoint_every == 0 || last) last_ckpt = checkpoint(r.step);
+    // Validation loss (dense; DSA in the sparse stage) every val_every steps and at the end, in the
+    // CSV's last column (empty on other steps).
+    std::string val_field;
+    if ((o.val_every > 0 && r.step % o.val_every == 0) || last) {
+      const auto vb = loader.val_batch(o.val_sequences, o.loader.seq_len, 0);
+      const double vl = m.evaluate(vb, o.stage == model::Stage::kSparse ? model::AttentionMode::kSparse : model::AttentionMode::kDense, topk).lm_loss;
+      if (last) {
+        final_val = vl;
+      } else {
+        std::fprintf(stderr, "%s[%-8s] step %lld: validation loss %.4f (ppl %.2f)\n", tty ? "\n" : "", stage_name(o.stage),
+                     static_cast<long long>(r.step), vl, std::exp(vl));
+      }
+      char v[32];
+      std::snprintf(v, sizeof v, "%.17g", vl);
+      val_field = v;
+    }
+    char line[320];
+    std::snprintf(line, sizeof line, "%lld,%.6g,%.17g,%.17g,%.6g,%.6g,%.1f,%.3f,%s\n", static_cast<long long>(r.step), r.lr, r.lm_loss,
+                  r.kl_loss, r.model_grad_norm, r.indexer_grad_norm, r.tokens_per_s, dt, val_field.c_str());
     csv << line << std::flush;
     if (o.progress && (tty || r.step % print_every == 0 || r.step == o.steps)) {
       const double eta = step_seconds / static_cast<double>(done_here) * static_cast<double>(o.steps - r.step);
@@ -274,14 +318,6 @@ TrainResult train_stage(const TrainOptions& o, const Corpus& corpus, const Token
                    stage_name(o.stage), static_cast<long long>(r.step), static_cast<long long>(o.steps), bar.c_str(), r.lm_loss,
                    r.kl_loss, r.tokens_per_s, format_seconds(eta).c_str(), tty ? "  " : "\n");
     }
-    const bool last = r.step == o.steps;
-    if (r.step % o.checkpoint_every == 0 || last) last_ckpt = checkpoint(r.step);
-    if (o.val_every > 0 && r.step % o.val_every == 0 && !last) {
-      const auto vb = loader.val_batch(o.val_sequences, o.loader.seq_len, 0);
-      const auto vl = m.evaluate(vb, o.stage == model::Stage::kSparse ? model::AttentionMode::kSparse : model::AttentionMode::kDense, topk);
-      std::fprintf(stderr, "%s[%-8s] step %lld: validation loss %.4f (ppl %.2f)\n", tty ? "\n" : "", stage_name(o.stage),
-                   static_cast<long long>(r.step), vl.lm_loss, std::exp(vl.lm_loss));
-    }
     if (o.stop_after > 0 && done_here == o.stop_after && !last) {
       if (tty) std::fprintf(stderr, "\n");
       result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
@@ -292,10 +328,14 @@ TrainResult train_stage(const TrainOptions& o, const Corpus& corpus, const Token
   if (last_ckpt.empty()) last_ckpt = latest_checkpoint(stage_dir.string());   // resumed at the very end
   write_file_atomic((stage_dir / kFinalFile).string(), fs::path(last_ckpt).filename().string() + "\n");
   result.final_checkpoint = last_ckpt;
-  const auto vb = loader.val_batch(o.val_sequences, o.loader.seq_len, 0);
-  result.val_loss =
-      m.evaluate(vb, o.stage == model::Stage::kSparse ? model::AttentionMode::kSparse : model::AttentionMode::kDense, topk).lm_loss;
-  if (o.plots) write_loss_plot(stage_dir.string(), o.stage);
+  if (final_val == final_val) {
+    result.val_loss = final_val;
+  } else {   // resumed at the very end: no step ran here
+    const auto vb = loader.val_batch(o.val_sequences, o.loader.seq_len, 0);
+    result.val_loss =
+        m.evaluate(vb, o.stage == model::Stage::kSparse ? model::AttentionMode::kSparse : model::AttentionMode::kDense, topk).lm_loss;
+  }
+  if (o.plots) write_loss_plot(stage_dir.string(), o.stage, o.steps);
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   return result;
 }
