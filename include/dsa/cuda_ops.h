@@ -45,6 +45,9 @@ struct OpVariants {
 };
 const OpVariants* op_variants(int* n_ops);
 
+// The current device in words ("NVIDIA H100 80GB HBM3 (sm_90)"), "" without one.
+std::string device_description();
+
 // The variant a call runs: `requested` itself when it can run here (else dsa::Error naming the op,
 // the variant and the reason), or for kAuto the first variant of the op's list that can. Host-only
 // (the first query probes the binary's code for the device once: keep it outside graph capture).

@@ -159,3 +159,17 @@ Variant resolve_variant(const SparseDecodeParams& p, Variant requested) {
 }
 
 }  // namespace dsa::cuda
+
+namespace dsa::cuda {
+
+std::string device_description() {
+  int dev = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return "";
+  }
+  return std::string(prop.name) + " (sm_" + std::to_string(prop.major * 10 + prop.minor) + ")";
+}
+
+}  // namespace dsa::cuda

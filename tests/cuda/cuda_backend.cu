@@ -43,6 +43,11 @@ std::string CudaBackend::skip_reason(const std::string& op) const {
   return std::string("no ") + cuda::variant_name(class_) + " variant of " + op + " with this row's tolerances";
 }
 
+dsa::Backend& CudaBackend::dev() {
+  if (!dev_) dev_ = cuda::make_backend(cudaStreamLegacy, class_);
+  return *dev_;
+}
+
 Arith CudaBackend::arith(const std::string& op) const {
   return variant(op.c_str()) == cuda::Variant::kExact ? Arith::kExact : Arith::kTensor;
 }

@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include "cpu/attention_common.h"
+#include "cpu/attention_dtype.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/device_buffer.h"
 #include "common/check.h"
@@ -28,18 +29,23 @@ size_t sz(long long a, long long b = 1, long long c = 1) { return static_cast<si
 // Device copies of an AttentionParams' inputs; params() returns the struct with device pointers.
 struct DeviceAttention {
   DeviceBuffer<float> q, kv;
+  DeviceBuffer<uint16_t> q_bf16, kv_bf16;
   DeviceBuffer<int32_t> indices, topk_length, ks, ke;
   AttentionParams d;
   explicit DeviceAttention(const AttentionParams& p)
-      : q(p.q, sz(p.T, p.H, p.Dqk)),
-        kv(p.kv, sz(p.S, p.Dqk)),
+      : q(p.q, p.q ? sz(p.T, p.H, p.Dqk) : 0),
+        kv(p.kv, p.kv ? sz(p.S, p.Dqk) : 0),
+        q_bf16(p.q_bf16, p.q_bf16 ? sz(p.T, p.H, p.Dqk) : 0),
+        kv_bf16(p.kv_bf16, p.kv_bf16 ? sz(p.S, p.Dqk) : 0),
         indices(p.indices, sz(p.T, p.K)),
         topk_length(p.topk_length, sz(p.T)),
         ks(p.ks, sz(p.T)),
         ke(p.ke, sz(p.T)),
         d(p) {
-    d.q = q.data();
-    d.kv = kv.data();
+    d.q = p.q ? q.data() : nullptr;
+    d.kv = p.kv ? kv.data() : nullptr;
+    d.q_bf16 = p.q_bf16 ? q_bf16.data() : nullptr;
+    d.kv_bf16 = p.kv_bf16 ? kv_bf16.data() : nullptr;
     d.indices = indices.data();
     d.topk_length = topk_length.data();
     d.ks = ks.data();
@@ -49,7 +55,8 @@ struct DeviceAttention {
 
 template <typename Op>
 void forward(const AttentionParams& p, const AttentionForwardOut& o, Selection sel, const char* name, Op op) {
-  cpu::attn::validate_params(p, sel, name);
+  cpu::attn::Fp32Inputs host;
+  cpu::attn::validate_params(host.fp32(p, name), sel, name);
   cpu::attn::validate_forward_out(o, name);
   DeviceAttention in(p);
   DeviceBuffer<float> out(o.out, sz(p.T, p.H, p.Dv)), lse(o.lse, sz(p.T, p.H)), ml(o.max_logits, sz(p.T, p.H));
@@ -60,16 +67,15 @@ void forward(const AttentionParams& p, const AttentionForwardOut& o, Selection s
   ml.download(o.max_logits, "max_logits");
 }
 
-template <typename Bytes, typename Op>
-void backward(const AttentionParams& p, const AttentionBackwardArgs& b, Selection sel, const char* name, Bytes bytes,
-              Op op) {
-  cpu::attn::validate_params(p, sel, name);
+template <typename Op>
+void backward(const AttentionParams& p, const AttentionBackwardArgs& b, Selection sel, const char* name, Op op) {
+  cpu::attn::Fp32Inputs host;
+  cpu::attn::validate_params(host.fp32(p, name), sel, name);
   cpu::attn::validate_backward_args(b, name);
   DeviceAttention in(p);
   DeviceBuffer<float> dout(b.dout, sz(p.T, p.H, p.Dv)), out(b.out, sz(p.T, p.H, p.Dv)), lse(b.lse, sz(p.T, p.H));
   DeviceBuffer<float> dq(b.dq, sz(p.T, p.H, p.Dqk)), dkv(b.dkv, sz(p.S, p.Dqk));
-  DeviceScratch ws(bytes(in.d));
-  op(in.d, AttentionBackwardArgs{dout.data(), out.data(), lse.data(), dq.data(), dkv.data()}, ws.data(), ws.size());
+  op(in.d, AttentionBackwardArgs{dout.data(), out.data(), lse.data(), dq.data(), dkv.data()});
   sync_and_check(name);
   dq.download(b.dq, "dq");
   dkv.download(b.dkv, "dkv");
@@ -79,34 +85,26 @@ void backward(const AttentionParams& p, const AttentionBackwardArgs& b, Selectio
 
 void CudaBackend::sparse_attention_forward(const AttentionParams& p, const AttentionForwardOut& o) {
   forward(p, o, Selection::kSparse, "sparse_attention_forward", [&](const AttentionParams& d, const AttentionForwardOut& od) {
-    const cuda::Variant v = variant("sparse_attention_forward");
-    DeviceScratch ws(cuda::sparse_attention_forward_workspace_bytes(d, v));
-    cuda::sparse_attention_forward(d, od, ws.data(), ws.size(), nullptr, v);
+    dev().sparse_attention_forward(d, od);
   });
 }
 
 void CudaBackend::dense_attention_forward(const AttentionParams& p, const AttentionForwardOut& o) {
   forward(p, o, Selection::kDense, "dense_attention_forward", [&](const AttentionParams& d, const AttentionForwardOut& od) {
-    cuda::dense_attention_forward(d, od, nullptr);
+    dev().dense_attention_forward(d, od);
   });
 }
 
 void CudaBackend::sparse_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b) {
   backward(
       p, b, Selection::kSparse, "sparse_attention_backward",
-      [&](const AttentionParams& d) { return cuda::sparse_attention_backward_workspace_bytes(d, variant("sparse_attention_backward")); },
-      [&](const AttentionParams& d, const AttentionBackwardArgs& bd, void* ws, size_t n) {
-        cuda::sparse_attention_backward(d, bd, ws, n, nullptr, variant("sparse_attention_backward"));
-      });
+      [&](const AttentionParams& d, const AttentionBackwardArgs& bd) { dev().sparse_attention_backward(d, bd); });
 }
 
 void CudaBackend::dense_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b) {
   backward(
       p, b, Selection::kDense, "dense_attention_backward",
-      [](const AttentionParams& d) { return cuda::dense_attention_backward_workspace_bytes(d); },
-      [&](const AttentionParams& d, const AttentionBackwardArgs& bd, void* ws, size_t n) {
-        cuda::dense_attention_backward(d, bd, ws, n, nullptr);
-      });
+      [&](const AttentionParams& d, const AttentionBackwardArgs& bd) { dev().dense_attention_backward(d, bd); });
 }
 
 namespace {
@@ -140,7 +138,7 @@ void CudaBackend::indexer_kl_forward(const IndexerKlParams& p, float* loss) {
   detail::require_ptr(loss, op, "loss");
   DeviceKl in(p);
   DeviceBuffer<float> l(loss, sz(p.attn.T));
-  cuda::indexer_kl_forward(in.d, l.data(), nullptr);
+  dev().indexer_kl_forward(in.d, l.data());
   sync_and_check(op);
   l.download(loss, "loss");
 }
@@ -151,7 +149,7 @@ void CudaBackend::indexer_kl_backward(const IndexerKlParams& p, const float* dlo
   detail::require_ptr(d_index_logits, op, "d_index_logits");
   DeviceKl in(p);
   DeviceBuffer<float> dl(dloss, sz(p.attn.T)), g(d_index_logits, in.logits_n);
-  cuda::indexer_kl_backward(in.d, dl.data(), g.data(), nullptr);
+  dev().indexer_kl_backward(in.d, dl.data(), g.data());
   sync_and_check(op);
   g.download(d_index_logits, "d_index_logits");
 }
@@ -171,18 +169,19 @@ void CudaBackend::sparse_attention_decode(const SparseDecodeParams& p) {
     default: cache_bytes *= kMlaRecordBytes; break;
   }
   DeviceBuffer<float> q(p.q, sz(rows, p.H, kRowDim));
+  DeviceBuffer<uint16_t> q_bf16(p.q_bf16, sz(rows, p.H, kRowDim));
   DeviceBuffer<uint8_t> cache(static_cast<const uint8_t*>(p.cache), cache_bytes);
   DeviceBuffer<int32_t> idx(p.indices, sz(rows, p.K)), len(p.topk_length, sz(rows));
   DeviceBuffer<float> out(p.out, sz(rows, p.H, kMlaLatentDim)), lse(p.lse, sz(rows, p.H));
   SparseDecodeParams d = p;
   d.q = q.data();
+  d.q_bf16 = q_bf16.data();
   d.cache = cache.data();
   d.indices = idx.data();
   d.topk_length = len.data();
   d.out = out.data();
   d.lse = lse.data();
-  DeviceScratch ws(cuda::sparse_attention_decode_workspace_bytes(d, variant("sparse_attention_decode")));
-  cuda::sparse_attention_decode(d, ws.data(), ws.size(), nullptr, variant("sparse_attention_decode"));
+  dev().sparse_attention_decode(d);
   sync_and_check(op);
   out.download(p.out, "out");
   lse.download(p.lse, "lse");

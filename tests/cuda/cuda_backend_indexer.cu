@@ -94,7 +94,7 @@ void CudaBackend::mla_cache_pack(const MlaCacheParams& p) {
   MlaCacheParams d = p;
   d.kv = kv.data();
   d.records = rec.data();
-  cuda::mla_cache_pack(d, nullptr);
+  dev().mla_cache_pack(d);
   sync_and_check("mla_cache_pack");
   rec.download(p.records, "records");
 }
@@ -105,7 +105,7 @@ void CudaBackend::mla_cache_unpack(const MlaCacheParams& p) {
   MlaCacheParams d = p;
   d.kv = kv.data();
   d.records = rec.data();
-  cuda::mla_cache_unpack(d, nullptr);
+  dev().mla_cache_unpack(d);
   sync_and_check("mla_cache_unpack");
   kv.download(p.kv, "kv");
 }
@@ -122,7 +122,7 @@ void CudaBackend::indexer_cache_pack(const IndexerCacheParams& p) {
   IndexerCacheParams d = p;
   d.k = k.data();
   d.cache = cache.data();
-  cuda::indexer_cache_pack(d, nullptr);
+  dev().indexer_cache_pack(d);
   sync_and_check("indexer_cache_pack");
   cache.download(p.cache, "cache");
 }
@@ -135,7 +135,7 @@ void CudaBackend::indexer_cache_unpack(const IndexerCacheParams& p) {
   d.cache = cache.data();
   d.k_fp8 = k_fp8.data();
   d.k_scale = k_scale.data();
-  cuda::indexer_cache_unpack(d, nullptr);
+  dev().indexer_cache_unpack(d);
   sync_and_check("indexer_cache_unpack");
   k.download(p.k, "k");
   k_fp8.download(p.k_fp8, "k_fp8");
@@ -145,13 +145,13 @@ void CudaBackend::indexer_cache_unpack(const IndexerCacheParams& p) {
 // ── 2. rotations ──────────────────────────────────────────────────────────────────────────────
 void CudaBackend::hadamard_transform(float* x, int64_t N, int D) {
   DeviceBuffer<float> dx(x, sz(N, D));
-  cuda::hadamard_transform(dx.data(), N, D, nullptr);
+  dev().hadamard_transform(dx.data(), N, D);
   sync_and_check("hadamard_transform");
   dx.download(x, "x");
 }
 
 namespace {
-void rope(const RopeParams& p, bool forward) {
+void rope(dsa::Backend& dev, const RopeParams& p, bool forward) {
   const char* op = forward ? "rope_forward" : "rope_backward";
   // pos[t] ≥ 0 is a data check (the CPU makes it); here the data is on the host.
   ::dsa::detail::require_non_negative(p.T, op, "T");
@@ -166,15 +166,15 @@ void rope(const RopeParams& p, bool forward) {
   d.pos = pos.data();
   d.inv_freq = inv.data();
   d.x = x.data();
-  if (forward) cuda::rope_forward(d, nullptr);
-  else cuda::rope_backward(d, nullptr);
+  if (forward) dev.rope_forward(d);
+  else dev.rope_backward(d);
   sync_and_check(op);
   x.download(p.x, "x");
 }
 }  // namespace
 
-void CudaBackend::rope_forward(const RopeParams& p) { rope(p, true); }
-void CudaBackend::rope_backward(const RopeParams& p) { rope(p, false); }
+void CudaBackend::rope_forward(const RopeParams& p) { rope(dev(), p, true); }
+void CudaBackend::rope_backward(const RopeParams& p) { rope(dev(), p, false); }
 
 // ── 3–5, 10. indexer and top-k ───────────────────────────────────────────────────────────────
 void CudaBackend::indexer_quantize_fp8(const IndexerQuantizeParams& p) {
@@ -203,7 +203,7 @@ void CudaBackend::indexer_logits(const IndexerParams& p, float* logits) {
   ::dsa::detail::require_ptr(logits, op, "logits");
   DeviceIndexer in(p);
   DeviceBuffer<float> out(logits, sz(p.T, p.S));
-  cuda::indexer_logits(in.d, out.data(), nullptr, variant("indexer_logits"));
+  dev().indexer_logits(in.d, out.data());
   sync_and_check(op);
   out.download(logits, "logits");
 }
@@ -223,8 +223,7 @@ void CudaBackend::topk_select(const TopkParams& p) {
   d.ks = ks.data();
   d.ke = ke.data();
   d.indices = idx.data();
-  DeviceScratch ws(cuda::topk_select_workspace_bytes(p.T, p.S, p.K));
-  cuda::topk_select(d, ws.data(), ws.size(), nullptr);
+  dev().topk_select(d);
   sync_and_check(op);
   idx.download(p.indices, "indices");
 }
@@ -236,8 +235,7 @@ void CudaBackend::indexer_topk(const IndexerParams& p, int K, int32_t* indices) 
   ::dsa::detail::require_ptr(indices, op, "indices");
   DeviceIndexer in(p);
   DeviceBuffer<int32_t> idx(indices, sz(p.T, K));
-  DeviceScratch ws(cuda::indexer_topk_workspace_bytes(in.d, K, variant("indexer_topk")));
-  cuda::indexer_topk(in.d, K, idx.data(), ws.data(), ws.size(), nullptr, variant("indexer_topk"));
+  dev().indexer_topk(in.d, K, idx.data());
   sync_and_check(op);
   idx.download(indices, "indices");
 }
@@ -257,8 +255,7 @@ void CudaBackend::indexer_backward(const IndexerBackwardParams& p) {
   d.dq = dq.data();
   d.dk = dk.data();
   d.dw = dw.data();
-  DeviceScratch ws(cuda::indexer_backward_workspace_bytes(d));
-  cuda::indexer_backward(d, ws.data(), ws.size(), nullptr);
+  dev().indexer_backward(d);
   sync_and_check(op);
   dq.download(p.dq, "dq");
   dk.download(p.dk, "dk");
@@ -281,7 +278,7 @@ void CudaBackend::indexer_logits_paged(const PagedIndexerParams& p, float* logit
   d.w = w.data();
   d.context_lens = lens.data();
   d.block_table = table.data();
-  cuda::indexer_logits_paged(d, out.data(), nullptr);
+  dev().indexer_logits_paged(d, out.data());
   sync_and_check(op);
   out.download(logits, "logits");
 }
@@ -291,7 +288,7 @@ void CudaBackend::paged_to_physical(int B, int next_n, int K, const int32_t* blo
   ::dsa::detail::validate_paged_to_physical_args(B, next_n, K, block_table, max_blocks, num_pages, indices);
   ::dsa::detail::validate_paged_to_physical_data(B, next_n, K, block_table, max_blocks, num_pages, indices);
   DeviceBuffer<int32_t> table(block_table, sz(B, max_blocks)), idx(indices, sz(B, next_n, K));
-  cuda::paged_to_physical(B, next_n, K, table.data(), max_blocks, num_pages, idx.data(), nullptr);
+  dev().paged_to_physical(B, next_n, K, table.data(), max_blocks, num_pages, idx.data());
   sync_and_check("paged_to_physical");
   idx.download(indices, "indices");
 }

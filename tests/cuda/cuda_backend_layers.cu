@@ -40,7 +40,7 @@ void require_ids(const int32_t* ids, int64_t N, int V, int C, int32_t lo, std::i
 
 void CudaBackend::linear_forward(const float* x, const float* w, float* y, int64_t N, int I, int O) {
   DeviceBuffer<float> dx(x, count(N, I)), dw(w, count(O, I)), dy(y, count(N, O));
-  cuda::linear_forward(dx.data(), dw.data(), dy.data(), N, I, O, nullptr);
+  dev().linear_forward(dx.data(), dw.data(), dy.data(), N, I, O);
   sync_and_check("linear_forward");
   dy.download(y, "y");
 }
@@ -49,7 +49,7 @@ void CudaBackend::linear_backward(const float* x, const float* w, const float* d
                                   int I, int O, bool accumulate_dx) {
   DeviceBuffer<float> d_x(x, count(N, I)), d_w(w, count(O, I)), d_dy(dy, count(N, O));
   DeviceBuffer<float> d_dx(dx, count(N, I)), d_dw(dw, count(O, I));
-  cuda::linear_backward(d_x.data(), d_w.data(), d_dy.data(), d_dx.data(), d_dw.data(), N, I, O, accumulate_dx, nullptr);
+  dev().linear_backward(d_x.data(), d_w.data(), d_dy.data(), d_dx.data(), d_dw.data(), N, I, O, accumulate_dx);
   sync_and_check("linear_backward");
   d_dx.download(dx, "dx");
   d_dw.download(dw, "dw");
@@ -57,7 +57,7 @@ void CudaBackend::linear_backward(const float* x, const float* w, const float* d
 
 void CudaBackend::rmsnorm_forward(const float* x, const float* w, float* y, float* rstd, int64_t N, int C, float eps) {
   DeviceBuffer<float> d_x(x, count(N, C)), d_w(w, count(C)), d_y(y, count(N, C)), d_r(rstd, count(N));
-  cuda::rmsnorm_forward(d_x.data(), d_w.data(), d_y.data(), d_r.data(), N, C, eps, nullptr);
+  dev().rmsnorm_forward(d_x.data(), d_w.data(), d_y.data(), d_r.data(), N, C, eps);
   sync_and_check("rmsnorm_forward");
   d_y.download(y, "y");
   d_r.download(rstd, "rstd");
@@ -67,7 +67,7 @@ void CudaBackend::rmsnorm_backward(const float* x, const float* w, const float* 
                                    float* dw, int64_t N, int C) {
   DeviceBuffer<float> d_x(x, count(N, C)), d_w(w, count(C)), d_r(rstd, count(N)), d_dy(dy, count(N, C));
   DeviceBuffer<float> d_dx(dx, count(N, C)), d_dw(dw, count(C));
-  cuda::rmsnorm_backward(d_x.data(), d_w.data(), d_r.data(), d_dy.data(), d_dx.data(), d_dw.data(), N, C, nullptr);
+  dev().rmsnorm_backward(d_x.data(), d_w.data(), d_r.data(), d_dy.data(), d_dx.data(), d_dw.data(), N, C);
   sync_and_check("rmsnorm_backward");
   d_dx.download(dx, "dx");
   d_dw.download(dw, "dw");
@@ -77,7 +77,7 @@ void CudaBackend::layernorm_forward(const float* x, const float* w, const float*
                                     int64_t N, int C, float eps) {
   DeviceBuffer<float> d_x(x, count(N, C)), d_w(w, count(C)), d_b(b, count(C)), d_y(y, count(N, C));
   DeviceBuffer<float> d_m(mean, count(N)), d_r(rstd, count(N));
-  cuda::layernorm_forward(d_x.data(), d_w.data(), d_b.data(), d_y.data(), d_m.data(), d_r.data(), N, C, eps, nullptr);
+  dev().layernorm_forward(d_x.data(), d_w.data(), d_b.data(), d_y.data(), d_m.data(), d_r.data(), N, C, eps);
   sync_and_check("layernorm_forward");
   d_y.download(y, "y");
   d_m.download(mean, "mean");
@@ -88,8 +88,8 @@ void CudaBackend::layernorm_backward(const float* x, const float* w, const float
                                      const float* dy, float* dx, float* dw, float* db, int64_t N, int C) {
   DeviceBuffer<float> d_x(x, count(N, C)), d_w(w, count(C)), d_m(mean, count(N)), d_r(rstd, count(N));
   DeviceBuffer<float> d_dy(dy, count(N, C)), d_dx(dx, count(N, C)), d_dw(dw, count(C)), d_db(db, count(C));
-  cuda::layernorm_backward(d_x.data(), d_w.data(), d_m.data(), d_r.data(), d_dy.data(), d_dx.data(), d_dw.data(),
-                           d_db.data(), N, C, nullptr);
+  dev().layernorm_backward(d_x.data(), d_w.data(), d_m.data(), d_r.data(), d_dy.data(), d_dx.data(), d_dw.data(),
+                           d_db.data(), N, C);
   sync_and_check("layernorm_backward");
   d_dx.download(dx, "dx");
   d_dw.download(dw, "dw");
@@ -98,14 +98,14 @@ void CudaBackend::layernorm_backward(const float* x, const float* w, const float
 
 void CudaBackend::swiglu_forward(const float* g, const float* u, float* a, int64_t N) {
   DeviceBuffer<float> d_g(g, count(N)), d_u(u, count(N)), d_a(a, count(N));
-  cuda::swiglu_forward(d_g.data(), d_u.data(), d_a.data(), N, nullptr);
+  dev().swiglu_forward(d_g.data(), d_u.data(), d_a.data(), N);
   sync_and_check("swiglu_forward");
   d_a.download(a, "a");
 }
 
 void CudaBackend::swiglu_backward(const float* g, const float* u, const float* da, float* dg, float* du, int64_t N) {
   DeviceBuffer<float> d_g(g, count(N)), d_u(u, count(N)), d_da(da, count(N)), d_dg(dg, count(N)), d_du(du, count(N));
-  cuda::swiglu_backward(d_g.data(), d_u.data(), d_da.data(), d_dg.data(), d_du.data(), N, nullptr);
+  dev().swiglu_backward(d_g.data(), d_u.data(), d_da.data(), d_dg.data(), d_du.data(), N);
   sync_and_check("swiglu_backward");
   d_dg.download(dg, "dg");
   d_du.download(du, "du");
@@ -115,7 +115,7 @@ void CudaBackend::embedding_forward(const int32_t* tokens, const float* table, f
   require_ids(tokens, N, V, C, 0, {table, out}, "embedding_forward", "tokens");
   DeviceBuffer<int32_t> d_t(tokens, count(N));
   DeviceBuffer<float> d_table(table, count(V, C)), d_out(out, count(N, C));
-  cuda::embedding_forward(d_t.data(), d_table.data(), d_out.data(), N, V, C, nullptr);
+  dev().embedding_forward(d_t.data(), d_table.data(), d_out.data(), N, V, C);
   sync_and_check("embedding_forward");
   d_out.download(out, "out");
 }
@@ -124,14 +124,12 @@ void CudaBackend::embedding_backward(const int32_t* tokens, const float* dout, f
   require_ids(tokens, N, V, C, 0, {dout, dtable}, "embedding_backward", "tokens");
   DeviceBuffer<int32_t> d_t(tokens, count(N));
   DeviceBuffer<float> d_dout(dout, count(N, C)), d_dtable(dtable, count(V, C));
-  const size_t bytes = N >= 0 && V > 0 ? cuda::embedding_backward_workspace_bytes(N, V) : 0;
-  DeviceScratch ws(bytes);
-  cuda::embedding_backward(d_t.data(), d_dout.data(), d_dtable.data(), N, V, C, ws.data(), bytes, nullptr);
+  dev().embedding_backward(d_t.data(), d_dout.data(), d_dtable.data(), N, V, C);
   sync_and_check("embedding_backward");
   d_dtable.download(dtable, "dtable");
 }
 
-double CudaBackend::cross_entropy_forward(const float* logits, const int32_t* targets, float* loss, int64_t N, int V) {
+void CudaBackend::cross_entropy_forward(const float* logits, const int32_t* targets, float* loss, int64_t N, int V) {
   require_ids(targets, N, V, 1, kInvalidIndex, {logits}, "cross_entropy_forward", "targets");
   // The device op requires loss (the caller sums); the CPU's may be null: stage it here.
   std::vector<float> staged(count(N), 0.0f);
@@ -139,13 +137,10 @@ double CudaBackend::cross_entropy_forward(const float* logits, const int32_t* ta
   DeviceBuffer<int32_t> d_t(targets, count(N));
   float unused = 0.0f;   // N ≤ 0: the op writes nothing but wants a non-null loss
   float* loss_dev = N > 0 ? d_loss.data() : &unused;
-  cuda::cross_entropy_forward(d_z.data(), d_t.data(), loss_dev, N, V, nullptr);
+  dev().cross_entropy_forward(d_z.data(), d_t.data(), loss_dev, N, V);
   sync_and_check("cross_entropy_forward");
   d_loss.download(staged.data(), "loss");
-  double total = 0.0;
-  for (float l : staged) total += l;
   if (loss != nullptr) std::copy(staged.begin(), staged.end(), loss);
-  return total;
 }
 
 void CudaBackend::cross_entropy_backward(const float* logits, const int32_t* targets, float dloss, float* dlogits,
@@ -153,7 +148,7 @@ void CudaBackend::cross_entropy_backward(const float* logits, const int32_t* tar
   require_ids(targets, N, V, 1, kInvalidIndex, {logits, dlogits}, "cross_entropy_backward", "targets");
   DeviceBuffer<float> d_z(logits, count(N, V)), d_dz(dlogits, count(N, V));
   DeviceBuffer<int32_t> d_t(targets, count(N));
-  cuda::cross_entropy_backward(d_z.data(), d_t.data(), dloss, d_dz.data(), N, V, nullptr);
+  dev().cross_entropy_backward(d_z.data(), d_t.data(), dloss, d_dz.data(), N, V);
   sync_and_check("cross_entropy_backward");
   d_dz.download(dlogits, "dlogits");
 }

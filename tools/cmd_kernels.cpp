@@ -1,0 +1,95 @@
+// `dsa kernels` — per op with kernel variants, the variant the default (kAuto) runs on this machine at
+// DeepSeek-V3.2's shapes, and the op's variants with why each one can or cannot run here.
+#include <cstdio>
+#include <string>
+
+#include "command.h"
+#include "dsa/ops.h"
+#ifdef DSA_HAVE_CUDA
+#include "dsa/cuda_ops.h"
+#include "dsa/model_cuda.h"
+#endif
+
+namespace {
+
+#ifdef DSA_HAVE_CUDA
+// V3.2's shapes (no data is read: the pointers only carry an alignment for the checks).
+constexpr int kT = 4096, kS = 8192, kH = 128, kHI = 64, kDI = 128, kK = 2048;
+alignas(256) const unsigned char kAligned[256] = {};
+
+template <class P>
+void report(const char* op, const char* inputs, const P& p, const dsa::cuda::OpVariants& o) {
+  std::string line = std::string(op) + " (" + inputs + "): default runs ";
+  try {
+    line += dsa::cuda::variant_name(dsa::cuda::resolve_variant(p, dsa::cuda::Variant::kAuto, op));
+  } catch (const std::exception& e) {
+    line += std::string("nothing: ") + e.what();
+  }
+  std::printf("%s\n", line.c_str());
+  for (int i = 0; i < o.count; ++i) {
+    std::string why = "runs here";
+    try {
+      dsa::cuda::resolve_variant(p, o.variants[i], op);
+    } catch (const std::exception& e) {
+      why = e.what();
+    }
+    std::printf("    %-7s %s\n", dsa::cuda::variant_name(o.variants[i]), why.c_str());
+  }
+}
+template <>
+void report(const char* op, const char* inputs, const dsa::SparseDecodeParams& p, const dsa::cuda::OpVariants& o) {
+  std::printf("%s (%s): default runs %s\n", op, inputs,
+              dsa::cuda::variant_name(dsa::cuda::resolve_variant(p, dsa::cuda::Variant::kAuto)));
+  for (int i = 0; i < o.count; ++i) {
+    std::string why = "runs here";
+    try {
+      dsa::cuda::resolve_variant(p, o.variants[i]);
+    } catch (const std::exception& e) {
+      why = e.what();
+    }
+    std::printf("    %-7s %s\n", dsa::cuda::variant_name(o.variants[i]), why.c_str());
+  }
+}
+#endif
+
+const dsa::cli::Register kKernels(
+    "kernels", "print which kernel variant each op runs on this machine at DeepSeek-V3.2's shapes",
+    [](const dsa::cli::Args& args) {
+      const dsa::cli::Flags f(args, {}, {});
+#ifndef DSA_HAVE_CUDA
+      std::printf("this build has no CUDA backend: every op runs on the CPU backend (dsa::cpu)\n");
+      return 0;
+#else
+      if (dsa::cuda::device_count() == 0) {
+        std::printf("no GPU found: every op runs on the CPU backend (dsa::cpu)\n");
+        return 0;
+      }
+      std::printf("device: %s\n", dsa::cuda::device_description().c_str());
+      const void* any = kAligned;
+      const auto* f32 = static_cast<const float*>(any);
+      const auto* b16 = static_cast<const uint16_t*>(any);
+      const auto* i32 = static_cast<const int32_t*>(any);
+      int n = 0;
+      const dsa::cuda::OpVariants* ops = dsa::cuda::op_variants(&n);
+      for (int i = 0; i < n; ++i) {
+        const std::string op = ops[i].op;
+        if (op == "indexer_logits" || op == "indexer_topk") {
+          dsa::IndexerParams p{kT, kS, kHI, kDI, dsa::Precision::kFp8, any, any, f32, f32, i32, i32};
+          report(ops[i].op, "e4m3 q/k, HI 64, DI 128", p, ops[i]);
+        } else if (op == "sparse_attention_decode") {
+          dsa::SparseDecodeParams p;
+          p.B = 64; p.H = kH; p.K = kK; p.num_slots = 32768; p.scale = 0.1f; p.q_dtype = dsa::DType::kBF16;
+          p.q_bf16 = b16; p.cache = any; p.indices = i32;
+          report(ops[i].op, "bf16 q, FP8 656-byte cache, H 128, K 2048", p, ops[i]);
+        } else {
+          dsa::AttentionParams p;
+          p.T = kT; p.S = kS; p.H = kH; p.Dqk = 576; p.Dv = 512; p.scale = 0.1f; p.K = kK; p.indices = i32;
+          p.dtype = dsa::DType::kBF16; p.q_bf16 = b16; p.kv_bf16 = b16;
+          report(ops[i].op, "bf16 q/kv, H 128, 576/512, K 2048", p, ops[i]);
+        }
+      }
+      return 0;
+#endif
+    });
+
+}  // namespace
