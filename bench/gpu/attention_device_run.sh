@@ -75,14 +75,14 @@ for A in $ARCH; do
 done
 echo "stubbed wrappers: $(tr '\n' ' ' < "$OUT/stubs.txt")"
 BIN="$B/b_$FIRST"
-echo "== compute-sanitizer memcheck (cuda_v1 rows + bf16 test)"
-V1=${MEMCHECK_FILTER:-'*attention*__cuda_v1*:*sparse_equals_dense__cuda_v1*:*indexer_kl__cuda_v1*:*CudaAttentionBf16*'}
+echo "== compute-sanitizer memcheck (cuda_exact rows + bf16 test)"
+V1=${MEMCHECK_FILTER:-'*attention*__cuda_exact*:*sparse_equals_dense__cuda_exact*:*indexer_kl__cuda_exact*:*CudaAttentionBf16*'}
 timeout "${MEMCHECK_S:-240}" compute-sanitizer --tool memcheck --error-exitcode 9 "$BIN/dsa_tests" --gtest_filter="$V1" > "$OUT/memcheck.log" 2>&1
 echo "memcheck rc=$?"; grep -E "ERROR SUMMARY|Invalid|PASSED|FAILED" "$OUT/memcheck.log" | sort | uniq -c | head
 if [ "${SKIP_RACE:-0}" = 1 ]; then echo "racecheck skipped (SKIP_RACE=1)"; else
 echo "== compute-sanitizer racecheck"
 timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 "$BIN/dsa_tests" \
-  --gtest_filter='*sparse_attention_forward__cuda_v1*:*indexer_kl__cuda_v1*:*sparse_attention_decode__cuda_v1*:*CudaAttentionBf16*' > "$OUT/racecheck.log" 2>&1
+  --gtest_filter='*sparse_attention_forward__cuda_exact*:*indexer_kl__cuda_exact*:*sparse_attention_decode__cuda_exact*:*CudaAttentionBf16*' > "$OUT/racecheck.log" 2>&1
 echo "racecheck rc=$?"; grep -E "RACECHECK SUMMARY|ERROR SUMMARY|hazard|PASSED|FAILED" "$OUT/racecheck.log" | sort | uniq -c | head
 fi
 

@@ -4,7 +4,11 @@
 //   top-k            bytes T·S·4 read + T·K·4 written (one pass; the radix passes re-read it)
 //   element-wise     bytes every input read once + every output written once
 // Inputs are random (a hash on the device, never zeros); each line is the median of `reps`
-// CUDA-event-timed runs after one warm-up. Usage: dsa_bench_gpu [quick] [op ...]
+// CUDA-event-timed runs after one warm-up. Rows <op>_fp8_<variant> run a named kernel variant;
+// <op>_default rows call the op with no variant (kAuto on the e4m3 inputs: the library's default path;
+// the line before them says which variant that is). Cross-checks print their tolerance; one beyond it
+// prints MISMATCH and the program exits 1 after the last row.
+// Usage: dsa_bench_gpu [quick] [op ...]
 //   ops: numerics rotations logits logits_full topk fused paged backward   (default: all)
 // The torch baselines of the same run are bench/gpu/indexer_torch.py (tools/gpu/run_all.sh runs both).
 #include <cuda_runtime.h>
@@ -14,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <set>
 #include <string>
@@ -24,21 +29,43 @@
 
 using namespace dsa;
 using namespace dsa::bench;
+using dsa::cuda::Variant;
 
 namespace dsa::cuda {
-// The tuning hook of src/cuda/topk.cu (not public API): runs top-k v2 configuration `config`, returns
-// its name, or nullptr past the last one.
+// The tuning hook of src/cuda/topk.cu (not public API): runs configuration `config` of topk_select's
+// sampled radix select (0 = the one topk_select runs), returns its name, or nullptr past the last one.
 const char* topk_select_v2_config(const TopkParams& p, cudaStream_t stream, int config);
 }  // namespace dsa::cuda
 
 namespace dsa::cuda::detail {
-// The tuning hooks of src/cuda/indexer_logits_wgmma.cu (not public API): whether v3 applies, and
-// run v3 configuration `config` (returns its name, or nullptr past the last one).
-bool use_logits_wgmma(const IndexerParams& p, int version);
+// The tuning hooks of src/cuda/indexer_logits_wgmma.cu (not public API): whether the kWgmma kernel
+// applies, and run its configuration `config` (returns its name, or nullptr past the last one).
+bool use_logits_wgmma(const IndexerParams& p);
 const char* run_logits_wgmma_config(const IndexerParams& p, float* logits, cudaStream_t stream, int config);
 }  // namespace dsa::cuda::detail
 
 namespace {
+
+constexpr Variant kIndexerVariants[] = {Variant::kExact, Variant::kMma, Variant::kWgmma};
+
+// Set by a cross-check beyond its printed tolerance: the program then exits 1 after every row.
+bool g_mismatch = false;
+void mismatch(const std::string& what) {
+  std::printf("MISMATCH: %s\n", what.c_str());
+  g_mismatch = true;
+}
+
+// Whether variant v of `op` can run the call here (resolve_variant throws dsa::Error naming the
+// reason when it cannot: a named variant never falls back); prints why not.
+bool runs_here(const std::string& row, const IndexerParams& p, Variant v, const char* op) {
+  try {
+    cuda::resolve_variant(p, v, op);
+    return true;
+  } catch (const std::exception& e) {
+    std::printf("%-30s skipped: %s\n", row.c_str(), e.what());
+    return false;
+  }
+}
 
 __global__ void fill_bytes(uint8_t* x, size_t n, uint64_t seed) {  // e4m3 codes with |v| ≤ 448, no NaN
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
@@ -139,7 +166,7 @@ int main(int argc, char** argv) {
     CHECK(cudaFree(pos));
   }
 
-  // Indexer at the issue's shape: HI = 64, DI = 128, S = 128K keys (T reduced where v1 is slow).
+  // Indexer at the V3.2 shape: HI = 64, DI = 128, S = 128K keys (T reduced where kExact is slow).
   const int HI = 64, DI = 128, S = 131072 / div, K = 2048 / (quick ? 4 : 1);
   if (want("logits") || want("fused")) {
     const int T = 64 / (quick ? 4 : 1);
@@ -165,27 +192,43 @@ int main(int argc, char** argv) {
     p.ks = ks;
     p.ke = ke;
     const double flop = 2.0 * T * double(S) * HI * DI;
-    for (int v : cuda::kKernelVersions) {
+    // Every variant by name, then the default path (no variant named).
+    for (const Variant v : kIndexerVariants) {
       if (want("logits")) {
-        const std::string name = "indexer_logits_fp8_v" + std::to_string(v);
-        report(name.c_str(), shape("T=%ld S=%ld HI=%ld DI=%ld", T, S, HI, DI),
-               time_ms([&] { cuda::indexer_logits(p, logits, nullptr, v); }, reps), flop,
-               double(T) * S * 4 + double(S) * (DI + 4));
+        const std::string name = std::string("indexer_logits_fp8_") + cuda::variant_name(v);
+        if (runs_here(name, p, v, "indexer_logits"))
+          report(name.c_str(), shape("T=%ld S=%ld HI=%ld DI=%ld", T, S, HI, DI),
+                 time_ms([&] { cuda::indexer_logits(p, logits, nullptr, v); }, reps), flop,
+                 double(T) * S * 4 + double(S) * (DI + 4));
       }
       if (want("fused")) {
-        const size_t wsb = cuda::indexer_topk_workspace_bytes(p, K, v);
-        void* ws = wsb ? dalloc<uint8_t>(wsb) : nullptr;
-        const std::string name = "indexer_topk_fused_fp8_v" + std::to_string(v);
-        report(name.c_str(), shape("T=%ld S=%ld K=%ld", T, S, K),
-               time_ms([&] { cuda::indexer_topk(p, K, idx, ws, wsb, nullptr, v); }, reps), flop,
-               double(S) * (DI + 4) + double(T) * K * 4);
-        if (ws) CHECK(cudaFree(ws));
+        const std::string name = std::string("indexer_topk_fused_fp8_") + cuda::variant_name(v);
+        if (runs_here(name, p, v, "indexer_topk")) {
+          const size_t wsb = cuda::indexer_topk_workspace_bytes(p, K, v);
+          void* ws = wsb ? dalloc<uint8_t>(wsb) : nullptr;
+          report(name.c_str(), shape("T=%ld S=%ld K=%ld", T, S, K),
+                 time_ms([&] { cuda::indexer_topk(p, K, idx, ws, wsb, nullptr, v); }, reps), flop,
+                 double(S) * (DI + 4) + double(T) * K * 4);
+          if (ws) CHECK(cudaFree(ws));
+        }
       }
     }
-    if (want("logits")) {  // v3 (wgmma, sm_90a; runs as v2 where it does not apply), same run as v1/v2
-      report("indexer_logits_fp8_v3", shape("T=%ld S=%ld HI=%ld DI=%ld", T, S, HI, DI),
-             time_ms([&] { cuda::indexer_logits(p, logits, nullptr, cuda::kIndexerWgmmaVersion); }, reps), flop,
+    if (want("logits")) {
+      std::printf("(indexer_logits_default: e4m3 q/k, kAuto runs %s)\n",
+                  cuda::variant_name(cuda::resolve_variant(p, Variant::kAuto, "indexer_logits")));
+      report("indexer_logits_default", shape("T=%ld S=%ld HI=%ld DI=%ld fp8", T, S, HI, DI),
+             time_ms([&] { cuda::indexer_logits(p, logits, nullptr); }, reps), flop,
              double(T) * S * 4 + double(S) * (DI + 4));
+    }
+    if (want("fused")) {
+      std::printf("(indexer_topk_default: e4m3 q/k, kAuto runs %s)\n",
+                  cuda::variant_name(cuda::resolve_variant(p, Variant::kAuto, "indexer_topk")));
+      const size_t wsb = cuda::indexer_topk_workspace_bytes(p, K);
+      void* ws = wsb ? dalloc<uint8_t>(wsb) : nullptr;
+      report("indexer_topk_default", shape("T=%ld S=%ld K=%ld fp8", T, S, K),
+             time_ms([&] { cuda::indexer_topk(p, K, idx, ws, wsb, nullptr); }, reps), flop,
+             double(S) * (DI + 4) + double(T) * K * 4);
+      if (ws) CHECK(cudaFree(ws));
     }
     CHECK(cudaFree(q));
     CHECK(cudaFree(k));
@@ -198,13 +241,17 @@ int main(int argc, char** argv) {
   }
 
   if (want("logits_full")) {
-    // The issue's floor case, tensor-core version only (v1 would take minutes): 4096 queries × 128K
+    // The floor case, tensor-core variants only (kExact would take minutes): 4096 queries × 128K
     // keys, HI = 64, DI = 128, fp8; full ranges and causal ranges (FLOPs count valid pairs only).
+    // Also the default path of indexer_logits and of the fused indexer_topk at this shape.
     const int T = 4096 / div;
     uint8_t* q = dalloc<uint8_t>(size_t(T) * HI * DI);
     uint8_t* k = dalloc<uint8_t>(size_t(S) * DI);
     float *w = dalloc<float>(size_t(T) * HI), *ksc = dalloc<float>(S), *logits = dalloc<float>(size_t(T) * S);
-    int32_t *ks = dalloc<int32_t>(T), *ke = dalloc<int32_t>(T);
+    int32_t *ks = dalloc<int32_t>(T), *ke = dalloc<int32_t>(T), *idx = dalloc<int32_t>(size_t(T) * K);
+    const size_t topk_wsb = cuda::topk_select_workspace_bytes(T, S, K);
+    void* topk_ws = topk_wsb ? dalloc<uint8_t>(topk_wsb) : nullptr;
+    std::vector<int32_t> fused_idx, split_idx;
     fill_bytes<<<1024, 256>>>(q, size_t(T) * HI * DI, 21);
     fill_bytes<<<1024, 256>>>(k, size_t(S) * DI, 22);
     urand(w, size_t(T) * HI, 23);
@@ -225,38 +272,70 @@ int main(int argc, char** argv) {
       fill_iota_ranges<<<(T + 255) / 256, 256>>>(ks, ke, T, S, causal == 1);
       // valid pairs: full T·S; causal Σ_t (S − T + t + 1)
       const double pairs = causal ? double(T) * (S - T) + double(T) * (T + 1) / 2 : double(T) * S;
-      // v2 (mma.sync) and v3 (wgmma; runs as v2 where it does not apply) in the same run, then a spot
-      // check of v3 against v2 on the first and last rows (different accumulation: close, not equal).
+      const char* sfx = causal ? "_causal" : "";
+      // kMma (mma.sync) and kWgmma (sm_90a) in the same run, then a spot check of kWgmma against kMma
+      // on the first and last rows (different accumulation: close, not equal; tolerance 1e-3 of max |mma|).
       std::vector<float> rows[2];
-      for (int v : {2, cuda::kIndexerWgmmaVersion}) {
-        const std::string name = "indexer_logits_fp8_v" + std::to_string(v) + (causal ? "_causal" : "");
+      for (const Variant v : {Variant::kMma, Variant::kWgmma}) {
+        const std::string name = std::string("indexer_logits_fp8_") + cuda::variant_name(v) + sfx;
+        if (!runs_here(name, p, v, "indexer_logits")) continue;
         report(name.c_str(), shape("T=%ld S=%ld HI=%ld DI=%ld", T, S, HI, DI),
                time_ms([&] { cuda::indexer_logits(p, logits, nullptr, v); }, 3), 2.0 * pairs * HI * DI,
                double(T) * S * 4 + double(S) * (DI + 4));
-        std::vector<float>& h = rows[v == 2 ? 0 : 1];
+        std::vector<float>& h = rows[v == Variant::kMma ? 0 : 1];
         h.resize(size_t(2) * S);
         CHECK(cudaMemcpy(h.data(), logits, size_t(S) * sizeof(float), cudaMemcpyDeviceToHost));
         CHECK(cudaMemcpy(h.data() + S, logits + size_t(T - 1) * S, size_t(S) * sizeof(float), cudaMemcpyDeviceToHost));
       }
-      double amax = 0, dmax = 0;
-      size_t pattern = 0;
-      for (size_t i = 0; i < rows[0].size(); ++i) {
-        const float a = rows[0][i], b = rows[1][i];
-        if (std::isinf(a) || std::isinf(b) || std::isnan(a) || std::isnan(b)) {
-          pattern += !(a == b);
-          continue;
+      if (!rows[0].empty() && !rows[1].empty()) {
+        double amax = 0, dmax = 0;
+        size_t pattern = 0;
+        for (size_t i = 0; i < rows[0].size(); ++i) {
+          const float a = rows[0][i], b = rows[1][i];
+          if (std::isinf(a) || std::isinf(b) || std::isnan(a) || std::isnan(b)) {
+            pattern += !(a == b);
+            continue;
+          }
+          amax = std::max(amax, double(std::fabs(a)));
+          dmax = std::max(dmax, double(std::fabs(a - b)));
         }
-        amax = std::max(amax, double(std::fabs(a)));
-        dmax = std::max(dmax, double(std::fabs(a - b)));
+        const bool bad = pattern || dmax > 1e-3 * amax;
+        std::printf("%s wgmma vs mma (rows 0 and T-1): max |diff| / max |mma| = %.3g (tolerance 1e-3), non-finite "
+                    "mismatches = %zu%s\n",
+                    causal ? "causal" : "full", amax > 0 ? dmax / amax : 0.0, pattern, bad ? "  MISMATCH" : "");
+        g_mismatch = g_mismatch || bad;
       }
-      std::printf("%s v3 vs v2 (rows 0 and T-1): max |diff| / max |v2| = %.3g, non-finite mismatches = %zu%s\n",
-                  causal ? "causal" : "full", amax > 0 ? dmax / amax : 0.0, pattern,
-                  pattern || dmax > 1e-3 * amax ? "  MISMATCH" : "");
-      // Every v3 tuning configuration (the v3 row above runs the default one).
-      if (cuda::detail::use_logits_wgmma(p, cuda::kIndexerWgmmaVersion))
+      // The default path: indexer_logits, then the fused indexer_topk, with no variant named; the fused
+      // indices must equal topk_select over the default logits bit for bit (cuda_ops.h §5).
+      std::printf("(indexer_logits_default / indexer_topk_default: e4m3 q/k, kAuto runs %s / %s)\n",
+                  cuda::variant_name(cuda::resolve_variant(p, Variant::kAuto, "indexer_logits")),
+                  cuda::variant_name(cuda::resolve_variant(p, Variant::kAuto, "indexer_topk")));
+      report((std::string("indexer_logits_default") + sfx).c_str(),
+             shape("T=%ld S=%ld HI=%ld DI=%ld fp8", T, S, HI, DI),
+             time_ms([&] { cuda::indexer_logits(p, logits, nullptr); }, 3), 2.0 * pairs * HI * DI,
+             double(T) * S * 4 + double(S) * (DI + 4));
+      {
+        const size_t wsb = cuda::indexer_topk_workspace_bytes(p, K);
+        void* ws = wsb ? dalloc<uint8_t>(wsb) : nullptr;
+        report((std::string("indexer_topk_default") + sfx).c_str(), shape("T=%ld S=%ld K=%ld fp8", T, S, K),
+               time_ms([&] { cuda::indexer_topk(p, K, idx, ws, wsb, nullptr); }, 3), 2.0 * pairs * HI * DI,
+               double(S) * (DI + 4) + double(T) * K * 4);
+        if (ws) CHECK(cudaFree(ws));
+        fused_idx.resize(size_t(T) * K);
+        CHECK(cudaMemcpy(fused_idx.data(), idx, fused_idx.size() * sizeof(int32_t), cudaMemcpyDeviceToHost));
+        cuda::topk_select(TopkParams{T, S, K, logits, ks, ke, idx}, topk_ws, topk_wsb, nullptr);
+        split_idx.resize(size_t(T) * K);
+        CHECK(cudaMemcpy(split_idx.data(), idx, split_idx.size() * sizeof(int32_t), cudaMemcpyDeviceToHost));
+        std::printf("%s indexer_topk_default vs topk_select(indexer_logits_default): %s (tolerance: bitwise)\n",
+                    causal ? "causal" : "full", fused_idx == split_idx ? "identical" : "differ");
+        if (fused_idx != split_idx)
+          mismatch(std::string("indexer_topk_default") + sfx + " differs from topk_select(indexer_logits_default)");
+      }
+      // Every kWgmma tuning configuration (the wgmma row above runs the default one).
+      if (cuda::detail::use_logits_wgmma(p))
         for (int c = 0; cuda::detail::run_logits_wgmma_config(p, logits, nullptr, c) != nullptr; ++c) {
-          const std::string name = std::string("indexer_logits_fp8_v3_") +
-                                   cuda::detail::run_logits_wgmma_config(p, logits, nullptr, c) + (causal ? "_causal" : "");
+          const std::string name = std::string("indexer_logits_fp8_wgmma_") +
+                                   cuda::detail::run_logits_wgmma_config(p, logits, nullptr, c) + sfx;
           report(name.c_str(), shape("T=%ld S=%ld HI=%ld DI=%ld", T, S, HI, DI),
                  time_ms([&] { cuda::detail::run_logits_wgmma_config(p, logits, nullptr, c); }, 3),
                  2.0 * pairs * HI * DI, double(T) * S * 4 + double(S) * (DI + 4));
@@ -269,10 +348,12 @@ int main(int argc, char** argv) {
     CHECK(cudaFree(logits));
     CHECK(cudaFree(ks));
     CHECK(cudaFree(ke));
+    CHECK(cudaFree(idx));
+    if (topk_ws) CHECK(cudaFree(topk_ws));
   }
 
   if (want("topk")) {
-    // The issue's floor case: 4096 rows × 128K fp32, k = 2048 (torch.topk in indexer_torch.py).
+    // The floor case: 4096 rows × 128K fp32, k = 2048 (torch.topk in indexer_torch.py).
     const int T = 4096 / div;
     float* logits = dalloc<float>(size_t(T) * S);
     int32_t *ks = dalloc<int32_t>(T), *ke = dalloc<int32_t>(T), *idx = dalloc<int32_t>(size_t(T) * K);
@@ -281,24 +362,47 @@ int main(int argc, char** argv) {
     TopkParams p{T, S, K, logits, ks, ke, idx};
     const size_t wsb = cuda::topk_select_workspace_bytes(T, S, K);
     void* ws = wsb ? dalloc<uint8_t>(wsb) : nullptr;
-    for (int v : cuda::kKernelVersions) {
-      fill_iota_ranges<<<(T + 255) / 256, 256>>>(ks, ke, T, S, false);
-      report(("topk_select_v" + std::to_string(v)).c_str(), shape("T=%ld S=%ld K=%ld", T, S, K),
-             time_ms([&] { cuda::topk_select(p, ws, wsb, nullptr, v); }, reps), 0, double(T) * S * 4 + double(T) * K * 4);
-      fill_iota_ranges<<<(T + 255) / 256, 256>>>(ks, ke, T, S, true);
-      report(("topk_select_causal_v" + std::to_string(v)).c_str(), shape("T=%ld S=%ld K=%ld", T, S, K),
-             time_ms([&] { cuda::topk_select(p, ws, wsb, nullptr, v); }, reps), 0, double(T) * S * 4 + double(T) * K * 4);
+    for (bool causal : {false, true}) {
+      fill_iota_ranges<<<(T + 255) / 256, 256>>>(ks, ke, T, S, causal);
+      report(causal ? "topk_select_causal" : "topk_select", shape("T=%ld S=%ld K=%ld", T, S, K),
+             time_ms([&] { cuda::topk_select(p, ws, wsb, nullptr); }, reps), 0,
+             double(T) * S * 4 + double(T) * K * 4);
     }
-    // Every v2 tuning configuration (the first is topk_select's default), checked against v1's indices.
+    // topk_select's indices checked against the CPU's topk_select on sampled rows (the first and last
+    // kCpuRows), then every tuning configuration of the sampled radix select (the first is
+    // topk_select's) against topk_select's indices on every row. Tolerance: bitwise.
+    constexpr int kCpuRows = 8;
     std::vector<int32_t> want(size_t(T) * K), got(size_t(T) * K);
     for (bool causal : {false, true}) {
       fill_iota_ranges<<<(T + 255) / 256, 256>>>(ks, ke, T, S, causal);
-      cuda::topk_select(p, ws, wsb, nullptr, 1);
+      cuda::topk_select(p, ws, wsb, nullptr);
       CHECK(cudaMemcpy(want.data(), idx, want.size() * sizeof(int32_t), cudaMemcpyDeviceToHost));
+      std::vector<int> sample;
+      for (int t = 0; t < T; ++t)
+        if (t < kCpuRows || t >= T - kCpuRows) sample.push_back(t);
+      const int n = static_cast<int>(sample.size());
+      std::vector<float> hl(size_t(n) * S);
+      std::vector<int32_t> hks(n), hke(n), hidx(size_t(n) * K);
+      for (int r = 0; r < n; ++r) {
+        const int t = sample[size_t(r)];
+        CHECK(cudaMemcpy(hl.data() + size_t(r) * S, logits + size_t(t) * S, size_t(S) * sizeof(float),
+                         cudaMemcpyDeviceToHost));
+        hks[size_t(r)] = 0;
+        hke[size_t(r)] = causal ? S - T + t + 1 : S;
+      }
+      cpu::topk_select(TopkParams{n, S, K, hl.data(), hks.data(), hke.data(), hidx.data()});
+      int bad_rows = 0;
+      for (int r = 0; r < n; ++r)
+        bad_rows += !std::equal(hidx.begin() + size_t(r) * K, hidx.begin() + size_t(r + 1) * K,
+                                want.begin() + size_t(sample[size_t(r)]) * K);
+      std::printf("%s topk_select vs cpu::topk_select on %d rows: %d rows differ (tolerance: bitwise)\n",
+                  causal ? "causal" : "full", n, bad_rows);
+      if (bad_rows) mismatch(std::string(causal ? "topk_select_causal" : "topk_select") + " differs from the CPU");
       for (int c = 0; cuda::topk_select_v2_config(p, nullptr, c) != nullptr; ++c) {
-        const std::string name = std::string(causal ? "topk_v2c_" : "topk_v2_") + cuda::topk_select_v2_config(p, nullptr, c);
+        const std::string name = std::string(causal ? "topk_select_causal_cfg_" : "topk_select_cfg_") +
+                                 cuda::topk_select_v2_config(p, nullptr, c);
         CHECK(cudaMemcpy(got.data(), idx, got.size() * sizeof(int32_t), cudaMemcpyDeviceToHost));
-        if (got != want) std::printf("MISMATCH: %s differs from v1\n", name.c_str());
+        if (got != want) mismatch(name + " differs from topk_select");
         report(name.c_str(), shape("T=%ld S=%ld K=%ld", T, S, K),
                time_ms([&] { cuda::topk_select_v2_config(p, nullptr, c); }, reps), 0,
                double(T) * S * 4 + double(T) * K * 4);
@@ -390,6 +494,10 @@ int main(int argc, char** argv) {
     if (ws) CHECK(cudaFree(ws));
     for (float* f : {q, k, w, dI, dq, dk, dw}) CHECK(cudaFree(f));
     for (int32_t* i : {ks, ke, idx}) CHECK(cudaFree(i));
+  }
+  if (g_mismatch) {
+    std::printf("dsa_bench_gpu: a cross-check is beyond its tolerance (MISMATCH above)\n");
+    return 1;
   }
   return 0;
 }

@@ -1,18 +1,20 @@
 // layer_bench.cu — one DSA attention layer forward at L = 131072 prefill on the GPU, end to end,
-// for the issue's layer-level comparison with dense causal attention (torch SDPA / cuDNN, measured by
-// bench/gpu/attention_torch.py in the same device session):
-//   indexer   FP8 lightning indexer, HI = 64 heads × DI = 128, kIndexerWgmmaVersion (v3, wgmma)
-//   top-k     K = 2048, fused indexer_topk v3 (chunked logits in a ≤ 128 MiB workspace: the
-//             selection path's memory is O(chunk·S + T_block·K), never the [L, L] logits)
-//   attention sparse MQA, H = 128, Dqk = 576, Dv = 512, kSparseAttentionWgmmaVersion (v5, falls back
-//             to v4/v3 where it does not apply; the line says which ran), over the selected keys
-// Causal: query t sees keys [0, t]. Queries are processed in blocks of kBlockRows rows so the fp32
-// attention buffers fit (q 1.2 GB, out 1 GiB per block); block b's key prefix is S_b = its last row
-// + 1 (the cache so far), which is what a blocked prefill passes.
+// for the layer-level comparison with dense causal attention (torch SDPA / cuDNN, measured by
+// bench/gpu/attention_torch.py in the same device run). Every op runs its default path (no variant
+// named: kAuto picks for the inputs' dtypes; the "layer:" line says which variants ran):
+//   indexer   FP8 lightning indexer, HI = 64 heads × DI = 128, e4m3 q/k (kAuto: kWgmma on sm_90a,
+//             else kMma)
+//   top-k     K = 2048, fused indexer_topk (chunked logits in a ≤ 128 MiB workspace: the selection
+//             path's memory is O(chunk·S + T_block·K), never the [L, L] logits)
+//   attention sparse MQA, H = 128, Dqk = 576, Dv = 512, bf16 q/kv (kAuto: kWgmma on sm_90a, else
+//             kMma), over the selected keys
+// Causal: query t sees keys [0, t]. Queries are processed in blocks of kBlockRows rows so the
+// attention buffers fit (bf16 q 604 MB, fp32 out 1 GiB per block); block b's key prefix is S_b = its
+// last row + 1 (the cache so far), which is what a blocked prefill passes.
 // Inputs are random (a device hash): q/k of the indexer as e4m3 codes (|x| ≤ 30, never NaN), k_scale
-// and w uniform, kv and q of the attention uniform in [−1, 1] fp32 (the op's input type; v4/v5
-// convert kv to bf16 in their workspace). The attention q buffer of one block is reused for every
-// block (its values do not change the work done; a real layer would project them per block).
+// and w uniform, kv and q of the attention uniform in [−1, 1], rounded to bf16 once before any timing.
+// The attention q buffer of one block is reused for every block (its values do not change the work
+// done; a real layer would project them per block).
 // Timing: CUDA events around the whole layer (all blocks, both phases), plus events between the
 // phases of every block for the split; one warm-up layer (first-call probes, cuBLAS-free), then the
 // median of kReps layers.
@@ -30,7 +32,6 @@
 #include <string>
 #include <vector>
 
-#include "cuda/indexer_logits_wgmma.cuh"
 #include "bench_util.cuh"
 #include "dsa/cuda_ops.h"
 
@@ -39,7 +40,7 @@ using namespace dsa::bench;
 
 namespace {
 
-constexpr int kLayerRows = 131072;  // L (the issue's 128K prefill)
+constexpr int kLayerRows = 131072;  // L (the 128K prefill)
 constexpr int kBlockRows = 4096;    // query rows per block
 constexpr int kIndexerHeads = 64, kHeads = 128, kDqk = 576, kDv = 512, kTopK = 2048;
 constexpr float kSoftmaxScale = 0.0416667f;  // 1/√576 (any positive scale does the same work)
@@ -79,8 +80,6 @@ int main(int argc, char** argv) {
   float* k_scale = dalloc<float>(L);
   float* w = dalloc<float>(size_t(L) * kIndexerHeads);
   int32_t *ks = dalloc<int32_t>(L), *ke = dalloc<int32_t>(L);
-  float* qa = dalloc<float>(size_t(TB) * kHeads * kDqk);  // attention q of one block (reused)
-  float* kv = dalloc<float>(size_t(L) * kDqk);
   float* out = dalloc<float>(size_t(TB) * kHeads * kDv);
   float* lse = dalloc<float>(size_t(TB) * kHeads);
   fill_e4m3<<<kFillBlocks, kFillThreads>>>(qi, size_t(L) * kIndexerHeads * kIndexerKeyDim, 1);
@@ -88,9 +87,18 @@ int main(int argc, char** argv) {
   fill_uniform<<<kFillBlocks, kFillThreads>>>(k_scale, L, 3, 0.5f, 1.0f);
   fill_uniform<<<kFillBlocks, kFillThreads>>>(w, size_t(L) * kIndexerHeads, 4, -1.0f, 1.0f);
   fill_causal<<<(L + 255) / 256, 256>>>(ks, ke, L);
-  fill_uniform<<<kFillBlocks, kFillThreads>>>(qa, size_t(TB) * kHeads * kDqk, 5, -1.0f, 1.0f);
-  fill_uniform<<<kFillBlocks, kFillThreads>>>(kv, size_t(L) * kDqk, 6, -1.0f, 1.0f);
   CHECK(cudaGetLastError());
+  // attention q of one block (reused) and kv: drawn in fp32, kept as bf16
+  uint16_t *qa = nullptr, *kv = nullptr;
+  {
+    float* f = dalloc<float>(std::max(size_t(TB) * kHeads, size_t(L)) * kDqk);
+    urand(f, size_t(TB) * kHeads * kDqk, 5);
+    qa = to_bf16(f, size_t(TB) * kHeads * kDqk);
+    urand(f, size_t(L) * kDqk, 6);
+    kv = to_bf16(f, size_t(L) * kDqk);
+    CHECK(cudaDeviceSynchronize());
+    CHECK(cudaFree(f));
+  }
 
   // ── per-block params; workspaces sized for the largest block (the last one: S = L) ──
   auto indexer_params = [&](int b) {
@@ -118,19 +126,20 @@ int main(int argc, char** argv) {
     p.Dqk = kDqk;
     p.Dv = kDv;
     p.scale = kSoftmaxScale;
-    p.q = qa;
-    p.kv = kv;
+    p.dtype = DType::kBF16;
+    p.q_bf16 = qa;
+    p.kv_bf16 = kv;
     p.K = kTopK;
     p.indices = idx;
     return p;
   };
-  // First-call probes (v3, v5: a tiny allocation + launch each) before the memory measurement; the
-  // v5 check reads shapes and pointers only, so any non-null indices pointer serves.
-  const int iv = cuda::kIndexerWgmmaVersion, av = cuda::kSparseAttentionWgmmaVersion;
-  const bool v3 = cuda::detail::use_logits_wgmma(indexer_params(blocks - 1), iv);
+  // The variants kAuto runs, resolved before the memory measurement (the first resolution probes the
+  // binary's code for the device: a tiny allocation + launch); resolution reads shapes and pointers
+  // only, so any non-null indices pointer serves.
+  const cuda::Variant iv = cuda::resolve_variant(indexer_params(blocks - 1), cuda::Variant::kAuto, "indexer_topk");
   AttentionParams probe_a = attention_params(blocks - 1);
   probe_a.indices = ks;
-  const bool v5 = cuda::sparse_attention_forward_wgmma_available(probe_a);
+  const cuda::Variant av = cuda::resolve_variant(probe_a, cuda::Variant::kAuto, "sparse_attention_forward");
   // The selection path's device memory: the ops allocate nothing, so it is exactly the indices of one
   // block + the indexer_topk workspace; cudaMemGetInfo around their allocation measures it (2 MiB
   // granularity).
@@ -141,24 +150,24 @@ int main(int argc, char** argv) {
   const AttentionParams last_a = attention_params(blocks - 1);
   size_t ws_i = 0, ws_a = 0;
   for (int b = 0; b < blocks; ++b) {
-    ws_i = std::max({ws_i, cuda::indexer_topk_workspace_bytes(indexer_params(b), kTopK, iv), indexer_ws_request});
-    ws_a = std::max(ws_a, cuda::sparse_attention_forward_workspace_bytes(attention_params(b), av));
+    ws_i = std::max({ws_i, cuda::indexer_topk_workspace_bytes(indexer_params(b), kTopK), indexer_ws_request});
+    ws_a = std::max(ws_a, cuda::sparse_attention_forward_workspace_bytes(attention_params(b)));
   }
   const size_t idx_bytes = size_t(TB) * kTopK * sizeof(int32_t);
   void* wsi = ws_i ? dalloc<char>(ws_i) : nullptr;
   CHECK(cudaMemGetInfo(&free_after, &total_mem));
   void* wsa = ws_a ? dalloc<char>(ws_a) : nullptr;
   const double mib = 1.0 / (1 << 20);
-  std::printf("layer: L=%d, %d blocks of %d query rows, causal; indexer HI=%d DI=%d fp8 %s; top-%d fused "
-              "indexer_topk v%d; sparse attention H=%d %d/%d %s\n",
-              L, blocks, TB, kIndexerHeads, kIndexerKeyDim, v3 ? "v3 (wgmma)" : "v3 requested, runs as v2", kTopK, iv,
-              kHeads, kDqk, kDv, v5 ? "v5 (wgmma)" : "v5 requested, runs as v4/v3");
+  std::printf("layer: L=%d, %d blocks of %d query rows, causal; indexer HI=%d DI=%d fp8 + top-%d fused "
+              "indexer_topk (default: %s); sparse attention H=%d %d/%d bf16 (default: %s)\n",
+              L, blocks, TB, kIndexerHeads, kIndexerKeyDim, kTopK, cuda::variant_name(iv), kHeads, kDqk, kDv,
+              cuda::variant_name(av));
   std::printf("selection path memory: indexer_topk workspace %.1f MiB + indices %.1f MiB = %.1f MiB "
               "(measured %.1f MiB; unfused logits of one block: %.1f MiB; of the layer: %.1f GiB)\n",
               ws_i * mib, idx_bytes * mib, (ws_i + idx_bytes) * mib, double(free_before - free_after) * mib,
               double(TB) * L * 4 * mib,
               double(L) * L * 4 / double(1ull << 30));
-  std::printf("attention workspace (kv as bf16): %.1f MiB\n", ws_a * mib);
+  std::printf("attention workspace: %.1f MiB\n", ws_a * mib);
 
   // ── one layer: per block, fused indexer + top-k, then sparse attention; events between phases ──
   std::vector<cudaEvent_t> ev(size_t(2 * blocks + 1));
@@ -166,9 +175,10 @@ int main(int argc, char** argv) {
   auto layer = [&]() {
     CHECK(cudaEventRecord(ev[0]));
     for (int b = 0; b < blocks; ++b) {
-      cuda::indexer_topk(indexer_params(b), kTopK, idx, wsi, ws_i, nullptr, iv);
+      cuda::indexer_topk(indexer_params(b), kTopK, idx, wsi, ws_i, nullptr);
       CHECK(cudaEventRecord(ev[size_t(2 * b + 1)]));
-      cuda::sparse_attention_forward(attention_params(b), AttentionForwardOut{out, lse, nullptr}, wsa, ws_a, nullptr, av);
+      cuda::sparse_attention_forward(attention_params(b), AttentionForwardOut{out, lse, nullptr}, wsa, ws_a,
+                                     nullptr);
       CHECK(cudaEventRecord(ev[size_t(2 * b + 2)]));
     }
     CHECK(cudaEventSynchronize(ev.back()));

@@ -9,7 +9,7 @@
 #   mkdir -p .deps && cp -r /usr/src/googletest .deps/    (once, on the workstation; .deps is ignored)
 # Environment knobs (all optional):
 #   DSA_GTEST_FILTER      gtest filter of the table run                  (default: *)
-#   DSA_SANITIZER_FILTER  gtest filter of the memcheck run ("" skips it)  (default: indexer-side GPU v1 rows)
+#   DSA_SANITIZER_FILTER  gtest filter of the memcheck run ("" skips it)  (default: indexer-side GPU exact rows)
 #   DSA_SANITIZER_TOOLS   compute-sanitizer tools, space separated        (default: memcheck)
 #   DSA_BENCH             "indexer", "attention", "all" or "none"          (default: indexer); "all"
 #                         also times one DSA layer at L = 128K (dsa_bench_layer, default and 1 GiB
@@ -27,7 +27,7 @@ ROOT=$(pwd)
 BUILD=${DSA_BUILD_DIR:-$ROOT/build-gpu}
 JOBS=$(nproc)
 FILTER=${DSA_GTEST_FILTER:-*}
-SAN_FILTER=${DSA_SANITIZER_FILTER-"*fp8_block_quantize__cuda_v1*:*cache_records__cuda_v1*:*hadamard*cuda_v1*:*rope__cuda_v1*:*indexer_logits__cuda_v1*:*topk_select__cuda_v1*:*indexer_topk__cuda_v1*:*indexer_backward__cuda_v1*:*indexer_logits_paged__cuda_v1*:CudaIndexer*"}
+SAN_FILTER=${DSA_SANITIZER_FILTER-"*fp8_block_quantize__cuda_exact*:*cache_records__cuda_exact*:*hadamard*cuda_exact*:*rope__cuda_exact*:*indexer_logits__cuda_exact*:*topk_select__cuda_exact*:*indexer_topk__cuda_exact*:*indexer_backward__cuda_exact*:*indexer_logits_paged__cuda_exact*:CudaIndexer*"}
 SAN_TOOLS=${DSA_SANITIZER_TOOLS:-memcheck}
 BENCH=${DSA_BENCH:-indexer}
 ARCH=${DSA_CUDA_ARCH:-90a}
