@@ -1,6 +1,7 @@
 // op_attention.cpp — rows 6–8 of the test table: sparse and dense MQA attention, forward and
 // backward, against the float64 references of attention_ref.h, plus the sparse ≡ dense invariant.
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 
 #include "attention_ref.h"
@@ -387,14 +388,57 @@ void check_bad_inputs(Backend& be, bool sparse) {
 
 }  // namespace
 
+// bf16 inputs: an op given q / kv as bf16 (dtype kBF16) computes what it computes from fp32 arrays
+// holding the same values — bitwise on exact backends (bf16 → fp32 is exact and the arithmetic after
+// the load is the same), forward and backward.
+void expect_same_bits(const Guarded<float>& a, const Guarded<float>& b, const char* what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float))) << what << " differs bitwise";
+}
+
+void check_bf16_inputs(Backend& be, bool sparse, uint64_t seed) {
+  SCOPED_TRACE(std::string("bf16 inputs, ") + (sparse ? "sparse" : "dense"));
+  AttnProblem pr = sparse ? make_problem(seed, 9, 70, 3, 40, 24, 0.125) : causal_problem(seed, {5, 9}, 3, 40, 24);
+  if (sparse) random_indices(pr, 33, seed + 1, 0.1, 0.1);
+  std::vector<uint16_t> q16(pr.q.size()), kv16(pr.kv.size());
+  for (size_t i = 0; i < pr.q.size(); ++i) pr.q[i] = cpu::bf16_to_float(q16[i] = cpu::bf16_from_float(pr.q[i]));
+  for (size_t i = 0; i < pr.kv.size(); ++i) pr.kv[i] = cpu::bf16_to_float(kv16[i] = cpu::bf16_from_float(pr.kv[i]));
+  AttentionParams p16 = pr.params();
+  p16.dtype = DType::kBF16;
+  p16.q = p16.kv = nullptr;
+  p16.q_bf16 = q16.data();
+  p16.kv_bf16 = kv16.data();
+  FwdBuffers f32(pr), f16(pr);
+  forward(be, pr, f32.view());
+  if (sparse) be.sparse_attention_forward(p16, f16.view());
+  else be.dense_attention_forward(p16, f16.view());
+  expect_same_bits(f16.out, f32.out, "out");
+  expect_same_bits(f16.lse, f32.lse, "lse");
+  BwdBuffers b32(pr, seed + 2), b16(pr, seed + 2);
+  backward(be, pr, f32, b32);
+  const AttentionBackwardArgs args{b16.dout.data(), f32.out.data(), f32.lse.data(), b16.dq.data(), b16.dkv.data()};
+  if (sparse) be.sparse_attention_backward(p16, args);
+  else be.dense_attention_backward(p16, args);
+  expect_same_bits(b16.dq, b32.dq, "dq");
+  expect_same_bits(b16.dkv, b32.dkv, "dkv");
+  // The pointer pair must match the dtype, named in the error.
+  AttentionParams bad = p16;
+  bad.q_bf16 = nullptr;
+  FwdBuffers g(pr);
+  EXPECT_TRUE(throws_naming([&] { if (sparse) be.sparse_attention_forward(bad, g.view()); else be.dense_attention_forward(bad, g.view()); },
+                            {"q_bf16"}));
+}
+
 void check_sparse_attention_forward(Backend& be) {
   for (const auto& [name, pr] : sparse_cases()) check_forward_case(be, pr, name);
   check_bad_inputs(be, /*sparse=*/true);
+  check_bf16_inputs(be, /*sparse=*/true, 950);
 }
 
 void check_dense_attention_forward(Backend& be) {
   for (const auto& [name, pr] : dense_cases()) check_forward_case(be, pr, name);
   check_bad_inputs(be, /*sparse=*/false);
+  check_bf16_inputs(be, /*sparse=*/false, 960);
 }
 
 void check_sparse_attention_backward(Backend& be) {
