@@ -178,13 +178,9 @@ inline void set_smem(Kernel kernel, size_t bytes, const char* op) {
   DSA_CUDA_CALL(op, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
-// The bf16 tensor-core sparse forward (sparse_attention_forward_bf16.cu): whether it takes this
-// shape on this device (Dqk = 576, Dv = 512, H % 64 == 0, enough shared memory; bf16 inputs: q_bf16
-// and kv_bf16 8-byte aligned), and its launch (q / kv of either dtype).
-bool sparse_forward_bf16_fits(const AttentionParams& p);
-void sparse_forward_bf16(const AttentionParams& p, const AttentionForwardOut& o, cudaStream_t stream, const char* op);
-// The same kernel over the paged decode caches (no split-KV: one block per row × 64 heads); q of
-// either q_dtype (bf16: q_bf16 8-byte aligned, else fits is false).
+// The kMma sparse decode (sparse_attention_decode_mma.cu; no split-KV: one block per row × 64 heads):
+// whether it takes this call on this device (H % 64 == 0, enough shared memory; bf16 q: q_bf16
+// 8-byte aligned), and its launch (q of either q_dtype).
 bool sparse_decode_bf16_fits(const SparseDecodeParams& p);
 void sparse_decode_bf16(const SparseDecodeParams& p, cudaStream_t stream, const char* op);
 // The pipelined bf16 forward (sparse_attention_forward_pipelined.cu): fp32 kv converted to bf16 in the

@@ -3,16 +3,17 @@
 // topk_length optional), cache kFp32 / kBf16 / kFp8Record (656 B: e4m3·block scale + bf16 RoPE,
 // dequantised on the fly exactly as mla_cache_unpack does). out [B,next_n,H,512], lse [B,H,next_n].
 //
-// q fp32 or bf16 (SparseDecodeParams::q_dtype; v1 converts each bf16 element to fp32 on load, exact).
-// v1 (every arch): split-KV + combine, fp32, deterministic.
+// q fp32 or bf16 (SparseDecodeParams::q_dtype; kExact converts each bf16 element to fp32 on load).
+// The op's one dispatch point (resolve_variant picks the variant):
+// kExact (every arch): split-KV + combine, fp32, deterministic.
 //   decode   grid (rows = B·next_n, ⌈H/kTileHeads⌉, splits): block = one row × 8 heads × one
 //            contiguous range of its K slots (attention_common.cuh forward_tile over CacheKeys).
 //            With one split it writes the final out / lse; otherwise a normalised partial
 //            o_i [512] and lse_i per (split, row, head) into the workspace (lse_i = −inf if empty).
 //   combine  grid (rows·H): lse = log Σ_i exp(lse_i) (splits in order), out = Σ_i exp(lse_i − lse)·o_i;
 //            all lse_i = −inf → out = 0, lse = +inf.
-// kSparseAttentionBf16Version (opt-in): the bf16 tensor-core tile of sparse_attention_forward_bf16.cu over
-//   the cache (H % 64 == 0, sm_80 / sm_90 shared memory), one block per row × 64 heads, no split-KV.
+// kMma: the bf16 tensor-core tile of sparse_attention_decode_mma.cu over the cache (H % 64 == 0,
+//   sm_80 / sm_90 shared memory), one block per row × 64 heads, no split-KV.
 // Splits depend only on the shapes (never on the device): enough blocks to cover ~2 waves of a
 // 132-SM part, at least kMinKeysPerSplit keys each. Workspace: splits·rows·H·513 floats (0 if 1).
 #include "common/op_checks.h"

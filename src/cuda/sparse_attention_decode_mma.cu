@@ -1,12 +1,10 @@
-// sparse_attention_forward_bf16.cu — op 6, tensor-core version (kSparseAttentionBf16Version), and
-// the same kernel over the paged decode caches (op 11, sparse_attention_decode's bf16 version): one
-// kernel template over a row source (PrefillSrc: fp32 or bf16 kv [S,576]; DecodeSrc: kFp32 / kBf16 /
-// kFp8Record cache at physical slots) and the dtype of q (fp32 or bf16: AttentionParams::dtype,
-// SparseDecodeParams::q_dtype). V3.2 shape only (Dqk = 576, Dv = 512, H a multiple of 64, any
-// K), bf16 operands through mma.sync m16n8k16 (sm_80+; fp32 accumulation), fp32 softmax statistics.
-// Same contract and conventions as v1; results differ from fp32 by bf16 rounding of q, kv and P
-// (relative ~1e-3..1e-2, the stated tolerance in docs/kernels/sparse_attention.md and
-// tests/cuda/attention_bf16_test.cu).
+// sparse_attention_decode_mma.cu — op 11 (sparse_attention_decode), variant kMma: MQA attention of
+// q [B·next_n, H, 576] over the paged decode cache at physical slots (DecodeSrc: kFp32 / kBf16 /
+// kFp8Record records, dequantised exactly as mla_cache_unpack before the bf16 rounding), q fp32 or
+// bf16 (SparseDecodeParams::q_dtype). H a multiple of 64, any K; bf16 operands through mma.sync
+// m16n8k16 (sm_80+; fp32 accumulation), fp32 softmax statistics. Same contract and conventions as the
+// exact kernel; results differ from fp32 by bf16 rounding of q, kv and P (relative ~1e-3..1e-2, the
+// tolerance in docs/kernels/sparse_attention.md).
 //
 // Block = one query × 64 heads, 8 warps, 64-key chunks; warp w = (g = w % 4, j = w / 4):
 //   S phase : heads [16g, 16g+16) × keys [32j, 32j+32) of the chunk over 576 dims (144 MMAs)
@@ -91,23 +89,6 @@ __device__ inline float4 bf16x4_to_float4(uint2 w) {
 }
 
 // ── row sources: which kv rows a query row attends to, how a row is loaded, where results go ──
-// Prefill (op 6): kv [S, 576] fp32 (keys.kv) or, kBf16, bf16 bits (keys.kv_bf16); out [T, H, 512],
-// lse [T, H], max_logits [T, H] or null.
-template <bool kBf16>
-struct PrefillSrc {
-  SparseKeys keys;
-  int H;
-  float *out, *lse, *max_logits;
-  __device__ int count(int64_t t) const { return keys.count(t); }
-  __device__ int64_t key(int64_t t, int j) const { return keys.key(t, j); }
-  __device__ float4 load4(int64_t s, int d) const {
-    if constexpr (kBf16) return bf16x4_to_float4(__ldg(reinterpret_cast<const uint2*>(keys.kv_bf16 + s * kDqk + d)));
-    else return __ldg(reinterpret_cast<const float4*>(keys.kv + s * kDqk + d));
-  }
-  __device__ float* out_row(int64_t t, int h) const { return out + (t * H + h) * kDv; }
-  __device__ float* lse_at(int64_t t, int h) const { return lse + t * H + h; }
-  __device__ float* max_logits_at(int64_t t, int h) const { return max_logits ? max_logits + t * H + h : nullptr; }
-};
 // Decode (op 11): row r = b·next_n + n over the paged cache at physical slots (kFp32 / kBf16 /
 // kFp8Record, dequantised exactly as mla_cache_unpack before the bf16 rounding), out [r, H, 512],
 // lse [B, H, next_n].
@@ -257,33 +238,6 @@ __global__ void __launch_bounds__(kBlockThreads, 1) sparse_attention_bf16_kernel
 }
 
 }  // namespace
-
-bool sparse_forward_bf16_fits(const AttentionParams& p) {
-  // bf16 inputs: 8-byte (4-element) loads of q_bf16 and kv_bf16
-  if (p.dtype == DType::kBF16 &&
-      (reinterpret_cast<uintptr_t>(p.q_bf16) % 8 != 0 || reinterpret_cast<uintptr_t>(p.kv_bf16) % 8 != 0))
-    return false;
-  return p.Dqk == kDqk && p.Dv == kDv && p.H % kHeads == 0 &&
-         static_cast<size_t>(detail::max_dynamic_smem_bytes()) >= kSmemBytes;
-}
-
-void sparse_forward_bf16(const AttentionParams& p, const AttentionForwardOut& o, cudaStream_t stream, const char* op) {
-  const dim3 grid(p.T, p.H / kHeads);
-  if (p.dtype == DType::kBF16) {
-    set_smem(sparse_attention_bf16_kernel<PrefillSrc<true>, true>, kSmemBytes, op);
-    if (p.T == 0) return;
-    const Bf16Args<PrefillSrc<true>> a{{sparse_keys(p), p.H, o.out, o.lse, o.max_logits}, p.H, p.scale * kLog2e,
-                                       nullptr, p.q_bf16};
-    sparse_attention_bf16_kernel<PrefillSrc<true>, true><<<grid, kBlockThreads, kSmemBytes, stream>>>(a);
-  } else {
-    set_smem(sparse_attention_bf16_kernel<PrefillSrc<false>, false>, kSmemBytes, op);
-    if (p.T == 0) return;
-    const Bf16Args<PrefillSrc<false>> a{{sparse_keys(p), p.H, o.out, o.lse, o.max_logits}, p.H, p.scale * kLog2e,
-                                        p.q, nullptr};
-    sparse_attention_bf16_kernel<PrefillSrc<false>, false><<<grid, kBlockThreads, kSmemBytes, stream>>>(a);
-  }
-  DSA_CUDA_LAUNCH_CHECK(op);
-}
 
 bool sparse_decode_bf16_fits(const SparseDecodeParams& p) {
   // bf16 q: 8-byte (4-element) loads of q_bf16
