@@ -1,11 +1,11 @@
-// attention_bf16_test.cu — the bf16 tensor-core sparse forwards (kSparseAttentionBf16Version and
-// kSparseAttentionPipelinedVersion), which
-// is not a row of the fp32 test table: its operands are rounded to bf16, so it is checked here
-// against a float64 reference with a bf16 tolerance, on the shapes it takes (Dqk 576, Dv 512,
-// H ∈ {64, 128}) with the table's corner cases: K a multiple of the 64-key chunk and not, −1 and
-// ≥ S indices, duplicates, topk_length (0, short, K), an all-invalid row; guards; bitwise reruns.
-// Skips without a GPU (and when the device cannot run the kernel: it then falls back to v1, which
-// the table covers).
+// attention_bf16_test.cu — the mma.sync bf16 tensor-core variant kMma of sparse_attention_forward
+// (sparse_attention_forward_pipelined.cu) and of sparse_attention_decode, which are not rows of the
+// fp32 test table: their operands are rounded to bf16, so they are checked here against a float64
+// reference (the forward) and the CPU decode (fp64 accumulation) with a bf16 tolerance, on the shapes
+// they take (Dqk 576, Dv 512, H ∈ {64, 128}) with the table's corner cases: K a multiple of the
+// 64-key chunk and not, −1 and ≥ S indices, duplicates, topk_length (0, short, K), an all-invalid
+// row; guards; bitwise reruns. Skips without a GPU, and where the device cannot run kMma (the test
+// reports resolve_variant's reason; kExact is covered by the table).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -28,6 +28,17 @@ constexpr int kDqk = kMlaLatentDim + kMlaRopeDim, kDv = kMlaLatentDim;
 // out = Σ P·v averages those errors: relative L2 error of out ≤ 2e-2 (observed on H100: see
 // docs/kernels/sparse_attention.md). fp32 kernels land near 1e-6 on the same cases.
 constexpr double kLseAtol = 5e-2, kOutRelL2 = 2e-2;
+
+// The message of the dsa::Error fn throws ("" when it does not throw): resolve_variant's reason.
+template <class Fn>
+std::string why_not(Fn&& fn) {
+  try {
+    fn();
+    return "";
+  } catch (const Error& e) {
+    return e.what();
+  }
+}
 
 struct Case {
   const char* name;
@@ -80,9 +91,9 @@ TEST(CudaAttentionBf16, SparseForwardMatchesFloat64) {
       {"H=64 K=1", 2, 5, 64, 1, 0.0, false, false},
   };
   const float scale = 0.13524f;
-  for (const int version : {cuda::kSparseAttentionBf16Version, cuda::kSparseAttentionPipelinedVersion})
+  const cuda::Variant variant = cuda::Variant::kMma;
   for (const Case& c : cases) {
-    SCOPED_TRACE(std::string(c.name) + ", version " + std::to_string(version));
+    SCOPED_TRACE(std::string(c.name) + ", variant " + cuda::variant_name(variant));
     Rng rng(700 + c.T * 31 + c.K);
     std::vector<float> q = rng.normal_vec(static_cast<size_t>(c.T) * c.H * kDqk);
     std::vector<float> kv = rng.normal_vec(static_cast<size_t>(c.S) * kDqk);
@@ -109,11 +120,14 @@ TEST(CudaAttentionBf16, SparseForwardMatchesFloat64) {
       AttentionParams p;
       p.T = c.T; p.S = c.S; p.H = c.H; p.Dqk = kDqk; p.Dv = kDv; p.scale = scale;
       p.q = dq.data(); p.kv = dkv.data(); p.K = c.K; p.indices = didx.data(); p.topk_length = dlen.data();
-      const size_t ws_bytes = cuda::sparse_attention_forward_workspace_bytes(p, version);
+      if (const std::string why = why_not([&] { cuda::resolve_variant(p, variant, "sparse_attention_forward"); });
+          !why.empty())
+        GTEST_SKIP() << why;
+      const size_t ws_bytes = cuda::sparse_attention_forward_workspace_bytes(p, variant);
       void* ws = nullptr;
       if (ws_bytes) DSA_CUDA_TEST_CHECK(cudaMalloc(&ws, ws_bytes));
       cuda::sparse_attention_forward(p, AttentionForwardOut{dout.data(), dlse.data(), dmx.data()}, ws, ws_bytes,
-                                     nullptr, version);
+                                     nullptr, variant);
       sync_and_check("sparse_attention_forward (bf16)");
       if (ws) cudaFree(ws);
       dout.download(out.data(), "out");
@@ -139,7 +153,7 @@ TEST(CudaAttentionBf16, SparseForwardMatchesFloat64) {
   }
 }
 
-// The bf16 decode (kSparseAttentionBf16Version of sparse_attention_decode) against the CPU decode
+// The bf16 decode (variant kMma of sparse_attention_decode) against the CPU decode
 // (the specification: fp64 accumulation over the same dequantised cache rows), all three cache
 // formats, MTP (next_n = 2), −1 / out-of-range slots, topk_length with a 0 row, H = 64 and 128.
 TEST(CudaAttentionBf16, SparseDecodeMatchesCpu) {
@@ -204,7 +218,10 @@ TEST(CudaAttentionBf16, SparseDecodeMatchesCpu) {
       SparseDecodeParams d = p;
       d.q = dq.data(); d.cache = dcache.data(); d.indices = didx.data(); d.topk_length = dlen.data();
       d.out = dout.data(); d.lse = dlse.data();
-      cuda::sparse_attention_decode(d, nullptr, 0, nullptr, cuda::kSparseAttentionBf16Version);
+      if (const std::string why = why_not([&] { cuda::resolve_variant(d, cuda::Variant::kMma); }); !why.empty())
+        GTEST_SKIP() << why;
+      EXPECT_EQ(cuda::sparse_attention_decode_workspace_bytes(d, cuda::Variant::kMma), 0u);
+      cuda::sparse_attention_decode(d, nullptr, 0, nullptr, cuda::Variant::kMma);
       sync_and_check("sparse_attention_decode (bf16)");
       dout.download(out.data(), "out");
       dlse.download(lse.data(), "lse");

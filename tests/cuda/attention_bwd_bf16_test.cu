@@ -1,5 +1,5 @@
-// attention_bwd_bf16_test.cu — the bf16 tensor-core sparse backward (sparse_attention_backward with
-// version kSparseAttentionBf16Version, src/cuda/sparse_attention_backward_bf16.cu). Not a row of the
+// attention_bwd_bf16_test.cu — the bf16 tensor-core sparse backward (sparse_attention_backward variant
+// kCublas, src/cuda/sparse_attention_backward_bf16.cu). Not a row of the
 // fp32 test table (its operands are rounded to bf16), so it is checked here against the float64
 // reference backward of attention_ref.h with a bf16 tolerance, on deliberately chosen shapes: the
 // V3.2 shape (576/512, H = 64 and 128) with −1 / ≥ S indices, duplicates and topk_length (0, short,
@@ -24,7 +24,7 @@
 namespace dsa::test {
 namespace {
 
-constexpr int kBf16 = cuda::kSparseAttentionBf16Version;
+constexpr cuda::Variant kCublas = cuda::Variant::kCublas;
 // Tolerance (relative L2 error of dq and of dkv vs fp64). q, kv and dout are rounded to bf16 (relative
 // 2^-9 each), so z = scale·q·k is off by ~|z|·2^-8 (|z| ≲ 10 here) and P = exp(z − lse) by the same
 // amount relatively; P and dS = scale·P(dP − Δ) are rounded to bf16 again before the dq / dkv GEMMs,
@@ -32,7 +32,7 @@ constexpr int kBf16 = cuda::kSparseAttentionBf16Version;
 // element is a long fp32 sum of such terms, which averages the independent rounding errors: the
 // forward with the same operands lands at ~2.4e-3 (bound 2e-2, attention_bf16_test.cu); the backward
 // has the two extra roundings and the cancellation, so its bound is 3e-2 (measured values are printed
-// and recorded in docs/kernels/sparse_attention.md). The fp32 v1 lands near 1e-6 on the same cases.
+// and recorded in docs/kernels/sparse_attention.md). kExact (fp32) lands near 1e-6 on the same cases.
 // dq is a difference of two terms, scale·Σ_j P_j·dP_j·k_j − scale·Δ·Σ_j P_j·k_j, that cancel where the
 // softmax has little freedom (exactly at K = 1: P = 1, Δ = dP, dq = 0); its error is therefore measured
 // against the size of the first term where that is larger than dq itself (dq_scale below).
@@ -156,7 +156,7 @@ TEST(CudaAttentionBf16, SparseBackwardMatchesFloat64) {
     const Problem pr = make(c);
     const Device dev(pr);
     const AttentionParams p = dev.params(pr);
-    const size_t full = cuda::sparse_attention_backward_workspace_bytes(p, kBf16);
+    const size_t full = cuda::sparse_attention_backward_workspace_bytes(p, kCublas);
     ASSERT_GT(full, 0u);
     const size_t ws_bytes = c.short_workspace ? full - 1 : full;
     void* ws = nullptr;
@@ -167,7 +167,7 @@ TEST(CudaAttentionBf16, SparseBackwardMatchesFloat64) {
       DeviceBuffer<float> ddq(dq.data(), dq.size()), ddkv(dkv.data(), dkv.size());
       cuda::sparse_attention_backward(p, AttentionBackwardArgs{dev.dout.data(), dev.out.data(), dev.lse.data(),
                                                                ddq.data(), ddkv.data()},
-                                      ws, ws_bytes, nullptr, kBf16);
+                                      ws, ws_bytes, nullptr, kCublas);
       sync_and_check("sparse_attention_backward (bf16)");
       ddq.download(dq.data(), "dq");
       ddkv.download(dkv.data(), "dkv");
@@ -205,12 +205,12 @@ TEST(CudaAttentionBf16, SparseBackwardEmptyQueriesZeroDkv) {
   p.indices = dummy_idx.data();   // T = 0: an empty selection, but the pointer must be set
   DeviceBuffer<float> dummy(std::vector<float>(1, 0.0f).data(), 1);
   p.q = dummy.data();
-  EXPECT_EQ(cuda::sparse_attention_backward_workspace_bytes(p, kBf16), 0u);
+  EXPECT_EQ(cuda::sparse_attention_backward_workspace_bytes(p, kCublas), 0u);
   Guarded<float> dkv(pr.ref.dkv.size(), 7.0f);
   DeviceBuffer<float> ddkv(dkv.data(), dkv.size());
   cuda::sparse_attention_backward(p, AttentionBackwardArgs{dummy.data(), dummy.data(), dummy.data(), dummy.data(),
                                                            ddkv.data()},
-                                  nullptr, 0, nullptr, kBf16);
+                                  nullptr, 0, nullptr, kCublas);
   sync_and_check("sparse_attention_backward (bf16, T = 0)");
   ddkv.download(dkv.data(), "dkv");
   EXPECT_GUARDS(dkv);
@@ -222,7 +222,7 @@ TEST(CudaAttentionBf16, SparseBackwardBadArgumentsThrowBeforeWriting) {
   const Problem pr = make({"bad args", 2, 10, 4, 16, 8, 3, 0.0, false, false, false});
   const Device dev(pr);
   const AttentionParams good = dev.params(pr);
-  const size_t full = cuda::sparse_attention_backward_workspace_bytes(good, kBf16);
+  const size_t full = cuda::sparse_attention_backward_workspace_bytes(good, kCublas);
   void* ws = nullptr;
   DSA_CUDA_TEST_CHECK(cudaMalloc(&ws, full));
   Guarded<float> dq(pr.ref.dq.size()), dkv(pr.ref.dkv.size());
@@ -231,7 +231,7 @@ TEST(CudaAttentionBf16, SparseBackwardBadArgumentsThrowBeforeWriting) {
   auto expect_error = [&](const AttentionParams& p, const AttentionBackwardArgs& b, void* w, size_t bytes,
                           const std::string& what) {
     try {
-      cuda::sparse_attention_backward(p, b, w, bytes, nullptr, kBf16);
+      cuda::sparse_attention_backward(p, b, w, bytes, nullptr, kCublas);
       ADD_FAILURE() << "no error for " << what;
     } catch (const Error& e) {
       const std::string msg = e.what();
@@ -256,7 +256,7 @@ TEST(CudaAttentionBf16, SparseBackwardBadArgumentsThrowBeforeWriting) {
   expect_error(p, args, ws, full, "Dv");
   expect_error(good, args, nullptr, full, "workspace_bytes");
   expect_error(good, args, ws, 1024, "workspace_bytes");   // less than a one-query chunk (cuBLAS alone: 32 MiB)
-  EXPECT_THROW(cuda::sparse_attention_backward_workspace_bytes(p, kBf16), Error);
+  EXPECT_THROW(cuda::sparse_attention_backward_workspace_bytes(p, kCublas), Error);
   sync_and_check("sparse_attention_backward (bad args)");
   ddq.download(dq.data(), "dq");
   ddkv.download(dkv.data(), "dkv");

@@ -4,18 +4,21 @@
 //   * topk_select against the CPU at a long row with heavy ties, NaN and −0, and 20 reruns bitwise;
 //   * top-k v2's sampled path (every tuning configuration) against the CPU on trends, ties and
 //     misaligned rows;
-//   * the fused indexer_topk equals indexer_logits + topk_select of the same kernel version bit for
-//     bit at a long fp8 row (the fused ≡ unfused contract), and its logits are close to the CPU's;
+//   * the fused indexer_topk equals indexer_logits + topk_select of the same variant bit for bit at a
+//     long fp8 row (the fused ≡ unfused contract), for every variant the device runs, and its logits
+//     are close to the CPU's;
 //   * indexer_backward (sparse, duplicated indices) is bitwise deterministic over 20 reruns.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <vector>
 
 #include "cuda/common.cuh"
 #include "cuda/device_buffer.h"
+#include "cuda/indexer_fp8_inputs.h"
 #include "dsa/cuda_ops.h"
 #include "test_util.h"
 
@@ -96,24 +99,22 @@ TEST(CudaIndexer, TopkLongRowTiesNanMatchesCpuAndIsDeterministic) {
   cpu::topk_select(TopkParams{T, S, K, logits.data(), ks.data(), ke.data(), want.data()});
   DeviceBuffer<float> dl(logits.data(), logits.size());
   DeviceBuffer<int32_t> dks(ks.data(), T), dke(ke.data(), T);
-  for (int v : cuda::kKernelVersions) {
-    std::vector<int32_t> first;
-    for (int rep = 0; rep < 20; ++rep) {
-      std::vector<int32_t> got(size_t(T) * K, 12345);
-      DeviceBuffer<int32_t> idx(got.data(), got.size());
-      const size_t wsb = cuda::topk_select_workspace_bytes(T, S, K, v);
-      void* ws = nullptr;
-      if (wsb) ASSERT_EQ(cudaMalloc(&ws, wsb), cudaSuccess);
-      cuda::topk_select(TopkParams{T, S, K, dl.data(), dks.data(), dke.data(), idx.data()}, ws, wsb, nullptr, v);
-      sync_and_check("topk_select");
-      if (ws) cudaFree(ws);
-      idx.download(got.data(), "indices");
-      if (rep == 0) {
-        first = got;
-        ASSERT_EQ(got, want) << "version " << v << " differs from the CPU selection";
-      } else {
-        ASSERT_TRUE(bitwise_equal(got.data(), first.data(), got.size())) << "rerun " << rep << " differs";
-      }
+  std::vector<int32_t> first;
+  for (int rep = 0; rep < 20; ++rep) {
+    std::vector<int32_t> got(size_t(T) * K, 12345);
+    DeviceBuffer<int32_t> idx(got.data(), got.size());
+    const size_t wsb = cuda::topk_select_workspace_bytes(T, S, K);
+    void* ws = nullptr;
+    if (wsb) ASSERT_EQ(cudaMalloc(&ws, wsb), cudaSuccess);
+    cuda::topk_select(TopkParams{T, S, K, dl.data(), dks.data(), dke.data(), idx.data()}, ws, wsb, nullptr);
+    sync_and_check("topk_select");
+    if (ws) cudaFree(ws);
+    idx.download(got.data(), "indices");
+    if (rep == 0) {
+      first = got;
+      ASSERT_EQ(got, want) << "differs from the CPU selection";
+    } else {
+      ASSERT_TRUE(bitwise_equal(got.data(), first.data(), got.size())) << "rerun " << rep << " differs";
     }
   }
 }
@@ -147,7 +148,7 @@ TEST(CudaIndexer, TopkSampledPathAllConfigsMatchCpu) {
       DeviceBuffer<int32_t> idx(got.data(), got.size());
       const TopkParams p{T, S, K, dl.data(), dks.data(), dke.data(), idx.data()};
       const char* name = "default";
-      if (config < 0) cuda::topk_select(p, nullptr, 0, nullptr, 2);
+      if (config < 0) cuda::topk_select(p, nullptr, 0, nullptr);
       else name = cuda::topk_select_v2_config(p, nullptr, config);
       if (name == nullptr) break;
       sync_and_check("topk_select");
@@ -194,13 +195,27 @@ TEST(CudaIndexer, FusedEqualsUnfusedAtLongFp8Row) {
   d.w = dw.data();
   d.ks = dks.data();
   d.ke = dke.data();
-  for (int v : cuda::kKernelVersions) {
+  // ‖q_h‖ and ‖k_s‖ of the e4m3 values (the kWgmma error scale below).
+  std::vector<double> qnorm(size_t(T) * HI, 0.0), knorm(S, 0.0);
+  for (size_t i = 0; i < q8.size(); ++i) qnorm[i / DI] += std::pow(double(cpu::fp8_e4m3_to_float(q8[i])), 2);
+  for (size_t i = 0; i < k8.size(); ++i) knorm[i / DI] += std::pow(double(cpu::fp8_e4m3_to_float(k8[i])), 2);
+  for (double& x : qnorm) x = std::sqrt(x);
+  for (double& x : knorm) x = std::sqrt(x);
+  int ran = 0;
+  for (const cuda::Variant v : {cuda::Variant::kExact, cuda::Variant::kMma, cuda::Variant::kWgmma}) {
+    try {
+      cuda::resolve_variant(d, v, "indexer_topk");
+    } catch (const Error& e) {
+      std::printf("[ skipped ] %s\n", e.what());
+      continue;
+    }
+    ++ran;
     std::vector<float> logits(size_t(T) * S, 7.0f);
     std::vector<int32_t> unfused(size_t(T) * K, 7), fused(size_t(T) * K, 7);
     DeviceBuffer<float> dl(logits.data(), logits.size());
     DeviceBuffer<int32_t> di1(unfused.data(), unfused.size()), di2(fused.data(), fused.size());
     cuda::indexer_logits(d, dl.data(), nullptr, v);
-    cuda::topk_select(TopkParams{T, S, K, dl.data(), dks.data(), dke.data(), di1.data()}, nullptr, 0, nullptr, v);
+    cuda::topk_select(TopkParams{T, S, K, dl.data(), dks.data(), dke.data(), di1.data()}, nullptr, 0, nullptr);
     const size_t wsb = cuda::indexer_topk_workspace_bytes(d, K, v);
     void* ws = nullptr;
     if (wsb) ASSERT_EQ(cudaMalloc(&ws, wsb), cudaSuccess);
@@ -210,15 +225,36 @@ TEST(CudaIndexer, FusedEqualsUnfusedAtLongFp8Row) {
     dl.download(logits.data(), "logits");
     di1.download(unfused.data(), "unfused");
     di2.download(fused.data(), "fused");
-    EXPECT_EQ(fused, unfused) << "version " << v << ": fused != indexer_logits + topk_select";
+    EXPECT_EQ(fused, unfused) << cuda::variant_name(v) << ": fused != indexer_logits + topk_select";
     // vs the CPU: fp32 sums in another order. |I| ≤ Σ_h |w|·|u|; each dot of 128 exact products has a
     // relative error ≤ 128·2^-24 of Σ|q·k|, so 1e-4 of the row's largest |logit| + 1e-5 relative covers
-    // it (measured ≈ 1e-6).
+    // it (measured ≈ 1e-6). kWgmma accumulates the e4m3 products with fewer bits than fp32: add its
+    // bound kFp8AccumRel·mag (indexer_fp8_inputs.h), mag = k_scale·Σ_h |w|·Σ_d |q·k| bounded above by
+    // k_scale·Σ_h |w|·‖q_h‖·‖k‖ (Cauchy–Schwarz).
     double amax = 0;
     for (float x : cpu_logits)
       if (std::isfinite(x)) amax = std::max(amax, std::fabs(double(x)));
-    EXPECT_TRUE(all_close(logits.data(), cpu_logits.data(), logits.size(), 1e-4 * amax, 1e-5)) << "version " << v;
+    if (v != cuda::Variant::kWgmma) {
+      EXPECT_TRUE(all_close(logits.data(), cpu_logits.data(), logits.size(), 1e-4 * amax, 1e-5))
+          << cuda::variant_name(v);
+      continue;
+    }
+    for (int t = 0; t < T; ++t)
+      for (int s = 0; s < S; ++s) {
+        const size_t i = size_t(t) * S + s;
+        if (!std::isfinite(cpu_logits[i])) {
+          ASSERT_EQ(logits[i], cpu_logits[i]) << "wgmma, element " << i;
+          continue;
+        }
+        double mag = 0;
+        for (int hh = 0; hh < HI; ++hh)
+          mag += std::fabs(double(wfold[size_t(t) * HI + hh])) * qnorm[size_t(t) * HI + hh];
+        mag *= double(ksc[s]) * knorm[s];
+        const double tol = 1e-4 * amax + 1e-5 * std::fabs(double(cpu_logits[i])) + kFp8AccumRel * mag;
+        ASSERT_LE(std::fabs(double(logits[i]) - cpu_logits[i]), tol) << "wgmma, element " << i;
+      }
   }
+  EXPECT_GE(ran, 1) << "kExact runs on every device";
 }
 
 TEST(CudaIndexer, BackwardIsBitwiseDeterministic) {

@@ -1,20 +1,21 @@
-// indexer_topk_wgmma_test.cu — indexer_topk version 3 (kIndexerWgmmaVersion: the chunked pipeline of
+// indexer_topk_wgmma_test.cu — indexer_topk variant kWgmma (the chunked pipeline of
 // src/cuda/indexer_topk.cu with the wgmma logits of indexer_logits_wgmma.cu) on the GPU.
 //
 // Oracles:
-//   * the contract (ops.h §5): fused indexer_topk v3 ≡ topk_select(indexer_logits v3) bit for bit,
+//   * the contract (ops.h §5): fused indexer_topk kWgmma ≡ topk_select(indexer_logits kWgmma) bit for bit,
 //     at T = 1, S = 1, S < K, S not a multiple of the 64-key tile, causal and packed ranges, empty
 //     rows, and T = 300 × S = 131071 (≈ 2 workspace chunks of 256 rows: rows on both sides of the
 //     chunk boundary);
-//   * a float64 reference selection "up to ties": v3 logits differ from the fp64 ones by at most
+//   * a float64 reference selection "up to ties": kWgmma logits differ from the fp64 ones by at most
 //     tol = kFp8AccumRel·mag (indexer_wgmma_test.cu derives this bound), so every selected key a and
 //     every in-range key b left out must satisfy ref[a] + tol[a] ≥ ref[b] − tol[b], and consecutive
 //     slots must be in descending reference order up to the same slack; plus the selection
 //     invariants (count = min(K, range), in range, distinct, −1 tail) and the device guards;
 //   * bitwise determinism over a rerun; workspace errors name the op and the argument and leave the
 //     indices untouched.
-// Skipped without a GPU and where v3 does not apply (not an sm_90 device, or a binary without sm_90a
-// code): there indexer_topk v3 is v2, which cuda_indexer_extra.cu and the table rows cover.
+// Skipped without a GPU and where kWgmma does not run (not an sm_90 device, or a binary without sm_90a
+// code): there asking for it is a dsa::Error (indexer_wgmma_test.cu) and kAuto runs kMma, which
+// cuda_indexer_extra.cu and the table rows cover.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -35,8 +36,8 @@ namespace dsa::test {
 namespace {
 
 constexpr int kHI = kWgmmaHI, kDI = kIndexerKeyDim;
-constexpr int kV3 = cuda::kIndexerWgmmaVersion;
-// v3's error bound: kFp8AccumRel (indexer_fp8_inputs.h).
+constexpr cuda::Variant kWgmma = cuda::Variant::kWgmma;
+// kWgmma's error bound: kFp8AccumRel (indexer_fp8_inputs.h).
 
 IndexerParams probe_params() {
   static uint8_t dummy alignas(16)[16];  // use_logits_wgmma reads no data: host pointers suffice
@@ -49,10 +50,10 @@ IndexerParams probe_params() {
   return p;
 }
 
-#define SKIP_UNLESS_V3()                                                    \
+#define SKIP_UNLESS_WGMMA()                                                 \
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";                        \
-  if (!cuda::detail::use_logits_wgmma(probe_params(), kV3))                \
-  GTEST_SKIP() << "indexer_logits v3 does not apply here; indexer_topk v3 runs as v2"
+  if (!cuda::detail::use_logits_wgmma(probe_params()))                      \
+  GTEST_SKIP() << "indexer_topk kWgmma does not run here (needs sm_90 + sm_90a code)"
 
 struct Case {
   std::string name;
@@ -87,32 +88,32 @@ struct DeviceInputs : Fp8IndexerDevice {
   DeviceInputs(const Case& c, const Data& d) : Fp8IndexerDevice(c.T, c.S, d, c.ks, c.ke) {}
 };
 
-// indexer_topk v3 with a workspace of exactly the queried size; the indices start as sentinels.
+// indexer_topk kWgmma with a workspace of exactly the queried size; the indices start as sentinels.
 // extra_bytes: more workspace than the query asks for (indexer_topk then runs larger logits chunks).
 std::vector<int32_t> fused(const DeviceInputs& in, int K, size_t extra_bytes = 0) {
   std::vector<int32_t> idx(size_t(in.p.T) * K, sentinel_value<int32_t>());
   DeviceBuffer<int32_t> di(idx.data(), idx.size());
-  const size_t wsb = cuda::indexer_topk_workspace_bytes(in.p, K, kV3) + extra_bytes;
+  const size_t wsb = cuda::indexer_topk_workspace_bytes(in.p, K, kWgmma) + extra_bytes;
   void* ws = nullptr;
   if (wsb) DSA_CUDA_TEST_CHECK(cudaMalloc(&ws, wsb));
-  cuda::indexer_topk(in.p, K, di.data(), ws, wsb, nullptr, kV3);
+  cuda::indexer_topk(in.p, K, di.data(), ws, wsb, nullptr, kWgmma);
   sync_and_check("indexer_topk");
   if (ws) cudaFree(ws);
   di.download(idx.data(), "fused indices");
   return idx;
 }
 
-// topk_select(indexer_logits v3): the unfused path of the same version.
+// topk_select(indexer_logits kWgmma): the unfused path of the same variant.
 std::vector<int32_t> unfused(const DeviceInputs& in, int K) {
   std::vector<float> logits(size_t(in.p.T) * in.p.S, std::numeric_limits<float>::quiet_NaN());
   std::vector<int32_t> idx(size_t(in.p.T) * K, sentinel_value<int32_t>());
   DeviceBuffer<float> dl(logits.data(), logits.size());
   DeviceBuffer<int32_t> di(idx.data(), idx.size());
-  cuda::indexer_logits(in.p, dl.data(), nullptr, kV3);
-  const size_t wsb = cuda::topk_select_workspace_bytes(in.p.T, in.p.S, K, kV3);
+  cuda::indexer_logits(in.p, dl.data(), nullptr, kWgmma);
+  const size_t wsb = cuda::topk_select_workspace_bytes(in.p.T, in.p.S, K);
   void* ws = nullptr;
   if (wsb) DSA_CUDA_TEST_CHECK(cudaMalloc(&ws, wsb));
-  cuda::topk_select(TopkParams{in.p.T, in.p.S, K, dl.data(), in.p.ks, in.p.ke, di.data()}, ws, wsb, nullptr, kV3);
+  cuda::topk_select(TopkParams{in.p.T, in.p.S, K, dl.data(), in.p.ks, in.p.ke, di.data()}, ws, wsb, nullptr);
   sync_and_check("indexer_logits + topk_select");
   if (ws) cudaFree(ws);
   dl.download(nullptr, "logits");
@@ -140,7 +141,7 @@ void ref_logit(const Data& d, int t, int s, double* ref, double* mag) {
   *mag = d.ksc[s] * m;
 }
 
-// Selection invariants of row t, then "top-K of the fp64 logits up to the v3 error bound".
+// Selection invariants of row t, then "top-K of the fp64 logits up to the kWgmma error bound".
 ::testing::AssertionResult matches_reference(const Case& c, const Data& d, const std::vector<int32_t>& idx, int K,
                                              int t) {
   const int lo = c.ks[t], hi = c.ke[t], len = std::max(hi - lo, 0), want = std::min(K, len);
@@ -168,13 +169,13 @@ void ref_logit(const Data& d, int t, int s, double* ref, double* mag) {
     else rest_ceil = std::max(rest_ceil, ref[size_t(i)] - tol[size_t(i)]);
   }
   if (!(sel_floor >= rest_ceil))
-    return ::testing::AssertionFailure() << "row " << t << ": a key left out beats a selected one beyond the v3 "
+    return ::testing::AssertionFailure() << "row " << t << ": a key left out beats a selected one beyond the kWgmma "
                                          << "error bound (" << rest_ceil << " > " << sel_floor << ")";
   for (int j = 0; j + 1 < want; ++j) {
     const size_t a = size_t(row[j] - lo), b = size_t(row[j + 1] - lo);
     if (!(ref[a] + tol[a] >= ref[b] - tol[b]))
       return ::testing::AssertionFailure() << "row " << t << " slots " << j << ", " << j + 1
-                                           << " out of descending order beyond the v3 error bound";
+                                           << " out of descending order beyond the kWgmma error bound";
   }
   return ::testing::AssertionSuccess();
 }
@@ -194,11 +195,12 @@ void check_cases(const std::vector<Case>& cs, uint64_t seed) {
   for (const Case& c : cs) {
     const Data d = make_data(c, ++seed);
     const DeviceInputs in(c, d);
-    ASSERT_TRUE(cuda::detail::use_logits_wgmma(in.p, kV3)) << c.name << ": v3 must apply to these inputs";
+    ASSERT_EQ(cuda::resolve_variant(in.p, kWgmma, "indexer_topk"), kWgmma) << c.name << ": kWgmma must run these inputs";
     for (int K : c.budgets) {
       const std::string name = c.name + "/K" + std::to_string(K);
       const std::vector<int32_t> f = fused(in, K), u = unfused(in, K), again = fused(in, K);
-      ASSERT_TRUE(bitwise_equal(f.data(), u.data(), f.size())) << name << ": fused v3 != topk_select(indexer_logits v3)";
+      ASSERT_TRUE(bitwise_equal(f.data(), u.data(), f.size()))
+          << name << ": fused kWgmma != topk_select(indexer_logits kWgmma)";
       EXPECT_TRUE(bitwise_equal(f.data(), again.data(), f.size())) << name << ": rerun differs";
       std::vector<int> rows = c.ref_rows;
       if (rows.empty())
@@ -209,7 +211,7 @@ void check_cases(const std::vector<Case>& cs, uint64_t seed) {
 }
 
 TEST(CudaIndexerTopkWgmma, FusedEqualsUnfusedAndReference) {
-  SKIP_UNLESS_V3();
+  SKIP_UNLESS_WGMMA();
   check_cases(cases(), 1200);
 }
 
@@ -218,7 +220,7 @@ TEST(CudaIndexerTopkWgmma, FusedEqualsUnfusedAndReference) {
 // the fp64 reference (8192 MACs per logit) is checked on the rows around the boundary only. A test of
 // its own so that compute-sanitizer runs can filter it out (its kernels are long under memcheck).
 TEST(CudaIndexerTopkWgmma, ChunkBoundary) {
-  SKIP_UNLESS_V3();
+  SKIP_UNLESS_WGMMA();
   const Case c = causal("causal_T300_S131071_chunks", 300, 131071, {2048}, {0, 255, 256, 299});
   check_cases({c}, 1300);
   // A larger workspace (+64 MiB: all 300 rows in one chunk) must give the same indices, bitwise.
@@ -226,36 +228,36 @@ TEST(CudaIndexerTopkWgmma, ChunkBoundary) {
   const DeviceInputs in(c, d);
   const std::vector<int32_t> two_chunks = fused(in, 2048), one_chunk = fused(in, 2048, size_t(64) << 20);
   EXPECT_TRUE(bitwise_equal(two_chunks.data(), one_chunk.data(), two_chunks.size()))
-      << "indexer_topk v3: the chunk size (set by workspace_bytes) changed the selection";
+      << "indexer_topk kWgmma: the chunk size (set by workspace_bytes) changed the selection";
 }
 
-TEST(CudaIndexerTopkWgmma, WorkspaceIsTheChunkedV2Size) {
-  SKIP_UNLESS_V3();
+TEST(CudaIndexerTopkWgmma, WorkspaceIsTheChunkedMmaSize) {
+  SKIP_UNLESS_WGMMA();
   const Case c = causal("ws", 300, 131071, {});
   IndexerParams p = probe_params();
   p.T = c.T;
   p.S = c.S;
-  // v3 runs the same chunked pipeline as v2: same chunk rows, same workspace.
-  const size_t v3 = cuda::indexer_topk_workspace_bytes(p, 2048, kV3);
-  EXPECT_EQ(v3, cuda::indexer_topk_workspace_bytes(p, 2048, 2));
-  EXPECT_EQ(v3, size_t(256) * c.S * sizeof(float));  // ⌊128 MiB / (4·S)⌋ = 256 rows of logits
+  // kWgmma runs the same chunked pipeline as kMma: same chunk rows, same workspace.
+  const size_t wg = cuda::indexer_topk_workspace_bytes(p, 2048, kWgmma);
+  EXPECT_EQ(wg, cuda::indexer_topk_workspace_bytes(p, 2048, cuda::Variant::kMma));
+  EXPECT_EQ(wg, size_t(256) * c.S * sizeof(float));  // ⌊128 MiB / (4·S)⌋ = 256 rows of logits
 }
 
 TEST(CudaIndexerTopkWgmma, WorkspaceErrorsNameTheArgument) {
-  SKIP_UNLESS_V3();
+  SKIP_UNLESS_WGMMA();
   const Case c = causal("bad_ws", 5, 1000, {});
   const Data d = make_data(c, 77);
   const DeviceInputs in(c, d);
   const int K = 16;
-  const size_t need = cuda::indexer_topk_workspace_bytes(in.p, K, kV3);
+  const size_t need = cuda::indexer_topk_workspace_bytes(in.p, K, kWgmma);
   ASSERT_GT(need, 0u);
   std::vector<int32_t> idx(size_t(c.T) * K, sentinel_value<int32_t>()), back(idx.size());
   DeviceBuffer<int32_t> di(idx.data(), idx.size());
   void* ws = nullptr;
   DSA_CUDA_TEST_CHECK(cudaMalloc(&ws, need));
-  EXPECT_TRUE(throws_naming([&] { cuda::indexer_topk(in.p, K, di.data(), nullptr, need, nullptr, kV3); },
+  EXPECT_TRUE(throws_naming([&] { cuda::indexer_topk(in.p, K, di.data(), nullptr, need, nullptr, kWgmma); },
                             {"indexer_topk", "workspace_bytes"}));
-  EXPECT_TRUE(throws_naming([&] { cuda::indexer_topk(in.p, K, di.data(), ws, need - 1, nullptr, kV3); },
+  EXPECT_TRUE(throws_naming([&] { cuda::indexer_topk(in.p, K, di.data(), ws, need - 1, nullptr, kWgmma); },
                             {"indexer_topk", "workspace_bytes"}));
   sync_and_check("indexer_topk (bad workspace)");
   cudaFree(ws);

@@ -1,7 +1,8 @@
-// indexer_wgmma_test.cu — indexer_logits version 3 (wgmma, sm_90a; src/cuda/indexer_logits_wgmma.cu)
-// against a float64 reference and against version 2. Skipped without a GPU, and where v3 does not
-// apply (not an sm_90 device, or a binary without sm_90a code): there version 3 runs as version 2,
-// which the table rows cover. Not a kKernelVersions row (v3 exists for indexer_logits only).
+// indexer_wgmma_test.cu — indexer_logits variant kWgmma (sm_90a; src/cuda/indexer_logits_wgmma.cu)
+// against a float64 reference and against variant kMma. Skipped without a GPU, and where kWgmma does
+// not run (not an sm_90 device, or a binary without sm_90a code): asking for it there is a dsa::Error,
+// and kAuto runs kMma, which the table rows cover. On any GPU: kWgmma on inputs it does not take
+// (HI ≠ 64, misaligned q, fp32 precision) is a dsa::Error naming the op, the variant and the reason.
 //
 // Two kinds of data:
 //   * exact dots: q, k ∈ {0, ±1/2, ±1, ±2} (e4m3 codes). Every product is a multiple of 1/4 and
@@ -100,14 +101,14 @@ Ref reference(const Case& c, const Data& d) {
   return r;
 }
 
-// Runs indexer_logits `version` (config < 0) or v3 configuration `config` on device copies; the
+// Runs indexer_logits `variant` (config < 0) or kWgmma configuration `config` on device copies; the
 // output body starts as NaN (unwritten → fail).
-std::vector<float> run(const Case& c, const Data& d, int version, int config = -1) {
+std::vector<float> run(const Case& c, const Data& d, cuda::Variant variant, int config = -1) {
   const Fp8IndexerDevice in(c.T, c.S, d, c.ks, c.ke);
   const IndexerParams& p = in.p;
   std::vector<float> out(size_t(c.T) * c.S, std::numeric_limits<float>::quiet_NaN());
   DeviceBuffer<float> dout(out.data(), out.size());
-  if (config < 0) cuda::indexer_logits(p, dout.data(), nullptr, version);
+  if (config < 0) cuda::indexer_logits(p, dout.data(), nullptr, variant);
   else EXPECT_NE(cuda::detail::run_logits_wgmma_config(p, dout.data(), nullptr, config), nullptr);
   sync_and_check("indexer_logits");
   dout.download(out.data(), "logits");
@@ -158,10 +159,10 @@ std::vector<Case> cases() {
   return cs;
 }
 
-#define SKIP_UNLESS_V3(p)                                                                         \
+#define SKIP_UNLESS_WGMMA(p)                                                                      \
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";                                              \
-  if (!cuda::detail::use_logits_wgmma(p, cuda::kIndexerWgmmaVersion))                            \
-  GTEST_SKIP() << "indexer_logits v3 does not apply here (needs sm_90 + sm_90a code); it runs as v2"
+  if (!cuda::detail::use_logits_wgmma(p))                                                         \
+  GTEST_SKIP() << "indexer_logits kWgmma does not run here (needs sm_90 + sm_90a code); kAuto runs kMma"
 
 IndexerParams probe_params() {
   static uint8_t dummy alignas(16)[16];  // host pointers suffice: use_logits_wgmma reads no data
@@ -174,61 +175,63 @@ IndexerParams probe_params() {
   return p;
 }
 
-TEST(CudaIndexerWgmma, ExactDotsMatchFp64AndV2) {
-  SKIP_UNLESS_V3(probe_params());
+constexpr cuda::Variant kWgmma = cuda::Variant::kWgmma, kMma = cuda::Variant::kMma;
+
+TEST(CudaIndexerWgmma, ExactDotsMatchFp64AndMma) {
+  SKIP_UNLESS_WGMMA(probe_params());
   uint64_t seed = 900;
   for (const Case& c : cases()) {
     const Data d = exact_dot_data(c, seed++);
     const Ref r = reference(c, d);
-    const std::vector<float> v3 = run(c, d, cuda::kIndexerWgmmaVersion), again = run(c, d, cuda::kIndexerWgmmaVersion);
-    const std::vector<float> v2 = run(c, d, 2);
+    const std::vector<float> wg = run(c, d, kWgmma), again = run(c, d, kWgmma);
+    const std::vector<float> mma = run(c, d, kMma);
     double worst = 0, worst2 = 0;
-    EXPECT_TRUE(within(v3, r, r.act, kEpilogueRel, &worst)) << "v3, T " << c.T << " S " << c.S;
-    EXPECT_TRUE(within(v2, r, r.act, kEpilogueRel, &worst2)) << "v2, T " << c.T << " S " << c.S;
-    EXPECT_TRUE(bitwise_equal(v3.data(), again.data(), v3.size())) << "v3 rerun differs, T " << c.T << " S " << c.S;
-    std::printf("[ exact dots ] T %d S %d: max |v3 - ref| / act = %.3g (v2 %.3g, bound %.3g)\n", c.T, c.S, worst,
+    EXPECT_TRUE(within(wg, r, r.act, kEpilogueRel, &worst)) << "wgmma, T " << c.T << " S " << c.S;
+    EXPECT_TRUE(within(mma, r, r.act, kEpilogueRel, &worst2)) << "mma, T " << c.T << " S " << c.S;
+    EXPECT_TRUE(bitwise_equal(wg.data(), again.data(), wg.size())) << "wgmma rerun differs, T " << c.T << " S " << c.S;
+    std::printf("[ exact dots ] T %d S %d: max |wgmma - ref| / act = %.3g (mma %.3g, bound %.3g)\n", c.T, c.S, worst,
                 worst2, kEpilogueRel);
     // Every tuning configuration: the same per-element arithmetic, and with exact dots nothing is
     // left to the tensor core's accumulation, so the bits must match the default's.
     for (int cfg = 1;; ++cfg) {
       IndexerParams none;
       if (cuda::detail::run_logits_wgmma_config(none, nullptr, nullptr, cfg) == nullptr) break;  // T = 0: no launch
-      const std::vector<float> other = run(c, d, 0, cfg);
-      EXPECT_TRUE(bitwise_equal(v3.data(), other.data(), v3.size())) << "config " << cfg << ", T " << c.T;
+      const std::vector<float> other = run(c, d, kWgmma, cfg);
+      EXPECT_TRUE(bitwise_equal(wg.data(), other.data(), wg.size())) << "config " << cfg << ", T " << c.T;
     }
   }
 }
 
-TEST(CudaIndexerWgmma, QuantizedNormalsMatchFp64AndV2) {
-  SKIP_UNLESS_V3(probe_params());
+TEST(CudaIndexerWgmma, QuantizedNormalsMatchFp64AndMma) {
+  SKIP_UNLESS_WGMMA(probe_params());
   uint64_t seed = 950;
   for (const Case& c : cases()) {
     if (c.T * int64_t(c.S) < 1000) continue;  // the exact-dot test covers the tiny shapes
     const Data d = quantized_normal_data(c, seed++);
     const Ref r = reference(c, d);
-    const std::vector<float> v3 = run(c, d, cuda::kIndexerWgmmaVersion), again = run(c, d, cuda::kIndexerWgmmaVersion);
-    const std::vector<float> v2 = run(c, d, 2);
+    const std::vector<float> wg = run(c, d, kWgmma), again = run(c, d, kWgmma);
+    const std::vector<float> mma = run(c, d, kMma);
     double worst = 0, worst2 = 0;
-    EXPECT_TRUE(within(v3, r, r.mag, kFp8AccumRel, &worst)) << "v3, T " << c.T << " S " << c.S;
-    EXPECT_TRUE(bitwise_equal(v3.data(), again.data(), v3.size())) << "v3 rerun differs, T " << c.T << " S " << c.S;
-    // v3 vs v2: both within their bounds of the reference → within the sum of the bounds.
-    for (size_t i = 0; i < v3.size(); ++i) {
+    EXPECT_TRUE(within(wg, r, r.mag, kFp8AccumRel, &worst)) << "wgmma, T " << c.T << " S " << c.S;
+    EXPECT_TRUE(bitwise_equal(wg.data(), again.data(), wg.size())) << "wgmma rerun differs, T " << c.T << " S " << c.S;
+    // wgmma vs mma: both within their bounds of the reference → within the sum of the bounds.
+    for (size_t i = 0; i < wg.size(); ++i) {
       if (std::isinf(r.ref[i])) {
-        ASSERT_EQ(v3[i], v2[i]) << "element " << i;
+        ASSERT_EQ(wg[i], mma[i]) << "element " << i;
         continue;
       }
-      worst2 = std::max(worst2, std::fabs(double(v3[i]) - v2[i]) / std::max(r.mag[i], 1e-300));
-      ASSERT_LE(std::fabs(double(v3[i]) - v2[i]), 2 * kFp8AccumRel * r.mag[i]) << "v3 vs v2, element " << i;
+      worst2 = std::max(worst2, std::fabs(double(wg[i]) - mma[i]) / std::max(r.mag[i], 1e-300));
+      ASSERT_LE(std::fabs(double(wg[i]) - mma[i]), 2 * kFp8AccumRel * r.mag[i]) << "wgmma vs mma, element " << i;
     }
-    std::printf("[ normals ] T %d S %d: max |v3 - ref| / mag = %.3g, max |v3 - v2| / mag = %.3g (bound %.3g)\n", c.T,
-                c.S, worst, worst2, kFp8AccumRel);
+    std::printf("[ normals ] T %d S %d: max |wgmma - ref| / mag = %.3g, max |wgmma - mma| / mag = %.3g (bound %.3g)\n",
+                c.T, c.S, worst, worst2, kFp8AccumRel);
     for (int cfg = 1;; ++cfg) {  // every tuning configuration: within the bound; same bits reported
       IndexerParams none;
       if (cuda::detail::run_logits_wgmma_config(none, nullptr, nullptr, cfg) == nullptr) break;
-      const std::vector<float> other = run(c, d, 0, cfg);
+      const std::vector<float> other = run(c, d, kWgmma, cfg);
       EXPECT_TRUE(within(other, r, r.mag, kFp8AccumRel, &worst)) << "config " << cfg << ", T " << c.T << " S " << c.S;
       std::printf("[ normals ]   config %d %s config 0\n", cfg,
-                  bitwise_equal(v3.data(), other.data(), v3.size()) ? "==" : "!=");
+                  bitwise_equal(wg.data(), other.data(), wg.size()) ? "==" : "!=");
     }
   }
 }
@@ -242,11 +245,63 @@ TEST(CudaIndexerWgmma, BadArgumentsThrowBeforeWriting) {
   DeviceBuffer<float> dout(out.data(), out.size());
   IndexerParams p = in.p;
   p.q = nullptr;  // the bad argument
-  EXPECT_TRUE(throws_naming([&] { cuda::indexer_logits(p, dout.data(), nullptr, cuda::kIndexerWgmmaVersion); },
+  EXPECT_TRUE(throws_naming([&] { cuda::indexer_logits(p, dout.data(), nullptr, kWgmma); },
                             {"indexer_logits", "q is null"}));
   std::vector<float> back(out.size());
   dout.download(back.data(), "logits");
   EXPECT_EQ(back, out) << "output touched before the throw";
+}
+
+// kWgmma takes kFp8, HI = 64, DI = 128 and 16-byte aligned q / k on an sm_90 device: asked for on
+// other inputs it is a dsa::Error naming the op, the variant and the reason (indexer_logits and
+// indexer_topk alike, before anything is written), on any GPU. kAuto runs kMma there for e4m3 inputs
+// (where kMma runs), kExact for fp32 ones.
+TEST(CudaIndexerWgmma, UnsupportedInputsAreNamedErrors) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  auto why_not = [](const IndexerParams& p, cuda::Variant v, const char* op) -> std::string {
+    try {
+      cuda::resolve_variant(p, v, op);
+      return "";
+    } catch (const Error& e) {
+      return e.what();
+    }
+  };
+  IndexerParams heads32 = probe_params();
+  heads32.HI = 32;
+  IndexerParams fp32 = probe_params();
+  fp32.precision = Precision::kFp32;
+  for (const char* op : {"indexer_logits", "indexer_topk"}) {
+    SCOPED_TRACE(op);
+    EXPECT_TRUE(
+        throws_naming([&] { cuda::resolve_variant(heads32, kWgmma, op); }, {op, "wgmma", "HI = 64", "HI = 32"}));
+    EXPECT_TRUE(throws_naming([&] { cuda::resolve_variant(fp32, kWgmma, op); }, {op, "wgmma", "kFp8"}));
+    EXPECT_TRUE(throws_naming([&] { cuda::resolve_variant(fp32, kMma, op); }, {op, "mma", "kFp8"}));
+    EXPECT_EQ(cuda::resolve_variant(fp32, cuda::Variant::kAuto, op), cuda::Variant::kExact);
+    const cuda::Variant fallback = why_not(heads32, kMma, op).empty() ? kMma : cuda::Variant::kExact;
+    EXPECT_EQ(cuda::resolve_variant(heads32, cuda::Variant::kAuto, op), fallback) << why_not(heads32, kMma, op);
+  }
+  // Misaligned q on device data: the call throws before writing; kAuto does not pick kWgmma.
+  const Case c{2, 70, {0, 5}, {70, 60}};
+  Data d = exact_dot_data(c, 6);
+  d.q.insert(d.q.begin(), uint8_t(0));   // q starts at byte 1 of the device copy
+  const Fp8IndexerDevice in(c.T, c.S, d, c.ks, c.ke);
+  IndexerParams p = in.p;
+  p.q = in.q.data() + 1;
+  std::vector<float> out(size_t(c.T) * c.S, 3.0f), back(out.size());
+  DeviceBuffer<float> dout(out.data(), out.size());
+  EXPECT_TRUE(throws_naming([&] { cuda::indexer_logits(p, dout.data(), nullptr, kWgmma); },
+                            {"indexer_logits", "wgmma", "16-byte aligned"}));
+  const int K = 8;
+  std::vector<int32_t> idx(size_t(c.T) * K, 7), idx_back(idx.size());
+  DeviceBuffer<int32_t> didx(idx.data(), idx.size());
+  EXPECT_TRUE(throws_naming([&] { cuda::indexer_topk(p, K, didx.data(), nullptr, 0, nullptr, kWgmma); },
+                            {"indexer_topk", "wgmma", "16-byte aligned"}));
+  EXPECT_NE(cuda::resolve_variant(p, cuda::Variant::kAuto), kWgmma);
+  sync_and_check("indexer_logits (refused variant)");
+  dout.download(back.data(), "logits");
+  EXPECT_EQ(back, out) << "logits written before the throw";
+  didx.download(idx_back.data(), "indices");
+  EXPECT_EQ(idx_back, idx) << "indices written before the throw";
 }
 
 }  // namespace
