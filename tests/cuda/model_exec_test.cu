@@ -34,7 +34,7 @@ double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
   return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
 }
 
-// A demo-sized shape (session 4's scripts/demo_model.json: 2 heads, kv_lora 64) at a smaller vocabulary.
+// A demo-sized shape (2 heads, kv_lora 64, an earlier demo model's) at a smaller vocabulary.
 Config demo_shape() {
   Config c;
   c.vocab_size = 300;

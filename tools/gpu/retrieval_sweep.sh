@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tools/gpu/retrieval_sweep.sh — what passkey retrieval needs in the demo's model family, on the GPU
-# (docs/perf.md "Training on the GPU"): the session-5 retrieval recipe (kv_lora 128, no shared embedding,
-# lr 3e-3, synthetic curriculum; 2 heads as in the session-4 demo config) at SCALE × the demo's steps, one architecture or data change per
+# (docs/perf.md "Training on the GPU"): the retrieval recipe (kv_lora 128, no shared embedding,
+# lr 3e-3, synthetic curriculum; 2 heads as in the 2-head demo config) at SCALE × the demo's steps, one architecture or data change per
 # variant, each run pretrain → warm-up → sparse → eval on `--device cuda`.
 # Inputs as tools/gpu/train_gpu.sh (DSA_BIN, DSA_LIB, DSA_DATA), plus DSA_TOKENIZER (a trained
 # tokenizer.model), DSA_SCALE (default 4), DSA_VARIANTS (names from the table below, default all).

@@ -8,7 +8,7 @@
 #   DSA_LIB      shared libraries the image lacks (BLIS, SentencePiece)                       [.gpu-prof/lib]
 #   DSA_DATA     corpus folder with txt/.complete (scripts/fetch_corpus.sh output; the device has no network)
 #                                                                                              [.gpu-data]
-#   DSA_SCALES   retrieval-recipe budgets, multiples of 2400 pretraining steps (session 6 demo)  ["4 16"]
+#   DSA_SCALES   retrieval-recipe budgets, multiples of 2400 pretraining steps  ["4 16"]
 # Logs: $OUT/tests.log, demo_gpu.log, cpu_vs_gpu.log, retrieval.log (+ summary.txt).
 # shellcheck source=tools/gpu/prebuilt_env.sh
 . "$(dirname "$0")/prebuilt_env.sh"
@@ -34,7 +34,7 @@ echo "demo exit $?" | tee -a "$OUT/summary.txt"
 cat "$WORK/demo_gpu/timings.txt" >>"$OUT/summary.txt" 2>/dev/null
 grep -E "ratio|recall|passkey|all |prefill|decode" "$OUT/demo_gpu.log" | tail -20 >>"$OUT/summary.txt"
 
-stage "the same 200 pretraining steps (the session-4 demo config, a 200-step schedule): host CPU ($(nproc) threads) vs GPU"
+stage "the same 200 pretraining steps (the 2-head demo config, a 200-step schedule): host CPU ($(nproc) threads) vs GPU"
 PRE="--stage pretrain --data $DATA/txt --tokenizer $WORK/demo_gpu/tokenizer.model --config $ROOT/scripts/demo_model.json --topk 32
      --heads 2 --kv-lora 64 --shared-embedding 2 --steps 200 --lr 6e-3 --synthetic 0.5 --seq-len 256 --batch 4 --checkpoint-every 100000 --no-progress --no-plots"
 {
@@ -56,7 +56,7 @@ PRE="--stage pretrain --data $DATA/txt --tokenizer $WORK/demo_gpu/tokenizer.mode
 } >"$OUT/cpu_vs_gpu.log" 2>&1
 cat "$OUT/cpu_vs_gpu.log" >>"$OUT/summary.txt"
 
-# The retrieval recipe of docs/perf.md "Session 5" (kv_lora 128, no shared embedding, lr 3e-3, synthetic
+# The retrieval recipe of docs/perf.md (kv_lora 128, no shared embedding, lr 3e-3, synthetic
 # curriculum), every stage's steps × scale, on the GPU.
 for scale in $SCALES; do
   stage "retrieval recipe at ${scale}x the demo's pretraining"
