@@ -1,6 +1,7 @@
 // dsa — the command-line program. `dsa help` lists the subcommands registered in tools/cmd_*.cpp.
 #include <cstdio>
 #include <exception>
+#include <new>
 #include <string>
 
 #include "command.h"
@@ -90,6 +91,10 @@ int main(int argc, char** argv) {
   }
   try {
     return it->second.run(Args(argv + 2, argv + argc));
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "dsa %s: error: out of memory (std::bad_alloc); DSA_MAX_MEMORY=<bytes> makes the size checks "
+                 "refuse with the numbers before allocating\n", name.c_str());
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dsa %s: error: %s\n", name.c_str(), e.what());
     return 1;
