@@ -92,7 +92,7 @@ Footprint footprint(const Config& c);
 // suffix, powers of 1024), else the machine's physical memory (or its cgroup limit when lower).
 int64_t memory_limit_bytes();
 void set_memory_limit(int64_t bytes);     // <= 0: back to the default
-// Throws dsa::Error "<what> needs N bytes (X GiB) … more than the L bytes (Y GiB) available (<source>)"
+// Throws dsa::Error "<what>: N bytes (X GiB) needed, more than the L bytes (Y GiB) available (<source>)"
 // when bytes > memory_limit_bytes().
 void check_memory(int64_t bytes, const std::string& what);
 

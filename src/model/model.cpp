@@ -40,7 +40,7 @@ int64_t Tensor::numel() const {
 Model::Impl::Impl(const Config& c) : cfg(c), host_pool(std::make_shared<HostPool>()) {
   cfg.validate();
   const Footprint fp = footprint(cfg);   // refused here, before the first allocation, when it cannot fit
-  check_memory(fp.param_bytes, "model: the parameters (" + fp.param_breakdown + ")");
+  check_memory(fp.param_bytes, "model: parameters and gradients (" + fp.param_breakdown + ")");
   const Dims d(cfg);
   auto add = [&](const std::string& name, std::vector<int64_t> shape) {
     Tensor t{name, std::move(shape), {}};

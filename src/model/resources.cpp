@@ -132,7 +132,7 @@ void set_memory_limit(int64_t bytes) { g_limit.store(bytes > 0 ? bytes : 0); }
 void check_memory(int64_t bytes, const std::string& what) {
   const auto [limit, source] = limit_and_source();
   if (bytes <= limit) return;
-  throw Error(what + " needs " + std::to_string(bytes) + " bytes (" + human(bytes) + "), more than the " + std::to_string(limit) +
+  throw Error(what + ": " + std::to_string(bytes) + " bytes (" + human(bytes) + ") needed, more than the " + std::to_string(limit) +
               " bytes (" + human(limit) + ") available (" + source + ")");
 }
 

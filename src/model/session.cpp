@@ -210,11 +210,10 @@ struct Session::Impl {
   void step(const int32_t* tokens, int64_t n, int next_n, bool all_logits, std::vector<float>& out) {
     const Config& c = m.cfg;
     if (n <= 0) throw Error("Session: append needs at least one token");
-    if (length + n > capacity)
-      throw Error("Session: " + std::to_string(length + n) + " tokens exceed the cache capacity " + std::to_string(capacity));
-    if (length + n > limit)
+    if (length + n > limit)   // limit ≤ capacity: the cache always holds the allowed positions
       throw Error("Session: " + std::to_string(length + n) + " tokens exceed " +
-                  (limit == c.max_position_embeddings ? "max_position_embeddings = " : "max_tokens = ") + std::to_string(limit));
+                  (limit == c.max_position_embeddings ? "max_position_embeddings = " : "the cache capacity max_tokens = ") +
+                  std::to_string(limit));
     {  // the step's scratch: per-row buffers and the indexer logits of n rows over every cached key
       const int64_t row_floats = 6LL * d.D + 2LL * d.qr + static_cast<int64_t>(d.H) * (d.dq + d.Dm + d.kvr + d.dv + 1) + 3LL * d.Dm +
                                  2LL * d.kvr + static_cast<int64_t>(d.HI) * d.DI + 2LL * d.DI + d.HI + 3LL * d.F + K + num_pages + d.V;

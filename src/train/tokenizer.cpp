@@ -149,7 +149,9 @@ class SpmTokenizer final : public Tokenizer {
     };
     while (i < line.size()) {
       const size_t len = utf8_sequence_length(line, i);
-      if (len > 0) {
+      // A literal "▁" in the text would come back as a space (SentencePiece's own space marker): its
+      // three bytes go in as byte pieces instead, so the round trip stays lossless.
+      if (len > 0 && line.compare(i, kSpaceMarker.size(), kSpaceMarker) != 0) {
         i += len;
         continue;
       }
