@@ -14,7 +14,7 @@ for i in $(seq 1 400); do echo "Line $i of a small corpus: the quick brown fox j
 for i in $(seq 1 60); do echo "Held-out line $i: pack my box with five dozen liquor jugs."; done >"$work/data/held.txt"
 args=(train --stage pretrain --data "$work/data" --holdout held --tokenizer byte --hidden 32 --layers 2 --heads 2
       --intermediate 64 --q-lora 24 --kv-lora 16 --nope 8 --rope 8 --v-dim 8 --index-heads 2 --index-dim 16 --topk 8
-      --max-pos 128 --steps 120 --batch 2 --seq-len 64 --checkpoint-every 3 --keep 2 --no-progress --no-plots --threads 1)
+      --max-pos 128 --steps 600 --batch 2 --seq-len 64 --checkpoint-every 3 --keep 2 --synthetic 0 --no-progress --no-plots --threads 1)
 export OMP_NUM_THREADS=1
 
 "$dsa" "${args[@]}" --run "$work/ref" >/dev/null 2>&1
