@@ -3,7 +3,7 @@ BUILD   ?= build
 JOBS    ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build test bench demo clean fuzz
+.PHONY: all deps configure build test test-sanitize bench demo clean fuzz
 all: build
 
 deps:
@@ -31,10 +31,22 @@ demo: deps
 	@cmake --build $(DEMO_BUILD) -j $(JOBS) --target dsa_cli
 	@./scripts/demo.sh $(DEMO_BUILD)
 
-# libFuzzer target for the safetensors parser (clang, ASan/UBSan); not part of `make test`.
+# The CPU build and its tests (the op table, model, recipe, command line) under ASan + UBSan, every
+# report fatal (docs/reliability.md). CTEST_ARGS narrows it, e.g. CTEST_ARGS='-R Reliability'.
+SANITIZE_BUILD ?= $(BUILD)/sanitize
+CTEST_ARGS ?=
+test-sanitize: deps
+	@cmake -S . -B $(SANITIZE_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDSA_SANITIZE=ON -DDSA_ENABLE_CUDA=OFF \
+	  -DDSA_BUILD_BENCH=OFF $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(SANITIZE_BUILD) -j $(JOBS) --target dsa_tests dsa_cli
+	cd $(SANITIZE_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --output-on-failure -j $(JOBS) -LE fuzz -E install_consumer $(CTEST_ARGS)
+
+# The libFuzzer targets (clang, ASan/UBSan): safetensors, config, tokenizer, FUZZ_SECONDS each.
+# `make test` runs them too, for a bounded time (tests/CMakeLists.txt, label fuzz).
 FUZZ_SECONDS ?= 60
 fuzz:
-	@./fuzz/run_fuzz.sh $(FUZZ_SECONDS)
+	@./fuzz/run_fuzz.sh all $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(BUILD)

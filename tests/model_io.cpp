@@ -78,7 +78,12 @@ TEST(ModelIo, SafetensorsMalformedFiles) {
   expect_parse_error(make_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 8), "trailing bytes");
   expect_parse_error(make_file(R"({"a":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,8]}})", 8), "'a'");
   expect_parse_error(make_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8),
-                     "duplicated");
+                     "duplicate key \"a\"");
+  // an entry holds exactly dtype, shape, data_offsets; __metadata__ stays allowed at the top level
+  expect_parse_error(make_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"scale":2}})", 4), "unknown key 'scale'");
+  expect_parse_error(make_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"dtype":"F32"}})", 4), "duplicate key");
+  const auto meta = make_file(R"({"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4);
+  EXPECT_EQ(st::File::parse(meta.data(), meta.size(), "meta").metadata().at("format"), "pt");
   // header length beyond the file
   auto big = good;
   big[0] = 0xFF;

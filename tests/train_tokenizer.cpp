@@ -29,6 +29,7 @@ const std::vector<std::string> kHardStrings = {
     "invalid utf-8: \xff\xfe\x80 end",
     "truncated \xe2\x96 and overlong \xc0\xaf and surrogate \xed\xa0\x80",
     "stray bytes at the end \xc3",
+    "a literal space marker \xe2\x96\x81 (U+2581) stays itself \xe2\x96\x81\xe2\x96\x81",
 };
 
 fs::path temp_dir(const std::string& name) {

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <new>
 #include <string>
 
 #include "command.h"
@@ -159,6 +160,10 @@ int main(int argc, char** argv) {
     const Command& c = it->second;
     std::printf("%s", (c.usage.empty() ? "usage: dsa " + cmd + " — " + c.summary + "\n" : c.usage).c_str());
     return 0;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "dsa %s: error: out of memory (std::bad_alloc); DSA_MAX_MEMORY=<bytes> makes the size checks "
+                 "refuse with the numbers before allocating\n", cmd.c_str());
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dsa %s: error: %s\n", cmd.c_str(), e.what());
     return 1;

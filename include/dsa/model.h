@@ -70,11 +70,32 @@ struct Config {
   // of two or < qk_rope_head_dim, MoE layers requested, etc.
   void validate() const;
 
-  int qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
-  int mqa_dim() const { return kv_lora_rank + qk_rope_head_dim; }   // Dqk of the MQA-mode ops
+  // Sums in int64 (validate() refuses configs whose sums do not fit an int).
+  int qk_head_dim() const { return static_cast<int>(static_cast<int64_t>(qk_nope_head_dim) + qk_rope_head_dim); }
+  int mqa_dim() const { return static_cast<int>(static_cast<int64_t>(kv_lora_rank) + qk_rope_head_dim); }   // Dqk of the MQA-mode ops
   float softmax_scale() const;       // qk_head_dim^-0.5 · mscale² (YaRN), explicit (dsa-spec §2.4)
-  int64_t num_params() const;        // total parameter count, indexer included
+  int64_t num_params() const;        // total parameter count, indexer included (checked int64)
 };
+
+// ── Memory bounds (src/model/resources.cpp) ─────────────────────────────────────────────────────
+// What a config needs, from the config alone, in checked int64 bytes, so that a config that cannot
+// fit is refused (dsa::Error naming the keys and the numbers) before anything is allocated.
+struct Footprint {
+  int64_t param_bytes = 0;                // fp32 parameters + their gradients + per-tensor bookkeeping
+  int64_t cache_bytes_per_token = 0;      // inference caches, all layers (fp32 latent + fp32 indexer key)
+  int64_t activation_bytes_per_token = 0; // a training pass: what every layer keeps for the backward,
+                                          // + logits and their gradient (a lower bound)
+  int64_t optimizer_bytes = 0;            // AdamW moments (two fp32 copies of the parameters)
+  std::string param_breakdown;            // "num_hidden_layers = L x N bytes + vocab_size = V x …"
+};
+Footprint footprint(const Config& c);
+// The memory a process may use: set_memory_limit(), else DSA_MAX_MEMORY (bytes, or with a K/M/G/T
+// suffix, powers of 1024), else the machine's physical memory (or its cgroup limit when lower).
+int64_t memory_limit_bytes();
+void set_memory_limit(int64_t bytes);     // <= 0: back to the default
+// Throws dsa::Error "<what>: N bytes (X GiB) needed, more than the L bytes (Y GiB) available (<source>)"
+// when bytes > memory_limit_bytes().
+void check_memory(int64_t bytes, const std::string& what);
 
 // ── Parameters, batches, stages ─────────────────────────────────────────────────────────────────
 // A parameter or gradient in fp32. `shape` is the HF shape ([out, in] for linear weights).
@@ -124,6 +145,9 @@ struct SessionOptions {
   Precision indexer_precision = Precision::kFp32;
   int topk = 0;                                      // ≤ 0: config.index_topk
   int max_tokens = 0;                                // cache capacity; ≤ 0: max_position_embeddings
+  // Positions ≥ max_position_embeddings are refused (with max_tokens above it: at construction) unless
+  // this is set: speed measurements that run past the trained context (RoPE extrapolation).
+  bool allow_beyond_max_position = false;
   uint64_t page_order_seed = 0;                      // ≠ 0: pages handed out in a shuffled order
                                                      // (tests that indices really are physical)
 };
@@ -230,6 +254,8 @@ class Model {
 // The Session keeps a reference to the model's parameters: the Model must outlive it.
 class Session {
  public:
+  // Throws dsa::Error before allocating when the caches do not fit memory_limit_bytes() or when
+  // max_tokens exceeds max_position_embeddings (see allow_beyond_max_position).
   Session(const Model& model, const SessionOptions& options);
   ~Session();
   // Appends tokens (n ≥ 1) and returns the logits of the last row [vocab], or all rows [n, vocab].

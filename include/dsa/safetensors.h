@@ -4,8 +4,10 @@
 //   {"__metadata__": {"k": "v", …}, "name": {"dtype": "F32", "shape": [..], "data_offsets": [b, e]}, …}
 // then the data buffer; offsets are relative to the buffer start. Every byte of the buffer must be
 // covered by exactly one tensor (no gaps, no overlaps), e − b = numel · dtype size.
-// Any malformed file (truncated, bad JSON, unknown dtype, offsets out of range / overlapping / with
-// gaps, sizes that disagree with shapes, duplicated names) throws dsa::Error whose message names the
+// A tensor entry holds exactly dtype, shape and data_offsets; the only other top-level entry allowed
+// is "__metadata__" (string values).
+// Any malformed file (truncated, bad JSON, unknown dtype, unknown keys in an entry, offsets out of
+// range / overlapping / with gaps, sizes that disagree with shapes, duplicated names) throws dsa::Error whose message names the
 // file and, where there is one, the tensor. Parsing never reads outside the mapped bytes.
 #pragma once
 
@@ -64,8 +66,9 @@ struct WriteTensor {
   std::vector<int64_t> shape;
   const float* data = nullptr;
 };
-// Writes the file (tensors in the given order, 8-byte aligned header) and fsyncs it. Callers wanting
-// atomic replacement write to a temporary path and rename (Model::save does).
+// Writes the file (tensors in the given order, 8-byte aligned header) to a temporary name next to
+// `path`, fsyncs it and renames it over `path`: a failed write (a full disk) leaves no partial file and
+// throws dsa::Error naming the path and the cause.
 void write(const std::string& path, const std::vector<WriteTensor>& tensors,
            const std::map<std::string, std::string>& metadata = {});
 

@@ -148,6 +148,10 @@ struct GroupOptions {                   // one AdamW parameter group
   double clip = 1.0;                    // global-norm clip of the group's gradient (≤ 0: off)
 };
 
+// Throws dsa::Error naming the group ("model" / "indexer") and the field: lr or weight_decay not a
+// finite number >= 0, betas outside [0, 1), eps not finite > 0, clip NaN.
+void check_group_options(const GroupOptions& g, const std::string& group);
+
 // Linear warm-up over warmup_steps, then cosine from lr to lr·min_lr_ratio at total_steps.
 double lr_at(int64_t step, int64_t total_steps, int64_t warmup_steps, double min_lr_ratio);
 
@@ -321,7 +325,8 @@ EvalReport evaluate_run(const EvalOptions& options, const Corpus& corpus, const 
 std::string format_report(const EvalReport& r);
 
 // ── Files ─────────────────────────────────────────────────────────────────────────────────────
-// Writes text to path through path.tmp + fsync + rename.
+// Writes text to path through a temporary name (path.tmp-PID-N) + fsync + rename; a failed write
+// (full disk, read-only file system) throws dsa::Error naming the path and the cause, target untouched.
 void write_file_atomic(const std::string& path, const std::string& text);
 // Runs gnuplot on a script (returns false, printing nothing, when gnuplot is missing).
 bool run_gnuplot(const std::string& script_path);

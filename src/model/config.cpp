@@ -2,9 +2,12 @@
 #include <cmath>
 #include <fstream>
 #include <iomanip>
+#include <limits>
+#include <utility>
 #include <sstream>
 
 #include "dsa/model.h"
+#include "common/checked_math.h"
 #include "model/json.h"
 
 namespace dsa::model {
@@ -28,6 +31,7 @@ void read_double(const json::Value& root, const char* key, double* out, const st
   const json::Value* v = root.get(key);
   if (v == nullptr || v->kind == json::Value::Kind::kNull) return;
   if (v->kind != json::Value::Kind::kNumber) fail(label, "key '", key, "' must be a number");
+  if (!std::isfinite(v->number)) fail(label, "key '", key, "' = ", v->text, " is not a finite double");
   *out = v->number;
 }
 void read_bool(const json::Value& root, const char* key, bool* out, const std::string& label) {
@@ -165,21 +169,46 @@ void Config::validate() const {
   positive(index_head_dim, "index_head_dim");
   positive(index_topk, "index_topk");
   positive(max_position_embeddings, "max_position_embeddings");
+  // Sizes derived from two keys that the model code holds in an int (src/model/impl.h Dims, the op
+  // parameters): each must fit, computed in int64 (two positive ints never overflow it).
+  const int64_t H = num_attention_heads, dn = qk_nope_head_dim, dr = qk_rope_head_dim, dv = v_head_dim;
+  const int64_t kvr = kv_lora_rank;
+  const std::pair<int64_t, const char*> derived[] = {
+      {dn + dr, "qk_nope_head_dim + qk_rope_head_dim"},
+      {kvr + dr, "kv_lora_rank + qk_rope_head_dim"},
+      {H * (dn + dr), "num_attention_heads x (qk_nope_head_dim + qk_rope_head_dim)"},
+      {H * (dn + dv), "num_attention_heads x (qk_nope_head_dim + v_head_dim)"},
+      {H * (kvr + dr), "num_attention_heads x (kv_lora_rank + qk_rope_head_dim)"},
+      {H * dv, "num_attention_heads x v_head_dim"},
+      {static_cast<int64_t>(index_n_heads) * index_head_dim, "index_n_heads x index_head_dim"},
+  };
+  for (const auto& [v, what] : derived)
+    if (v > std::numeric_limits<int>::max()) fail("config", what, " = ", v, " exceeds 2147483647");
   if (qk_rope_head_dim % 2 != 0) fail("config", "key 'qk_rope_head_dim' = ", qk_rope_head_dim, " must be even");
   if ((index_head_dim & (index_head_dim - 1)) != 0)
     fail("config", "key 'index_head_dim' = ", index_head_dim, " must be a power of two (Hadamard transform)");
   if (index_head_dim < qk_rope_head_dim)
     fail("config", "key 'index_head_dim' = ", index_head_dim, " must be >= qk_rope_head_dim = ", qk_rope_head_dim);
   if (index_topk > kMaxTopK) fail("config", "key 'index_topk' = ", index_topk, " exceeds kMaxTopK = ", kMaxTopK);
-  if (!(rope_theta > 0)) fail("config", "key 'rope_theta' must be > 0");
-  if (!(rms_norm_eps > 0)) fail("config", "key 'rms_norm_eps' must be > 0");
-  if (!(initializer_range >= 0)) fail("config", "key 'initializer_range' must be >= 0");
+  if (!(rope_theta > 0) || !std::isfinite(rope_theta)) fail("config", "key 'rope_theta' = ", rope_theta, " must be finite and > 0");
+  if (!(rms_norm_eps > 0) || !std::isfinite(rms_norm_eps))
+    fail("config", "key 'rms_norm_eps' = ", rms_norm_eps, " must be finite and > 0");
+  if (!(initializer_range >= 0) || !std::isfinite(initializer_range))
+    fail("config", "key 'initializer_range' = ", initializer_range, " must be finite and >= 0");
   if (first_k_dense_replace < num_hidden_layers && n_routed_experts > 0)
     fail("config", "MoE layers are not supported: first_k_dense_replace = ", first_k_dense_replace,
          " < num_hidden_layers = ", num_hidden_layers, " with n_routed_experts = ", n_routed_experts,
          " (this implementation has dense SwiGLU MLP layers only; set first_k_dense_replace = num_hidden_layers)");
   if (has_rope_scaling && rope_scaling.factor > 1.0 && rope_scaling.original_max_position <= 0)
     fail("config", "key 'rope_scaling.original_max_position_embeddings' must be > 0");
+  if (has_rope_scaling) {
+    const std::pair<double, const char*> yarn[] = {{rope_scaling.factor, "factor"},       {rope_scaling.beta_fast, "beta_fast"},
+                                                   {rope_scaling.beta_slow, "beta_slow"}, {rope_scaling.mscale, "mscale"},
+                                                   {rope_scaling.mscale_all_dim, "mscale_all_dim"}};
+    for (const auto& [v, key] : yarn)
+      if (!std::isfinite(v)) fail("config", "key 'rope_scaling.", key, "' = ", v, " is not finite");
+  }
+  num_params();   // the parameter count fits int64 (throws naming the product otherwise)
 }
 
 float Config::softmax_scale() const {
@@ -189,21 +218,30 @@ float Config::softmax_scale() const {
 }
 
 int64_t Config::num_params() const {
-  const int64_t D = hidden_size, H = num_attention_heads;
+  using detail::add_checked;
+  using detail::mul_checked;
+  const int64_t D = hidden_size, H = num_attention_heads, qr = q_lora_rank, kvr = kv_lora_rank;
+  const int64_t HI = index_n_heads, DI = index_head_dim, F = intermediate_size, V = vocab_size;
+  const std::string w = "config: parameter count: ";
+  // Each term: [rows, cols] of one tensor of a layer (1-D tensors: cols = 1).
+  const std::pair<int64_t, int64_t> layer[] = {
+      {D, 1},                                         // input_layernorm
+      {qr, D}, {qr, 1},                               // q_a_proj, q_a_layernorm
+      {H * qk_head_dim(), qr},                        // q_b_proj
+      {mqa_dim(), D}, {kvr, 1},                       // kv_a_proj_with_mqa, kv_a_layernorm
+      {H * (qk_nope_head_dim + static_cast<int64_t>(v_head_dim)), kvr},   // kv_b_proj
+      {D, H * v_head_dim},                            // o_proj
+      {HI * DI, qr}, {DI, D}, {2 * DI, 1}, {HI, D},   // indexer wq_b, wk, k_norm, weights_proj
+      {D, 1},                                         // post_attention_layernorm
+      {F, D}, {F, D}, {D, F},                         // gate, up, down
+  };
   int64_t per_layer = 0;
-  per_layer += D;                                                 // input_layernorm
-  per_layer += static_cast<int64_t>(q_lora_rank) * D + q_lora_rank;  // q_a_proj, q_a_layernorm
-  per_layer += H * qk_head_dim() * q_lora_rank;                   // q_b_proj
-  per_layer += static_cast<int64_t>(mqa_dim()) * D + kv_lora_rank;   // kv_a_proj_with_mqa, kv_a_layernorm
-  per_layer += H * (qk_nope_head_dim + v_head_dim) * kv_lora_rank;   // kv_b_proj
-  per_layer += D * H * v_head_dim;                                // o_proj
-  per_layer += static_cast<int64_t>(index_n_heads) * index_head_dim * q_lora_rank;  // indexer.wq_b
-  per_layer += static_cast<int64_t>(index_head_dim) * D + 2 * index_head_dim;       // wk, k_norm
-  per_layer += static_cast<int64_t>(index_n_heads) * D;          // weights_proj
-  per_layer += D;                                                 // post_attention_layernorm
-  per_layer += 3 * D * intermediate_size;                         // gate, up, down
-  int64_t total = per_layer * num_hidden_layers + static_cast<int64_t>(vocab_size) * D + D;
-  if (!tie_word_embeddings) total += static_cast<int64_t>(vocab_size) * D;
+  for (const auto& [r, c] : layer) per_layer = add_checked(per_layer, mul_checked(r, c, w + "a layer tensor"), w + "one layer");
+  int64_t total = mul_checked(per_layer, num_hidden_layers, w + "num_hidden_layers x parameters per layer");
+  const int64_t embed = mul_checked(V, D, w + "vocab_size x hidden_size");
+  total = add_checked(total, embed, w + "layers + embed_tokens");
+  total = add_checked(total, D, w + "+ model.norm");
+  if (!tie_word_embeddings) total = add_checked(total, embed, w + "+ lm_head");
   return total;
 }
 

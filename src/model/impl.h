@@ -42,8 +42,8 @@ struct Dims {
   int D, H, qr, kvr, dn, dr, dv, dq, Dm, F, V, HI, DI;
   explicit Dims(const Config& c)
       : D(c.hidden_size), H(c.num_attention_heads), qr(c.q_lora_rank), kvr(c.kv_lora_rank),
-        dn(c.qk_nope_head_dim), dr(c.qk_rope_head_dim), dv(c.v_head_dim), dq(c.qk_nope_head_dim + c.qk_rope_head_dim),
-        Dm(c.kv_lora_rank + c.qk_rope_head_dim), F(c.intermediate_size), V(c.vocab_size), HI(c.index_n_heads),
+        dn(c.qk_nope_head_dim), dr(c.qk_rope_head_dim), dv(c.v_head_dim), dq(c.qk_head_dim()),
+        Dm(c.mqa_dim()), F(c.intermediate_size), V(c.vocab_size), HI(c.index_n_heads),
         DI(c.index_head_dim) {}
 };
 

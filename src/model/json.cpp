@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
+#include <unordered_set>
 
 namespace dsa::json {
 namespace {
@@ -50,10 +51,16 @@ class Parser {
       ++i_;
       skip_ws();
       if (i_ < n_ && d_[i_] == '}') { ++i_; return v; }
+      std::unordered_set<std::string> seen;
       for (;;) {
         skip_ws();
         if (i_ >= n_ || d_[i_] != '"') error("expected a member name");
+        const size_t key_at = i_;
         std::string key = string();
+        if (!seen.insert(key).second) {
+          i_ = key_at;
+          error("duplicate key " + quote(key));
+        }
         skip_ws();
         if (i_ >= n_ || d_[i_] != ':') error("expected ':'");
         ++i_;

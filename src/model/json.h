@@ -1,5 +1,7 @@
 // json.h — a small strict JSON reader/writer for config.json and safetensors headers. Bounded
 // recursion depth, no reads past the input, every syntax error → dsa::Error with the byte offset.
+// An object with the same member name twice is refused (RFC 8259 leaves it open; here it is an error
+// rather than a silent choice of one of the values).
 #pragma once
 
 #include <cstdint>

@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -15,6 +14,7 @@
 #include <numeric>
 #include <sstream>
 
+#include "common/file_io.h"
 #include "dsa/safetensors.h"
 #include "model/exec.h"
 #include "model/impl.h"
@@ -29,14 +29,6 @@ constexpr int kWeightScaleBlock = 128;   // V3 FP8 weights: one weight_scale_inv
 constexpr const char* kWeightsFile = "model.safetensors";
 constexpr const char* kConfigFile = "config.json";
 
-void fsync_path(const std::string& path, bool directory) {
-  const int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
-  if (fd < 0) throw Error("save: cannot open " + path + " to fsync: " + std::strerror(errno));
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) throw Error("save: fsync of " + path + " failed: " + std::strerror(errno));
-}
-
 }  // namespace
 
 int64_t Tensor::numel() const {
@@ -47,6 +39,8 @@ int64_t Tensor::numel() const {
 
 Model::Impl::Impl(const Config& c) : cfg(c), host_pool(std::make_shared<HostPool>()) {
   cfg.validate();
+  const Footprint fp = footprint(cfg);   // refused here, before the first allocation, when it cannot fit
+  check_memory(fp.param_bytes, "model: parameters and gradients (" + fp.param_breakdown + ")");
   const Dims d(cfg);
   auto add = [&](const std::string& name, std::vector<int64_t> shape) {
     Tensor t{name, std::move(shape), {}};
@@ -88,7 +82,18 @@ Model::Impl::Impl(const Config& c) : cfg(c), host_pool(std::make_shared<HostPool
   scale = cfg.softmax_scale();
 }
 
-Model::Model(const Config& config) : impl_(std::make_unique<Impl>(config)) {}
+namespace {
+std::unique_ptr<Model::Impl> make_impl(const Config& config) {
+  try {
+    return std::make_unique<Model::Impl>(config);
+  } catch (const std::bad_alloc&) {
+    throw Error("model: out of memory allocating " + std::to_string(footprint(config).param_bytes) +
+                " bytes of parameters and gradients (" + footprint(config).param_breakdown + ")");
+  }
+}
+}  // namespace
+
+Model::Model(const Config& config) : impl_(make_impl(config)) {}
 Model::Model(Model&&) noexcept = default;
 Model& Model::operator=(Model&&) noexcept = default;
 Model::~Model() = default;
@@ -133,44 +138,46 @@ void Model::init_random(uint64_t seed, double shared_embedding) {
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t j = 0; j < cols; ++j) e.data[static_cast<size_t>(r * cols + j)] += common[static_cast<size_t>(j)];
   }
+  // A draw that does not fit fp32 (initializer_range near FLT_MAX) would give a model that load() refuses.
+  for (const Tensor& t : impl_->params)
+    for (const float v : t.data)
+      if (!std::isfinite(v))
+        throw Error("init_random: initializer_range = " + std::to_string(c.initializer_range) +
+                    (shared_embedding > 0 ? " with shared_embedding = " + std::to_string(shared_embedding) : std::string()) +
+                    " gives non-finite fp32 weights in '" + t.name + "'");
 }
 
 // ── Checkpoints ─────────────────────────────────────────────────────────────────────────────────
 void Model::save(const std::string& dir, SaveDtype dtype) const {
-  static std::atomic<int> counter{0};
   const fs::path target = fs::absolute(fs::path(dir).lexically_normal());
   if (fs::exists(target) && !fs::is_directory(target))
     throw Error("save: " + target.string() + " exists and is not a directory");
   const fs::path parent = target.parent_path();
-  fs::create_directories(parent);
-  const fs::path tmp = parent / (target.filename().string() + ".tmp-" + std::to_string(::getpid()) + "-" +
-                                 std::to_string(counter++));
+  std::error_code ec;
+  fs::create_directories(parent, ec);
+  if (ec) io::fail_errno("save", "create the folder", parent.string(), ec.value());
+  io::remove_stale_temps(target.string());   // folders of a save that was killed
+  const fs::path tmp = io::temp_name(target.string());
   fs::remove_all(tmp);
-  fs::create_directory(tmp);
+  fs::create_directory(tmp, ec);
+  if (ec) io::fail_errno("save", "create the folder", tmp.string(), ec.value());
   try {
-    {
-      std::ofstream out(tmp / kConfigFile, std::ios::binary);
-      out << impl_->cfg.to_json();
-      out.close();
-      if (!out) throw Error("save: cannot write " + (tmp / kConfigFile).string());
-      fsync_path((tmp / kConfigFile).string(), false);
-    }
+    io::write_file_atomic((tmp / kConfigFile).string(), impl_->cfg.to_json(), "save");
     std::vector<st::WriteTensor> ws;
     for (const Tensor& t : impl_->params)
       ws.push_back({t.name, dtype == SaveDtype::kF32 ? st::Dtype::kF32 : st::Dtype::kBF16, t.shape, t.data.data()});
     st::write((tmp / kWeightsFile).string(), ws, {{"format", "pt"}, {"producer", "dsa"}});
-    fsync_path(tmp.string(), true);
+    io::fsync_path(tmp.string(), true, "save");
     if (fs::exists(target)) {
       // Atomic swap of the complete new directory with the old one, then drop the old one.
       if (::syscall(SYS_renameat2, AT_FDCWD, tmp.c_str(), AT_FDCWD, target.c_str(), 2 /*RENAME_EXCHANGE*/) != 0)
-        throw Error("save: cannot replace " + target.string() + ": " + std::strerror(errno));
+        io::fail_errno("save", "replace", target.string(), errno);
       fs::remove_all(tmp);
     } else if (::rename(tmp.c_str(), target.c_str()) != 0) {
-      throw Error("save: cannot rename " + tmp.string() + " to " + target.string() + ": " + std::strerror(errno));
+      io::fail_errno("save", "rename " + tmp.string() + " to", target.string(), errno);
     }
-    fsync_path(parent.string(), true);
+    io::fsync_path(parent.string(), true, "save");
   } catch (...) {
-    std::error_code ec;
     fs::remove_all(tmp, ec);
     throw;
   }
@@ -195,7 +202,12 @@ Model Model::load(const std::string& dir) {
   for (Tensor& p : m.impl_->params) {
     auto [f, t] = locate(p.name);
     if (t == nullptr) throw Error("load: " + dir + ": tensor '" + p.name + "' is missing");
-    std::vector<float> v = f->to_float(p.name, p.shape);
+    std::vector<float> v;
+    try {
+      v = f->to_float(p.name, p.shape);
+    } catch (const std::bad_alloc&) {
+      throw Error("load: " + f->path() + ": out of memory reading tensor '" + p.name + "'");
+    }
     if (t->dtype == st::Dtype::kF8E4M3) {
       // FP8 weight: W = e4m3 · weight_scale_inv[row/128, col/128]
       const std::string sname = p.name.substr(0, p.name.size() - 6) + "weight_scale_inv";

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "common/file_io.h"
 #include "model/json.h"
 
 namespace dsa::safetensors {
@@ -48,19 +49,6 @@ float half_to_float(uint16_t h) {
   else if (exp == 31) v = man ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
   else v = std::ldexp(static_cast<float>(man | 0x400u), static_cast<int>(exp) - 25);
   return sign ? -v : v;
-}
-
-void write_all(int fd, const void* p, size_t n, const std::string& path) {
-  const char* c = static_cast<const char*>(p);
-  while (n > 0) {
-    const ssize_t w = ::write(fd, c, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      fail(path, "write failed: ", std::strerror(errno));
-    }
-    c += w;
-    n -= static_cast<size_t>(w);
-  }
 }
 
 }  // namespace
@@ -135,6 +123,9 @@ struct File::Impl {
         continue;
       }
       if (v.kind != json::Value::Kind::kObject) fail(path, "tensor '", name, "': entry is not an object");
+      for (const std::string& k : v.keys)
+        if (k != "dtype" && k != "shape" && k != "data_offsets")
+          fail(path, "tensor '", name, "': unknown key '", k, "' (an entry holds exactly dtype, shape, data_offsets)");
       TensorInfo t;
       t.name = name;
       const json::Value* dt = v.get("dtype");
@@ -168,8 +159,6 @@ struct File::Impl {
       if (numel > kMaxElems / esz || numel * esz != t.end - t.begin)
         fail(path, "tensor '", name, "': ", t.end - t.begin, " bytes do not match shape (", numel, " elements of ",
              dtype_name(t.dtype), ")");
-      for (const TensorInfo& o : tensors)
-        if (o.name == name) fail(path, "tensor '", name, "': duplicated name");
       tensors.push_back(std::move(t));
     }
     std::stable_sort(tensors.begin(), tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
@@ -304,21 +293,14 @@ void write_raw(const std::string& path, const std::vector<RawTensor>& tensors,
   }
   h += "}";
   while ((h.size() + kHeaderLengthBytes) % kHeaderAlign != 0) h += ' ';
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) fail(path, "cannot create: ", std::strerror(errno));
-  try {
-    uint8_t len[kHeaderLengthBytes];
-    uint64_t n = h.size();
-    for (size_t i = 0; i < kHeaderLengthBytes; ++i) len[i] = static_cast<uint8_t>(n >> (8 * i));
-    write_all(fd, len, sizeof len, path);
-    write_all(fd, h.data(), h.size(), path);
-    for (const RawTensor& t : tensors) write_all(fd, t.bytes.data(), t.bytes.size(), path);
-    if (::fsync(fd) != 0) fail(path, "fsync failed: ", std::strerror(errno));
-  } catch (...) {
-    ::close(fd);
-    throw;
-  }
-  if (::close(fd) != 0) fail(path, "close failed: ", std::strerror(errno));
+  io::AtomicFile out(path, "safetensors");
+  uint8_t len[kHeaderLengthBytes];
+  const uint64_t n = h.size();
+  for (size_t i = 0; i < kHeaderLengthBytes; ++i) len[i] = static_cast<uint8_t>(n >> (8 * i));
+  out.write(len, sizeof len);
+  out.write(h);
+  for (const RawTensor& t : tensors) out.write(t.bytes.data(), t.bytes.size());
+  out.commit();
 }
 
 void write(const std::string& path, const std::vector<WriteTensor>& tensors,

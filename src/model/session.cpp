@@ -10,6 +10,7 @@
 #include <cstring>
 #include <numeric>
 
+#include "common/checked_math.h"
 #include "model/exec.h"
 
 namespace dsa::model {
@@ -34,6 +35,8 @@ struct Session::Impl {
   Dims d;
   int K = 0;                        // sparse / window budget
   int64_t capacity = 0, length = 0;
+  int64_t limit = 0;                // the longest sequence: max_tokens, at most max_position_embeddings
+  int64_t model_bytes = 0, cache_bytes = 0;   // for the memory check of a step
   int num_pages = 0;
   bool v32_latent = false;          // kv_lora_rank 512 + rope 64: the op-11 decode path
   bool fp8_indexer = false;
@@ -57,6 +60,10 @@ struct Session::Impl {
     K = opt.topk > 0 ? opt.topk : c.index_topk;
     if (K > kMaxTopK) throw Error("Session: topk = " + std::to_string(K) + " exceeds kMaxTopK");
     const int64_t want = opt.max_tokens > 0 ? opt.max_tokens : c.max_position_embeddings;
+    if (want > c.max_position_embeddings && !opt.allow_beyond_max_position)
+      throw Error("Session: max_tokens = " + std::to_string(want) + " exceeds max_position_embeddings = " +
+                  std::to_string(c.max_position_embeddings) + " (the longest sequence the model is configured for)");
+    limit = opt.allow_beyond_max_position ? want : std::min<int64_t>(want, c.max_position_embeddings);
     num_pages = static_cast<int>((want + kCachePageTokens - 1) / kCachePageTokens);
     capacity = static_cast<int64_t>(num_pages) * kCachePageTokens;
     v32_latent = d.kvr == kMlaLatentDim && d.dr == kMlaRopeDim;
@@ -75,6 +82,13 @@ struct Session::Impl {
     }
     const int L = c.num_hidden_layers;
     const int64_t slots = capacity;
+    const Footprint fp = footprint(c);
+    model_bytes = fp.param_bytes;
+    const int64_t cache = detail::mul_checked(capacity, cache_bytes_per_token(), "Session: cache bytes");
+    check_memory(detail::add_checked(model_bytes, cache, "Session: model + cache bytes"),
+                 "Session: the model and a cache of " + std::to_string(capacity) + " tokens (max_tokens, or max_position_embeddings = " +
+                     std::to_string(c.max_position_embeddings) + ", x " + std::to_string(cache_bytes_per_token()) + " bytes per token)");
+    cache_bytes = cache;
     if (opt.kv_format == KvCacheFormat::kFp32) kv_f32.assign(L, std::vector<float>(static_cast<size_t>(slots * d.Dm)));
     if (opt.kv_format == KvCacheFormat::kBf16) kv_bf16.assign(L, std::vector<uint16_t>(static_cast<size_t>(slots * kV32LatentDim)));
     if (opt.kv_format == KvCacheFormat::kFp8Record) kv_fp8.assign(L, std::vector<uint8_t>(static_cast<size_t>(slots * kMlaRecordBytes)));
@@ -83,6 +97,8 @@ struct Session::Impl {
       else idx_f32.assign(L, std::vector<float>(static_cast<size_t>(capacity * d.DI)));
     }
   }
+
+  int64_t cache_bytes_per_token() const;
 
   int64_t slot_of(int64_t logical) const {
     return static_cast<int64_t>(block_table[logical / kCachePageTokens]) * kCachePageTokens + logical % kCachePageTokens;
@@ -196,8 +212,18 @@ struct Session::Impl {
   void step(const int32_t* tokens, int64_t n, int next_n, bool all_logits, std::vector<float>& out) {
     const Config& c = m.cfg;
     if (n <= 0) throw Error("Session: append needs at least one token");
-    if (length + n > capacity)
-      throw Error("Session: " + std::to_string(length + n) + " tokens exceed the cache capacity " + std::to_string(capacity));
+    if (length + n > limit)   // limit ≤ capacity: the cache always holds the allowed positions
+      throw Error("Session: " + std::to_string(length + n) + " tokens exceed " +
+                  (limit == c.max_position_embeddings ? "max_position_embeddings = " : "the cache capacity max_tokens = ") +
+                  std::to_string(limit));
+    {  // the step's scratch: per-row buffers and the indexer logits of n rows over every cached key
+      const int64_t row_floats = 6LL * d.D + 2LL * d.qr + static_cast<int64_t>(d.H) * (d.dq + d.Dm + d.kvr + d.dv + 1) + 3LL * d.Dm +
+                                 2LL * d.kvr + static_cast<int64_t>(d.HI) * d.DI + 2LL * d.DI + d.HI + 3LL * d.F + K + num_pages + d.V;
+      const int64_t scratch = detail::mul_checked(n, detail::add_checked(row_floats, length + n, "Session: step scratch") * 4,
+                                                  "Session: step scratch bytes");
+      check_memory(detail::add_checked(model_bytes + cache_bytes, scratch, "Session: step bytes"), "Session: a step of " + std::to_string(n) + " tokens after " +
+                                                            std::to_string(length) + " cached");
+    }
     for (int64_t i = 0; i < n; ++i)
       if (tokens[i] < 0 || tokens[i] >= c.vocab_size)
         throw Error("Session: token " + std::to_string(tokens[i]) + " out of range [0, " + std::to_string(c.vocab_size) + ")");
@@ -269,8 +295,18 @@ struct Session::Impl {
   }
 };
 
-Session::Session(const Model& model, const SessionOptions& options)
-    : impl_(std::make_unique<Impl>(*model.impl_, options)) {}
+namespace {
+std::unique_ptr<Session::Impl> make_session(const Model::Impl& model, const SessionOptions& options) {
+  try {
+    return std::make_unique<Session::Impl>(model, options);
+  } catch (const std::bad_alloc&) {
+    throw Error("Session: out of memory allocating the caches (max_tokens = " + std::to_string(options.max_tokens) +
+                ", max_position_embeddings = " + std::to_string(model.cfg.max_position_embeddings) + ")");
+  }
+}
+}  // namespace
+
+Session::Session(const Model& model, const SessionOptions& options) : impl_(make_session(*model.impl_, options)) {}
 Session::~Session() = default;
 
 std::vector<float> Session::append(const std::vector<int32_t>& tokens, bool all_logits) {
@@ -316,8 +352,10 @@ int64_t Session::length() const { return impl_->length; }
 int64_t Session::capacity() const { return impl_->capacity; }
 const SessionOptions& Session::options() const { return impl_->opt; }
 
-int64_t Session::cache_bytes_per_token() const {
-  const Impl& s = *impl_;
+int64_t Session::cache_bytes_per_token() const { return impl_->cache_bytes_per_token(); }
+
+int64_t Session::Impl::cache_bytes_per_token() const {
+  const Impl& s = *this;
   int64_t mla = 0;
   switch (*s.opt.kv_format) {
     case KvCacheFormat::kFp32: mla = static_cast<int64_t>(s.d.Dm) * sizeof(float); break;

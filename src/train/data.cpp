@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/file_io.h"
 #include "dsa/ops.h"
 #include "dsa/train.h"
 #include "train/rng.h"
@@ -49,30 +50,37 @@ bool is_holdout(const std::string& path, const std::vector<std::string>& pattern
   return false;
 }
 
-void write_docs(std::ofstream& out, const std::vector<Document>& docs) {
+void write_docs(io::AtomicFile& out, const std::vector<Document>& docs) {
   const uint64_t n = docs.size();
-  out.write(reinterpret_cast<const char*>(&n), sizeof n);
+  out.write(&n, sizeof n);
   for (const auto& d : docs) {
     const uint64_t len = d.name.size(), count = d.tokens.size();
-    out.write(reinterpret_cast<const char*>(&len), sizeof len);
-    out.write(d.name.data(), static_cast<std::streamsize>(len));
-    out.write(reinterpret_cast<const char*>(&count), sizeof count);
-    out.write(reinterpret_cast<const char*>(d.tokens.data()), static_cast<std::streamsize>(count * sizeof(int32_t)));
+    out.write(&len, sizeof len);
+    out.write(d.name.data(), len);
+    out.write(&count, sizeof count);
+    out.write(d.tokens.data(), count * sizeof(int32_t));
   }
 }
 
-bool read_docs(std::ifstream& in, std::vector<Document>& docs) {
+// Reads what write_docs wrote; false on a short or inconsistent file. Every count is checked against
+// the bytes left in the file before anything is allocated for it.
+bool read_docs(std::ifstream& in, uint64_t& left, std::vector<Document>& docs) {
+  auto take = [&](void* p, uint64_t bytes) {
+    if (bytes > left || !in.read(static_cast<char*>(p), static_cast<std::streamsize>(bytes))) return false;
+    left -= bytes;
+    return true;
+  };
   uint64_t n = 0;
-  if (!in.read(reinterpret_cast<char*>(&n), sizeof n)) return false;
+  if (!take(&n, sizeof n) || n > left / (2 * sizeof(uint64_t))) return false;
   docs.resize(n);
   for (auto& d : docs) {
     uint64_t len = 0, count = 0;
-    if (!in.read(reinterpret_cast<char*>(&len), sizeof len)) return false;
+    if (!take(&len, sizeof len) || len > left) return false;
     d.name.resize(len);
-    if (!in.read(d.name.data(), static_cast<std::streamsize>(len))) return false;
-    if (!in.read(reinterpret_cast<char*>(&count), sizeof count)) return false;
+    if (!take(d.name.data(), len)) return false;
+    if (!take(&count, sizeof count) || count > left / sizeof(int32_t)) return false;
     d.tokens.resize(count);
-    if (!in.read(reinterpret_cast<char*>(d.tokens.data()), static_cast<std::streamsize>(count * sizeof(int32_t)))) return false;
+    if (!take(d.tokens.data(), count * sizeof(int32_t))) return false;
   }
   return true;
 }
@@ -90,13 +98,18 @@ Corpus load_corpus(const DataOptions& o, const std::string& cache_dir) {
   c.bos_id = tok->bos_id();
   const uint64_t key = corpus_key(files, o);
   const std::string cache = cache_dir.empty() ? "" : (fs::path(cache_dir) / "tokens.bin").string();
+  if (!cache.empty()) io::remove_stale_temps(cache);   // a cache write that was killed
   if (!cache.empty() && fs::exists(cache)) {
     std::ifstream in(cache, std::ios::binary);
+    std::error_code ec;
+    const uint64_t size = fs::file_size(cache, ec);
+    uint64_t left = ec ? 0 : size;
     uint32_t magic = 0;
     uint64_t stored = 0;
-    in.read(reinterpret_cast<char*>(&magic), sizeof magic);
-    in.read(reinterpret_cast<char*>(&stored), sizeof stored);
-    if (in && magic == kCacheMagic && stored == key && read_docs(in, c.train) && read_docs(in, c.val)) return c;
+    const bool head = left >= sizeof magic + sizeof stored && in.read(reinterpret_cast<char*>(&magic), sizeof magic) &&
+                      in.read(reinterpret_cast<char*>(&stored), sizeof stored);
+    if (head) left -= sizeof magic + sizeof stored;
+    if (head && magic == kCacheMagic && stored == key && read_docs(in, left, c.train) && read_docs(in, left, c.val)) return c;
     c.train.clear();
     c.val.clear();
   }
@@ -142,17 +155,14 @@ Corpus load_corpus(const DataOptions& o, const std::string& cache_dir) {
   }
   if (c.train.empty()) throw Error("load_corpus: no training document left after the hold-out (--data, --holdout)");
   if (!cache.empty()) {
-    fs::create_directories(cache_dir);
-    const std::string tmp = cache + ".tmp";
-    {
-      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-      out.write(reinterpret_cast<const char*>(&kCacheMagic), sizeof kCacheMagic);
-      out.write(reinterpret_cast<const char*>(&key), sizeof key);
-      write_docs(out, c.train);
-      write_docs(out, c.val);
-      if (!out) throw Error("load_corpus: cannot write " + tmp);
-    }
-    fs::rename(tmp, cache);
+    io::CreatedFolders folders(cache_dir, "load_corpus");
+    io::AtomicFile out(cache, "load_corpus");
+    out.write(&kCacheMagic, sizeof kCacheMagic);
+    out.write(&key, sizeof key);
+    write_docs(out, c.train);
+    write_docs(out, c.val);
+    out.commit();
+    folders.keep();
   }
   return c;
 }

@@ -112,6 +112,7 @@ EvalReport::SpeedRow time_session(const model::Model& m, AttentionMode mode, int
   so.indexer_precision = Precision::kFp32;
   so.topk = k;
   so.max_tokens = context + decode_tokens + 1;
+  so.allow_beyond_max_position = true;   // a speed measurement: the decode steps may run past the trained context
   model::Session session(m, so);
   const std::vector<int32_t> prompt(text.begin(), text.begin() + context);
   const auto t0 = std::chrono::steady_clock::now();
@@ -129,10 +130,7 @@ EvalReport::SpeedRow time_session(const model::Model& m, AttentionMode mode, int
   return r;
 }
 
-void write_text(const fs::path& p, const std::string& s) {
-  std::ofstream out(p);
-  out << s;
-}
+void write_text(const fs::path& p, const std::string& s) { write_file_atomic(p.string(), s); }
 
 void write_plots(const fs::path& dir, const EvalReport& r, const EvalOptions& o) {
   const std::string d = dir.string();

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <limits>
 
 #include "dsa/ops.h"
@@ -104,28 +105,29 @@ void write_attention_map_plot(const AttentionMap& map, const std::string& dir, c
   {
     // log10 of the probability, floored, so that small but non-zero attention stays visible.
     constexpr float kFloor = 1e-4f;
-    std::ofstream mat(p / "attention_map.dat");
+    std::ostringstream mat;
     for (int t = 0; t < map.T; ++t) {
       for (int s = 0; s < map.T; ++s)
         mat << (s ? " " : "") << (s <= t ? std::log10(std::max(map.probs[static_cast<size_t>(t) * map.T + s], kFloor)) : std::log10(kFloor));
       mat << "\n";
     }
-    std::ofstream sel(p / "attention_selected.csv");
+    write_file_atomic((p / "attention_map.dat").string(), mat.str());
+    std::ostringstream sel;
     sel << "query,key\n";
     for (int t = 0; t < map.T; ++t)
       for (int j = 0; j < map.K; ++j) {
         const int32_t s = map.selected[static_cast<size_t>(t) * map.K + j];
         if (s != kInvalidIndex) sel << t << "," << s << "\n";
       }
+    write_file_atomic((p / "attention_selected.csv").string(), sel.str());
   }
-  std::ofstream gp(p / "attention_map.gp");
+  std::ostringstream gp;
   gp << "set terminal pngcairo size 900,820 noenhanced\nset output '" << (p / "attention_map.png").string() << "'\n"
      << "set title '" << title << "'\nset xlabel 'key position'\nset ylabel 'query position'\nset yrange [" << map.T << ":-1]\n"
      << "set xrange [-1:" << map.T << "]\nset cblabel 'log10 dense attention (head mean)'\nset palette defined (0 'white', 1 '#9090b0', 2 'black')\n"
      << "set datafile separator whitespace\nplot '" << (p / "attention_map.dat").string() << "' matrix with image notitle, \\\n"
      << "     '< tail -n +2 " << (p / "attention_selected.csv").string()
      << " | tr , \" \"' using 2:1 with points pt 7 ps 0.25 lc rgb '#e02020' title 'keys selected by the indexer (top-" << map.K << ")'\n";
-  gp.close();
   run_gnuplot((p / "attention_map.gp").string());
 }
 

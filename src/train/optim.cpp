@@ -11,6 +11,7 @@
 #include <map>
 #include <numbers>
 
+#include "common/file_io.h"
 #include "dsa/ops.h"
 #include "dsa/safetensors.h"
 #include "dsa/train.h"
@@ -28,13 +29,22 @@ double lr_at(int64_t step, int64_t total_steps, int64_t warmup_steps, double min
   return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + std::cos(std::numbers::pi * progress));
 }
 
+void check_group_options(const GroupOptions& g, const std::string& group) {
+  auto bad = [&](const char* name, double v, const char* rule) {
+    throw Error("AdamW: the " + group + " group's " + name + " = " + std::to_string(v) + " must be " + rule);
+  };
+  if (!(g.lr >= 0) || !std::isfinite(g.lr)) bad("lr", g.lr, "a finite number >= 0");
+  if (!(g.weight_decay >= 0) || !std::isfinite(g.weight_decay)) bad("weight_decay", g.weight_decay, "a finite number >= 0");
+  if (!(g.beta1 >= 0 && g.beta1 < 1)) bad("beta1", g.beta1, "in [0, 1)");
+  if (!(g.beta2 >= 0 && g.beta2 < 1)) bad("beta2", g.beta2, "in [0, 1)");
+  if (!(g.eps > 0) || !std::isfinite(g.eps)) bad("eps", g.eps, "a finite number > 0");
+  if (std::isnan(g.clip)) bad("clip", g.clip, "a number (<= 0: no clipping)");
+}
+
 AdamW::AdamW(const model::Model& m, const GroupOptions& model_group, const GroupOptions& indexer_group)
     : model_(model_group), indexer_(indexer_group) {
-  for (const auto* g : {&model_, &indexer_}) {
-    if (!(g->lr >= 0)) throw Error("AdamW: lr = " + std::to_string(g->lr) + " must be >= 0");
-    if (!(g->beta1 >= 0 && g->beta1 < 1 && g->beta2 >= 0 && g->beta2 < 1)) throw Error("AdamW: betas must be in [0, 1)");
-    if (!(g->weight_decay >= 0)) throw Error("AdamW: weight_decay must be >= 0");
-  }
+  check_group_options(model_, "model");
+  check_group_options(indexer_, "indexer");
   for (const auto& p : m.params()) {
     names_.push_back(p.name);
     is_indexer_.push_back(model::Model::is_indexer_param(p.name));
@@ -139,23 +149,7 @@ model::Stage parse_stage(const std::string& name) {
   throw Error("--stage \"" + name + "\" is not one of pretrain, warmup, sparse");
 }
 
-void write_file_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) throw Error("cannot write " + tmp);
-  size_t done = 0;
-  while (done < text.size()) {
-    const ssize_t w = ::write(fd, text.data() + done, text.size() - done);
-    if (w <= 0) {
-      ::close(fd);
-      throw Error("cannot write " + tmp);
-    }
-    done += static_cast<size_t>(w);
-  }
-  ::fsync(fd);
-  ::close(fd);
-  fs::rename(tmp, path);
-}
+void write_file_atomic(const std::string& path, const std::string& text) { io::write_file_atomic(path, text, "write"); }
 
 bool run_gnuplot(const std::string& script_path) {
   if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) return false;

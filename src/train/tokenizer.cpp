@@ -10,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/file_io.h"
 #include "dsa/ops.h"
 
 namespace fs = std::filesystem;
@@ -148,7 +149,9 @@ class SpmTokenizer final : public Tokenizer {
     };
     while (i < line.size()) {
       const size_t len = utf8_sequence_length(line, i);
-      if (len > 0) {
+      // A literal "▁" in the text would come back as a space (SentencePiece's own space marker): its
+      // three bytes go in as byte pieces instead, so the round trip stays lossless.
+      if (len > 0 && line.compare(i, kSpaceMarker.size(), kSpaceMarker) != 0) {
         i += len;
         continue;
       }
@@ -219,23 +222,44 @@ void train_sentencepiece(const SpmTrainOptions& o) {
   }
   if (lines.empty()) throw Error("tokenizer train: the inputs hold no text");
   const size_t stride = std::max<size_t>(1, lines.size() / static_cast<size_t>(std::max(1LL, o.max_training_lines)));
-  const fs::path prefix(o.model_prefix);
-  if (prefix.has_parent_path()) fs::create_directories(prefix.parent_path());
-  const std::string sample_path = o.model_prefix + ".train.txt";
-  {
-    std::ofstream out(sample_path, std::ios::binary);
-    if (!out) throw Error("tokenizer train: cannot write " + sample_path);
-    for (size_t i = 0; i < lines.size(); i += stride) out << lines[i] << '\n';
-  }
+  // SentencePiece reads the sampled lines from memory and hands the model back serialised; the model
+  // and vocabulary files are then written here, each to a temporary name that is checked, fsynced
+  // and renamed (a full disk fails with its cause, never with a short model file).
+  class Lines final : public sentencepiece::SentenceIterator {
+   public:
+    Lines(const std::vector<std::string>& l, size_t stride) : l_(l), stride_(stride) {}
+    bool done() const override { return i_ >= l_.size(); }
+    void Next() override { i_ += stride_; }
+    const std::string& value() const override { return l_[i_]; }
+    sentencepiece::util::Status status() const override { return sentencepiece::util::Status(); }
+
+   private:
+    const std::vector<std::string>& l_;
+    size_t stride_, i_ = 0;
+  } sample(lines, stride);
   std::ostringstream args;
-  args << "--input=" << sample_path << " --model_prefix=" << o.model_prefix << " --vocab_size=" << o.vocab_size
+  args << "--vocab_size=" << o.vocab_size
        << " --model_type=bpe --normalization_rule_name=identity --remove_extra_whitespaces=false"
        << " --add_dummy_prefix=false --byte_fallback=true --split_digits=true --character_coverage=1.0"
        << " --max_sentence_length=" << kSpmMaxSentenceBytes << " --num_threads=" << o.threads
        << " --input_sentence_size=0 --shuffle_input_sentence=false --minloglevel=1";
-  const auto status = sentencepiece::SentencePieceTrainer::Train(args.str());
-  fs::remove(sample_path);
+  std::string model;
+  const auto status = sentencepiece::SentencePieceTrainer::Train(args.str(), &sample, &model);
   if (!status.ok()) throw Error("tokenizer train: " + status.ToString());
+  sentencepiece::SentencePieceProcessor sp;
+  const auto loaded = sp.LoadFromSerializedProto(model);
+  if (!loaded.ok()) throw Error("tokenizer train: the trained model does not load: " + loaded.ToString());
+  std::ostringstream vocab;
+  for (int id = 0; id < sp.GetPieceSize(); ++id) vocab << sp.IdToPiece(id) << '\t' << sp.GetScore(id) << '\n';
+  const fs::path prefix(o.model_prefix);
+  io::CreatedFolders folders(prefix.has_parent_path() ? prefix.parent_path().string() : "", "tokenizer train");
+  io::AtomicFile model_file(o.model_prefix + ".model", "tokenizer train");
+  io::AtomicFile vocab_file(o.model_prefix + ".vocab", "tokenizer train");
+  model_file.write(model);
+  vocab_file.write(vocab.str());
+  model_file.commit();
+  vocab_file.commit();
+  folders.keep();
 }
 
 std::vector<int32_t> encode_prompt(const Tokenizer& tok, std::string_view text) {

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -10,6 +11,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/checked_math.h"
+#include "common/file_io.h"
 #include "dsa/ops.h"
 #include "dsa/train.h"
 #include "model/json.h"
@@ -98,7 +101,7 @@ void write_loss_plot(const std::string& stage_dir, model::Stage stage, int64_t s
   // average over ~steps/50 steps (at least 10) bold, and the validation loss (column 9, every
   // --val-every steps and at the end) as points.
   const double alpha = 2.0 / (std::max<double>(10.0, static_cast<double>(steps) / 50.0) + 1.0);
-  std::ofstream gp(script);
+  std::ostringstream gp;
   gp << "set terminal pngcairo size 900,500 noenhanced\nset output '" << (fs::path(stage_dir) / "loss.png").string() << "'\n"
      << "set datafile separator ','\nset datafile missing ''\nset xlabel 'step'\nset grid\n"
      << "set title 'dsa train: " << stage_name(stage) << "'\na = " << alpha << "\n"
@@ -113,7 +116,7 @@ void write_loss_plot(const std::string& stage_dir, model::Stage stage, int64_t s
     gp << ", '' every ::1 using 1:9 with linespoints pt 7 lw 2 lc rgb '#d62728' title 'validation LM loss'";
   if (stage == model::Stage::kSparse) gp << ", '' every ::1 using 1:4 axes x1y2 with lines lw 1 lc rgb '#2ca02c' title 'indexer KL'";
   gp << "\n";
-  gp.close();
+  write_file_atomic(script, gp.str());
   run_gnuplot(script);
 }
 
@@ -163,6 +166,10 @@ void check_train_options(const TrainOptions& o) {
     throw Error("train: --shared-embedding = " + std::to_string(o.shared_embedding) + " must be a finite number >= 0");
   if (o.shared_embedding > 0 && (o.stage != model::Stage::kPretrain || !o.init.empty()))
     throw Error("train: --shared-embedding shapes a fresh initialisation: it applies to the pretrain stage without --init only");
+  if (!(o.min_lr_ratio >= 0 && o.min_lr_ratio <= 1))
+    throw Error("train: --min-lr-ratio = " + std::to_string(o.min_lr_ratio) + " must be in [0, 1]");
+  check_group_options(o.model_group, "model");
+  check_group_options(o.indexer_group, "indexer");
   check_loader_options(o.loader);
 }
 
@@ -195,6 +202,18 @@ void check_stage_start(const TrainOptions& o, int vocab_size) {
   if (o.loader.seq_len > cfg.max_position_embeddings)
     throw Error("train: --seq-len " + std::to_string(o.loader.seq_len) + " exceeds max_position_embeddings " +
                 std::to_string(cfg.max_position_embeddings));
+  // Memory: parameters + gradients, AdamW's moments, a checkpoint's serialised copy, and one pass of
+  // batch x seq_len tokens (activations per token + the indexer's T x T logits).
+  using detail::add_checked;
+  using detail::mul_checked;
+  const model::Footprint fp = model::footprint(cfg);
+  const int64_t T = mul_checked(o.loader.batch_size, o.loader.seq_len, "train: --batch x --seq-len");
+  int64_t bytes = add_checked(fp.param_bytes, fp.optimizer_bytes, "train: memory");
+  bytes = add_checked(bytes, fp.param_bytes / 2, "train: memory");
+  bytes = add_checked(bytes, mul_checked(T, fp.activation_bytes_per_token, "train: activation bytes"), "train: memory");
+  bytes = add_checked(bytes, mul_checked(mul_checked(T, T, "train: indexer logits"), 4, "train: indexer logits"), "train: memory");
+  model::check_memory(bytes, "train: the model (" + fp.param_breakdown + "), AdamW and a pass of --batch " +
+                                 std::to_string(o.loader.batch_size) + " x --seq-len " + std::to_string(o.loader.seq_len) + " tokens");
 }
 
 TrainResult train_stage(const TrainOptions& o, const Corpus& corpus, const Tokenizer& tok) {
@@ -308,6 +327,7 @@ TrainResult train_stage(const TrainOptions& o, const Corpus& corpus, const Token
     std::snprintf(line, sizeof line, "%lld,%.6g,%.17g,%.17g,%.6g,%.6g,%.1f,%.3f,%s\n", static_cast<long long>(r.step), r.lr, r.lm_loss,
                   r.kl_loss, r.model_grad_norm, r.indexer_grad_norm, r.tokens_per_s, dt, val_field.c_str());
     csv << line << std::flush;
+    if (!csv) io::fail_errno("train", "append to", csv_path, errno);
     if (o.progress && (tty || r.step % print_every == 0 || r.step == o.steps)) {
       const double eta = step_seconds / static_cast<double>(done_here) * static_cast<double>(o.steps - r.step);
       constexpr int kBarWidth = 24;
