@@ -81,10 +81,10 @@ case "$case_name" in
     [ -s out/model.safetensors ] || fail "no checkpoint"
     "$dsa" inspect out >/dev/null || fail "inspect refused the checkpoint"
     ;;
-  train_lr_nan)   # bad optimizer values are refused before the run folder, data.json or tokens/ exist
+  train_lr_nan)   # bad optimizer values are refused, naming the flag, before the run folder, data.json or tokens/ exist
     for i in $(seq 1 50); do echo "a training line $i"; done >train.txt
     expect_error "lr = nan" "$dsa" train --run run --stage pretrain --data train.txt --tokenizer byte --lr nan
-    expect_error "indexer group's lr = inf" "$dsa" train --run run --stage pretrain --data train.txt --tokenizer byte --indexer-lr inf
+    expect_error "--indexer-lr = inf" "$dsa" train --run run --stage pretrain --data train.txt --tokenizer byte --indexer-lr inf
     expect_error "weight_decay" "$dsa" train --run run --stage pretrain --data train.txt --tokenizer byte --weight-decay -1
     [ ! -e run ] || fail "run folder created: $(ls -AR run)"
     ;;
