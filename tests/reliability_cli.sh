@@ -85,7 +85,7 @@ case "$case_name" in
     for i in $(seq 1 50); do echo "a training line $i"; done >train.txt
     expect_error "lr = nan" "$dsa" train --run run --stage pretrain --data train.txt --tokenizer byte --lr nan
     expect_error "--indexer-lr = inf" "$dsa" train --run run --stage pretrain --data train.txt --tokenizer byte --indexer-lr inf
-    expect_error "weight_decay" "$dsa" train --run run --stage pretrain --data train.txt --tokenizer byte --weight-decay -1
+    expect_error "--weight-decay = -1" "$dsa" train --run run --stage pretrain --data train.txt --tokenizer byte --weight-decay -1
     [ ! -e run ] || fail "run folder created: $(ls -AR run)"
     ;;
   *) fail "unknown case $case_name" ;;
