@@ -96,21 +96,25 @@ std::string isa_report() {
   os << "cpu: " << cpu_model() << "\n";
   os << "cpu isa: " << isa_name(used) << " (best on this CPU: " << isa_name(best)
      << (env && *env ? std::string("; DSA_CPU_ISA=") + env : std::string("")) << ")\n";
-  const char* name = isa_name(used);
   const std::string build =
 #if defined(__AVX512F__)
-      "build ISA (-march): avx512";
+      "compiled for the build target (-march with AVX-512)";
 #elif defined(__AVX2__)
-      "build ISA (-march): avx2";
+      "compiled for the build target (-march with AVX2)";
+#elif defined(__x86_64__)
+      "compiled for the build target (portable x86-64: SSE2)";
 #else
-      "build ISA: portable x86-64 (sse2)";
+      "compiled for the build target";
 #endif
+  const bool vec = used != Isa::kGeneric;
   auto line = [&](const char* ops, const std::string& path) { os << "  " << ops << ": " << path << "\n"; };
-  line("indexer_logits, indexer_topk (fp32/bf16/fp8)",
-       used == Isa::kGeneric ? std::string("generic (4 lanes, no FMA)")
-                             : std::string(name) + " (key tiles of " + (used == Isa::kAvx512 ? "16" : "8") +
-                                   " keys, FMA)");
-  line("other CPU ops", build);
+  line("indexer_logits, indexer_topk (fp32, bf16, fp8)",
+       !vec ? std::string("generic (heads in 4 lanes, no FMA; bf16/fp8 keys decoded per row)")
+            : std::string(isa_name(used)) + " (key tiles of " + (used == Isa::kAvx512 ? "16" : "8") +
+                  " keys, FMA; bf16/fp8 keys decoded once per call)");
+  line("sparse/dense attention forward + backward, indexer_kl",
+       !vec ? std::string("generic (4 lanes, no FMA)") : std::string("avx2 (8 lanes, FMA)"));
+  line("indexer_backward, indexer_logits_paged, sparse_attention_decode, topk, layers, numerics, rotations", build);
   return os.str();
 }
 
