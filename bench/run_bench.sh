@@ -14,9 +14,10 @@
 #   DSA_BENCH_GEMM_N     sgemm size n×n×n (default 2048)
 #   DSA_BENCH_PLOT       plot path (default BUILD/bench/perf_cpu_scaling.png)
 #   DSA_BENCH_TIMEOUT    seconds allowed per process (default 1200)
-#   DSA_BENCH_NATIVE     1 (default): build the benchmark and the dsa library it links with
-#                        -march=native in BUILD/native (DSA_NATIVE=ON; the tests' build stays
-#                        portable); 0: use the library of BUILD as it is
+#   DSA_BENCH_NATIVE     0 (default): the portable library of BUILD as it is — the binary that ships,
+#                        its kernels chosen at run time (include/dsa/cpu_isa.h); 1: build the
+#                        benchmark and the library with -march=native in BUILD/native (DSA_NATIVE=ON)
+#   DSA_CPU_ISA          generic | avx2 | avx512: force an ISA path (default: the best of the CPU)
 #   OMP_NUM_THREADS      threads of the dsa kernels (default: all cores)
 set -euo pipefail
 BUILD=${1:-build}
@@ -29,7 +30,7 @@ GEMM_N=${DSA_BENCH_GEMM_N:-2048}
 TIMEOUT=${DSA_BENCH_TIMEOUT:-1200}
 OUT="$BUILD/bench"
 PLOT=${DSA_BENCH_PLOT:-"$OUT/perf_cpu_scaling.png"}
-NATIVE=${DSA_BENCH_NATIVE:-1}
+NATIVE=${DSA_BENCH_NATIVE:-0}
 
 if [ "$NATIVE" = "1" ]; then
   NB="$BUILD/native"
