@@ -11,7 +11,10 @@
 //
 // Each prints one tab-separated line (header with --header):
 //   mode L reps t_indexer_s t_attention_s t_total_s gflop_indexer gflop_attention
-//   rss_inputs_mib rss_peak_mib work_mib
+//   rss_inputs_mib rss_peak_mib work_mib cpu_indexer_s cpu_attention_s
+// (cpu_*: CPU seconds, user + system, of the whole process during the same median runs: on a
+// shared machine, GFLOP per CPU second is the number that contention distorts least).
+//   dsa_bench_cpu --isa          the CPU model and the ISA path of each op (dsa::cpu::isa_report()).
 // Times are the median of `reps` runs after one warm-up (reps = 3 for L ≤ 4096, else 1 run and
 // no warm-up, to bound the total time). Memory: peak resident set (getrusage ru_maxrss) of the
 // process, and RSS after the layer inputs are allocated and touched (/proc/self/statm);
@@ -34,6 +37,7 @@
 #include <string>
 #include <vector>
 
+#include "dsa/cpu_isa.h"
 #include "dsa/ops.h"
 
 namespace {
@@ -69,16 +73,26 @@ std::vector<float> random_vec(size_t n, uint64_t seed, float stddev) {
   return v;
 }
 
-// Median wall time of fn over reps runs (after one warm-up when reps > 1).
-double time_median(int reps, const std::function<void()>& fn) {
+double cpu_s() {  // user + system CPU seconds of the process (all threads)
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + 1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
+// Median wall time of fn over reps runs (after one warm-up when reps > 1); *cpu gets the median
+// CPU time of the same runs.
+double time_median(int reps, const std::function<void()>& fn, double* cpu) {
   if (reps > 1) fn();
-  std::vector<double> t;
+  std::vector<double> t, c;
   for (int r = 0; r < reps; ++r) {
-    const double t0 = now_s();
+    const double t0 = now_s(), c0 = cpu_s();
     fn();
     t.push_back(now_s() - t0);
+    c.push_back(cpu_s() - c0);
   }
   std::sort(t.begin(), t.end());
+  std::sort(c.begin(), c.end());
+  *cpu = c[c.size() / 2];
   return t[t.size() / 2];
 }
 
@@ -86,21 +100,23 @@ struct Result {
   const char* mode;
   int L, reps;
   double t_indexer = 0, t_attention = 0;
+  double c_indexer = 0, c_attention = 0;  // CPU seconds
   double flop_indexer = 0, flop_attention = 0;
   double rss_inputs = 0;
 };
 
 void print_header() {
   std::printf("mode\tL\treps\tt_indexer_s\tt_attention_s\tt_total_s\tgflops_indexer\tgflops_attention\t"
-              "rss_inputs_mib\trss_peak_mib\twork_mib\n");
+              "rss_inputs_mib\trss_peak_mib\twork_mib\tcpu_indexer_s\tcpu_attention_s\n");
 }
 
 void print(const Result& r) {
   auto gflops = [](double flop, double t) { return t > 0 ? flop / t / 1e9 : 0.0; };
   const double peak = rss_peak_mib();
-  std::printf("%s\t%d\t%d\t%.6f\t%.6f\t%.6f\t%.2f\t%.2f\t%.1f\t%.1f\t%.1f\n", r.mode, r.L, r.reps, r.t_indexer,
-              r.t_attention, r.t_indexer + r.t_attention, gflops(r.flop_indexer, r.t_indexer),
-              gflops(r.flop_attention, r.t_attention), r.rss_inputs, peak, peak - r.rss_inputs);
+  std::printf("%s\t%d\t%d\t%.6f\t%.6f\t%.6f\t%.2f\t%.2f\t%.1f\t%.1f\t%.1f\t%.6f\t%.6f\n", r.mode, r.L, r.reps,
+              r.t_indexer, r.t_attention, r.t_indexer + r.t_attention, gflops(r.flop_indexer, r.t_indexer),
+              gflops(r.flop_attention, r.t_attention), r.rss_inputs, peak, peak - r.rss_inputs, r.c_indexer,
+              r.c_attention);
 }
 
 // Layer inputs of one sequence of length L (T = S = L), random normal; causal ranges [0, t+1).
@@ -155,7 +171,8 @@ Result run_dense(int L) {
   r.rss_inputs = rss_now_mib();
   std::vector<float> out(size_t(L) * kH * kDv), lse(size_t(L) * kH);
   const auto p = layer.attention();
-  r.t_attention = time_median(r.reps, [&] { dsa::cpu::dense_attention_forward(p, {out.data(), lse.data(), nullptr}); });
+  r.t_attention = time_median(r.reps, [&] { dsa::cpu::dense_attention_forward(p, {out.data(), lse.data(), nullptr}); },
+                              &r.c_attention);
   r.flop_attention = 2.0 * kH * (kDqk + kDv) * layer.pairs();
   return r;
 }
@@ -219,12 +236,13 @@ Result run_dsa(int L, bool fp8) {
   r.t_indexer = time_median(r.reps, [&] {
     if (fp8) quantize_indexer(layer, f);
     dsa::cpu::indexer_topk(ip, kTopK, idx.data());
-  });
+  }, &r.c_indexer);
   auto ap = layer.attention();
   ap.ks = ap.ke = nullptr;
   ap.K = kTopK;
   ap.indices = idx.data();
-  r.t_attention = time_median(r.reps, [&] { dsa::cpu::sparse_attention_forward(ap, {out.data(), lse.data(), nullptr}); });
+  r.t_attention = time_median(r.reps, [&] { dsa::cpu::sparse_attention_forward(ap, {out.data(), lse.data(), nullptr}); },
+                              &r.c_attention);
   r.flop_indexer = 2.0 * kHI * kDI * layer.pairs();
   r.flop_attention = 2.0 * kH * (kDqk + kDv) * double(L) * kTopK;
   return r;
@@ -236,7 +254,7 @@ Result run_fused(int L) {
   r.rss_inputs = rss_now_mib();
   std::vector<int32_t> idx(size_t(L) * kTopK);
   const auto ip = layer.indexer();
-  r.t_indexer = time_median(r.reps, [&] { dsa::cpu::indexer_topk(ip, kTopK, idx.data()); });
+  r.t_indexer = time_median(r.reps, [&] { dsa::cpu::indexer_topk(ip, kTopK, idx.data()); }, &r.c_indexer);
   r.flop_indexer = 2.0 * kHI * kDI * layer.pairs();
   return r;
 }
@@ -259,7 +277,7 @@ Result run_unfused(int L) {
     tp.ke = layer.ke.data();
     tp.indices = idx.data();
     dsa::cpu::topk_select(tp);
-  });
+  }, &r.c_indexer);
   r.flop_indexer = 2.0 * kHI * kDI * layer.pairs();
   return r;
 }
@@ -271,8 +289,17 @@ int main(int argc, char** argv) {
     print_header();
     return 0;
   }
+  if (argc >= 2 && std::strcmp(argv[1], "--isa") == 0) {
+    try {
+      std::fputs(dsa::cpu::isa_report().c_str(), stdout);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s\n", e.what());
+      return 1;
+    }
+    return 0;
+  }
   if (argc < 3) {
-    std::fprintf(stderr, "usage: %s {dense|dsa|dsa_fp32|fused|unfused} L | --header\n", argv[0]);
+    std::fprintf(stderr, "usage: %s {dense|dsa|dsa_fp32|fused|unfused} L | --header | --isa\n", argv[0]);
     return 2;
   }
   const std::string mode = argv[1];

@@ -5,7 +5,8 @@
 # an fp32 indexer, "dsa_fp32"), each (mode, L) in its own process so its peak RSS
 # is its own. Then the unfused indexer (logits [L, L] + top-k) at one large L for memory, and
 # cblas_sgemm of BLIS and OpenBLAS (the libraries found) as the GFLOP/s yardstick. Writes BUILD/bench/cpu_scaling.{tsv,md} and a
-# log-log plot of time vs L.
+# log-log plot of time vs L. The table names the CPU model and the ISA path of each op
+# (dsa_bench_cpu --isa = dsa::cpu::isa_report(); DSA_CPU_ISA=generic|avx2|avx512 forces a path).
 #
 # Environment:
 #   DSA_BENCH_L          sequence lengths (default "1024 2048 4096 8192 16384 32768")
@@ -13,9 +14,10 @@
 #   DSA_BENCH_GEMM_N     sgemm size n×n×n (default 2048)
 #   DSA_BENCH_PLOT       plot path (default BUILD/bench/perf_cpu_scaling.png)
 #   DSA_BENCH_TIMEOUT    seconds allowed per process (default 1200)
-#   DSA_BENCH_NATIVE     1 (default): build the benchmark and the dsa library it links with
-#                        -march=native in BUILD/native (DSA_NATIVE=ON; the tests' build stays
-#                        portable); 0: use the library of BUILD as it is
+#   DSA_BENCH_NATIVE     0 (default): the portable library of BUILD as it is — the binary that ships,
+#                        its kernels chosen at run time (include/dsa/cpu_isa.h); 1: build the
+#                        benchmark and the library with -march=native in BUILD/native (DSA_NATIVE=ON)
+#   DSA_CPU_ISA          generic | avx2 | avx512: force an ISA path (default: the best of the CPU)
 #   OMP_NUM_THREADS      threads of the dsa kernels (default: all cores)
 set -euo pipefail
 BUILD=${1:-build}
@@ -28,7 +30,7 @@ GEMM_N=${DSA_BENCH_GEMM_N:-2048}
 TIMEOUT=${DSA_BENCH_TIMEOUT:-1200}
 OUT="$BUILD/bench"
 PLOT=${DSA_BENCH_PLOT:-"$OUT/perf_cpu_scaling.png"}
-NATIVE=${DSA_BENCH_NATIVE:-1}
+NATIVE=${DSA_BENCH_NATIVE:-0}
 
 if [ "$NATIVE" = "1" ]; then
   NB="$BUILD/native"
@@ -50,6 +52,8 @@ TSV="$OUT/cpu_scaling.tsv"
 MD="$OUT/cpu_scaling.md"
 
 "$BIN" --header > "$TSV"
+ISA_REPORT=$("$BIN" --isa)
+echo "$ISA_REPORT" >&2
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 run() {  # run MODE L: one process, its line appended to the TSV (a failure or timeout is reported)
   echo "bench: $1 L=$2 ..." >&2
@@ -103,13 +107,23 @@ gemm   # again at the end: the yardstick under the same load
 {
   echo "Machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset}, DSA_BENCH_NATIVE=$NATIVE"
   echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC'); load average (1/5/15 min) at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "ISA paths (dsa_bench_cpu --isa):"
+  echo '```'
+  echo "$ISA_REPORT"
+  echo '```'
   echo
   awk -F'\t' '
     NR == 1 { next }
     $1 ~ /^sgemm_/ { name = substr($1, 7); if (!(name in gemm)) { gemm[name] = ""; gnames[++ng] = name }
-                     gemm[name] = gemm[name] (gemm[name] != "" ? ", " : "") sprintf("%.1f", $8); gn = $2; next }
-    $1 == "dense" { dt[$2] = $6; dg[$2] = $8; dp[$2] = $10; dw[$2] = $11; if (!($2 in seen)) { seen[$2] = 1; Ls[++n] = $2 + 0 }; next }
-    $1 == "dsa" { it[$2] = $4; at[$2] = $5; st[$2] = $6; ig[$2] = $7; ag[$2] = $8; sp[$2] = $10; sw[$2] = $11; if (!($2 in seen)) { seen[$2] = 1; Ls[++n] = $2 + 0 }; next }
+                     gemm[name] = gemm[name] (gemm[name] != "" ? ", " : "") sprintf("%.1f", $8); gn = $2
+                     if (name ~ /^BLIS/ && $8 > blis_best) blis_best = $8
+                     if (name ~ /^BLIS/ && $13 > 0 && 2 * $2 * $2 * $2 / $13 / 1e9 > blis_cpu) blis_cpu = 2 * $2 * $2 * $2 / $13 / 1e9
+                     next }
+    $1 == "dense" { dt[$2] = $6; dg[$2] = $8; dp[$2] = $10; dw[$2] = $11; dc[$2] = ($13 > 0 ? $8 * $5 / $13 : 0)
+                    if (!($2 in seen)) { seen[$2] = 1; Ls[++n] = $2 + 0 }; next }
+    $1 == "dsa" { it[$2] = $4; at[$2] = $5; st[$2] = $6; ig[$2] = $7; ag[$2] = $8; sp[$2] = $10; sw[$2] = $11
+                  ic[$2] = ($12 > 0 ? $7 * $4 / $12 : 0); ac[$2] = ($13 > 0 ? $8 * $5 / $13 : 0)
+                  if (!($2 in seen)) { seen[$2] = 1; Ls[++n] = $2 + 0 }; next }
     $1 == "dsa_fp32" { ft32[$2] = $6; fi32[$2] = $4; fg32[$2] = $7; next }
     $1 == "unfused" { uL = $2; ut = $4; ui = $9; up = $10; uw = $11; next }
     $1 == "fused" { fL = $2; ft = $4; fp = $10; fw = $11; next }
@@ -138,6 +152,25 @@ gemm   # again at the end: the yardstick under the same load
       printf "\ncblas_sgemm %d×%d×%d, GFLOP/s at the start and the end of the run:", gn, gn, gn
       for (i = 1; i <= ng; i++) printf " %s: %s;", gnames[i], gemm[gnames[i]]
       printf "\n"
+      if (blis_best > 0) {
+        printf "\nAgainst the faster of the two BLIS sgemm runs (%.1f GFLOP/s), and GFLOP per CPU-second (user + system time of\n", blis_best
+        printf "the process: what contention from other jobs distorts least; on an idle machine it is the wall rate ÷ threads):\n"
+        if (blis_cpu > 0) printf "BLIS sgemm per CPU-second: %.1f GFLOP/CPU-s (the better of its two runs).\n", blis_cpu
+        printf "\n"
+        printf "| L | dense %% of sgemm | FP8 indexer %% | sparse %% | fp32 indexer %% | dense GFLOP/CPU-s | FP8 indexer GFLOP/CPU-s | sparse GFLOP/CPU-s |\n"
+        printf "|---|---|---|---|---|---|---|---|\n"
+        for (i = 1; i <= n; i++) {
+          L = Ls[i]
+          printf "| %d | %s | %s | %s | %s | %s | %s | %s |\n", L,
+            (L in dg) ? sprintf("%.0f %%", 100 * dg[L] / blis_best) : "–",
+            (L in ig) ? sprintf("%.0f %%", 100 * ig[L] / blis_best) : "–",
+            (L in ag) ? sprintf("%.0f %%", 100 * ag[L] / blis_best) : "–",
+            (L in fg32) ? sprintf("%.0f %%", 100 * fg32[L] / blis_best) : "–",
+            (L in dc && dc[L] > 0) ? sprintf("%.1f", dc[L]) : "–",
+            (L in ic && ic[L] > 0) ? sprintf("%.1f", ic[L]) : "–",
+            (L in ac && ac[L] > 0) ? sprintf("%.1f", ac[L]) : "–"
+        }
+      }
       if (uL || fL) {
         printf "\nIndexer + top-k alone at L = %d, K = 512 (own processes; layer inputs %.0f MiB):\n\n", (uL ? uL : fL), ui
         printf "| indexer path | time (s) | peak RSS MiB | work MiB (peak − inputs) |\n|---|---|---|---|\n"

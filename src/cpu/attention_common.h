@@ -44,6 +44,8 @@ inline int sparse_row_length(const AttentionParams& p, int t) {
 }
 
 // ── micro-kernels ───────────────────────────────────────────────────────────────────────────────
+// These and the tile steps below run the instance of the ISA path in use (attention_kernels.h:
+// generic 4 lanes, or AVX2 + FMA 8 lanes on AVX2 and AVX-512 CPUs); "the vector width" is its lane count.
 // z[i·ldz + j] = scale · (a[i] · b[j]) over D dims, i < na, j < nb. Each element is computed by the
 // same fixed sequence of operations whatever its position in the tile (results never depend on
 // tiling or thread count).

@@ -3,7 +3,8 @@
 //
 // indexer_logits (unfused, [T,S] out) and indexer_topk (fused, never holds [T,S]) run the SAME
 // driver (for_each_logit_block_group, groups of kRowGroup rows) and the SAME non-inlined kernel of
-// this machine (the key-tile kernel logits_tiles_avx512 on AVX-512 CPUs, else logits_block()); a
+// this process's ISA path (a key-tile kernel of indexer_tiles.cpp on AVX2 / AVX-512, else
+// logits_block_generic); a
 // logit never depends on the group or block it is computed in. They differ only in who
 // consumes a block of logits: a memcpy into the [T,S] row, or the shared top-k stream
 // (topk_stream.h) that topk_select also uses. Every logit is therefore produced by the same machine
@@ -23,13 +24,11 @@
 #include <limits>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#endif
-
 #include "common/check.h"
 #include "common/op_checks.h"
 #include "cpu/indexer_common.h"
+#include "cpu/indexer_tiles.h"
+#include "dsa/cpu_isa.h"
 #include "cpu/topk_stream.h"
 
 namespace dsa::cpu {
@@ -62,7 +61,7 @@ constexpr int kKeyBlock = 128;  // keys per block: ≤ 128·DI fp32 of converted
 constexpr int kKeyGroup = 8;    // keys computed together: 8 independent accumulators hide the add
                                 // latency and reuse each q load 8 times
 constexpr int kHeadPad = 16;    // heads are padded to a multiple of the widest vector (16 lanes)
-constexpr int kRowGroup = 4;    // query rows per task: the tile instance reads each key block once for all of them
+constexpr int kRowGroup = 4;    // query rows per task: the tile kernel reads each key block once for all of them
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 int padded_heads(int HI) { return (HI + kHeadPad - 1) / kHeadPad * kHeadPad; }
@@ -109,16 +108,15 @@ struct RowScratch {
   std::vector<float> keys;    // [kKeyBlock, DI] keys converted to fp32 (kBf16 / kFp8 only)
   std::vector<float> tail;    // [kKeyGroup, DI] zero-padded copy of a partial key group
   std::vector<float> scores;  // [kKeyBlock] logits of the current block
-  std::vector<float> qr;      // [HIpad, DI]  q[t] as fp32 (tile instance; heads ≥ HI stay 0)
+  std::vector<float> qr;      // [HIpad, DI]  q[t] as fp32 (tile kernels; heads ≥ HI stay 0)
 };
 
 // scores[i] = kscale[i] · Σ_{h<HI} w[h] · ReLU(Σ_d qT[d,h] · kb[i,d])   for i in [0, n)
 // (kscale null ≡ 1; qT [DI, HIpad] and w [HIpad] zero-padded beyond HI).
 // Each dot is an fp32 sum in the order d = 0..DI−1 and each head sum runs h = 0..HI−1, so a logit
-// depends only on (q[t], k[s], w[t]) and the instance below — never on the block it sits in. The
-// AVX2 instance (and the AVX-512 key-tile kernel below) fuse each term into an FMA, the SSE2 one
-// cannot: in kBf16/kFp8 mode the products are exact, so every instance gives the same bits; in kFp32
-// mode the instances differ in the last bits, and one machine always runs one instance (fused ≡ unfused).
+// depends only on (q[t], k[s], w[t]) and the kernel — never on the block it sits in. The key-tile
+// kernels (indexer_tiles.h) fuse each dot term into an FMA, this one (SSE2) does not: see
+// logits_block_generic below for what that means for the bits.
 //
 // Vectorisation: the accumulators of kKeyGroup keys × kLanes heads are GCC vector-extension
 // values (Clang has the same syntax). Written as scalar loops, GCC 12 vectorised along d instead
@@ -169,143 +167,58 @@ template <int kLanes>
   }
 }
 
-// One instance per instruction set, chosen once at run time. 4 lanes = SSE2 (every x86-64, no FMA),
-// 8 = AVX2 + FMA. Kernel alone on a Xeon before FMA, HI = 16, DI = 64: 20 and 41 GFLOP/s per core.
-// AVX-512 CPUs run the key-tile kernel below instead (its 16-lane heads-in-lanes predecessor here
-// reached 75 GFLOP/s with FMA, the key-tile kernel 160, one core, same run).
-using LogitsBlockFn = void (*)(const float* qT, const float* w, int HI, int HIpad, int DI, const float* kb, int n,
-                               const float* kscale, float* tail, float* scores);
-
+// The kernel of the generic path (DSA_CPU_ISA=generic, or an x86-64 CPU without AVX2 + FMA):
+// 4 lanes = SSE2, no FMA. The AVX2 and AVX-512 paths run the key-tile kernels of indexer_tiles.cpp.
+// The generic kernel rounds each product before adding it: in kBf16/kFp8 mode the products are
+// exact, so its logits equal the tile kernels' bitwise; in kFp32 mode they differ in the last bits
+// (a machine without FMA cannot do the single rounding of an FMA cheaply). One process always runs
+// one path for both indexer_logits and indexer_topk, so fused ≡ unfused holds on every path.
 [[gnu::noinline, gnu::optimize("fp-contract=off")]]  // two roundings per term, even where FMA exists
 void logits_block_generic(const float* qT, const float* w, int HI, int HIpad, int DI, const float* kb, int n,
                           const float* kscale, float* tail, float* scores) {
   logits_block_impl<4>(qT, w, HI, HIpad, DI, kb, n, kscale, tail, scores);
 }
-#if defined(__x86_64__) && defined(__GNUC__)
-[[gnu::noinline, gnu::target("avx2,fma"), gnu::optimize("fp-contract=fast")]]
-void logits_block_avx2(const float* qT, const float* w, int HI, int HIpad, int DI, const float* kb, int n,
-                       const float* kscale, float* tail, float* scores) {
-  logits_block_impl<8>(qT, w, HI, HIpad, DI, kb, n, kscale, tail, scores);
-}
-#endif
 
-// The kernel of a machine without AVX-512, used by BOTH paths (fused ≡ unfused needs the same code).
-LogitsBlockFn logits_block() {
-  static const LogitsBlockFn fn = [] {
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (__builtin_cpu_supports("avx2")) return &logits_block_avx2;
-#endif
-    return &logits_block_generic;
-  }();
-  return fn;
-}
-
-// ── The AVX-512 instance: keys in lanes ─────────────────────────────────────────────────────────
-// Keys are laid out in tiles of kTileKeys = 16 keys, dimension-major (KeyTiles below, built once per
-// call), so lane j of a vector is key 16·tile + j: for each d, one load of a tile row feeds
-// kTileHeads FMAs with q[t, h, d] broadcast, and the ReLU, the w product and the head sum then run
-// lane-wise — no horizontal sums, no per-key scalar epilogue (which cost the heads-in-lanes form
-// above about half of its time). Per (key, head) it performs exactly the operations of
-// logits_block_impl in its former 16-lane AVX-512 instance: acc = fma(q[d], k[d], acc) for
-// d = 0..DI−1 from 0, then head_sum = head_sum + w[h]·ReLU(acc) (one multiply, one add) for
-// h = 0..HI−1, then k_scale · head_sum — so its logits are bitwise those of that instance, fp32
-// mode included (checked: identical [T,S] logits for HI ∈ {1,5,16,17,64}, DI ∈ {7,64,66,128}).
-// Kernel alone, one core of the 2-core Xeon, HI = 16, DI = 64, 128 keys in L1: 160 GFLOP/s vs 75 for
-// the former heads-in-lanes AVX-512 instance (same run). A vdpbf16ps (AVX512_BF16) variant for
-// kBf16/kFp8 (pairs of bf16 products per lane; on this CPU it adds the odd element's product first,
-// each step rounded, so dims packed (2p in the high half, 2p+1 low) give these same bits for fp8)
-// measured 83 GFLOP/s there: not kept.
-constexpr int kTileKeys = 16;   // keys per tile = fp32 lanes of a 512-bit vector
-constexpr int kTileHeads = 8;   // heads per pass: 8 heads × 2 tiles = 16 accumulators in registers
-static_assert(kKeyBlock % kTileKeys == 0, "a key block is a whole number of tiles");
-static_assert(kHeadPad % kTileHeads == 0, "RowScratch::qr holds whole head passes");
-
-// The keys of one call, as fp32 (exact in every precision), in tiles:
-// v[(tile·DI + d)·kTileKeys + j] = k[16·tile + j, d]; keys ≥ S are 0. Built once per call,
-// S·DI floats (8 MiB at S = 32K, DI = 64; the fp32 k itself has that size), read by every row.
+// ── The vector paths: keys in lanes (indexer_tiles.h) ──────────────────────────────────────────
+// The keys of one call, as fp32 (exact in every precision: e4m3 and bf16 decoded once here, not
+// once per query row), in tiles of kt.width keys: v[(tile·DI + d)·width + j] = k[width·tile + j, d];
+// keys ≥ S are 0. Built once per call, S·DI floats (8 MiB at S = 32K, DI = 64; the fp32 k itself
+// has that size), read by every row.
 struct KeyTiles {
-  bool active = false;
+  int width = 0;  // 0: the generic path (no tiles)
+  detail::LogitsTilesFn fn = nullptr;
   std::vector<float> v;
+  bool active() const { return width > 0; }
 };
+static_assert(kKeyBlock % 16 == 0 && kKeyBlock % 8 == 0, "a key block is a whole number of tiles");
 
-bool tile_instance_available() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  static const bool ok = __builtin_cpu_supports("avx512f");
-  return ok;
-#else
-  return false;
-#endif
-}
-
-// Both paths (fused, unfused) build this the same way, so both run the same instance.
+// Both paths (fused, unfused) build this the same way, so both run the same kernel.
 KeyTiles prepare_key_tiles(const IndexerParams& p) {
   KeyTiles kt;
-  if (!tile_instance_available()) return kt;
-  kt.active = true;
-  const int64_t tiles = (static_cast<int64_t>(p.S) + kTileKeys - 1) / kTileKeys;
-  kt.v.assign(static_cast<size_t>(tiles) * p.DI * kTileKeys, 0.0f);
+  const detail::TileKernel tk = detail::tile_kernel(isa());
+  if (tk.width == 0) return kt;
+  kt.width = tk.width;
+  kt.fn = tk.fn;
+  const int W = kt.width;
+  const int64_t tiles = (static_cast<int64_t>(p.S) + W - 1) / W;
+  kt.v.assign(static_cast<size_t>(tiles) * p.DI * W, 0.0f);
+  const float* table = p.precision == Precision::kFp8 ? fp8_table().data() : nullptr;
 #pragma omp parallel for schedule(static)
   for (int64_t tile = 0; tile < tiles; ++tile)
-    for (int j = 0; j < kTileKeys && tile * kTileKeys + j < p.S; ++j) {
-      const int64_t s = tile * kTileKeys + j;
-      float* dst = kt.v.data() + tile * p.DI * kTileKeys + j;
-      for (int d = 0; d < p.DI; ++d) dst[d * kTileKeys] = element(p.precision, p.k, s * p.DI + d);
+    for (int j = 0; j < W && tile * W + j < p.S; ++j) {
+      const int64_t s = tile * W + j;
+      float* dst = kt.v.data() + tile * p.DI * W + j;
+      if (table) {  // e4m3 → fp32 through the 256-entry table (the hot case of V3.2's FP8 indexer)
+        const uint8_t* src = static_cast<const uint8_t*>(p.k) + s * p.DI;
+        for (int d = 0; d < p.DI; ++d) dst[d * W] = table[src[d]];
+      } else {
+        for (int d = 0; d < p.DI; ++d) dst[d * W] = element(p.precision, p.k, s * p.DI + d);
+      }
     }
   return kt;
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-// fp-contract=off: the head sum must stay one multiply and one add per term (the dot's FMAs are explicit).
-#define DSA_TILE_TARGET gnu::target("avx512f"), gnu::optimize("fp-contract=off")
-
-// out[16·i + j] = Σ_{h<HI} w[h] · ReLU(q[h]·k[key j of tile i]) for NT consecutive tiles.
-template <int NT>
-[[gnu::always_inline, DSA_TILE_TARGET]] inline void tile_group(const float* qr, const float* w, int HI, int DI,
-                                                               const float* tiles, float* out) {
-  __m512 hs[NT];
-  for (int i = 0; i < NT; ++i) hs[i] = _mm512_setzero_ps();
-  const int64_t tile_floats = static_cast<int64_t>(DI) * kTileKeys;
-  for (int h0 = 0; h0 < HI; h0 += kTileHeads) {
-    __m512 acc[kTileHeads][NT];
-    for (int h = 0; h < kTileHeads; ++h)
-      for (int i = 0; i < NT; ++i) acc[h][i] = _mm512_setzero_ps();
-    const float* qh = qr + static_cast<int64_t>(h0) * DI;
-    for (int d = 0; d < DI; ++d) {
-      __m512 kv[NT];
-      for (int i = 0; i < NT; ++i) kv[i] = _mm512_loadu_ps(tiles + i * tile_floats + static_cast<int64_t>(d) * kTileKeys);
-      for (int h = 0; h < kTileHeads; ++h) {
-        const __m512 qb = _mm512_set1_ps(qh[h * DI + d]);
-        for (int i = 0; i < NT; ++i) acc[h][i] = _mm512_fmadd_ps(qb, kv[i], acc[h][i]);
-      }
-    }
-    const int nh = std::min(kTileHeads, HI - h0);  // padded heads are computed but never summed
-    for (int h = 0; h < nh; ++h) {
-      const __m512 wv = _mm512_set1_ps(w[h0 + h]);
-      for (int i = 0; i < NT; ++i) {
-        // ReLU as in logits_block_impl: u < 0 → 0, else u (NaN and −0 pass through).
-        const __mmask16 neg = _mm512_cmp_ps_mask(acc[h][i], _mm512_setzero_ps(), _CMP_LT_OQ);
-        const __m512 relu = _mm512_mask_mov_ps(acc[h][i], neg, _mm512_setzero_ps());
-        hs[i] = _mm512_add_ps(hs[i], _mm512_mul_ps(wv, relu));
-      }
-    }
-  }
-  for (int i = 0; i < NT; ++i) _mm512_storeu_ps(out + i * kTileKeys, hs[i]);
-}
-
-// Head sums of ntiles consecutive key tiles (k_scale is applied by the caller, one multiply per key).
-[[gnu::noinline, DSA_TILE_TARGET]]
-void logits_tiles_avx512(const float* qr, const float* w, int HI, int DI, const float* tiles, int ntiles, float* out) {
-  const int64_t tile_floats = static_cast<int64_t>(DI) * kTileKeys;
-  int i = 0;
-  for (; i + 2 <= ntiles; i += 2) tile_group<2>(qr, w, HI, DI, tiles + i * tile_floats, out + i * kTileKeys);
-  if (i < ntiles) tile_group<1>(qr, w, HI, DI, tiles + i * tile_floats, out + i * kTileKeys);
-}
-#undef DSA_TILE_TARGET
-#else
-void logits_tiles_avx512(const float*, const float*, int, int, const float*, int, float*) {}  // never active
-#endif
-
-// Rows t0 .. t0 + nr − 1 with the tile instance, together: the key axis is walked in blocks of
+// Rows t0 .. t0 + nr − 1 with the tile kernel, together: the key axis is walked in blocks of
 // kKeyBlock keys aligned to tiles, and each block (32 KiB at DI = 64) serves every row of the group
 // whose range meets it while it is in L1/L2 — the rows of a causal prefill read nearly the same
 // keys, so the group reads the tiled keys once instead of nr times (2 threads each streaming 8 MiB
@@ -315,8 +228,8 @@ void logits_tiles_avx512(const float*, const float*, int, int, const float*, int
 template <class Sink>
 void for_each_logit_block_tiles(const IndexerParams& p, int t0, int nr, std::vector<RowScratch>& sc, const KeyTiles& kt,
                                 Sink&& sink) {
-  const int HI = p.HI, DI = p.DI;
-  constexpr int kBlockTiles = kKeyBlock / kTileKeys;
+  const int HI = p.HI, DI = p.DI, W = kt.width;
+  const int kBlockTiles = kKeyBlock / W;
   int tile_begin = std::numeric_limits<int>::max(), tile_end = 0;
   for (int r = 0; r < nr; ++r) {
     const int t = t0 + r;
@@ -325,20 +238,19 @@ void for_each_logit_block_tiles(const IndexerParams& p, int t0, int nr, std::vec
       sc[r].qr[static_cast<size_t>(i)] = element(p.precision, p.q, q_row + i);
     std::copy(p.w + static_cast<int64_t>(t) * HI, p.w + static_cast<int64_t>(t + 1) * HI, sc[r].w.begin());
     if (p.ks[t] < p.ke[t]) {
-      tile_begin = std::min(tile_begin, p.ks[t] / kTileKeys);
-      tile_end = std::max(tile_end, (p.ke[t] + kTileKeys - 1) / kTileKeys);
+      tile_begin = std::min(tile_begin, p.ks[t] / W);
+      tile_end = std::max(tile_end, (p.ke[t] + W - 1) / W);
     }
   }
   for (int b0 = tile_begin; b0 < tile_end; b0 += kBlockTiles) {
     const int b1 = std::min(tile_end, b0 + kBlockTiles);
     for (int r = 0; r < nr; ++r) {
       const int ks = p.ks[t0 + r], ke = p.ke[t0 + r];
-      const int r0 = std::max(b0, ks / kTileKeys), r1 = std::min(b1, (ke + kTileKeys - 1) / kTileKeys);
+      const int r0 = std::max(b0, ks / W), r1 = std::min(b1, (ke + W - 1) / W);
       if (ks >= ke || r0 >= r1) continue;
       float* out = sc[r].scores.data();
-      logits_tiles_avx512(sc[r].qr.data(), sc[r].w.data(), HI, DI, kt.v.data() + static_cast<int64_t>(r0) * DI * kTileKeys,
-                          r1 - r0, out);
-      const int first = r0 * kTileKeys, lo = std::max(ks, first), hi = std::min(ke, r1 * kTileKeys);
+      kt.fn(sc[r].qr.data(), sc[r].w.data(), HI, DI, kt.v.data() + static_cast<int64_t>(r0) * DI * W, r1 - r0, out);
+      const int first = r0 * W, lo = std::max(ks, first), hi = std::min(ke, r1 * W);
       float* scores = out + (lo - first);
       if (p.k_scale)
         for (int s = lo; s < hi; ++s) scores[s - lo] *= p.k_scale[s];  // k_scale[s] · head sum, as in logits_block_impl
@@ -352,7 +264,7 @@ void for_each_logit_block_tiles(const IndexerParams& p, int t0, int nr, std::vec
 template <class Sink>
 void for_each_logit_block(const IndexerParams& p, int t, RowScratch& sc, Sink&& sink) {
   const int HI = p.HI, DI = p.DI, HIpad = padded_heads(HI);
-  const LogitsBlockFn kernel = logits_block();
+  constexpr auto kernel = &logits_block_generic;
   const int64_t q_row = static_cast<int64_t>(t) * HI * DI;
   for (int h = 0; h < HI; ++h)
     for (int d = 0; d < DI; ++d) sc.qT[static_cast<size_t>(d) * HIpad + h] = element(p.precision, p.q, q_row + h * DI + d);
@@ -374,12 +286,12 @@ void for_each_logit_block(const IndexerParams& p, int t, RowScratch& sc, Sink&& 
   }
 }
 
-// Rows t0 .. t0 + nr − 1 (nr ≤ kRowGroup): the tile instance walks them together; the other
-// instances row by row. sink(r, first_key, n, scores) gets each row's blocks in key order.
+// Rows t0 .. t0 + nr − 1 (nr ≤ kRowGroup): the tile kernels walk them together; the generic
+// kernel row by row. sink(r, first_key, n, scores) gets each row's blocks in key order.
 template <class Sink>
 void for_each_logit_block_group(const IndexerParams& p, int t0, int nr, std::vector<RowScratch>& sc, const KeyTiles& kt,
                                 Sink&& sink) {
-  if (kt.active) return for_each_logit_block_tiles(p, t0, nr, sc, kt, sink);
+  if (kt.active()) return for_each_logit_block_tiles(p, t0, nr, sc, kt, sink);
   for (int r = 0; r < nr; ++r)
     for_each_logit_block(p, t0 + r, sc[r], [&](int s0, int n, const float* scores) { sink(r, s0, n, scores); });
 }
@@ -432,7 +344,7 @@ void indexer_topk(const IndexerParams& p, int K, int32_t* indices) {
   detail::require_topk_budget(K, op);
   ::dsa::detail::require_ptr(indices, op, "indices");
   if (p.precision == Precision::kFp8) (void)fp8_table();
-  const KeyTiles kt = prepare_key_tiles(p);  // O(S·DI): the keys in tile layout (AVX-512 instance only)
+  const KeyTiles kt = prepare_key_tiles(p);  // O(S·DI): the keys in tile layout (AVX2 / AVX-512 paths)
 
   const int groups = (p.T + kRowGroup - 1) / kRowGroup;
 #pragma omp parallel

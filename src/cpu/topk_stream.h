@@ -26,6 +26,10 @@
 #include <limits>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 #include "dsa/ops.h"
 
 namespace dsa::cpu::detail {
@@ -79,7 +83,15 @@ class TopkStream {
         // indexer at L = 12K.
         const float theta = threshold_;
         uint32_t mask = 0;
-        for (int i = c0; i < c1; ++i) mask |= (scores[i] > theta ? 1u : 0u) << (i - c0);
+        int i0 = c0;
+#if defined(__SSE2__)
+        // 4 keys per compare (SSE is in every x86-64 build; a portable build did not vectorise the
+        // loop below and spent ≈ 10 % of the fused indexer in it). cmpgt is false on NaN, as `>`.
+        const __m128 th = _mm_set1_ps(theta);
+        for (; i0 + 4 <= c1; i0 += 4)
+          mask |= static_cast<uint32_t>(_mm_movemask_ps(_mm_cmpgt_ps(_mm_loadu_ps(scores + i0), th))) << (i0 - c0);
+#endif
+        for (int i = i0; i < c1; ++i) mask |= (scores[i] > theta ? 1u : 0u) << (i - c0);
         for (; mask != 0; mask &= mask - 1) {
           const int i = c0 + std::countr_zero(mask);
           buf_[m++] = topk_key(scores[i], first_index + i);
