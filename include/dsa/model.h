@@ -54,10 +54,43 @@ struct Config {
   bool has_rope_scaling = false;     // whether config.json carried a rope_scaling object
   double rms_norm_eps = 1e-6;
   int max_position_embeddings = 4096;
-  int first_k_dense_replace = 2;     // must equal num_hidden_layers (dense MLP everywhere) unless
-  int n_routed_experts = 0;          // n_routed_experts == 0; anything needing MoE is refused
   bool tie_word_embeddings = false;
   double initializer_range = 0.02;   // std of the random init of matrices
+
+  // Mixture of experts (DeepSeekMoE). Layer i is a MoE layer when n_routed_experts > 0,
+  // i >= first_k_dense_replace and i % moe_layer_freq == 0; every other layer has the dense SwiGLU MLP
+  // of intermediate_size. Config parses, validates and counts MoE configs; Model (the forward and
+  // backward passes) builds dense-MLP configs only and refuses the others (check_model_supported).
+  int first_k_dense_replace = 2;     // absent from config.json: num_hidden_layers
+  int n_routed_experts = 0;          // 0: no experts
+  int n_shared_experts = 0;          // always-on experts of moe_intermediate_size each
+  int num_experts_per_tok = 0;       // routed experts per token (required with MoE layers)
+  int moe_intermediate_size = 0;     // one expert's SwiGLU width (required with MoE layers)
+  int moe_layer_freq = 1;
+  int n_group = 1;                   // expert groups; routing keeps topk_group of them per token
+  int topk_group = 1;
+  double routed_scaling_factor = 1.0;
+  bool norm_topk_prob = true;        // sigmoid routing: the k weights renormalised to sum 1
+  std::string scoring_func = "sigmoid";   // "sigmoid" or "softmax"
+  // "noaux_tc" (V3: group score = sum of the two best biased scores, gate has e_score_correction_bias),
+  // "group_limited_greedy" (V2: group score = best score) or "greedy" (no groups).
+  std::string topk_method = "noaux_tc";
+  int ep_size = 1;                   // expert-parallel ranks the checkpoint was made for; divides n_routed_experts
+  // Multi-token prediction modules (layers num_hidden_layers … + num_nextn_predict_layers - 1 of the
+  // checkpoint): counted by param_counts(); Model::load ignores their tensors.
+  int num_nextn_predict_layers = 0;
+
+  // "quantization_config" of an FP8 checkpoint (V3: e4m3 weights, one fp32 weight_scale_inv per
+  // 128 x 128 block, activations quantised dynamically per 128 values, V3.2: ue8m0 scales).
+  struct Quantization {
+    bool present = false;                 // config.json carried a quantization_config object
+    std::string quant_method = "fp8";     // the only method known
+    std::string fmt = "e4m3";             // the only format known
+    std::string activation_scheme = "dynamic";   // "dynamic" or "static"
+    std::string scale_fmt;                // "" (absent or null: fp32 scales) or "ue8m0"
+    int block_rows = 128, block_cols = 128;      // weight_block_size [rows, cols]
+  };
+  Quantization quantization;
 
   // A small config for tests and the CPU demo (the defaults above).
   static Config tiny();
@@ -67,14 +100,52 @@ struct Config {
   static Config from_json_file(const std::string& path);
   std::string to_json() const;       // HF keys, round-trips through from_json
   // Throws dsa::Error naming the key: non-positive sizes, odd rope dims, index_head_dim not a power
-  // of two or < qk_rope_head_dim, MoE layers requested, etc.
+  // of two or < qk_rope_head_dim, inconsistent MoE routing (topk_group > n_group, num_experts_per_tok
+  // > n_routed_experts, n_routed_experts not divisible by n_group or ep_size, unknown scoring_func or
+  // topk_method), an unknown quantization_config, etc.
   void validate() const;
+  // Throws dsa::Error naming n_routed_experts / first_k_dense_replace when the config has MoE layers,
+  // which Model does not build (no MoE forward); Model's constructor and the trainer call it.
+  void check_model_supported() const;
+
+  bool is_moe_layer(int64_t layer) const;   // layers ≥ num_hidden_layers are the MTP modules
+  int num_moe_layers() const;                // among the num_hidden_layers main layers
 
   // Sums in int64 (validate() refuses configs whose sums do not fit an int).
   int qk_head_dim() const { return static_cast<int>(static_cast<int64_t>(qk_nope_head_dim) + qk_rope_head_dim); }
   int mqa_dim() const { return static_cast<int>(static_cast<int64_t>(kv_lora_rank) + qk_rope_head_dim); }   // Dqk of the MQA-mode ops
   float softmax_scale() const;       // qk_head_dim^-0.5 · mscale² (YaRN), explicit (dsa-spec §2.4)
-  int64_t num_params() const;        // total parameter count, indexer included (checked int64)
+  // Parameter count of the main model (embeddings, num_hidden_layers layers with indexer and dense or
+  // MoE MLP, final norm, lm_head), checked int64: param_counts().main. For a dense config, what Model holds.
+  int64_t num_params() const;
+  struct ParamCounts;
+  ParamCounts param_counts() const;   // the breakdown below (checked int64; throws naming the product)
+};
+
+// Parameter counts from the config alone (Config::param_counts). Tensors as in the Hugging Face
+// checkpoint; FP8 weight_scale_inv tensors are scales, not parameters, and are not counted.
+struct Config::ParamCounts {
+  int dense_layers = 0, moe_layers = 0, mtp_layers = 0;
+  int64_t embedding = 0;          // model.embed_tokens
+  int64_t lm_head = 0;            // 0 when tie_word_embeddings
+  int64_t attention = 0;          // main layers: MLA (q_a, q_a_layernorm, q_b, kv_a, kv_a_layernorm,
+                                  // kv_b, o_proj) + input/post_attention layernorms
+  int64_t indexer = 0;            // main layers: wq_b, wk, k_norm (weight + bias), weights_proj
+  int64_t dense_mlp = 0;          // main dense layers: gate, up, down
+  int64_t moe = 0;                // main MoE layers: routed + shared experts (gate, up, down each),
+                                  // router weight + e_score_correction_bias (noaux_tc)
+  int64_t moe_activated = 0;      // the same with num_experts_per_tok routed experts per layer
+  int64_t main = 0;               // embedding + layers + model.norm + lm_head
+  int64_t main_activated = 0;     // per token: main with only the routed experts a token uses
+  // Per MTP module: one full layer (attention + indexer + the MLP that layer index has), enorm, hnorm,
+  // eh_proj [D, 2D] and shared_head.norm. Its embed_tokens and shared_head.head are the main model's
+  // (shared), so they are not in mtp; the checkpoint stores a copy of each (mtp_stored_copies).
+  int64_t mtp = 0;
+  int64_t mtp_activated = 0;
+  int64_t mtp_stored_copies = 0;  // num_nextn_predict_layers x (embed_tokens + lm_head)
+  int64_t total = 0;              // main + mtp (unique parameters)
+  int64_t activated = 0;          // main_activated + mtp_activated
+  int64_t stored = 0;             // total + mtp_stored_copies: the tensors a full checkpoint holds
 };
 
 // ── Memory bounds (src/model/resources.cpp) ─────────────────────────────────────────────────────
@@ -89,6 +160,17 @@ struct Footprint {
   std::string param_breakdown;            // "num_hidden_layers = L x N bytes + vocab_size = V x …"
 };
 Footprint footprint(const Config& c);
+// Inference cache per token in the formats of a V3.2 inference session: the 656 B FP8 MLA record
+// (kMlaRecordBytes) when kv_lora_rank = 512 and qk_rope_head_dim = 64, else the fp32 latent; the
+// 132 B FP8 paged indexer record (kIndexerRecordBytes) when index_head_dim = 128, else fp32 keys.
+// Main layers only (an MTP module used for speculative decoding keeps one more layer's worth).
+struct InferenceCacheBytes {
+  int64_t mla_per_layer = 0, indexer_per_layer = 0;
+  bool fp8_mla = false, fp8_indexer = false;
+  int64_t per_layer = 0;          // mla + indexer
+  int64_t per_token = 0;          // per_layer x num_hidden_layers
+};
+InferenceCacheBytes inference_cache_bytes(const Config& c);
 // The memory a process may use: set_memory_limit(), else DSA_MAX_MEMORY (bytes, or with a K/M/G/T
 // suffix, powers of 1024), else the machine's physical memory (or its cgroup limit when lower).
 int64_t memory_limit_bytes();

@@ -1,5 +1,7 @@
 // config.cpp — Config: HF config.json parsing/writing and validation (include/dsa/model.h).
+#include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <fstream>
 #include <iomanip>
 #include <limits>
@@ -41,6 +43,45 @@ void read_bool(const json::Value& root, const char* key, bool* out, const std::s
   *out = v->boolean;
 }
 
+void read_string(const json::Value& root, const char* key, std::string* out, const std::string& label) {
+  const json::Value* v = root.get(key);
+  if (v == nullptr || v->kind == json::Value::Kind::kNull) return;
+  if (v->kind != json::Value::Kind::kString) fail(label, "key '", key, "' must be a string");
+  *out = v->text;
+}
+
+// "quantization_config": {"quant_method", "fmt", "activation_scheme", "weight_block_size": [r, c],
+// "scale_fmt"}; other keys ignored, values checked by validate().
+void read_quantization(const json::Value& root, Config::Quantization* q, const std::string& label) {
+  const json::Value* v = root.get("quantization_config");
+  if (v == nullptr || v->kind == json::Value::Kind::kNull) return;
+  if (v->kind != json::Value::Kind::kObject) fail(label, "key 'quantization_config' must be an object or null");
+  q->present = true;
+  read_string(*v, "quant_method", &q->quant_method, label);
+  read_string(*v, "fmt", &q->fmt, label);
+  read_string(*v, "activation_scheme", &q->activation_scheme, label);
+  read_string(*v, "scale_fmt", &q->scale_fmt, label);
+  const json::Value* b = v->get("weight_block_size");
+  if (b != nullptr && b->kind != json::Value::Kind::kNull) {
+    if (b->kind != json::Value::Kind::kArray || b->items.size() != 2 || !b->items[0].is_integer() || !b->items[1].is_integer() ||
+        std::fabs(b->items[0].number) > 2147483647.0 || std::fabs(b->items[1].number) > 2147483647.0)
+      fail(label, "key 'quantization_config.weight_block_size' must be an array of two integers");
+    q->block_rows = static_cast<int>(b->items[0].number);
+    q->block_cols = static_cast<int>(b->items[1].number);
+  }
+}
+
+// MoE layers among layer indices [begin, end), in closed form (the counts come from a file: no loop
+// over them): the multiples of moe_layer_freq in [max(begin, first_k_dense_replace), end).
+int64_t moe_layers_in(const Config& c, int64_t begin, int64_t end) {
+  if (c.n_routed_experts <= 0 || c.moe_layer_freq <= 0) return 0;
+  const int64_t a = std::max<int64_t>(begin, std::max(c.first_k_dense_replace, 0));
+  if (a >= end) return 0;
+  const int64_t f = c.moe_layer_freq;
+  const auto below = [f](int64_t n) { return (n + f - 1) / f; };   // multiples of f in [0, n), n >= 0
+  return below(end) - below(a);
+}
+
 }  // namespace
 
 Config Config::tiny() { return Config{}; }
@@ -65,11 +106,27 @@ Config Config::from_json(const std::string& text, const std::string& label) {
   read_double(root, "rope_theta", &c.rope_theta, label);
   read_double(root, "rms_norm_eps", &c.rms_norm_eps, label);
   read_int(root, "max_position_embeddings", &c.max_position_embeddings, label);
-  // Absent first_k_dense_replace means "all layers dense" only when there are no experts.
+  // Absent first_k_dense_replace: num_hidden_layers (every layer dense, MoE keys or not).
   c.first_k_dense_replace = -1;
   read_int(root, "first_k_dense_replace", &c.first_k_dense_replace, label);
-  read_int(root, "n_routed_experts", &c.n_routed_experts, label);
+  const json::Value* fkd = root.get("first_k_dense_replace");
+  if (fkd != nullptr && fkd->kind != json::Value::Kind::kNull && c.first_k_dense_replace < 0)
+    fail(label, "key 'first_k_dense_replace' = ", c.first_k_dense_replace, " must be >= 0");
   if (c.first_k_dense_replace < 0) c.first_k_dense_replace = c.num_hidden_layers;
+  read_int(root, "n_routed_experts", &c.n_routed_experts, label);
+  read_int(root, "n_shared_experts", &c.n_shared_experts, label);
+  read_int(root, "num_experts_per_tok", &c.num_experts_per_tok, label);
+  read_int(root, "moe_intermediate_size", &c.moe_intermediate_size, label);
+  read_int(root, "moe_layer_freq", &c.moe_layer_freq, label);
+  read_int(root, "n_group", &c.n_group, label);
+  read_int(root, "topk_group", &c.topk_group, label);
+  read_double(root, "routed_scaling_factor", &c.routed_scaling_factor, label);
+  read_bool(root, "norm_topk_prob", &c.norm_topk_prob, label);
+  read_string(root, "scoring_func", &c.scoring_func, label);
+  read_string(root, "topk_method", &c.topk_method, label);
+  read_int(root, "ep_size", &c.ep_size, label);
+  read_int(root, "num_nextn_predict_layers", &c.num_nextn_predict_layers, label);
+  read_quantization(root, &c.quantization, label);
   read_bool(root, "tie_word_embeddings", &c.tie_word_embeddings, label);
   read_double(root, "initializer_range", &c.initializer_range, label);
   const json::Value* rs = root.get("rope_scaling");
@@ -88,8 +145,6 @@ Config Config::from_json(const std::string& text, const std::string& label) {
     read_double(*rs, "mscale", &y.mscale, label);
     read_double(*rs, "mscale_all_dim", &y.mscale_all_dim, label);
   }
-  // A V3.2 MoE config is refused for what it is before anything else is asked of it.
-  if (c.n_routed_experts > 0 && c.first_k_dense_replace < c.num_hidden_layers) c.validate();
   // The keys that define the architecture have no safe default: a config that omits one is refused
   // rather than silently filled in with the tiny defaults of Config::tiny().
   static const char* const kRequired[] = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -100,6 +155,14 @@ Config Config::from_json(const std::string& text, const std::string& label) {
     const json::Value* v = root.get(key);
     if (v == nullptr || v->kind == json::Value::Kind::kNull) fail(label, "required key '", key, "' is missing");
   }
+  // With MoE layers, the expert width and the routed experts per token have no safe default either.
+  if (c.n_routed_experts > 0 && c.num_moe_layers() > 0)
+    for (const char* key : {"moe_intermediate_size", "num_experts_per_tok"}) {
+      const json::Value* v = root.get(key);
+      if (v == nullptr || v->kind == json::Value::Kind::kNull)
+        fail(label, "required key '", key, "' is missing (n_routed_experts = ", c.n_routed_experts, " with first_k_dense_replace = ",
+             c.first_k_dense_replace, " < num_hidden_layers = ", c.num_hidden_layers, ": the config has MoE layers)");
+    }
   c.validate();
   return c;
 }
@@ -144,7 +207,29 @@ std::string Config::to_json() const {
   o << "  \"rms_norm_eps\": " << rms_norm_eps << ",\n"
     << "  \"max_position_embeddings\": " << max_position_embeddings << ",\n"
     << "  \"first_k_dense_replace\": " << first_k_dense_replace << ",\n"
-    << "  \"n_routed_experts\": " << n_routed_experts << ",\n"
+    << "  \"n_routed_experts\": " << n_routed_experts << ",\n";
+  if (n_routed_experts > 0) {
+    o << "  \"n_shared_experts\": " << n_shared_experts << ",\n"
+      << "  \"num_experts_per_tok\": " << num_experts_per_tok << ",\n"
+      << "  \"moe_intermediate_size\": " << moe_intermediate_size << ",\n"
+      << "  \"moe_layer_freq\": " << moe_layer_freq << ",\n"
+      << "  \"n_group\": " << n_group << ",\n"
+      << "  \"topk_group\": " << topk_group << ",\n"
+      << "  \"routed_scaling_factor\": " << routed_scaling_factor << ",\n"
+      << "  \"norm_topk_prob\": " << (norm_topk_prob ? "true" : "false") << ",\n"
+      << "  \"scoring_func\": \"" << scoring_func << "\",\n"     // validate() admits fixed words only
+      << "  \"topk_method\": \"" << topk_method << "\",\n"
+      << "  \"ep_size\": " << ep_size << ",\n";
+  }
+  if (num_nextn_predict_layers > 0) o << "  \"num_nextn_predict_layers\": " << num_nextn_predict_layers << ",\n";
+  if (quantization.present) {
+    o << "  \"quantization_config\": {\"quant_method\": \"" << quantization.quant_method << "\", \"fmt\": \"" << quantization.fmt
+      << "\", \"activation_scheme\": \"" << quantization.activation_scheme << "\", \"weight_block_size\": [" << quantization.block_rows
+      << ", " << quantization.block_cols << "]";
+    if (!quantization.scale_fmt.empty()) o << ", \"scale_fmt\": \"" << quantization.scale_fmt << "\"";
+    o << "},\n";
+  }
+  o
     << "  \"tie_word_embeddings\": " << (tie_word_embeddings ? "true" : "false") << ",\n"
     << "  \"initializer_range\": " << initializer_range << "\n"
     << "}\n";
@@ -195,10 +280,61 @@ void Config::validate() const {
     fail("config", "key 'rms_norm_eps' = ", rms_norm_eps, " must be finite and > 0");
   if (!(initializer_range >= 0) || !std::isfinite(initializer_range))
     fail("config", "key 'initializer_range' = ", initializer_range, " must be finite and >= 0");
-  if (first_k_dense_replace < num_hidden_layers && n_routed_experts > 0)
-    fail("config", "MoE layers are not supported: first_k_dense_replace = ", first_k_dense_replace,
-         " < num_hidden_layers = ", num_hidden_layers, " with n_routed_experts = ", n_routed_experts,
-         " (this implementation has dense SwiGLU MLP layers only; set first_k_dense_replace = num_hidden_layers)");
+  const std::pair<int, const char*> non_negative[] = {{first_k_dense_replace, "first_k_dense_replace"},
+                                                      {n_routed_experts, "n_routed_experts"},
+                                                      {n_shared_experts, "n_shared_experts"},
+                                                      {num_nextn_predict_layers, "num_nextn_predict_layers"}};
+  for (const auto& [v, key] : non_negative)
+    if (v < 0) fail("config", "key '", key, "' = ", v, " must be >= 0");
+  positive(moe_layer_freq, "moe_layer_freq");
+  // The routing words are checked even without MoE layers: to_json writes them between quotes.
+  if (scoring_func != "sigmoid" && scoring_func != "softmax")
+    fail("config", "key 'scoring_func' = \"", scoring_func, "\" is not supported (\"sigmoid\" or \"softmax\")");
+  if (topk_method != "noaux_tc" && topk_method != "group_limited_greedy" && topk_method != "greedy")
+    fail("config", "key 'topk_method' = \"", topk_method, "\" is not a known routing (\"noaux_tc\", \"group_limited_greedy\" or \"greedy\")");
+  positive(ep_size, "ep_size");
+  if (moe_layers_in(*this, 0, static_cast<int64_t>(num_hidden_layers) + num_nextn_predict_layers) > 0) {
+    // The routing keys of the MoE layers (main or MTP): DeepSeekMoE's gate picks topk_group of the
+    // n_group expert groups per token, then num_experts_per_tok experts inside them.
+    positive(moe_intermediate_size, "moe_intermediate_size");
+    positive(num_experts_per_tok, "num_experts_per_tok");
+    positive(n_group, "n_group");
+    positive(topk_group, "topk_group");
+    if (num_experts_per_tok > n_routed_experts)
+      fail("config", "key 'num_experts_per_tok' = ", num_experts_per_tok, " must be <= n_routed_experts = ", n_routed_experts);
+    if (topk_group > n_group) fail("config", "key 'topk_group' = ", topk_group, " must be <= n_group = ", n_group);
+    if (n_routed_experts % n_group != 0)
+      fail("config", "key 'n_routed_experts' = ", n_routed_experts, " must be divisible by n_group = ", n_group);
+    if (n_routed_experts % ep_size != 0)
+      fail("config", "key 'n_routed_experts' = ", n_routed_experts, " must be divisible by ep_size = ", ep_size);
+    if (topk_method != "greedy") {
+      const int64_t reachable = static_cast<int64_t>(topk_group) * (n_routed_experts / n_group);
+      if (num_experts_per_tok > reachable)
+        fail("config", "key 'num_experts_per_tok' = ", num_experts_per_tok, " exceeds the ", reachable,
+             " experts of the topk_group = ", topk_group, " groups routing keeps (n_routed_experts / n_group = ",
+             n_routed_experts / n_group, " per group)");
+      if (topk_method == "noaux_tc" && n_routed_experts / n_group < 2)
+        fail("config", "key 'n_group' = ", n_group, ": topk_method \"noaux_tc\" scores a group by its two best experts, so each of the ",
+             n_group, " groups needs >= 2 of the n_routed_experts = ", n_routed_experts);
+    }
+    if (!(routed_scaling_factor > 0) || !std::isfinite(routed_scaling_factor))
+      fail("config", "key 'routed_scaling_factor' = ", routed_scaling_factor, " must be finite and > 0");
+    if (static_cast<int64_t>(n_shared_experts) * moe_intermediate_size > std::numeric_limits<int>::max())
+      fail("config", "n_shared_experts x moe_intermediate_size = ", static_cast<int64_t>(n_shared_experts) * moe_intermediate_size,
+           " exceeds 2147483647");
+  }
+  if (quantization.present) {
+    const Quantization& q = quantization;
+    if (q.quant_method != "fp8")
+      fail("config", "key 'quantization_config.quant_method' = \"", q.quant_method, "\" is not supported (\"fp8\")");
+    if (q.fmt != "e4m3") fail("config", "key 'quantization_config.fmt' = \"", q.fmt, "\" is not supported (\"e4m3\")");
+    if (q.activation_scheme != "dynamic" && q.activation_scheme != "static")
+      fail("config", "key 'quantization_config.activation_scheme' = \"", q.activation_scheme, "\" is not \"dynamic\" or \"static\"");
+    if (!q.scale_fmt.empty() && q.scale_fmt != "ue8m0")
+      fail("config", "key 'quantization_config.scale_fmt' = \"", q.scale_fmt, "\" is not supported (\"ue8m0\" or absent)");
+    if (q.block_rows <= 0 || q.block_cols <= 0)
+      fail("config", "key 'quantization_config.weight_block_size' = [", q.block_rows, ", ", q.block_cols, "] must be positive");
+  }
   if (has_rope_scaling && rope_scaling.factor > 1.0 && rope_scaling.original_max_position <= 0)
     fail("config", "key 'rope_scaling.original_max_position_embeddings' must be > 0");
   if (has_rope_scaling) {
@@ -208,7 +344,25 @@ void Config::validate() const {
     for (const auto& [v, key] : yarn)
       if (!std::isfinite(v)) fail("config", "key 'rope_scaling.", key, "' = ", v, " is not finite");
   }
-  num_params();   // the parameter count fits int64 (throws naming the product otherwise)
+  param_counts();   // the parameter counts fit int64 (throws naming the product otherwise)
+}
+
+bool Config::is_moe_layer(int64_t layer) const {
+  return n_routed_experts > 0 && layer >= first_k_dense_replace && moe_layer_freq > 0 && layer % moe_layer_freq == 0;
+}
+
+
+int Config::num_moe_layers() const { return static_cast<int>(moe_layers_in(*this, 0, num_hidden_layers)); }
+
+void Config::check_model_supported() const {
+  const int moe = num_moe_layers();
+  if (moe == 0) return;
+  const int64_t first = (static_cast<int64_t>(first_k_dense_replace) + moe_layer_freq - 1) / moe_layer_freq * moe_layer_freq;
+  fail("config", "MoE layers are not supported by the model code: n_routed_experts = ", n_routed_experts,
+       " with first_k_dense_replace = ", first_k_dense_replace, " < num_hidden_layers = ", num_hidden_layers, " makes ", moe,
+       " MoE layers (the first is layer ", first,
+       "); the forward and backward passes have dense SwiGLU MLP layers only (first_k_dense_replace = num_hidden_layers or "
+       "n_routed_experts = 0). The config itself parses: `dsa inspect --config` reports its sizes");
 }
 
 float Config::softmax_scale() const {
@@ -217,32 +371,79 @@ float Config::softmax_scale() const {
   return static_cast<float>(std::pow(static_cast<double>(qk_head_dim()), -0.5) * mscale * mscale);
 }
 
-int64_t Config::num_params() const {
+int64_t Config::num_params() const { return param_counts().main; }
+
+Config::ParamCounts Config::param_counts() const {
   using detail::add_checked;
   using detail::mul_checked;
   const int64_t D = hidden_size, H = num_attention_heads, qr = q_lora_rank, kvr = kv_lora_rank;
   const int64_t HI = index_n_heads, DI = index_head_dim, F = intermediate_size, V = vocab_size;
   const std::string w = "config: parameter count: ";
-  // Each term: [rows, cols] of one tensor of a layer (1-D tensors: cols = 1).
-  const std::pair<int64_t, int64_t> layer[] = {
-      {D, 1},                                         // input_layernorm
-      {qr, D}, {qr, 1},                               // q_a_proj, q_a_layernorm
-      {H * qk_head_dim(), qr},                        // q_b_proj
-      {mqa_dim(), D}, {kvr, 1},                       // kv_a_proj_with_mqa, kv_a_layernorm
-      {H * (qk_nope_head_dim + static_cast<int64_t>(v_head_dim)), kvr},   // kv_b_proj
-      {D, H * v_head_dim},                            // o_proj
-      {HI * DI, qr}, {DI, D}, {2 * DI, 1}, {HI, D},   // indexer wq_b, wk, k_norm, weights_proj
-      {D, 1},                                         // post_attention_layernorm
-      {F, D}, {F, D}, {D, F},                         // gate, up, down
+  // Σ rows x cols over [rows, cols] tensors (1-D tensors: cols = 1).
+  const auto sum = [&](std::initializer_list<std::pair<int64_t, int64_t>> tensors, const std::string& what) {
+    int64_t n = 0;
+    for (const auto& [r, c] : tensors) n = add_checked(n, mul_checked(r, c, w + what + " tensor"), w + what);
+    return n;
   };
-  int64_t per_layer = 0;
-  for (const auto& [r, c] : layer) per_layer = add_checked(per_layer, mul_checked(r, c, w + "a layer tensor"), w + "one layer");
-  int64_t total = mul_checked(per_layer, num_hidden_layers, w + "num_hidden_layers x parameters per layer");
-  const int64_t embed = mul_checked(V, D, w + "vocab_size x hidden_size");
-  total = add_checked(total, embed, w + "layers + embed_tokens");
-  total = add_checked(total, D, w + "+ model.norm");
-  if (!tie_word_embeddings) total = add_checked(total, embed, w + "+ lm_head");
-  return total;
+  const int64_t attention = sum({{D, 1},                                    // input_layernorm
+                                 {qr, D}, {qr, 1},                          // q_a_proj, q_a_layernorm
+                                 {H * qk_head_dim(), qr},                   // q_b_proj
+                                 {mqa_dim(), D}, {kvr, 1},                  // kv_a_proj_with_mqa, kv_a_layernorm
+                                 {H * (qk_nope_head_dim + static_cast<int64_t>(v_head_dim)), kvr},   // kv_b_proj
+                                 {D, H * v_head_dim},                       // o_proj
+                                 {D, 1}},                                   // post_attention_layernorm
+                                "attention");
+  const int64_t indexer = sum({{HI * DI, qr}, {DI, D}, {2 * DI, 1}, {HI, D}}, "indexer");   // wq_b, wk, k_norm, weights_proj
+  const int64_t dense_mlp = mul_checked(mul_checked(F, D, w + "intermediate_size x hidden_size"), 3, w + "dense MLP (gate, up, down)");
+  // One MoE layer: routed and shared experts (gate, up, down of moe_intermediate_size each), the
+  // router weight [n_routed_experts, D] and, with noaux_tc, its e_score_correction_bias.
+  const int64_t expert = mul_checked(mul_checked(moe_intermediate_size, D, w + "moe_intermediate_size x hidden_size"), 3,
+                                     w + "one expert (gate, up, down)");
+  const int64_t router = add_checked(mul_checked(n_routed_experts, D, w + "router weight"),
+                                     topk_method == "noaux_tc" ? n_routed_experts : 0, w + "router");
+  const int64_t shared = add_checked(mul_checked(expert, n_shared_experts, w + "n_shared_experts x expert"), router, w + "MoE layer");
+  const int64_t moe_layer = add_checked(mul_checked(expert, n_routed_experts, w + "n_routed_experts x expert"), shared, w + "MoE layer");
+  const int64_t moe_layer_active =
+      add_checked(mul_checked(expert, std::min(num_experts_per_tok, n_routed_experts), w + "num_experts_per_tok x expert"), shared,
+                  w + "activated MoE layer");
+
+  ParamCounts p;
+  p.moe_layers = num_moe_layers();
+  p.dense_layers = num_hidden_layers - p.moe_layers;
+  p.mtp_layers = num_nextn_predict_layers;
+  p.embedding = mul_checked(V, D, w + "vocab_size x hidden_size");
+  p.lm_head = tie_word_embeddings ? 0 : p.embedding;
+  p.attention = mul_checked(attention, num_hidden_layers, w + "num_hidden_layers x attention");
+  p.indexer = mul_checked(indexer, num_hidden_layers, w + "num_hidden_layers x indexer");
+  p.dense_mlp = mul_checked(dense_mlp, p.dense_layers, w + "dense layers x dense MLP");
+  p.moe = mul_checked(moe_layer, p.moe_layers, w + "MoE layers x MoE layer");
+  p.moe_activated = mul_checked(moe_layer_active, p.moe_layers, w + "MoE layers x activated MoE layer");
+  int64_t common = add_checked(p.embedding, p.lm_head, w + "embeddings");
+  common = add_checked(common, D, w + "+ model.norm");
+  common = add_checked(common, p.attention, w + "+ attention");
+  common = add_checked(common, p.indexer, w + "+ indexer");
+  common = add_checked(common, p.dense_mlp, w + "+ dense MLP");
+  p.main = add_checked(common, p.moe, w + "main model");
+  p.main_activated = add_checked(common, p.moe_activated, w + "activated main model");
+  // MTP module j (checkpoint layer num_hidden_layers + j): a full layer, MoE or dense by its index,
+  // plus enorm, hnorm [D], eh_proj [D, 2D] and shared_head.norm [D].
+  const int64_t mtp_extra = sum({{D, 1}, {D, 1}, {D, 2 * D}, {D, 1}}, "MTP enorm, hnorm, eh_proj, shared_head.norm");
+  const int64_t mtp_moe = moe_layers_in(*this, num_hidden_layers, static_cast<int64_t>(num_hidden_layers) + num_nextn_predict_layers);
+  const int64_t mtp_dense = num_nextn_predict_layers - mtp_moe;
+  const int64_t mtp_base = add_checked(add_checked(attention, indexer, w + "MTP layer"), mtp_extra, w + "MTP layer");
+  const auto mtp_sum = [&](int64_t moe_params) {
+    return add_checked(add_checked(mul_checked(mtp_base, num_nextn_predict_layers, w + "num_nextn_predict_layers x MTP layer"),
+                                   mul_checked(dense_mlp, mtp_dense, w + "dense MTP layers x dense MLP"), w + "MTP modules"),
+                       mul_checked(moe_params, mtp_moe, w + "MoE MTP layers x MoE layer"), w + "MTP modules");
+  };
+  p.mtp = mtp_sum(moe_layer);
+  p.mtp_activated = mtp_sum(moe_layer_active);
+  p.mtp_stored_copies = mul_checked(mul_checked(p.embedding, 2, w + "MTP embed_tokens + shared_head.head"), num_nextn_predict_layers,
+                                    w + "num_nextn_predict_layers x (embed_tokens + shared_head.head)");
+  p.total = add_checked(p.main, p.mtp, w + "main + MTP");
+  p.activated = add_checked(p.main_activated, p.mtp_activated, w + "activated main + MTP");
+  p.stored = add_checked(p.total, p.mtp_stored_copies, w + "stored");
+  return p;
 }
 
 }  // namespace dsa::model

@@ -39,6 +39,7 @@ int64_t Tensor::numel() const {
 
 Model::Impl::Impl(const Config& c) : cfg(c), host_pool(std::make_shared<HostPool>()) {
   cfg.validate();
+  cfg.check_model_supported();          // MoE layers: refused before the footprint and any allocation
   const Footprint fp = footprint(cfg);   // refused here, before the first allocation, when it cannot fit
   check_memory(fp.param_bytes, "model: parameters and gradients (" + fp.param_breakdown + ")");
   const Dims d(cfg);

@@ -125,6 +125,18 @@ Footprint footprint(const Config& c) {
   return f;
 }
 
+InferenceCacheBytes inference_cache_bytes(const Config& c) {
+  c.validate();
+  InferenceCacheBytes b;
+  b.fp8_mla = c.kv_lora_rank == kMlaLatentDim && c.qk_rope_head_dim == kMlaRopeDim;
+  b.fp8_indexer = c.index_head_dim == kIndexerKeyDim;
+  b.mla_per_layer = b.fp8_mla ? kMlaRecordBytes : static_cast<int64_t>(c.mqa_dim()) * 4;
+  b.indexer_per_layer = b.fp8_indexer ? kIndexerRecordBytes : static_cast<int64_t>(c.index_head_dim) * 4;
+  b.per_layer = b.mla_per_layer + b.indexer_per_layer;
+  b.per_token = mul_checked(b.per_layer, c.num_hidden_layers, "config: num_hidden_layers x inference cache bytes per layer");
+  return b;
+}
+
 int64_t memory_limit_bytes() { return limit_and_source().first; }
 
 void set_memory_limit(int64_t bytes) { g_limit.store(bytes > 0 ? bytes : 0); }
