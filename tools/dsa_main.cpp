@@ -11,6 +11,7 @@
 #include <string>
 
 #include "command.h"
+#include "dsa/model.h"
 #include "dsa/ops.h"
 
 namespace dsa::cli {
@@ -135,6 +136,34 @@ void ensure_passive_waits(char** argv) {
 }
 }  // namespace
 
+// --max-memory SIZE (every command; bytes, or with a K/M/G/T suffix): the limit the size checks refuse
+// beyond (the library's DSA_MAX_MEMORY). Taken out of the arguments before the command parses them;
+// a bad size is refused here, naming the flag, before the command runs.
+void take_max_memory(Args& args) {
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string value;
+    size_t used = 0;
+    if (args[i] == "--max-memory") {
+      if (i + 1 >= args.size()) throw dsa::Error("flag --max-memory needs a value (bytes, or with a K/M/G/T suffix)");
+      value = args[i + 1];
+      used = 2;
+    } else if (args[i].rfind("--max-memory=", 0) == 0) {
+      value = args[i].substr(std::string("--max-memory=").size());
+      used = 1;
+    } else {
+      continue;
+    }
+    setenv("DSA_MAX_MEMORY", value.c_str(), 1);
+    try {
+      dsa::model::memory_limit_bytes();
+    } catch (const std::exception&) {
+      throw dsa::Error("flag --max-memory = " + value + " must be a positive size in bytes (suffixes K, M, G, T)");
+    }
+    args.erase(args.begin() + static_cast<std::ptrdiff_t>(i), args.begin() + static_cast<std::ptrdiff_t>(i + used));
+    --i;
+  }
+}
+
 }  // namespace dsa::cli
 
 int main(int argc, char** argv) {
@@ -153,8 +182,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "dsa: unknown command \"%s\" (try `dsa help`)\n", name.c_str());
     return 2;
   }
-  const Args args(argv + 2, argv + argc);
+  Args args(argv + 2, argv + argc);
   try {
+    take_max_memory(args);
     return it->second.run(args);
   } catch (const HelpRequested&) {
     const Command& c = it->second;
