@@ -48,6 +48,17 @@ dsa::Backend& CudaBackend::dev() {
   return *dev_;
 }
 
+dsa::Backend& CudaBackend::dev_for(const IndexerParams& p, const char* op) {
+  if (class_ == cuda::Variant::kExact) return dev();
+  try {
+    cuda::resolve_variant(p, class_, op);
+    return dev();
+  } catch (const Error&) {
+    if (!exact_) exact_ = cuda::make_backend(cudaStreamLegacy, cuda::Variant::kExact);
+    return *exact_;
+  }
+}
+
 Arith CudaBackend::arith(const std::string& op) const {
   return variant(op.c_str()) == cuda::Variant::kExact ? Arith::kExact : Arith::kTensor;
 }

@@ -28,8 +28,12 @@ class CudaBackend final : public Backend {
  private:
   // The CUDA backend of this class on the legacy default stream (ordered with the blocking copies).
   dsa::Backend& dev();
+  // For an indexer call: dev() where the class's variant runs this call (e4m3 inputs, its shapes and
+  // alignment), else the exact backend — a row's fp32 / bf16 / odd-shape cases run the exact kernel,
+  // which the cuda_exact row checks too, and every case the variant takes runs the variant.
+  dsa::Backend& dev_for(const IndexerParams& p, const char* op);
   cuda::Variant class_;
-  std::shared_ptr<dsa::Backend> dev_;
+  std::shared_ptr<dsa::Backend> dev_, exact_;
 };
 
 }  // namespace dsa::test

@@ -203,7 +203,7 @@ void CudaBackend::indexer_logits(const IndexerParams& p, float* logits) {
   ::dsa::detail::require_ptr(logits, op, "logits");
   DeviceIndexer in(p);
   DeviceBuffer<float> out(logits, sz(p.T, p.S));
-  dev().indexer_logits(in.d, out.data());
+  dev_for(in.d, op).indexer_logits(in.d, out.data());
   sync_and_check(op);
   out.download(logits, "logits");
 }
@@ -235,7 +235,7 @@ void CudaBackend::indexer_topk(const IndexerParams& p, int K, int32_t* indices) 
   ::dsa::detail::require_ptr(indices, op, "indices");
   DeviceIndexer in(p);
   DeviceBuffer<int32_t> idx(indices, sz(p.T, K));
-  dev().indexer_topk(in.d, K, idx.data());
+  dev_for(in.d, op).indexer_topk(in.d, K, idx.data());
   sync_and_check(op);
   idx.download(indices, "indices");
 }
