@@ -1,4 +1,5 @@
-// indexer_logits.cu — op 3 on the GPU, kernel version 1 (every arch, every precision).
+// indexer_logits.cu — op 3 on the GPU: the dispatch point of its variants and the kExact kernel
+// (every arch, every precision).
 //
 // Contract (ops.h §3, DeepGEMM fp8_mqa_logits incl. cleaned logits):
 //   logits[t,s] = k_scale[s] · Σ_h w[t,h] · ReLU(q[t,h]·k[s])   for s in [ks[t], ke[t])

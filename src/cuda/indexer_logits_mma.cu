@@ -1,6 +1,6 @@
-// indexer_logits_mma.cu — indexer_logits kernel version 2: FP8 e4m3 tensor cores (mma.sync
-// m16n8k32, sm_89+). Applies to kFp8 with DI == 128 and HI a multiple of 16 up to 128 on an sm_89+
-// device; every other case of version 2 runs the version-1 kernel.
+// indexer_logits_mma.cu — indexer_logits variant kMma: FP8 e4m3 tensor cores (mma.sync m16n8k32,
+// sm_89+). Runs kFp8 with DI == 128 and HI a multiple of 16 up to 128 on an sm_89+ device; asked for
+// anything else it is a dsa::Error naming the reason (variants.cu).
 //
 // Contract: ops.h §3 (fp8_mqa_logits semantics, cleaned −inf outside [ks, ke)). The per-element
 // arithmetic of v2 (fixed; indexer_topk v2 reuses this kernel, so fused ≡ unfused):

@@ -1,4 +1,4 @@
-// indexer_logits_mma.cuh — kernel version 2 of indexer_logits (FP8 tensor cores), host side.
+// indexer_logits_mma.cuh — variant kMma of indexer_logits (FP8 tensor cores), host side.
 // Defined in indexer_logits_mma.cu; dispatched from indexer_logits.cu / indexer_topk.cu.
 #pragma once
 

@@ -1,7 +1,7 @@
-// indexer_logits_wgmma.cu — indexer_logits kernel version 3: FP8 e4m3 Hopper tensor cores
-// (wgmma.mma_async m64n256k32, sm_90a only). Applies to kFp8 with HI == 64, DI == 128 on an sm_90
-// device running this file's sm_90a code; anything else asked for version 3 runs version 2 where
-// that applies, else version 1 (indexer_logits.cu dispatches; use_logits_wgmma decides).
+// indexer_logits_wgmma.cu — indexer_logits variant kWgmma: FP8 e4m3 Hopper tensor cores
+// (wgmma.mma_async m64n256k32, sm_90a only). Runs kFp8 with HI == 64, DI == 128 on an sm_90 device
+// running this file's sm_90a code; asked for anything else it is a dsa::Error naming the reason
+// (variants.cu decides with use_logits_wgmma; indexer_logits.cu dispatches).
 //
 // Contract: ops.h §3 (DeepGEMM fp8_mqa_logits, cleaned logits):
 //   logits[t,s] = k_scale[s] · Σ_h w[t,h] · ReLU(q[t,h]·k[s])   for s in [ks[t], ke[t])
@@ -47,7 +47,7 @@
 //   kscale 2 warpgroups × kStages × 64 fp32        2048 B   (k_scale of the staged key tiles)
 //   ranges 4 lo + 4 hi                              32 B
 //   + 1024 B slack for the alignment                    → kSmemBytes (static_assert below).
-// Requirements checked on the host (else version 2/1 runs): q and k 16-byte aligned (cp.async).
+// Requirements checked on the host (else the variant cannot run): q and k 16-byte aligned (cp.async).
 //
 // Summation-order note: Hopper's fp8 tensor-core accumulation is narrower than fp32 (DeepSeek-V3
 // report §3.3.2: about 14 bits kept per addition), so v3 differs from v2 by more than reordering

@@ -1,4 +1,4 @@
-// indexer_logits_wgmma.cuh — kernel version 3 of indexer_logits (FP8 wgmma, sm_90a), host side.
+// indexer_logits_wgmma.cuh — variant kWgmma of indexer_logits (FP8 wgmma, sm_90a), host side.
 // Defined in indexer_logits_wgmma.cu; dispatched from indexer_logits.cu.
 #pragma once
 
@@ -6,10 +6,10 @@
 
 namespace dsa::cuda::detail {
 
-// True when version == kIndexerWgmmaVersion and v3 applies: kFp8, HI == 64, DI == 128, q and k
+// True when the kWgmma variant runs p: kFp8, HI == 64, DI == 128, q and k
 // 16-byte aligned, an sm_90 device, and the binary carries this file's sm_90a code (probed once).
 // The probe (first call only) launches a one-thread kernel and copies 4 bytes back: it allocates and
-// synchronizes once, so make the first version-3 call outside CUDA-graph capture.
+// synchronizes once, so make the first kWgmma call outside CUDA-graph capture.
 bool use_logits_wgmma(const IndexerParams& p);
 void indexer_logits_wgmma(const IndexerParams& p, float* logits, cudaStream_t stream);
 // Tuning hook (bench, tests): runs v3 configuration `config` (0 = the default) with no applicability

@@ -89,15 +89,14 @@ __global__ void __launch_bounds__(kChunk) indexer_topk_v1_kernel(IndexerParams p
 
 }  // namespace
 
-// Versions 2 and 3 (tensor-core logits): the logits of at most mma_chunk_rows(p) query rows at a time
+// kMma and kWgmma (tensor-core logits): the logits of at most mma_chunk_rows(p) query rows at a time
 // go to the workspace (≤ kMmaChunkBytes) and topk_select runs on them — the SAME logits kernel as
-// the unfused path of that version (v2: indexer_logits_mma, mma.sync; v3: indexer_logits_wgmma,
-// where use_logits_wgmma applies) and the same selection, so the indices are bit-identical; memory
+// the unfused path of that variant (indexer_logits_mma, mma.sync; indexer_logits_wgmma, wgmma) and
+// the same selection, so the indices are bit-identical; memory
 // is O(chunk·S) instead of O(T·K) (documented trade-off: a fused tensor-core kernel with in-register
 // selection is future work). Chunking by rows is exact for both kernels: each logit's arithmetic
 // depends on its (t, s) only, never on which rows or key spans a CTA is given (the kernels' file
-// comments fix the per-element order). Version 3 where wgmma does not apply runs exactly as
-// version 2 (as indexer_logits v3 does), and where neither applies, as version 1.
+// comments fix the per-element order).
 // The workspace query asks for ≤ kMmaChunkBytes; a caller that passes more gets chunks of
 // workspace_bytes / (4·S) rows (same indices: fewer, larger logits launches, which the wgmma kernel
 // runs more efficiently than 256-row chunks at S = 128K).

@@ -11,9 +11,9 @@
 //                heads (dkv_key); each dkv row is therefore summed in one fixed order.
 // Workspace: Δ (T·H floats) + 4 int32 arrays of T·K (sort keys/values in and out) + (S+1) offsets
 // + cub's temp storage; ≈ 16·T·K bytes (128 MiB at T = 4096, K = 2048).
-// version == kSparseAttentionBf16Version (sm_80+, any shape): the bf16 tensor-core backward of
-// sparse_attention_backward_bf16.cu (cuBLAS GEMMs over query chunks, same determinism, its own
-// workspace size); every other version number runs v1.
+// kCublas (sm_80+, any shape): the bf16 tensor-core backward of sparse_attention_backward_bf16.cu
+// (cuBLAS GEMMs over query chunks, same determinism, its own workspace size); this file is the one
+// dispatch point of the op (resolve_variant picks), and the code above is kExact.
 // The key-major pass recomputes the scores (as FlashAttention-2's dkv pass does); its cost is the
 // re-read of q[t] and dout[t] per entry (docs/kernels/sparse_attention.md has the numbers).
 #include "cuda/attention_common.cuh"

@@ -1,11 +1,11 @@
-// sparse_attention_backward_bf16.cu — op 7, bf16 tensor-core version (kSparseAttentionBf16Version):
+// sparse_attention_backward_bf16.cu — op 7, variant kCublas (the default for bf16 q/kv):
 // dq [T,H,Dqk] and dkv [S,Dqk] of the sparse MQA attention (ops.h §6–8), the five matmuls on cuBLAS
 // bf16 tensor cores (fp32 accumulation), DETERMINISTIC (no float atomics, fixed summation orders).
 //
 // Contract (same as v1, sparse_attention_backward.cu): −1 / out-of-range / past-topk_length slots
 // contribute nothing; P = exp(scale·z − lse) with the forward's natural-log lse; dkv's first Dv
 // dims get Pᵀ·dout (V role) and all Dqk dims get scale·dZᵀ·q (K role). Any H, Dqk, Dv ≤ Dqk, K,
-// on sm_80+ (cuBLAS bf16 GEMMs); older devices run v1. q and kv come in fp32 or bf16
+// on sm_80+ (cuBLAS bf16 GEMMs). q and kv come in fp32 or bf16
 // (AttentionParams::dtype; bf16 ones are used as they are, fp32 ones rounded to nearest even, so a
 // bf16 input holding the rounded values of an fp32 one gives bitwise the same dq / dkv); dout, out,
 // lse and the outputs dq / dkv are fp32. Operands are rounded to bf16 (q, kv, dout, P, dZ); every product is accumulated in fp32 and dkv is summed in fp32 → relative error ~1e-3..1e-2

@@ -1,9 +1,9 @@
-// sparse_attention_forward_pipelined.cu — op 6, version kSparseAttentionPipelinedVersion: the bf16
+// sparse_attention_forward_pipelined.cu — op 6, variant kMma: the bf16
 // tensor-core forward over kv in bf16 (fp32 kv pre-converted into the caller's workspace; bf16 kv,
 // AttentionParams::dtype kBF16, read where it lies), so each chunk's kv rows are gathered by cp.async
 // straight into shared memory, double-buffered: the gather of chunk c+1 runs while chunk c's MMAs
 // run. V3.2 shape only (Dqk 576, Dv 512, H % 64 == 0; bf16 q_bf16 / kv_bf16 16-byte aligned);
-// otherwise v1. Same numerics as the bf16 version (bf16 q, kv, P — bf16 inputs taken as they are,
+// otherwise the variant cannot run (a named error). Numerics (bf16 q, kv, P — bf16 inputs taken as they are,
 // fp32 inputs rounded to nearest even —; fp32 accumulation and softmax statistics).
 //
 // Launches: (1) fp32 inputs only: kv fp32 [S,576] → bf16 [S,576] into the workspace (S·1152 bytes;

@@ -1,9 +1,8 @@
-// sparse_attention_forward_wgmma.cu — op 6, version kSparseAttentionWgmmaVersion (5): the bf16 sparse
-// prefill forward on Hopper tensor cores (wgmma.mma_async, sm_90a only). Opt-in like v3 / v4.
-// Applies to Dqk = 576, Dv = 512, H % 64 == 0 on an sm_90 device running this file's sm_90a code
-// (probed once) with ≥ kSmemBytes of opt-in shared memory; anything else asked for version 5 runs as
-// version 4 (then 3, then 1: sparse_attention_forward.cu dispatches, sparse_forward_wgmma_applies
-// decides).
+// sparse_attention_forward_wgmma.cu — op 6, variant kWgmma: the bf16 sparse prefill forward on Hopper
+// tensor cores (wgmma.mma_async, sm_90a only); the default for bf16 q/kv on sm_90. Runs Dqk = 576,
+// Dv = 512, H % 64 == 0 on an sm_90 device running this file's sm_90a code (probed once) with
+// ≥ kSmemBytes of opt-in shared memory; asked for anything else it is a dsa::Error naming the reason
+// (variants.cu decides with sparse_forward_wgmma_applies; sparse_attention_forward.cu dispatches).
 //
 // Contract: ops.h §6 (FlashMLA flash_mla_sparse_fwd): q [T,H,576], kv [S,576] shared by all heads,
 // both fp32 or both bf16 (AttentionParams::dtype), V = kv[:, :512], indices [T,K] (−1, ≥ S or
@@ -63,7 +62,7 @@
 // row (the hardware applies the swizzle to the final address). MN-major V (B of the PV phase): the canonical 128-byte-swizzle MN-major
 // layout ((64 dims, m), (8 keys, k)) : ((1, LBO), (128 B, SBO)) with LBO = 8192 B (next column
 // block = next 64 dims) and SBO = 1024 B (next 8 keys); a k-step of 16 keys advances 2048 B.
-// Host-side requirements (else v5 does not apply / a named error): q and kv (q_bf16 and kv_bf16 for
+// Host-side requirements (else the variant cannot run: a named error): q and kv (q_bf16 and kv_bf16 for
 // bf16 inputs) 16-byte aligned (float4 / 16-byte loads, cp.async gathers); for fp32 inputs the
 // workspace 16-byte aligned (cp.async) and ≥ S·1152 bytes.
 #include <cuda_bf16.h>

@@ -1,4 +1,4 @@
-// sparse_attention_forward_wgmma.cuh — kernel version 5 of sparse_attention_forward (bf16 wgmma,
+// sparse_attention_forward_wgmma.cuh — variant kWgmma of sparse_attention_forward (bf16 wgmma,
 // sm_90a), host side. Defined in sparse_attention_forward_wgmma.cu; dispatched from
 // sparse_attention_forward.cu.
 #pragma once
@@ -7,7 +7,7 @@
 
 namespace dsa::cuda::attn {
 
-// Alignment v5 needs of its workspace (16-byte cp.async gathers from the bf16 kv copy).
+// Alignment kWgmma needs of its workspace (16-byte cp.async gathers from the bf16 kv copy).
 inline constexpr size_t kWgmmaWorkspaceAlign = 16;
 
 // True when v5 runs this shape here: Dqk 576, Dv 512, H % 64 == 0, an sm_90 device with enough
