@@ -19,7 +19,7 @@
 // no warm-up, to bound the total time). Memory: peak resident set (getrusage ru_maxrss) of the
 // process, and RSS after the layer inputs are allocated and touched (/proc/self/statm);
 // work = peak − inputs, i.e. what the op pipeline itself holds: indices / logits / outputs and
-// any internal buffers. FLOP conventions (dsa-spec / the issue):
+// any internal buffers. FLOP conventions (docs/dsa.md, DeepGEMM / FlashMLA):
 //   dense causal 2·H·(Dqk + Dv)·pairs,  sparse 2·H·(Dqk + Dv)·T·K,  indexer 2·HI·DI·pairs,
 //   pairs = Σ_t (ke − ks) = L(L+1)/2.
 #include <sys/resource.h>
@@ -42,7 +42,7 @@
 
 namespace {
 
-// The benchmark configuration of the issue: H = 16, Dqk = 192, Dv = 128, HI = 16, DI = 64, K = 512.
+// The CPU scaling benchmark's configuration: H = 16, Dqk = 192, Dv = 128, HI = 16, DI = 64, K = 512.
 constexpr int kH = 16, kDqk = 192, kDv = 128, kHI = 16, kDI = 64, kTopK = 512;
 constexpr int kRepsSmall = 3;
 constexpr int kSmallL = 4096;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# attention_device_run.sh — one device call for the attention side: builds the op table (the CPU
+# attention_device_run.sh — one GPU machine run for the attention side: builds the op table (the CPU
 # ops, every CUDA kernel, the tests) without the model/tokenizer dependencies (OpenBLAS,
 # sentencepiece are not on the device image), runs the attention rows on the GPU backends and the
 # bf16 test, compute-sanitizer memcheck + racecheck on them, then the benchmarks and the torch

@@ -4,7 +4,7 @@ in the same run as bench/gpu/attention_bench (docs/perf.md GPU section):
 
   * torch SDPA dense causal attention (cuDNN backend when available, else torch's default pick),
     bf16, MHA with 128 heads, d_qk = 192, d_v = 128 (the dense layer V3.1 ran) at L = 4096 and at
-    L = 131072 (the issue's layer-level comparison point);
+    L = 131072 (the layer-level comparison point of docs/perf.md);
   * a naive torch gather implementation of sparse MQA attention (bf16, H = 128, 576/512, K = 2048):
     kv[indices] gathered per query chunk, scores, softmax, P·V — at FlashMLA's case T = 4096, S = 8192.
 

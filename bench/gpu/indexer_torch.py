@@ -2,7 +2,7 @@
 """indexer_torch.py — the torch baselines of the indexer-side GPU numbers (docs/perf.md GPU section),
 measured in the same run as bench/gpu/indexer_bench (tools/gpu/run_all.sh):
 
-  * torch.topk over 4096 rows x 131072 fp32 logits, k = 2048 (the issue's top-k floor case);
+  * torch.topk over 4096 rows x 131072 fp32 logits, k = 2048 (the top-k case of docs/perf.md);
   * a torch implementation of the indexer logits I = sum_h w * relu(q_h . k): bf16 matmul per query
     chunk ([chunk*HI, DI] x [DI, S]), relu, weighted head sum — at HI = 64, DI = 128, S = 131072 on a
     query subset (the [chunk, HI, S] intermediate is what a framework implementation must hold);
