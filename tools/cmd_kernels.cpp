@@ -1,6 +1,7 @@
 // `dsa kernels` — per op with kernel variants, the variant the default (kAuto) runs on this machine at
 // DeepSeek-V3.2's shapes, and the op's variants with why each one can or cannot run here.
 #include <cstdio>
+#include <functional>
 #include <string>
 
 #include "command.h"
@@ -17,37 +18,21 @@ namespace {
 constexpr int kT = 4096, kS = 8192, kH = 128, kHI = 64, kDI = 128, kK = 2048;
 alignas(256) const unsigned char kAligned[256] = {};
 
-template <class P>
-void report(const char* op, const char* inputs, const P& p, const dsa::cuda::OpVariants& o) {
-  std::string line = std::string(op) + " (" + inputs + "): default runs ";
-  try {
-    line += dsa::cuda::variant_name(dsa::cuda::resolve_variant(p, dsa::cuda::Variant::kAuto, op));
-  } catch (const std::exception& e) {
-    line += std::string("nothing: ") + e.what();
-  }
-  std::printf("%s\n", line.c_str());
-  for (int i = 0; i < o.count; ++i) {
-    std::string why = "runs here";
+// One op: what the default runs, then each variant and why it can or cannot run (resolve throws the reason).
+void report(const char* op, const char* inputs, const dsa::cuda::OpVariants& o,
+            const std::function<dsa::cuda::Variant(dsa::cuda::Variant)>& resolve) {
+  const auto why = [&](dsa::cuda::Variant v) -> std::string {
     try {
-      dsa::cuda::resolve_variant(p, o.variants[i], op);
+      return dsa::cuda::variant_name(resolve(v));
     } catch (const std::exception& e) {
-      why = e.what();
+      return e.what();
     }
-    std::printf("    %-7s %s\n", dsa::cuda::variant_name(o.variants[i]), why.c_str());
-  }
-}
-template <>
-void report(const char* op, const char* inputs, const dsa::SparseDecodeParams& p, const dsa::cuda::OpVariants& o) {
-  std::printf("%s (%s): default runs %s\n", op, inputs,
-              dsa::cuda::variant_name(dsa::cuda::resolve_variant(p, dsa::cuda::Variant::kAuto)));
+  };
+  std::printf("%s (%s): default runs %s\n", op, inputs, why(dsa::cuda::Variant::kAuto).c_str());
   for (int i = 0; i < o.count; ++i) {
-    std::string why = "runs here";
-    try {
-      dsa::cuda::resolve_variant(p, o.variants[i]);
-    } catch (const std::exception& e) {
-      why = e.what();
-    }
-    std::printf("    %-7s %s\n", dsa::cuda::variant_name(o.variants[i]), why.c_str());
+    const std::string r = why(o.variants[i]);
+    std::printf("    %-7s %s\n", dsa::cuda::variant_name(o.variants[i]),
+                r == dsa::cuda::variant_name(o.variants[i]) ? "runs here" : r.c_str());
   }
 }
 #endif
@@ -75,17 +60,20 @@ const dsa::cli::Register kKernels(
         const std::string op = ops[i].op;
         if (op == "indexer_logits" || op == "indexer_topk") {
           dsa::IndexerParams p{kT, kS, kHI, kDI, dsa::Precision::kFp8, any, any, f32, f32, i32, i32};
-          report(ops[i].op, "e4m3 q/k, HI 64, DI 128", p, ops[i]);
+          report(ops[i].op, "e4m3 q/k, HI 64, DI 128", ops[i],
+                 [&](dsa::cuda::Variant v) { return dsa::cuda::resolve_variant(p, v, ops[i].op); });
         } else if (op == "sparse_attention_decode") {
           dsa::SparseDecodeParams p;
           p.B = 64; p.H = kH; p.K = kK; p.num_slots = 32768; p.scale = 0.1f; p.q_dtype = dsa::DType::kBF16;
           p.q_bf16 = b16; p.cache = any; p.indices = i32;
-          report(ops[i].op, "bf16 q, FP8 656-byte cache, H 128, K 2048", p, ops[i]);
+          report(ops[i].op, "bf16 q, FP8 656-byte cache, H 128, K 2048", ops[i],
+                 [&](dsa::cuda::Variant v) { return dsa::cuda::resolve_variant(p, v); });
         } else {
           dsa::AttentionParams p;
           p.T = kT; p.S = kS; p.H = kH; p.Dqk = 576; p.Dv = 512; p.scale = 0.1f; p.K = kK; p.indices = i32;
           p.dtype = dsa::DType::kBF16; p.q_bf16 = b16; p.kv_bf16 = b16;
-          report(ops[i].op, "bf16 q/kv, H 128, 576/512, K 2048", p, ops[i]);
+          report(ops[i].op, "bf16 q/kv, H 128, 576/512, K 2048", ops[i],
+                 [&](dsa::cuda::Variant v) { return dsa::cuda::resolve_variant(p, v, ops[i].op); });
         }
       }
       return 0;

@@ -44,6 +44,8 @@ struct OpVariants {
   int count;
 };
 const OpVariants* op_variants(int* n_ops);
+// Whether `op` lists variant v (kAuto: never).
+bool op_has_variant(const char* op, Variant v);
 
 // The current device in words ("NVIDIA H100 80GB HBM3 (sm_90)"), "" without one.
 std::string device_description();

@@ -136,17 +136,7 @@ class CudaBackend final : public Backend {
 
  private:
   // The backend's variant class for `op`: itself where the op has that variant, else kAuto.
-  Variant variant_for(const char* op) const {
-    if (variant_ == Variant::kAuto) return Variant::kAuto;
-    int n = 0;
-    const OpVariants* ops = op_variants(&n);
-    for (int i = 0; i < n; ++i) {
-      if (std::string(ops[i].op) != op) continue;
-      for (int j = 0; j < ops[i].count; ++j)
-        if (ops[i].variants[j] == variant_) return variant_;
-    }
-    return Variant::kAuto;
-  }
+  Variant variant_for(const char* op) const { return op_has_variant(op, variant_) ? variant_ : Variant::kAuto; }
 
   // At least `bytes` of workspace on the stream (grown stream-ordered: the old buffer is freed after
   // the work queued on it). 256-byte aligned (cudaMallocAsync), as every op's alignment needs.

@@ -145,6 +145,15 @@ const OpVariants* op_variants(int* n_ops) {
   return kOps;
 }
 
+bool op_has_variant(const char* op, Variant v) {
+  for (const OpVariants& o : kOps) {
+    if (std::string(o.op) != op) continue;
+    for (int i = 0; i < o.count; ++i)
+      if (o.variants[i] == v) return true;
+  }
+  return false;
+}
+
 Variant resolve_variant(const IndexerParams& p, Variant requested, const char* op) {
   return resolve(op, requested, p.precision == Precision::kFp8, [&](Variant v) { return indexer_why_not(p, v); });
 }

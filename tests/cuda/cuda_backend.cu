@@ -22,15 +22,7 @@ const std::vector<std::pair<cuda::Variant, std::vector<std::string>>>& class_row
 }  // namespace
 
 cuda::Variant CudaBackend::variant(const char* op) const {
-  if (class_ == cuda::Variant::kExact) return cuda::Variant::kExact;
-  int n = 0;
-  const cuda::OpVariants* ops = cuda::op_variants(&n);
-  for (int i = 0; i < n; ++i) {
-    if (std::string(ops[i].op) != op) continue;
-    for (int j = 0; j < ops[i].count; ++j)
-      if (ops[i].variants[j] == class_) return class_;
-  }
-  return cuda::Variant::kExact;
+  return class_ != cuda::Variant::kExact && cuda::op_has_variant(op, class_) ? class_ : cuda::Variant::kExact;
 }
 
 std::string CudaBackend::skip_reason(const std::string& op) const {
