@@ -1,6 +1,7 @@
 // model_session.cpp — the inference Session: chunked prefill ≡ one-shot, decode ≡ prefill row,
-// s_q = 2 ≡ two decodes, session ≡ the training forward, and the V3.2 paged caches (bf16 latent,
-// 656 B FP8 record, 132 B FP8 indexer keys) with pages handed out in a shuffled order.
+// s_q = 2 ≡ two decodes, session ≡ the training forward, the V3.2 paged caches (bf16 latent,
+// 656 B FP8 record, 132 B FP8 indexer keys) with pages handed out in a shuffled order, and the
+// BatchSession (many sequences over one page pool) ≡ one Session per sequence.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -135,6 +136,113 @@ TEST(ModelSession, V32RecordCaches) {
   // record formats need the V3.2 latent dims
   Model small(micro_config());
   EXPECT_THROW(Session(small, bf), dsa::Error);
+}
+
+// A BatchSession runs every sequence's rows exactly as a Session does (the steps work per row), so each
+// sequence's logits equal a Session's over the same tokens bitwise — whatever else is in the batch,
+// whatever order its pages came in, and after other sequences left and new ones took their pages.
+TEST(ModelSession, BatchSessionEqualsOneSessionPerSequence) {
+  const auto c = v32_record_config();
+  Model m(c);
+  m.init_random(35);
+  for (const bool fp8 : {false, true}) {
+    SessionOptions o;
+    o.kv_format = fp8 ? dsa::KvCacheFormat::kFp8Record : dsa::KvCacheFormat::kBf16;
+    o.indexer_precision = fp8 ? dsa::Precision::kFp8 : dsa::Precision::kFp32;
+    o.max_tokens = 200;
+    o.page_order_seed = 11;
+    const std::vector<std::vector<int32_t>> seqs = {random_tokens(c.vocab_size, 37, 1), random_tokens(c.vocab_size, 80, 2),
+                                                    random_tokens(c.vocab_size, 5, 3)};
+    const int prompt[3] = {30, 70, 2};
+    // one Session per sequence: prefill, then decode token by token (the last two with s_q = 2)
+    std::vector<std::vector<float>> want(3);
+    for (int i = 0; i < 3; ++i) {
+      SessionOptions one = o;
+      Session s(m, one);
+      s.prefill(std::vector<int32_t>(seqs[i].begin(), seqs[i].begin() + prompt[i]), 16);
+      const int n = static_cast<int>(seqs[i].size());
+      for (int t = prompt[i]; t < n - 2; ++t) {
+        const auto r = s.decode(seqs[i][t]);
+        want[i].insert(want[i].end(), r.begin(), r.end());
+      }
+      const auto r = s.decode2(seqs[i][n - 2], seqs[i][n - 1]);
+      want[i].insert(want[i].end(), r.begin(), r.end());
+    }
+    // the batch: sequence 1 joins after a throwaway sequence took and returned pages; decode steps
+    // run every sequence that still has tokens, then the s_q = 2 steps together
+    dsa::model::BatchSession b(m, o);
+    const int junk = b.add();
+    b.prefill(junk, random_tokens(c.vocab_size, 100, 9), 0);
+    const int id0 = b.add();
+    b.remove(junk);
+    EXPECT_EQ(b.free_tokens(), b.capacity());
+    const int id1 = b.add(), id2 = b.add();
+    const int ids[3] = {id0, id1, id2};
+    for (int i = 0; i < 3; ++i) b.prefill(ids[i], std::vector<int32_t>(seqs[i].begin(), seqs[i].begin() + prompt[i]), 16);
+    std::vector<std::vector<float>> got(3);
+    std::vector<int> next = {prompt[0], prompt[1], prompt[2]};
+    for (;;) {
+      std::vector<int> step_ids, who;
+      std::vector<int32_t> toks;
+      for (int i = 0; i < 3; ++i)
+        if (next[i] < static_cast<int>(seqs[i].size()) - 2) {
+          step_ids.push_back(ids[i]);
+          who.push_back(i);
+          toks.push_back(seqs[i][next[i]++]);
+        }
+      if (step_ids.empty()) break;
+      const auto r = b.decode(step_ids, toks);
+      ASSERT_EQ(r.size(), step_ids.size() * static_cast<size_t>(c.vocab_size));
+      for (size_t j = 0; j < who.size(); ++j)
+        got[who[j]].insert(got[who[j]].end(), r.begin() + j * c.vocab_size, r.begin() + (j + 1) * c.vocab_size);
+    }
+    std::vector<int32_t> pairs;
+    for (int i = 0; i < 3; ++i) pairs.insert(pairs.end(), seqs[i].end() - 2, seqs[i].end());
+    const auto r2 = b.decode2({id0, id1, id2}, pairs);
+    for (int i = 0; i < 3; ++i) {
+      got[i].insert(got[i].end(), r2.begin() + i * 2 * c.vocab_size, r2.begin() + (i + 1) * 2 * c.vocab_size);
+      EXPECT_EQ(b.length(ids[i]), static_cast<int64_t>(seqs[i].size()));
+      ASSERT_EQ(got[i].size(), want[i].size()) << i;
+      EXPECT_EQ(max_diff(got[i], want[i]), kExact) << "sequence " << i << (fp8 ? " (fp8)" : " (bf16)");
+    }
+  }
+}
+
+// A step is checked whole before anything is written: unknown or repeated sequences, bad tokens,
+// positions past the limit and a pool without enough free pages are refused, and the sequences keep
+// their lengths (a later valid step gives the same logits as if the bad one never happened).
+TEST(ModelSession, BatchSessionRefusesBadStepsWithoutWriting) {
+  const auto c = micro_config();
+  Model m(c);
+  m.init_random(36);
+  SessionOptions o;
+  o.kv_format = dsa::KvCacheFormat::kFp32;
+  o.max_tokens = 3 * dsa::kCachePageTokens;   // a pool of three pages
+  o.allow_beyond_max_position = true;
+  dsa::model::BatchSession b(m, o);
+  const int a = b.add(), z = b.add();
+  b.prefill(a, random_tokens(c.vocab_size, 100, 4), 0);   // two pages
+  b.prefill(z, random_tokens(c.vocab_size, 10, 5), 0);    // one page: the pool is full
+  EXPECT_EQ(b.free_tokens(), 0);
+  EXPECT_THROW(b.prefill(a, random_tokens(c.vocab_size, 40, 6), 0), dsa::Error);   // needs a fourth page
+  EXPECT_EQ(b.length(a), 100);
+  EXPECT_THROW(b.decode({a, a}, {1, 2}), dsa::Error);         // repeated
+  EXPECT_THROW(b.decode({a, 7}, {1, 2}), dsa::Error);         // unknown
+  EXPECT_THROW(b.decode({a, z}, {1, c.vocab_size}), dsa::Error);   // bad token
+  EXPECT_THROW(b.decode({a, z}, {1}), dsa::Error);            // token count
+  EXPECT_THROW(b.decode({}, {}), dsa::Error);
+  EXPECT_EQ(b.length(a), 100);
+  EXPECT_EQ(b.length(z), 10);
+  const auto after = b.decode({a, z}, {1, 2});
+  dsa::model::BatchSession fresh(m, o);
+  const int a2 = fresh.add(), z2 = fresh.add();
+  fresh.prefill(a2, random_tokens(c.vocab_size, 100, 4), 0);
+  fresh.prefill(z2, random_tokens(c.vocab_size, 10, 5), 0);
+  EXPECT_EQ(max_diff(after, fresh.decode({a2, z2}, {1, 2})), kExact);
+  b.remove(a);
+  EXPECT_EQ(b.free_tokens(), 2 * dsa::kCachePageTokens);
+  EXPECT_THROW(b.length(a), dsa::Error);
+  EXPECT_THROW(b.remove(a), dsa::Error);
 }
 
 TEST(ModelSession, SamplerIsSeededAndRespectsTopP) {

@@ -7,9 +7,11 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <random>
 
 #include "command.h"
+#include "device.h"
 #include "dsa/model.h"
 #include "dsa/tokenizer.h"
 #include "dsa/train.h"
@@ -26,10 +28,15 @@ const char* kUsage =
     "  attention: --mode dense|sparse|window (default sparse)  --attn-topk K (keys per query; default the config's)\n"
     "             --kv-cache fp32|bf16|fp8  --indexer fp8|fp32  --chunk N (prefill chunk; 0: one step)\n"
     "             --max-tokens N (cache capacity)\n"
+    "  --device cpu|cuda|cuda:N   where the session runs (default cpu): on a GPU the weights, the caches and\n"
+    "                             every step stay in device memory\n"
     "  -t, --threads N            OpenMP threads (default: every core; waits are passive)\n"
     "  --tokenizer SPEC           byte | FILE.model (default: found next to the model, else byte)\n"
     "  --no-stream                print the text once at the end instead of token by token\n"
-    "  --random-prompt N          benchmark: N random token ids as the prompt, no text output\n";
+    "  --random-prompt N          benchmark: N random token ids as the prompt, no text output\n"
+    "  batches (one BatchSession: prompts prefilled one by one, then decoded together, one step per token):\n"
+    "  --prompts FILE             one prompt per line; prints each completion after the run\n"
+    "  --batch B                  with --random-prompt N: B random prompts of N tokens\n";
 
 dsa::model::AttentionMode parse_mode(const std::string& s) {
   if (s == "dense") return dsa::model::AttentionMode::kDense;
@@ -56,11 +63,91 @@ size_t complete_utf8_prefix(const std::string& s) {
   return need > back + 1 ? i - 1 : s.size();
 }
 
+// Batched generation: every prompt prefilled into its own sequence of one BatchSession, then one
+// decode step per new token for every sequence still generating (a sequence leaves when it reaches
+// max_new tokens or samples BOS / an id past the tokenizer).
+int run_batch(const dsa::model::Model& m, const dsa::Tokenizer& tok, const std::vector<std::vector<int32_t>>& prompts,
+              const std::vector<std::string>& lines, dsa::model::SessionOptions so, long long max_tokens_flag, int max_new,
+              int chunk, const dsa::model::SamplerOptions& sp, uint64_t seed, const dsa::cli::BatchSessionOpener& open) {
+  using Clock = std::chrono::steady_clock;
+  const dsa::model::Config& c = m.config();
+  long long pool = 0;   // every sequence's pages at its longest
+  for (const auto& p : prompts)
+    pool += (static_cast<long long>(p.size()) + max_new + dsa::kCachePageTokens - 1) / dsa::kCachePageTokens * dsa::kCachePageTokens;
+  if (max_tokens_flag > 0 && max_tokens_flag < pool)
+    throw dsa::Error("generate: --max-tokens " + std::to_string(max_tokens_flag) + " holds fewer than the " + std::to_string(pool) +
+                     " cache slots the prompts and their new tokens need");
+  if (pool > (1LL << 30)) throw dsa::Error("generate: the batch needs " + std::to_string(pool) + " cache slots, more than 2^30");
+  so.max_tokens = static_cast<int>(max_tokens_flag > 0 ? max_tokens_flag : pool);
+  for (const auto& p : prompts)
+    if (static_cast<long long>(p.size()) + max_new > c.max_position_embeddings)
+      throw dsa::Error("generate: a prompt of " + std::to_string(p.size()) + " tokens + " + std::to_string(max_new) +
+                       " new ones exceeds max_position_embeddings = " + std::to_string(c.max_position_embeddings));
+  const std::unique_ptr<dsa::model::BatchSession> held = open(m, so);
+  dsa::model::BatchSession& s = *held;
+  std::mt19937_64 rng(seed);
+  const size_t B = prompts.size();
+  std::vector<int> ids(B);
+  std::vector<std::vector<int32_t>> out(B);
+  std::vector<int32_t> next(B);
+  std::vector<char> active(B, max_new > 0);
+  long long prompt_tokens = 0, decoded = 0;
+  const auto t0 = Clock::now();
+  for (size_t b = 0; b < B; ++b) {
+    ids[b] = s.add();
+    prompt_tokens += static_cast<long long>(prompts[b].size());
+    if (max_new == 0) continue;
+    const auto logits = s.prefill(ids[b], prompts[b], chunk);
+    next[b] = dsa::model::sample_token(logits.data(), c.vocab_size, sp, rng);
+  }
+  const auto t1 = Clock::now();
+  const long long in_use = [&] {
+    long long t = 0;
+    for (size_t b = 0; b < B; ++b) t += s.length(ids[b]);
+    return t;
+  }();
+  for (;;) {
+    std::vector<int> step_ids;
+    std::vector<int32_t> toks;
+    std::vector<size_t> who;
+    for (size_t b = 0; b < B; ++b) {
+      if (!active[b]) continue;
+      const bool stop = next[b] >= tok.vocab_size() || next[b] == tok.bos_id();
+      if (!stop) out[b].push_back(next[b]);
+      if (stop || static_cast<int>(out[b].size()) >= max_new) {
+        active[b] = 0;
+        s.remove(ids[b]);   // leaves the batch: its pages go back to the pool
+        continue;
+      }
+      step_ids.push_back(ids[b]);
+      toks.push_back(next[b]);
+      who.push_back(b);
+    }
+    if (step_ids.empty()) break;
+    const auto logits = s.decode(step_ids, toks);
+    decoded += static_cast<long long>(step_ids.size());
+    for (size_t j = 0; j < who.size(); ++j)
+      next[who[j]] = dsa::model::sample_token(logits.data() + j * c.vocab_size, c.vocab_size, sp, rng);
+  }
+  const auto t2 = Clock::now();
+  for (size_t b = 0; b < B; ++b)
+    if (!lines.empty()) std::printf("[%zu] %s%s\n", b, lines[b].c_str(), tok.decode(out[b]).c_str());
+  const double pre_s = std::chrono::duration<double>(t1 - t0).count();
+  const double dec_s = std::chrono::duration<double>(t2 - t1).count();
+  std::fprintf(stderr, "batch of %zu: prefill %lld tokens in %.3f s (%.1f tok/s); decode %lld tokens in %.3f s (%.1f tok/s)\n", B,
+               prompt_tokens, pre_s, prompt_tokens / std::max(pre_s, 1e-9), decoded, dec_s, decoded / std::max(dec_s, 1e-9));
+  const long long per_token = s.cache_bytes_per_token();
+  std::fprintf(stderr, "cache: %lld bytes per token (all layers); after prefill %lld tokens in use: %.2f MiB (pool %lld tokens: %.2f MiB)\n",
+               per_token, in_use, per_token * static_cast<double>(in_use) / (1 << 20), static_cast<long long>(s.capacity()),
+               per_token * static_cast<double>(s.capacity()) / (1 << 20));
+  return 0;
+}
+
 int run_generate(const dsa::cli::Args& args) {
   using Clock = std::chrono::steady_clock;
   const dsa::cli::Flags f(args,
                           {"model", "prompt", "max-new", "max-new-tokens", "temperature", "temp", "top-p", "top-k", "seed", "mode",
-                           "attn-topk", "topk", "kv-cache", "chunk", "max-tokens", "random-prompt", "tokenizer", "indexer", "threads"},
+                           "attn-topk", "topk", "kv-cache", "chunk", "max-tokens", "random-prompt", "tokenizer", "indexer", "threads", "device", "prompts", "batch"},
                           {"fp8-indexer", "no-stream"},
                           {{"-m", "model"}, {"-p", "prompt"}, {"-n", "max-new-tokens"}, {"-s", "seed"}, {"-t", "threads"}});
   if (f.has("topk"))
@@ -83,7 +170,22 @@ int run_generate(const dsa::cli::Args& args) {
   const dsa::model::AttentionMode mode = parse_mode(f.get("mode", "sparse"));
   if (f.has("kv-cache")) parse_cache(f.get("kv-cache"));
   dsa::cli::apply_threads(f);
-  if (random_prompt == 0 && !f.has("prompt")) throw dsa::Error("missing required flag -p/--prompt (or --random-prompt N)");
+  const dsa::cli::SessionOpener open_session = dsa::cli::parse_session_device(f.get("device", "cpu"), "generate");
+  const int batch = f.get_i32("batch", 0, 1, 1 << 16);
+  if (f.has("batch") && random_prompt == 0) throw dsa::Error("generate: --batch B needs --random-prompt N (or give --prompts FILE)");
+  if (f.has("prompts") && (f.has("prompt") || random_prompt > 0))
+    throw dsa::Error("generate: give one of -p/--prompt, --prompts FILE and --random-prompt N");
+  const bool batched = f.has("prompts") || f.has("batch");
+  if (random_prompt == 0 && !f.has("prompt") && !f.has("prompts"))
+    throw dsa::Error("missing required flag -p/--prompt (or --prompts FILE, or --random-prompt N)");
+  std::vector<std::string> prompt_lines;
+  if (f.has("prompts")) {   // read before the model: a bad file is refused first
+    std::ifstream in(f.get("prompts"));
+    if (!in) throw dsa::Error("generate: --prompts " + f.get("prompts") + ": cannot be read");
+    for (std::string line; std::getline(in, line);)
+      if (!line.empty()) prompt_lines.push_back(line);
+    if (prompt_lines.empty()) throw dsa::Error("generate: --prompts " + f.get("prompts") + " holds no prompt (one per line)");
+  }
 
   const std::string dir = dsa::train::resolve_checkpoint(f.require("model"));
   const dsa::model::Model m = dsa::model::Model::load(dir);
@@ -107,6 +209,28 @@ int run_generate(const dsa::cli::Args& args) {
     throw dsa::Error("generate: tokenizer vocabulary " + std::to_string(tok->vocab_size()) + " exceeds the model's vocab_size " +
                      std::to_string(c.vocab_size));
   std::vector<int32_t> prompt;
+  if (batched) {
+    std::vector<std::vector<int32_t>> prompts;
+    std::mt19937_64 g(1);
+    std::uniform_int_distribution<int> id(0, std::min(tok->vocab_size(), c.vocab_size) - 1);
+    for (int b = 0; b < (prompt_lines.empty() ? batch : static_cast<int>(prompt_lines.size())); ++b) {
+      if (!prompt_lines.empty()) {
+        prompts.push_back(dsa::encode_prompt(*tok, prompt_lines[b]));
+      } else {
+        prompts.emplace_back();
+        for (int i = 0; i < random_prompt; ++i) prompts.back().push_back(id(g));
+      }
+    }
+    dsa::model::SessionOptions so;
+    so.mode = mode;
+    so.topk = attn_topk;
+    if (f.has("kv-cache")) so.kv_format = parse_cache(f.get("kv-cache"));
+    const std::string idx = f.get("indexer", c.index_head_dim == dsa::kIndexerKeyDim ? "fp8" : "fp32");
+    if (idx != "fp8" && idx != "fp32") throw dsa::Error("generate: --indexer must be fp8 or fp32, not '" + idx + "'");
+    so.indexer_precision = idx == "fp8" ? dsa::Precision::kFp8 : dsa::Precision::kFp32;
+    return run_batch(m, *tok, prompts, prompt_lines, so, max_tokens_flag, max_new, chunk, sp, static_cast<uint64_t>(seed),
+                     dsa::cli::parse_batch_session_device(f.get("device", "cpu"), "generate"));
+  }
   if (random_prompt > 0) {   // benchmarking: N random ids
     std::mt19937_64 g(1);
     std::uniform_int_distribution<int> id(0, std::min(tok->vocab_size(), c.vocab_size) - 1);
@@ -127,7 +251,8 @@ int run_generate(const dsa::cli::Args& args) {
   if (so.max_tokens < static_cast<long long>(prompt.size()) + max_new)
     throw dsa::Error("generate: --max-tokens " + std::to_string(so.max_tokens) + " holds fewer than the prompt's " +
                      std::to_string(prompt.size()) + " tokens + " + std::to_string(max_new) + " new ones");
-  dsa::model::Session session(m, so);
+  const std::unique_ptr<dsa::model::Session> held = open_session(m, so);
+  dsa::model::Session& session = *held;
   std::mt19937_64 rng(static_cast<uint64_t>(seed));
 
   const bool text = random_prompt == 0, stream = text && !f.has("no-stream");
@@ -171,7 +296,10 @@ int run_generate(const dsa::cli::Args& args) {
   const double dec_s = std::chrono::duration<double>(t2 - t1).count();
   std::fprintf(stderr, "prefill: %zu tokens in %.3f s (%.1f tok/s); decode: %zu tokens in %.3f s (%.1f tok/s)\n", prompt.size(), pre_s,
                prompt.size() / std::max(pre_s, 1e-9), decoded, dec_s, decoded / std::max(dec_s, 1e-9));
-  std::fprintf(stderr, "cache: %lld bytes per token (all layers)\n", static_cast<long long>(session.cache_bytes_per_token()));
+  const long long per_token = session.cache_bytes_per_token();
+  std::fprintf(stderr, "cache: %lld bytes per token (all layers), %lld tokens in use: %.2f MiB (capacity %lld tokens: %.2f MiB)\n",
+               per_token, static_cast<long long>(session.length()), per_token * static_cast<double>(session.length()) / (1 << 20),
+               static_cast<long long>(session.capacity()), per_token * static_cast<double>(session.capacity()) / (1 << 20));
   return 0;
 }
 

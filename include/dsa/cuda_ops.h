@@ -169,6 +169,10 @@ void sparse_attention_decode(const SparseDecodeParams& p, void* workspace, size_
 // (ta: A is stored [K,M] and read transposed; tb likewise for B [N,K]). Deterministic.
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
           int64_t ldb, float beta, float* C, int64_t ldc, cudaStream_t stream);
+// The same with A and B in bf16 (bit patterns), C fp32, fp32 accumulation (cuBLAS's bf16 tensor-core
+// GEMM): the projections of a GPU session with bf16 weights.
+void gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B,
+               int64_t ldb, float beta, float* C, int64_t ldc, cudaStream_t stream);
 void linear_forward(const float* x, const float* w, float* y, int64_t N, int I, int O, cudaStream_t stream);
 void linear_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, int64_t N, int I,
                      int O, bool accumulate_dx, cudaStream_t stream);      // dx may be null (then skipped)

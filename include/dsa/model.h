@@ -313,17 +313,20 @@ class Model {
   // executor that dsa::cuda::attach_model (dsa/model_cuda.h, the dsa_cuda library) installs — the same
   // model code (src/model/forward.cpp) over the CUDA ops. Parameters stay in params() on the host (the
   // optimizer and checkpoints use them) and are copied to the executor at every pass; gradients come
-  // back into grads(). indexer_recall, the MHA oracle and Session always run on the CPU.
+  // back into grads(). indexer_recall and the MHA oracle always run on the CPU; a Session runs where
+  // it is opened (the CPU, or a GPU through dsa::cuda::open_session).
   void set_exec(std::shared_ptr<Exec> exec);
   bool has_exec() const;
 
   struct Impl;
  private:
   friend class Session;
+  friend class BatchSession;
   std::unique_ptr<Impl> impl_;
 };
 
 // ── Inference session: one sequence, paged caches, chunked prefill, decode ─────────────────────
+class BatchSession;
 // BOS rule: every training and evaluation sequence starts with the tokenizer's BOS id (dsa::Tokenizer
 // ::bos_id), so a prompt must too — the logits of a prompt without it differ from what the model
 // learned. dsa::encode_prompt (dsa/tokenizer.h) is the one place that applies the rule; feed its
@@ -331,14 +334,19 @@ class Model {
 // Every call appends n tokens at positions [length(), length() + n) in one step: their latents are
 // written to the caches (pages of kCachePageTokens slots), then each row attends over the cache
 // (indexer top-k over logical positions → physical slots → sparse attention). Prefill in chunks ≡
-// one shot and decode at position t ≡ prefill row t, bitwise: the session's projections use a
-// row-invariant matmul and every op works per row, on the same cache contents.
+// one shot and decode at position t ≡ prefill row t, bitwise on the CPU: the session's projections
+// use a row-invariant matmul and every op works per row, on the same cache contents. A GPU session
+// (dsa::cuda::open_session) runs the same steps on the device — caches, weights and step buffers in
+// device memory — with cuBLAS matmuls and the default (fastest) kernel variants, so it equals the
+// CPU session within the tolerance of those kernels, not bitwise.
 // The Session keeps a reference to the model's parameters: the Model must outlive it.
 class Session {
  public:
   // Throws dsa::Error before allocating when the caches do not fit memory_limit_bytes() or when
   // max_tokens exceeds max_position_embeddings (see allow_beyond_max_position).
   Session(const Model& model, const SessionOptions& options);
+  // The same session on another executor: dsa::cuda::open_session (dsa/model_cuda.h) passes a GPU one.
+  Session(const Model& model, const SessionOptions& options, std::shared_ptr<Exec> exec);
   ~Session();
   // Appends tokens (n ≥ 1) and returns the logits of the last row [vocab], or all rows [n, vocab].
   std::vector<float> append(const std::vector<int32_t>& tokens, bool all_logits = false);
@@ -356,6 +364,41 @@ class Session {
   struct Impl;
  private:
   std::unique_ptr<Impl> impl_;
+};
+
+// ── Many sequences over one pool of cache pages (what an engine embedding the library runs) ──────
+// options.max_tokens is the pool's capacity in tokens, shared by every sequence: a sequence takes
+// pages of kCachePageTokens slots from the pool as it grows and gives them back when removed, so
+// sequences of different lengths join and leave between steps (max_tokens may exceed
+// max_position_embeddings here). Each sequence is limited to max_position_embeddings (unless
+// allow_beyond_max_position) and to the pool. Prefill runs one sequence at a
+// time (in chunks); decode / decode2 run one step for several sequences at once — one row per
+// sequence (s_q 1) or two (s_q 2) — and return every row's logits. A sequence's results equal a
+// Session's over the same tokens (the steps are per row). A step that names an unknown or repeated
+// sequence, a bad token, a position past the limit or more pages than are free is refused before
+// anything is written. The Model must outlive it; dsa::cuda::open_batch_session opens one on a GPU.
+class BatchSession {
+ public:
+  BatchSession(const Model& model, const SessionOptions& options);
+  BatchSession(const Model& model, const SessionOptions& options, std::shared_ptr<Exec> exec);
+  ~BatchSession();
+  int add();                                      // a new empty sequence; returns its id
+  void remove(int id);                            // frees its pages (the id may be handed out again)
+  std::vector<float> prefill(int id, const std::vector<int32_t>& tokens, int chunk_size = 0, bool all_logits = false);
+  // tokens[i] is appended to ids[i]; logits [ids.size(), vocab]
+  std::vector<float> decode(const std::vector<int>& ids, const std::vector<int32_t>& tokens);
+  // tokens[2i], tokens[2i + 1] are appended to ids[i] (MTP verification); logits [ids.size(), 2, vocab]
+  std::vector<float> decode2(const std::vector<int>& ids, const std::vector<int32_t>& tokens);
+  void truncate(int id, int64_t length);          // drop the sequence's cached positions ≥ length
+  int64_t length(int id) const;
+  std::vector<int> sequences() const;             // live ids, ascending
+  int64_t free_tokens() const;                    // free pages × kCachePageTokens
+  int64_t capacity() const;                       // the pool, in tokens
+  int64_t cache_bytes_per_token() const;
+  const SessionOptions& options() const;
+
+ private:
+  std::unique_ptr<Session::Impl> impl_;
 };
 
 }  // namespace dsa::model

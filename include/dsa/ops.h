@@ -58,6 +58,9 @@ inline constexpr int kMlaRecordBytes = 656;         // 512 e4m3 + 4 fp32 scales 
 inline constexpr int kIndexerKeyDim = 128;          // DI of the V3.2 indexer cache record
 inline constexpr int kIndexerRecordBytes = 132;     // 128 e4m3 + 1 fp32 scale
 inline constexpr int kCachePageTokens = 64;         // page size of both paged caches
+// Indexer cache page (IndexerCacheParams): 64 keys of 128 e4m3 bytes, then their 64 fp32 scales.
+inline constexpr int64_t kIndexerPageBytes = int64_t{kCachePageTokens} * kIndexerRecordBytes;         // 8448
+inline constexpr int64_t kIndexerPageScaleOffset = int64_t{kCachePageTokens} * kIndexerKeyDim;        // 8192
 inline constexpr int kMaxTopK = 8192;
 
 // ── Errors ─────────────────────────────────────────────────────────────────────────────────────

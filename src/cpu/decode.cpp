@@ -25,8 +25,6 @@ constexpr int kRowDim = kMlaLatentDim + kMlaRopeDim;                     // 576 
 constexpr int kMlaScaleBlocks = kMlaLatentDim / kQuantBlock;             // 4 fp32 scales per record
 constexpr size_t kMlaScaleOffset = kMlaLatentDim;                        // byte 512
 constexpr size_t kMlaRopeOffset = kMlaLatentDim + kMlaScaleBlocks * sizeof(float);  // byte 528
-constexpr size_t kIndexerPageBytes = static_cast<size_t>(kCachePageTokens) * kIndexerRecordBytes;  // 8448
-constexpr size_t kIndexerPageScaleOffset = static_cast<size_t>(kCachePageTokens) * kIndexerKeyDim;  // 8192
 static_assert(kMlaRopeOffset + kMlaRopeDim * sizeof(uint16_t) == kMlaRecordBytes, "MLA record layout");
 static_assert(kIndexerKeyDim + sizeof(float) == kIndexerRecordBytes, "indexer record layout");
 

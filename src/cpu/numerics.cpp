@@ -88,8 +88,6 @@ constexpr int kMlaRowDim = kMlaLatentDim + kMlaRopeDim;                         
 static_assert(kMlaRopeOffset + kMlaRopeDim * 2 == kMlaRecordBytes, "MLA record is 656 bytes");
 
 // Indexer page layout (ops.h IndexerCacheParams).
-constexpr int64_t kIndexerPageBytes = int64_t(kCachePageTokens) * kIndexerRecordBytes;   // 8448
-constexpr int64_t kIndexerPageScaleOffset = int64_t(kCachePageTokens) * kIndexerKeyDim;  // 8192
 static_assert(kIndexerKeyDim == kQuantBlock, "one scale per indexer key");
 static_assert(kIndexerRecordBytes == kIndexerKeyDim + int(sizeof(float)), "132-byte indexer slot");
 

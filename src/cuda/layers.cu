@@ -37,9 +37,11 @@ constexpr int kMaxGridY = 65535;              // hardware limit of grid.y
 constexpr int kEmbedColsPerThread = 4;        // embedding_backward: columns a thread carries
 constexpr int kEmbedRowUnroll = 4;            // … and rows of a run it loads at once
 
-// Validated gemm: row-major C[M,N] = op(A)·op(B) + beta·C (see cuda_ops.h). `op` names the caller.
-void gemm_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
-               int64_t ldb, float beta, float* C, int64_t ldc, cudaStream_t stream, const char* op) {
+// Validated gemm: row-major C[M,N] = op(A)·op(B) + beta·C (see cuda_ops.h), A and B of type `ab`
+// (fp32 or bf16), C fp32, fp32 accumulation. `op` names the caller.
+void gemm_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void* A, int64_t lda, const void* B,
+               int64_t ldb, float beta, float* C, int64_t ldc, cudaStream_t stream, const char* op,
+               cudaDataType_t ab = CUDA_R_32F) {
   ::dsa::detail::require_non_negative(M, op, "M");
   ::dsa::detail::require_non_negative(N, op, "N");
   ::dsa::detail::require_non_negative(K, op, "K");
@@ -63,10 +65,9 @@ void gemm_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A
   cublasHandle_t h = detail::cublas_handle(op);
   DSA_CUBLAS_CALL(op, cublasSetStream(h, stream));
   DSA_CUBLAS_CALL(op, cublasGemmEx(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                          static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), &one, B,
-                                          CUDA_R_32F, static_cast<int>(ldb), A, CUDA_R_32F, static_cast<int>(lda),
-                                          &beta, C, CUDA_R_32F, static_cast<int>(ldc), CUBLAS_COMPUTE_32F,
-                                          CUBLAS_GEMM_DEFAULT));
+                                          static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), &one, B, ab,
+                                          static_cast<int>(ldb), A, ab, static_cast<int>(lda), &beta, C, CUDA_R_32F,
+                                          static_cast<int>(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 // ── swiglu ───────────────────────────────────────────────────────────────────────────────────
@@ -305,6 +306,11 @@ int row_threads(int C) {
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
           int64_t ldb, float beta, float* C, int64_t ldc, cudaStream_t stream) {
   gemm_impl(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, stream, "gemm");
+}
+
+void gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B,
+               int64_t ldb, float beta, float* C, int64_t ldc, cudaStream_t stream) {
+  gemm_impl(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, stream, "gemm_bf16", CUDA_R_16BF);
 }
 
 void linear_forward(const float* x, const float* w, float* y, int64_t N, int I, int O, cudaStream_t stream) {

@@ -28,8 +28,6 @@ constexpr int kMlaScaleOffset = kMlaLatentDim;                                  
 constexpr int kMlaRopeOffset = kMlaScaleOffset + kMlaBlocks * int(sizeof(float)); // 528
 constexpr int kMlaRowDim = kMlaLatentDim + kMlaRopeDim;                          // 576
 static_assert(kMlaRopeOffset + 2 * kMlaRopeDim == kMlaRecordBytes, "656-byte MLA record");
-constexpr int64_t kIndexerPageBytes = int64_t(kCachePageTokens) * kIndexerRecordBytes;   // 8448
-constexpr int64_t kIndexerPageScaleOffset = int64_t(kCachePageTokens) * kIndexerKeyDim;  // 8192
 
 // Where block b of row n lives, for the three layouts.
 struct PlainLayout {       // x [N, C]; q [N, C]; scales [N, C/128]

@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "dsa/backend.h"
@@ -25,6 +26,7 @@ class Buf {
   Buf(std::shared_ptr<T> p, int64_t n) : p_(std::move(p)), n_(n) {}
   T* data() const { return p_.get(); }
   int64_t size() const { return n_; }
+  const std::shared_ptr<T>& storage() const { return p_; }
 
  private:
   std::shared_ptr<T> p_;
@@ -57,6 +59,30 @@ class Exec {
     copy(c.data(), b.data(), b.size());
     return c;
   }
+  // n zero-filled int32 values / bytes of the same memory (a float buffer viewed as another type).
+  IBuf izeros(int64_t n) { return view<int32_t>(zeros(n), n); }
+  Buf<uint8_t> bytes(int64_t n) { return view<uint8_t>(zeros((n + 3) / 4), n); }
+  // Byte copies: host → executor memory (the host bytes must stay unchanged until the next
+  // download_bytes or end_run, which wait for the copies queued before them), executor → executor,
+  // and executor → host (returns when the bytes are on the host).
+  virtual void upload_bytes(void* dst, const void* host, int64_t n) = 0;
+  virtual void copy_bytes(void* dst, const void* src, int64_t n) = 0;
+  virtual void download_bytes(void* host, const void* src, int64_t n) = 0;
+  // y[i] = bf16 bits of x[i], round to nearest even (cpu::bf16_from_float)
+  virtual void to_bf16(const float* x, uint16_t* y, int64_t n) = 0;
+  // The first n logical positions of a paged FP8 indexer cache (IndexerCacheParams page layout, pages
+  // block_table[0 …]) as contiguous keys: k_fp8 [n, 128] and k_scale [n] (what the contiguous-key
+  // FP8 indexer ops take).
+  virtual void gather_indexer_keys(const uint8_t* cache, const int32_t* block_table, int64_t n, uint8_t* k_fp8,
+                                   float* k_scale) = 0;
+  // Throws dsa::Error naming `what`, the bytes needed and the bytes available when `more` bytes on
+  // top of the `held` bytes a caller already has would not fit this executor's memory (host:
+  // check_memory(held + more); a GPU: `more` against its free device memory and pooled free blocks).
+  virtual void check_fits(int64_t held, int64_t more, const std::string& what) = 0;
+  virtual std::string device_name() const = 0;   // "cpu", "cuda:0 (NVIDIA H100 …)"
+  // Bytes begin_run will allocate for m's parameters in this executor's memory (0 on the host: it
+  // uses the model's own tensors).
+  virtual int64_t param_mirror_bytes(const Model::Impl& m) const = 0;
 
   // ── glue ──
   virtual void copy(float* dst, const float* src, int64_t n) = 0;  // dst[i] = src[i]
@@ -80,6 +106,12 @@ class Exec {
 
   // ── the ops of dsa/backend.h, on this executor's memory ──
   virtual Backend& ops() = 0;
+
+ private:
+  template <class T>
+  static Buf<T> view(const FBuf& f, int64_t n) {
+    return Buf<T>(std::shared_ptr<T>(f.storage(), reinterpret_cast<T*>(f.data())), n);
+  }
 };
 
 // Host buffers of CPU passes: freed ones come back here and are handed out again by size. A training

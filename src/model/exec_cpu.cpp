@@ -43,6 +43,25 @@ class CpuExec final : public Exec {
   }
   std::vector<float> download(const FBuf& b) override { return std::vector<float>(b.data(), b.data() + b.size()); }
 
+  void upload_bytes(void* dst, const void* host, int64_t n) override { std::memcpy(dst, host, static_cast<size_t>(n)); }
+  void copy_bytes(void* dst, const void* src, int64_t n) override { std::memcpy(dst, src, static_cast<size_t>(n)); }
+  void download_bytes(void* host, const void* src, int64_t n) override { std::memcpy(host, src, static_cast<size_t>(n)); }
+  void to_bf16(const float* x, uint16_t* y, int64_t n) override {
+    for (int64_t i = 0; i < n; ++i) y[i] = cpu::bf16_from_float(x[i]);
+  }
+  void gather_indexer_keys(const uint8_t* cache, const int32_t* block_table, int64_t n, uint8_t* k_fp8,
+                           float* k_scale) override {
+    for (int64_t i = 0; i < n; ++i) {
+      const uint8_t* page = cache + static_cast<int64_t>(block_table[i / kCachePageTokens]) * kIndexerPageBytes;
+      const int64_t off = i % kCachePageTokens;
+      std::memcpy(k_fp8 + i * kIndexerKeyDim, page + off * kIndexerKeyDim, kIndexerKeyDim);
+      std::memcpy(k_scale + i, page + kIndexerPageScaleOffset + off * sizeof(float), sizeof(float));
+    }
+  }
+  void check_fits(int64_t held, int64_t more, const std::string& what) override { check_memory(held + more, what); }
+  std::string device_name() const override { return "cpu"; }
+  int64_t param_mirror_bytes(const Model::Impl&) const override { return 0; }
+
   void copy(float* dst, const float* src, int64_t n) override { std::memcpy(dst, src, sizeof(float) * static_cast<size_t>(n)); }
   void add(float* y, const float* x, int64_t n) override {
     for (int64_t i = 0; i < n; ++i) y[i] += x[i];

@@ -2,10 +2,14 @@
 // backend (dsa::cuda::make_backend) on this executor's stream, the glue is four small kernels and
 // cudaMemcpy2DAsync. Memory comes from the device's stream-ordered pool (cudaMallocAsync), kept
 // cached between passes, so a training step allocates nothing from the driver after the first.
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -52,6 +56,38 @@ __global__ void gather_kernel(const float* __restrict__ logits, int64_t S, const
   }
 }
 
+__global__ void to_bf16_kernel(const float* __restrict__ x, uint16_t* __restrict__ y, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] = __bfloat16_as_ushort(__float2bfloat16_rn(x[i]));
+}
+
+// One thread per 16-byte piece of a key (8 per key) plus one per scale: token i of the logical order
+// lives at slot i % 64 of page block_table[i / 64].
+constexpr int kKeyPieces = kIndexerKeyDim / 16;
+__global__ void gather_indexer_keys_kernel(const uint8_t* __restrict__ cache, const int32_t* __restrict__ table, int64_t n,
+                                           uint8_t* __restrict__ k_fp8, float* __restrict__ k_scale) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n * (kKeyPieces + 1);
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = i / (kKeyPieces + 1);
+    const int piece = static_cast<int>(i % (kKeyPieces + 1));
+    const uint8_t* page = cache + static_cast<int64_t>(table[t / kCachePageTokens]) * kIndexerPageBytes;
+    const int64_t off = t % kCachePageTokens;
+    if (piece < kKeyPieces)
+      reinterpret_cast<uint4*>(k_fp8 + t * kIndexerKeyDim)[piece] =
+          reinterpret_cast<const uint4*>(page + off * kIndexerKeyDim)[piece];
+    else
+      k_scale[t] = reinterpret_cast<const float*>(page + kIndexerPageScaleOffset)[off];
+  }
+}
+
+// y [rows, cols] (contiguous) = bf16 of x [rows, cols] with row stride ldx.
+__global__ void rows_to_bf16_kernel(const float* __restrict__ x, int64_t ldx, int64_t rows, int cols, uint16_t* __restrict__ y) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < rows * cols;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] = __bfloat16_as_ushort(__float2bfloat16_rn(x[(i / cols) * ldx + i % cols]));
+}
+
 // Grid of a grid-stride loop over n elements (capped: the loops stride).
 int glue_blocks(int64_t n) {
   constexpr int64_t kMaxBlocks = 4096;
@@ -60,20 +96,28 @@ int glue_blocks(int64_t n) {
 
 class CudaExec final : public model::Exec {
  public:
-  explicit CudaExec(int device) : device_(device) {
+  // `what` names the caller in errors ("attach_model", "open_session"). bf16_weights: the matmuls of
+  // mm_xwt / mm_xw read bf16 copies of the matrix parameters (made at the first pass) through cuBLAS's
+  // bf16 GEMM; the fp32 mirror stays for everything else (norms, embeddings, gemm, the gradients).
+  CudaExec(int device, const char* what, bool bf16_weights = false) : device_(device), bf16_weights_(bf16_weights) {
     int count = 0;
-    DSA_CUDA_CALL("attach_model", cudaGetDeviceCount(&count));
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+      cudaGetLastError();
+      count = 0;
+    }
     if (device < 0 || device >= count)
-      throw Error("attach_model: device " + std::to_string(device) + " does not exist (" + std::to_string(count) +
-                  " CUDA device(s))");
+      throw Error(std::string(what) + ": CUDA device " + std::to_string(device) + " does not exist (" + std::to_string(count) +
+                  " CUDA device(s) visible)");
     select();
-    DSA_CUDA_CALL("attach_model", cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    DSA_CUDA_CALL(what, cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     backend_ = make_backend(stream_);
     // Keep freed blocks in the pool between passes instead of returning them at every sync.
-    cudaMemPool_t pool;
-    DSA_CUDA_CALL("attach_model", cudaDeviceGetDefaultMemPool(&pool, device));
+    DSA_CUDA_CALL(what, cudaDeviceGetDefaultMemPool(&pool_, device));
     uint64_t keep = std::numeric_limits<uint64_t>::max();
-    DSA_CUDA_CALL("attach_model", cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+    DSA_CUDA_CALL(what, cudaMemPoolSetAttribute(pool_, cudaMemPoolAttrReleaseThreshold, &keep));
+    cudaDeviceProp prop{};
+    DSA_CUDA_CALL(what, cudaGetDeviceProperties(&prop, device));
+    name_ = "cuda:" + std::to_string(device) + " (" + prop.name + ")";
   }
   ~CudaExec() override {
     params_.clear();
@@ -87,13 +131,13 @@ class CudaExec final : public model::Exec {
 
   void begin_run(const model::Model::Impl& m, std::vector<model::Tensor>* grads) override {
     select();
-    if (params_.empty()) {   // the first pass sizes the mirrors: parameters, gradients, RoPE table
-      for (const model::Tensor& t : m.params) {
-        params_.push_back(zeros(t.numel()));
-        grads_.push_back(zeros(t.numel()));
-      }
+    const bool first = params_.empty();
+    if (first) {   // the first pass sizes the mirrors: parameters, RoPE table
+      for (const model::Tensor& t : m.params) params_.push_back(zeros(t.numel()));
       inv_freq_ = upload(m.inv_freq);
     }
+    if (grads && grads_.empty())   // gradients only once a pass asks for them (a Session never does)
+      for (const model::Tensor& t : m.params) grads_.push_back(zeros(t.numel()));
     if (m.params.size() != params_.size()) throw Error("model exec: the model's parameter list changed since its first pass");
     for (size_t i = 0; i < params_.size(); ++i) {
       if (m.params[i].numel() != params_[i].size())
@@ -104,6 +148,15 @@ class CudaExec final : public model::Exec {
         DSA_CUDA_CALL("model exec", cudaMemsetAsync(grads_[i].data(), 0, sizeof(float) * grads_[i].size(), stream_));
     }
     want_grads_ = grads != nullptr;
+    if (bf16_weights_) {   // bf16 copies of the matrices, from the fp32 mirror just uploaded
+      if (first)
+        for (size_t i = 0; i < params_.size(); ++i)
+          if (m.params[i].shape.size() == 2) {
+            const int64_t n = params_[i].size();
+            matrices_[params_[i].data()] = Bf16Matrix{n, view_u16(zeros((n + 1) / 2))};
+          }
+      for (auto& [p, mat] : matrices_) to_bf16(p, mat.bf16.get(), mat.n);
+    }
   }
   void end_run(std::vector<model::Tensor>* grads) override {
     if (grads)
@@ -135,6 +188,53 @@ class CudaExec final : public model::Exec {
     DSA_CUDA_CALL("model exec", cudaMemcpyAsync(v.data(), b.data(), sizeof(float) * v.size(), cudaMemcpyDeviceToHost, stream_));
     sync();
     return v;
+  }
+
+  void upload_bytes(void* dst, const void* host, int64_t n) override {
+    if (n > 0) DSA_CUDA_CALL("model exec", cudaMemcpyAsync(dst, host, static_cast<size_t>(n), cudaMemcpyHostToDevice, stream_));
+  }
+  void copy_bytes(void* dst, const void* src, int64_t n) override {
+    if (n > 0) DSA_CUDA_CALL("model exec", cudaMemcpyAsync(dst, src, static_cast<size_t>(n), cudaMemcpyDeviceToDevice, stream_));
+  }
+  void download_bytes(void* host, const void* src, int64_t n) override {
+    if (n > 0) DSA_CUDA_CALL("model exec", cudaMemcpyAsync(host, src, static_cast<size_t>(n), cudaMemcpyDeviceToHost, stream_));
+    sync();
+  }
+  void to_bf16(const float* x, uint16_t* y, int64_t n) override {
+    if (n <= 0) return;
+    to_bf16_kernel<<<glue_blocks(n), kGlueThreads, 0, stream_>>>(x, y, n);
+    DSA_CUDA_LAUNCH_CHECK("model exec to_bf16");
+  }
+  void gather_indexer_keys(const uint8_t* cache, const int32_t* block_table, int64_t n, uint8_t* k_fp8,
+                           float* k_scale) override {
+    if (n <= 0) return;
+    gather_indexer_keys_kernel<<<glue_blocks(n * (kKeyPieces + 1)), kGlueThreads, 0, stream_>>>(cache, block_table, n, k_fp8,
+                                                                                                   k_scale);
+    DSA_CUDA_LAUNCH_CHECK("model exec gather_indexer_keys");
+  }
+  // Free device memory plus the blocks the stream-ordered pool holds unused.
+  void check_fits(int64_t held, int64_t more, const std::string& what) override {
+    (void)held;   // the device's own accounting already counts what is held
+    select();
+    size_t free_bytes = 0, total = 0;
+    DSA_CUDA_CALL("model exec", cudaMemGetInfo(&free_bytes, &total));
+    uint64_t reserved = 0, used = 0;
+    DSA_CUDA_CALL("model exec", cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrReservedMemCurrent, &reserved));
+    DSA_CUDA_CALL("model exec", cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrUsedMemCurrent, &used));
+    const int64_t avail = static_cast<int64_t>(free_bytes) + static_cast<int64_t>(reserved - std::min(reserved, used));
+    if (more > avail) {
+      constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+      char buf[160];
+      std::snprintf(buf, sizeof buf, ": %lld bytes (%.2f GiB) needed, more than the %lld bytes (%.2f GiB) free on ",
+                    static_cast<long long>(more), more / kGiB, static_cast<long long>(avail), avail / kGiB);
+      throw Error(what + buf + name_);
+    }
+  }
+  std::string device_name() const override { return name_; }
+  int64_t param_mirror_bytes(const model::Model::Impl& m) const override {
+    int64_t bytes = static_cast<int64_t>(m.inv_freq.size()) * 4;
+    for (const model::Tensor& t : m.params) bytes += t.numel() * (4 + (bf16_weights_ && t.shape.size() == 2 ? 2 : 0));
+    return bytes;
   }
 
   void copy(float* dst, const float* src, int64_t n) override {
@@ -176,11 +276,21 @@ class CudaExec final : public model::Exec {
   }
   void mm_xwt(int64_t N, int I, int O, const float* x, int64_t ldx, const float* W, int64_t ldw, float* y,
               int64_t ldy) override {
-    if (N > 0) cuda::gemm(false, true, N, O, I, x, ldx, W, ldw, 0.0f, y, ldy, stream_);
+    if (N <= 0) return;
+    if (const uint16_t* wb = bf16_of(W)) {
+      cuda::gemm_bf16(false, true, N, O, I, x_bf16(x, ldx, N, I), I, wb, ldw, 0.0f, y, ldy, stream_);
+      return;
+    }
+    cuda::gemm(false, true, N, O, I, x, ldx, W, ldw, 0.0f, y, ldy, stream_);
   }
   void mm_xw(int64_t N, int I, int O, const float* x, int64_t ldx, const float* W, int64_t ldw, float* y,
              int64_t ldy) override {
-    if (N > 0) cuda::gemm(false, false, N, O, I, x, ldx, W, ldw, 0.0f, y, ldy, stream_);
+    if (N <= 0) return;
+    if (const uint16_t* wb = bf16_of(W)) {
+      cuda::gemm_bf16(false, false, N, O, I, x_bf16(x, ldx, N, I), I, wb, ldw, 0.0f, y, ldy, stream_);
+      return;
+    }
+    cuda::gemm(false, false, N, O, I, x, ldx, W, ldw, 0.0f, y, ldy, stream_);
   }
 
   Backend& ops() override { return *backend_; }
@@ -201,7 +311,42 @@ class CudaExec final : public model::Exec {
     return std::shared_ptr<T>(static_cast<T*>(p), [s](T* q) { cudaFreeAsync(q, s); });
   }
 
+  // The bf16 copy of the matrix parameter W points into (W may point inside it: a head's block of
+  // kv_b), or null when W is not inside a matrix parameter or the weights are fp32.
+  const uint16_t* bf16_of(const float* W) const {
+    if (matrices_.empty()) return nullptr;
+    auto it = matrices_.upper_bound(W);
+    if (it == matrices_.begin()) return nullptr;
+    --it;
+    const int64_t off = W - it->first;
+    return off < it->second.n ? it->second.bf16.get() + off : nullptr;
+  }
+  // x [N, I] (row stride ldx) in bf16, in a scratch buffer reused by every matmul (stream-ordered).
+  const uint16_t* x_bf16(const float* x, int64_t ldx, int64_t N, int I) {
+    const int64_t n = N * I;
+    if (x_scratch_n_ < n) {
+      x_scratch_ = view_u16(zeros((n + 1) / 2));
+      x_scratch_n_ = n;
+    }
+    rows_to_bf16_kernel<<<glue_blocks(n), kGlueThreads, 0, stream_>>>(x, ldx, N, I, x_scratch_.get());
+    DSA_CUDA_LAUNCH_CHECK("model exec x_bf16");
+    return x_scratch_.get();
+  }
+  static std::shared_ptr<uint16_t> view_u16(const model::FBuf& f) {
+    return std::shared_ptr<uint16_t>(f.storage(), reinterpret_cast<uint16_t*>(f.data()));
+  }
+
+  struct Bf16Matrix {
+    int64_t n = 0;
+    std::shared_ptr<uint16_t> bf16;
+  };
   int device_;
+  bool bf16_weights_ = false;
+  std::map<const float*, Bf16Matrix> matrices_;   // by the fp32 mirror's address
+  std::shared_ptr<uint16_t> x_scratch_;
+  int64_t x_scratch_n_ = 0;
+  std::string name_;
+  cudaMemPool_t pool_ = nullptr;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<Backend> backend_;
   bool want_grads_ = false;
@@ -220,6 +365,17 @@ int device_count() {
   return n;
 }
 
-void attach_model(model::Model& m, int device) { m.set_exec(std::make_shared<CudaExec>(device)); }
+void attach_model(model::Model& m, int device) { m.set_exec(std::make_shared<CudaExec>(device, "attach_model")); }
+
+std::unique_ptr<model::Session> open_session(const model::Model& m, const model::SessionOptions& options, int device,
+                                             DType weights) {
+  return std::make_unique<model::Session>(m, options, std::make_shared<CudaExec>(device, "open_session", weights == DType::kBF16));
+}
+
+std::unique_ptr<model::BatchSession> open_batch_session(const model::Model& m, const model::SessionOptions& options,
+                                                        int device, DType weights) {
+  return std::make_unique<model::BatchSession>(m, options,
+                                               std::make_shared<CudaExec>(device, "open_batch_session", weights == DType::kBF16));
+}
 
 }  // namespace dsa::cuda

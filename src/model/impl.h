@@ -26,8 +26,8 @@ struct Model::Impl {
   int embed = -1, final_norm = -1, lm_head = -1;   // lm_head = embed when tied
   std::vector<float> inv_freq;                     // [qk_rope_head_dim / 2], YaRN-blended
   float scale = 0.0f;                              // main softmax scale
-  // The executor of forward_backward / evaluate / logits when not the CPU (Model::set_exec); recall,
-  // the MHA oracle and the Session always run on the CPU.
+  // The executor of forward_backward / evaluate / logits when not the CPU (Model::set_exec); recall
+  // and the MHA oracle run on the CPU; a Session has an executor of its own.
   std::shared_ptr<Exec> exec;
   // The buffers of CPU passes, reused from pass to pass (created with the Impl).
   std::shared_ptr<HostPool> host_pool;

@@ -1,10 +1,14 @@
-// session.cpp — inference Session: one sequence over paged caches (pages of kCachePageTokens slots).
-// Every append() of n tokens runs one step: project the n rows, write their MLA latents (fp32 / bf16 /
-// 656 B FP8 record) and indexer keys (132 B FP8 paged record, or fp32) into the caches, then per
-// row: indexer logits over the cached logical positions → top-k → physical slots (op 11
-// paged_to_physical) → sparse attention over the cache (op 11 sparse_attention_decode when the
-// latent is V3.2's 512 + 64, op 6 over the fp32 slot pool otherwise). Prefill chunks and decode steps
-// run the same code on the same cache contents, so chunked ≡ one-shot and decode ≡ prefill row.
+// session.cpp — inference sessions over paged caches (pages of kCachePageTokens slots): Session (one
+// sequence) and BatchSession (many sequences sharing one pool of pages). Both run Session::Impl.
+// Every step appends tokens to one or more sequences: project the rows, write their MLA latents
+// (fp32 / bf16 / 656 B FP8 record) and indexer keys (132 B FP8 paged record, or fp32) into the
+// sequences' pages, then per row: indexer logits over the sequence's cached logical positions → top-k
+// → physical slots (op 11 paged_to_physical) → sparse attention over the cache (op 11
+// sparse_attention_decode when the latent is V3.2's 512 + 64, op 6 over the fp32 slot pool otherwise).
+// Prefill chunks and decode steps run the same code on the same cache contents, so chunked ≡ one-shot
+// and decode ≡ prefill row. A sequence takes pages from the pool's free list as it grows and gives
+// them back when it is removed; a step that would need more pages than are free is refused before
+// anything is written.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -16,51 +20,65 @@
 namespace dsa::model {
 namespace {
 
-constexpr size_t kIndexerPageBytes = static_cast<size_t>(kCachePageTokens) * kIndexerRecordBytes;      // 8448
-constexpr size_t kIndexerPageScaleOffset = static_cast<size_t>(kCachePageTokens) * kIndexerKeyDim;     // 8192
 constexpr int kV32LatentDim = kMlaLatentDim + kMlaRopeDim;                                             // 576
-
-template <typename T>
-T* grow(std::vector<T>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-  return v.data();
-}
+// A step of more rows than a decode step (s_q 1 or 2) is a prefill chunk: on a GPU it runs the
+// prefill kernels (fused indexer + top-k over contiguous keys, the tensor-core sparse prefill).
+constexpr int64_t kMaxDecodeRows = 2;
 
 }  // namespace
 
 struct Session::Impl {
   const Model::Impl& m;
-  std::unique_ptr<Exec> ex = make_cpu_exec(/*exact=*/true);   // row-invariant matmuls: chunked ≡ one-shot
+  // Where the step runs: the exact CPU executor (row-invariant matmuls: chunked ≡ one-shot bitwise)
+  // or a GPU executor (dsa::cuda::open_session). Every buffer below lives in its memory.
+  std::shared_ptr<Exec> ex;
   SessionOptions opt;
   Dims d;
   int K = 0;                        // sparse / window budget
-  int64_t capacity = 0, length = 0;
+  int64_t capacity = 0;             // slots in the pool (pages · 64)
   int64_t limit = 0;                // the longest sequence: max_tokens, at most max_position_embeddings
-  int64_t model_bytes = 0, cache_bytes = 0;   // for the memory check of a step
+  int64_t model_bytes = 0, cache_bytes = 0, scratch_bytes = 0;   // for the memory check of a step
   int num_pages = 0;
   bool v32_latent = false;          // kv_lora_rank 512 + rope 64: the op-11 decode path
   bool fp8_indexer = false;
-  std::vector<int32_t> block_table; // logical page → physical page
-  std::vector<std::vector<float>> kv_f32;       // per layer [slots, Dm]
-  std::vector<std::vector<uint16_t>> kv_bf16;   // per layer [slots, 576]
-  std::vector<std::vector<uint8_t>> kv_fp8;     // per layer [slots, 656]
-  std::vector<std::vector<uint8_t>> idx_fp8;    // per layer [pages · 8448]
-  std::vector<std::vector<float>> idx_f32;      // per layer [capacity, DI] (logical order)
-  // scratch, reused across steps
-  std::vector<float> x, xn, qa, rstd, qan, q, kva, c_raw, cn, qm, kvm, iq, kpre, kmean, krstd, ik, iw, wfold, kscale,
-      ilog, olat, lse, o, attn, hn, g, u, a, mlp, xf, logits;
-  std::vector<uint8_t> qfp8, kfp8, rec;
-  std::vector<int32_t> pos, ctx, tables, sel;
+  bool gpu = false;                 // the executor is a GPU: prefill chunks take the prefill kernels
+  bool bf16_decode_q = false;       // the GPU decode takes q in bf16 (its tensor-core variant)
+  struct Seq {
+    bool live = false;
+    int64_t length = 0;
+    std::vector<int32_t> pages;     // logical page → physical page
+  };
+  std::vector<Seq> seqs;            // by id
+  std::vector<int32_t> free_pages;  // back() is handed out next
+  // One step's share of a sequence: n tokens appended to seq, rows [row0, row0 + n) of the step.
+  struct Part {
+    int seq;
+    const int32_t* tokens;
+    int64_t n, row0 = 0;
+  };
+  // Caches, per layer: kv [slots, Dm] fp32 | [slots, 576] bf16 | [slots, 656] FP8 records;
+  // idx [pages · 8448] FP8 pages or [slots, DI] fp32 keys.
+  std::vector<Buf<uint8_t>> kv, idx;
+  // Step buffers, grown to the largest step so far.
+  FBuf x, xn, qa, rstd, rstd2, qan, q, kva, c_raw, cn, qm, kvm, iq, kpre, kmean, krstd, ik, iw, wfold, kscale, ilog, olat,
+      lse, o, attn, hn, g, u, a, mlp, xf, logits;
+  Buf<uint8_t> qfp8, kfp8, rec, kvb, qmb, kall;   // kall: a sequence's keys in logical order (FP8)
+  FBuf kall_scale, kseq;                          // … their scales; kseq: the same for fp32 keys
+  IBuf tok_d, pos_d, ctx_d, ks_d, tab_d, sel_d;
+  // Host staging of the step's index arrays: unchanged until the step's logits come back.
+  std::vector<int32_t> tok_h, pos_h, ctx_h, tab_h, sel_h;
 
-  Impl(const Model::Impl& model, const SessionOptions& o) : m(model), opt(o), d(model.cfg) {
-    ex->begin_run(m, nullptr);
+  // pooled: a BatchSession's pool (max_tokens is shared by the sequences and may exceed one sequence's
+  // max_position_embeddings); else one sequence's cache (max_tokens past that limit is refused).
+  Impl(const Model::Impl& model, const SessionOptions& o, std::shared_ptr<Exec> exec, bool pooled)
+      : m(model), ex(exec ? std::move(exec) : std::shared_ptr<Exec>(make_cpu_exec(/*exact=*/true))), opt(o), d(model.cfg) {
     const Config& c = m.cfg;
     if (!opt.kv_format)   // unset: the format the config's latent fits (SessionOptions)
       opt.kv_format = d.kvr == kMlaLatentDim && d.dr == kMlaRopeDim ? KvCacheFormat::kBf16 : KvCacheFormat::kFp32;
     K = opt.topk > 0 ? opt.topk : c.index_topk;
     if (K > kMaxTopK) throw Error("Session: topk = " + std::to_string(K) + " exceeds kMaxTopK");
     const int64_t want = opt.max_tokens > 0 ? opt.max_tokens : c.max_position_embeddings;
-    if (want > c.max_position_embeddings && !opt.allow_beyond_max_position)
+    if (want > c.max_position_embeddings && !opt.allow_beyond_max_position && !pooled)
       throw Error("Session: max_tokens = " + std::to_string(want) + " exceeds max_position_embeddings = " +
                   std::to_string(c.max_position_embeddings) + " (the longest sequence the model is configured for)");
     limit = opt.allow_beyond_max_position ? want : std::min<int64_t>(want, c.max_position_embeddings);
@@ -68,85 +86,144 @@ struct Session::Impl {
     capacity = static_cast<int64_t>(num_pages) * kCachePageTokens;
     v32_latent = d.kvr == kMlaLatentDim && d.dr == kMlaRopeDim;
     fp8_indexer = opt.indexer_precision == Precision::kFp8;
+    gpu = !ex->host_memory();
+    bf16_decode_q = gpu && v32_latent;
     if (opt.kv_format != KvCacheFormat::kFp32 && !v32_latent)
       throw Error("Session: kv_format bf16/fp8 needs kv_lora_rank = 512 and qk_rope_head_dim = 64 (the V3.2 "
                   "record); this config has " + std::to_string(d.kvr) + " + " + std::to_string(d.dr) + " — use kFp32");
     if (fp8_indexer && d.DI != kIndexerKeyDim)
       throw Error("Session: the FP8 indexer cache needs index_head_dim = 128; this config has " + std::to_string(d.DI));
     if (opt.indexer_precision == Precision::kBf16) throw Error("Session: indexer_precision must be kFp32 or kFp8");
-    block_table.resize(static_cast<size_t>(num_pages));
-    std::iota(block_table.begin(), block_table.end(), 0);
+    std::vector<int32_t> order(static_cast<size_t>(num_pages));
+    std::iota(order.begin(), order.end(), 0);
     if (opt.page_order_seed != 0) {
       std::mt19937_64 rng(opt.page_order_seed);
-      std::shuffle(block_table.begin(), block_table.end(), rng);
+      std::shuffle(order.begin(), order.end(), rng);
     }
+    free_pages.assign(order.rbegin(), order.rend());   // handed out in `order`
     const int L = c.num_hidden_layers;
-    const int64_t slots = capacity;
-    const Footprint fp = footprint(c);
-    model_bytes = fp.param_bytes;
+    // Host: the model's footprint (parameters + gradients) is already held; a GPU: its parameter
+    // mirror is allocated with the caches.
+    model_bytes = ex->host_memory() ? footprint(c).param_bytes : ex->param_mirror_bytes(m);
     const int64_t cache = detail::mul_checked(capacity, cache_bytes_per_token(), "Session: cache bytes");
-    check_memory(detail::add_checked(model_bytes, cache, "Session: model + cache bytes"),
-                 "Session: the model and a cache of " + std::to_string(capacity) + " tokens (max_tokens, or max_position_embeddings = " +
-                     std::to_string(c.max_position_embeddings) + ", x " + std::to_string(cache_bytes_per_token()) + " bytes per token)");
+    ex->check_fits(ex->host_memory() ? model_bytes : 0,
+                   detail::add_checked(ex->host_memory() ? 0 : model_bytes, cache, "Session: model + cache bytes"),
+                   "Session: the model and a cache of " + std::to_string(capacity) + " tokens (max_tokens, or max_position_embeddings = " +
+                       std::to_string(c.max_position_embeddings) + ", x " + std::to_string(cache_bytes_per_token()) + " bytes per token) on " +
+                       ex->device_name());
     cache_bytes = cache;
-    if (opt.kv_format == KvCacheFormat::kFp32) kv_f32.assign(L, std::vector<float>(static_cast<size_t>(slots * d.Dm)));
-    if (opt.kv_format == KvCacheFormat::kBf16) kv_bf16.assign(L, std::vector<uint16_t>(static_cast<size_t>(slots * kV32LatentDim)));
-    if (opt.kv_format == KvCacheFormat::kFp8Record) kv_fp8.assign(L, std::vector<uint8_t>(static_cast<size_t>(slots * kMlaRecordBytes)));
-    if (opt.mode == AttentionMode::kSparse) {
-      if (fp8_indexer) idx_fp8.assign(L, std::vector<uint8_t>(static_cast<size_t>(num_pages) * kIndexerPageBytes));
-      else idx_f32.assign(L, std::vector<float>(static_cast<size_t>(capacity * d.DI)));
+    ex->begin_run(m, nullptr);
+    int64_t kv_row = 0;
+    switch (*opt.kv_format) {
+      case KvCacheFormat::kFp32: kv_row = static_cast<int64_t>(d.Dm) * sizeof(float); break;
+      case KvCacheFormat::kBf16: kv_row = static_cast<int64_t>(kV32LatentDim) * sizeof(uint16_t); break;
+      case KvCacheFormat::kFp8Record: kv_row = kMlaRecordBytes; break;
     }
+    for (int l = 0; l < L; ++l) kv.push_back(ex->bytes(capacity * kv_row));
+    if (opt.mode == AttentionMode::kSparse)
+      for (int l = 0; l < L; ++l)
+        idx.push_back(ex->bytes(fp8_indexer ? static_cast<int64_t>(num_pages) * kIndexerPageBytes
+                                            : capacity * d.DI * static_cast<int64_t>(sizeof(float))));
   }
 
   int64_t cache_bytes_per_token() const;
 
-  int64_t slot_of(int64_t logical) const {
-    return static_cast<int64_t>(block_table[logical / kCachePageTokens]) * kCachePageTokens + logical % kCachePageTokens;
+  int add_sequence() {
+    for (size_t i = 0; i < seqs.size(); ++i)
+      if (!seqs[i].live) {
+        seqs[i] = Seq{true, 0, {}};
+        return static_cast<int>(i);
+      }
+    seqs.push_back(Seq{true, 0, {}});
+    return static_cast<int>(seqs.size() - 1);
+  }
+  Seq& seq(int id, const char* what) {
+    if (id < 0 || id >= static_cast<int>(seqs.size()) || !seqs[id].live)
+      throw Error(std::string("BatchSession: ") + what + ": no sequence " + std::to_string(id));
+    return seqs[id];
+  }
+  void remove_sequence(int id) {
+    Seq& q = seq(id, "remove");
+    free_pages.insert(free_pages.end(), q.pages.rbegin(), q.pages.rend());
+    q = Seq{};
   }
 
-  void write_kv(int l, int64_t n) {
-    if (opt.kv_format == KvCacheFormat::kFp32) {
-      for (int64_t i = 0; i < n; ++i)
-        std::memcpy(&kv_f32[l][slot_of(length + i) * d.Dm], &kvm[i * d.Dm], sizeof(float) * d.Dm);
-    } else if (opt.kv_format == KvCacheFormat::kBf16) {
-      for (int64_t i = 0; i < n; ++i) {
-        uint16_t* dst = &kv_bf16[l][slot_of(length + i) * kV32LatentDim];
-        for (int j = 0; j < kV32LatentDim; ++j) dst[j] = cpu::bf16_from_float(kvm[i * d.Dm + j]);
-      }
-    } else {
+  int64_t slot_of(const Seq& q, int64_t logical) const {
+    return static_cast<int64_t>(q.pages[logical / kCachePageTokens]) * kCachePageTokens + logical % kCachePageTokens;
+  }
+
+  // f(i, slot, run) for the part's rows [i, i + run) (0-based in the part), appended at its
+  // sequence's length, whose slots [slot, slot + run) are consecutive (one page).
+  template <class F>
+  void for_slot_runs(const Part& p, F f) const {
+    const Seq& q = seqs[p.seq];
+    for (int64_t i = 0; i < p.n;) {
+      const int64_t logical = q.length + i;
+      const int64_t run = std::min<int64_t>(p.n - i, kCachePageTokens - logical % kCachePageTokens);
+      f(i, slot_of(q, logical), run);
+      i += run;
+    }
+  }
+  // f(logical, slot, run) over the first n logical positions of a sequence, page by page.
+  template <class F>
+  void for_page_runs(const Seq& q, int64_t n, F f) const {
+    for (int64_t lp = 0; lp < n; lp += kCachePageTokens)
+      f(lp, static_cast<int64_t>(q.pages[lp / kCachePageTokens]) * kCachePageTokens, std::min<int64_t>(kCachePageTokens, n - lp));
+  }
+
+  float* grow(FBuf& b, int64_t n) {
+    if (b.size() < n) b = ex->zeros(n);
+    return b.data();
+  }
+  int32_t* grow(IBuf& b, int64_t n) {
+    if (b.size() < n) b = ex->izeros(n);
+    return b.data();
+  }
+  uint8_t* grow(Buf<uint8_t>& b, int64_t n) {
+    if (b.size() < n) b = ex->bytes(n);
+    return b.data();
+  }
+
+  void write_kv(int l, const std::vector<Part>& parts, int64_t n) {
+    uint8_t* cache = kv[l].data();
+    const float* src = kvm.data();
+    int64_t row = static_cast<int64_t>(d.Dm) * sizeof(float);
+    const uint8_t* bytes = reinterpret_cast<const uint8_t*>(src);
+    if (opt.kv_format == KvCacheFormat::kBf16) {
+      ex->to_bf16(src, reinterpret_cast<uint16_t*>(grow(kvb, n * kV32LatentDim * 2)), n * kV32LatentDim);
+      bytes = kvb.data();
+      row = kV32LatentDim * 2;
+    } else if (opt.kv_format == KvCacheFormat::kFp8Record) {
       MlaCacheParams mp;
       mp.N = n;
       mp.format = ScaleFormat::kFloat;   // FlashMLA's test quantiser (amax / 448)
       mp.kv = kvm.data();
       mp.records = grow(rec, n * kMlaRecordBytes);
-      cpu::mla_cache_pack(mp);
-      for (int64_t i = 0; i < n; ++i)
-        std::memcpy(&kv_fp8[l][slot_of(length + i) * kMlaRecordBytes], &rec[i * kMlaRecordBytes], kMlaRecordBytes);
+      ex->ops().mla_cache_pack(mp);
+      bytes = rec.data();
+      row = kMlaRecordBytes;
     }
+    for (const Part& p : parts)
+      for_slot_runs(p, [&](int64_t i, int64_t slot, int64_t run) {
+        ex->copy_bytes(cache + slot * row, bytes + (p.row0 + i) * row, run * row);
+      });
   }
 
-  const void* kv_cache(int l) const {
-    if (opt.kv_format == KvCacheFormat::kFp32) return kv_f32[l].data();
-    if (opt.kv_format == KvCacheFormat::kBf16) return kv_bf16[l].data();
-    return kv_fp8[l].data();
-  }
-
-  // Selection of row i (position length + i, context ctx = length + i + 1) as logical positions.
-  void select(int l, int64_t n, int next_n, int Kr) {
-    const int64_t total = length + n;
-    for (int64_t i = 0; i < n; ++i) ctx[i] = static_cast<int32_t>(length + i + 1);
+  // The selection of every row (row r of part p: position length + i, context ctx_h[r]) as logical
+  // positions in sel_d [n, Kr]; `longest` = the largest context of the step.
+  void select(int l, const std::vector<Part>& parts, int64_t n, int next_n, int Kr, int64_t longest) {
     if (opt.mode == AttentionMode::kDense || opt.mode == AttentionMode::kWindow) {
-      // dense: every cached position in ascending order; window: the newest Kr positions
-      for (int64_t i = 0; i < n; ++i)
-        for (int j = 0; j < Kr; ++j) {
-          const int64_t p = opt.mode == AttentionMode::kDense ? j : ctx[i] - 1 - j;
-          sel[i * Kr + j] = (opt.mode == AttentionMode::kDense ? p < ctx[i] : p >= 0) ? static_cast<int32_t>(p) : kInvalidIndex;
-        }
+      // dense: every cached position in ascending order; window: the newest Kr positions (sel_h, made
+      // once per step; paged_to_physical rewrites sel_d in place, so every layer uploads it again)
+      ex->upload_bytes(sel_d.data(), sel_h.data(), n * Kr * static_cast<int64_t>(sizeof(int32_t)));
       return;
     }
-    indexer_project(*ex, m, l, xn.data(), qan.data(), n, pos.data(), iq.data(), kpre.data(), kmean.data(), krstd.data(),
+    indexer_project(*ex, m, l, xn.data(), qan.data(), n, pos_d.data(), iq.data(), kpre.data(), kmean.data(), krstd.data(),
                     ik.data(), iw.data());
-    float* lg = grow(ilog, n * total);
+    // A GPU prefill chunk (one sequence, more rows than a decode step): the fused indexer + top-k over
+    // the sequence's keys made contiguous (never the n × context logits); a decode step and every CPU
+    // step: logits over the cache, then top-k.
+    const bool fused = gpu && parts.size() == 1 && n > kMaxDecodeRows;
     if (fp8_indexer) {
       IndexerQuantizeParams qp;
       qp.T = static_cast<int>(n);
@@ -161,100 +238,223 @@ struct Session::Impl {
       qp.k_fp8 = grow(kfp8, n * d.DI);
       qp.k_scale = grow(kscale, n);
       qp.w_folded = grow(wfold, n * d.HI);
-      cpu::indexer_quantize_fp8(qp);
-      uint8_t* cache = idx_fp8[l].data();
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t s = slot_of(length + i);
-        const int64_t page = s / kCachePageTokens, off = s % kCachePageTokens;
-        std::memcpy(cache + page * kIndexerPageBytes + off * kIndexerKeyDim, &kfp8[i * d.DI], kIndexerKeyDim);
-        std::memcpy(cache + page * kIndexerPageBytes + kIndexerPageScaleOffset + off * sizeof(float), &kscale[i], sizeof(float));
+      ex->ops().indexer_quantize_fp8(qp);
+      uint8_t* cache = idx[l].data();
+      const uint8_t* scales = reinterpret_cast<const uint8_t*>(kscale.data());
+      for (const Part& p : parts)
+        for_slot_runs(p, [&](int64_t i, int64_t slot, int64_t run) {
+          const int64_t page = slot / kCachePageTokens, off = slot % kCachePageTokens, r = p.row0 + i;
+          ex->copy_bytes(cache + page * kIndexerPageBytes + off * kIndexerKeyDim, kfp8.data() + r * kIndexerKeyDim,
+                         run * kIndexerKeyDim);
+          ex->copy_bytes(cache + page * kIndexerPageBytes + kIndexerPageScaleOffset + off * sizeof(float),
+                         scales + r * sizeof(float), run * static_cast<int64_t>(sizeof(float)));
+        });
+      if (fused) {
+        IndexerParams ip;
+        ip.T = static_cast<int>(n);
+        ip.S = static_cast<int>(longest);
+        ip.HI = d.HI;
+        ip.DI = d.DI;
+        ip.ks = ks_d.data();
+        ip.ke = ctx_d.data();
+        ex->gather_indexer_keys(cache, tab_d.data(), longest, grow(kall, longest * kIndexerKeyDim), grow(kall_scale, longest));
+        ip.precision = Precision::kFp8;
+        ip.q = qfp8.data();
+        ip.k = kall.data();
+        ip.k_scale = kall_scale.data();
+        ip.w = wfold.data();
+        ex->ops().indexer_topk(ip, Kr, sel_d.data());
+        return;
       }
+      float* lg = grow(ilog, n * longest);
       PagedIndexerParams pp;
       pp.B = static_cast<int>(n / next_n);
       pp.next_n = next_n;
       pp.HI = d.HI;
       pp.num_pages = num_pages;
-      pp.max_blocks = num_pages;
-      pp.max_context_len = static_cast<int>(total);
+      // tab_d holds one table row per step row; the op wants one per request (next_n rows): a stride
+      // of next_n rows picks each request's first row
+      pp.max_blocks = next_n * num_pages;
+      pp.max_context_len = static_cast<int>(longest);
       pp.q_fp8 = qfp8.data();
       pp.cache = cache;
       pp.w = wfold.data();
-      pp.context_lens = ctx.data();
-      pp.block_table = tables.data();
-      cpu::indexer_logits_paged(pp, lg);
-    } else {
-      std::memcpy(&idx_f32[l][length * d.DI], ik.data(), sizeof(float) * n * d.DI);
-      std::vector<int32_t> ks(static_cast<size_t>(n), 0);
+      pp.context_lens = ctx_d.data();
+      pp.block_table = tab_d.data();
+      ex->ops().indexer_logits_paged(pp, lg);
+      topk(lg, 0, n, longest, Kr);
+      return;
+    }
+    // fp32 keys live at their physical slots; each sequence's are gathered into logical order
+    float* keys = reinterpret_cast<float*>(idx[l].data());
+    const int64_t key_bytes = static_cast<int64_t>(d.DI) * sizeof(float);
+    for (const Part& p : parts)
+      for_slot_runs(p, [&](int64_t i, int64_t slot, int64_t run) {
+        ex->copy_bytes(keys + slot * d.DI, ik.data() + (p.row0 + i) * d.DI, run * key_bytes);
+      });
+    for (const Part& p : parts) {
+      const Seq& q = seqs[p.seq];
+      const int64_t total = q.length + p.n;
+      float* ks_logical = grow(kseq, total * d.DI);
+      for_page_runs(q, total, [&](int64_t lp, int64_t slot, int64_t run) {
+        ex->copy_bytes(ks_logical + lp * d.DI, keys + slot * d.DI, run * key_bytes);
+      });
       IndexerParams ip;
-      ip.T = static_cast<int>(n);
+      ip.T = static_cast<int>(p.n);
       ip.S = static_cast<int>(total);
       ip.HI = d.HI;
       ip.DI = d.DI;
-      ip.q = iq.data();
-      ip.k = idx_f32[l].data();
-      ip.w = iw.data();
-      ip.ks = ks.data();
-      ip.ke = ctx.data();
-      cpu::indexer_logits(ip, lg);
+      ip.q = iq.data() + p.row0 * d.HI * d.DI;
+      ip.k = ks_logical;
+      ip.w = iw.data() + p.row0 * d.HI;
+      ip.ks = ks_d.data() + p.row0;
+      ip.ke = ctx_d.data() + p.row0;
+      if (fused) {
+        ex->ops().indexer_topk(ip, Kr, sel_d.data() + p.row0 * Kr);
+        continue;
+      }
+      float* lg = grow(ilog, p.n * total);
+      ex->ops().indexer_logits(ip, lg);
+      topk(lg, p.row0, p.n, total, Kr);
     }
-    std::vector<int32_t> ks(static_cast<size_t>(n), 0);
-    TopkParams tp;
-    tp.T = static_cast<int>(n);
-    tp.S = static_cast<int>(total);
-    tp.K = Kr;
-    tp.logits = lg;
-    tp.ks = ks.data();
-    tp.ke = ctx.data();
-    tp.indices = sel.data();
-    cpu::topk_select(tp);
   }
 
-  void step(const int32_t* tokens, int64_t n, int next_n, bool all_logits, std::vector<float>& out) {
+  // top-k of rows [row0, row0 + rows) from their logits [rows, S] into sel_d
+  void topk(const float* lg, int64_t row0, int64_t rows, int64_t S, int Kr) {
+    TopkParams tp;
+    tp.T = static_cast<int>(rows);
+    tp.S = static_cast<int>(S);
+    tp.K = Kr;
+    tp.logits = lg;
+    tp.ks = ks_d.data() + row0;
+    tp.ke = ctx_d.data() + row0;
+    tp.indices = sel_d.data() + row0 * Kr;
+    ex->ops().topk_select(tp);
+  }
+
+  // The step's buffers for n rows over at most `longest` cached positions with Kr keys per row.
+  void size_step(int64_t n, int64_t longest, int Kr, int64_t cached) {
+    const int64_t row_floats = 6LL * d.D + 2LL * d.qr + static_cast<int64_t>(d.H) * (d.dq + 2LL * d.Dm + d.kvr + d.dv + 1) +
+                               3LL * d.Dm + 2LL * d.kvr + static_cast<int64_t>(d.HI) * (d.DI + 1) + 2LL * d.DI + d.HI +
+                               3LL * d.F + 2LL * Kr + num_pages + 2LL * d.V + 8;
+    // + the logits of n rows over `longest` keys and one sequence's keys in logical order
+    const int64_t per_row = detail::add_checked(row_floats, longest, "Session: step scratch");
+    const int64_t need = detail::add_checked(detail::mul_checked(n, per_row * 4, "Session: step scratch bytes"),
+                                             detail::mul_checked(longest, static_cast<int64_t>(d.DI) * 4 + 4, "Session: step keys"),
+                                             "Session: step scratch bytes");
+    if (need > scratch_bytes) {
+      ex->check_fits(detail::add_checked(model_bytes + cache_bytes, scratch_bytes, "Session: step bytes"), need - scratch_bytes,
+                     "Session: a step of " + std::to_string(n) + " tokens after " + std::to_string(cached) + " cached on " +
+                         ex->device_name());
+      scratch_bytes = need;
+    }
+    grow(x, n * d.D); grow(xn, n * d.D); grow(qa, n * d.qr); grow(rstd, n); grow(rstd2, n); grow(qan, n * d.qr);
+    grow(q, n * d.H * d.dq); grow(kva, n * d.Dm); grow(c_raw, n * d.kvr); grow(cn, n * d.kvr); grow(qm, n * d.H * d.Dm);
+    grow(kvm, n * d.Dm); grow(iq, n * d.HI * d.DI); grow(kpre, n * d.DI); grow(kmean, n); grow(krstd, n);
+    grow(ik, n * d.DI); grow(iw, n * d.HI); grow(olat, n * d.H * d.kvr); grow(lse, n * d.H); grow(o, n * d.H * d.dv);
+    grow(attn, n * d.D); grow(hn, n * d.D); grow(g, n * d.F); grow(u, n * d.F); grow(a, n * d.F); grow(mlp, n * d.D);
+    grow(tok_d, n); grow(pos_d, n); grow(ctx_d, n); grow(ks_d, n); grow(tab_d, n * num_pages); grow(sel_d, n * Kr);
+  }
+
+  // Checks a step before anything is written: the sequences exist (once each), every token is in the
+  // vocabulary, every sequence stays within `limit`, and the free pages cover the new positions.
+  void check_step(const std::vector<Part>& parts) {
     const Config& c = m.cfg;
-    if (n <= 0) throw Error("Session: append needs at least one token");
-    if (length + n > limit)   // limit ≤ capacity: the cache always holds the allowed positions
-      throw Error("Session: " + std::to_string(length + n) + " tokens exceed " +
-                  (limit == c.max_position_embeddings ? "max_position_embeddings = " : "the cache capacity max_tokens = ") +
-                  std::to_string(limit));
-    {  // the step's scratch: per-row buffers and the indexer logits of n rows over every cached key
-      const int64_t row_floats = 6LL * d.D + 2LL * d.qr + static_cast<int64_t>(d.H) * (d.dq + d.Dm + d.kvr + d.dv + 1) + 3LL * d.Dm +
-                                 2LL * d.kvr + static_cast<int64_t>(d.HI) * d.DI + 2LL * d.DI + d.HI + 3LL * d.F + K + num_pages + d.V;
-      const int64_t scratch = detail::mul_checked(n, detail::add_checked(row_floats, length + n, "Session: step scratch") * 4,
-                                                  "Session: step scratch bytes");
-      check_memory(detail::add_checked(model_bytes + cache_bytes, scratch, "Session: step bytes"), "Session: a step of " + std::to_string(n) + " tokens after " +
-                                                            std::to_string(length) + " cached");
+    int64_t pages_needed = 0;
+    std::vector<char> seen(seqs.size(), 0);
+    for (const Part& p : parts) {
+      if (p.seq < 0 || p.seq >= static_cast<int>(seqs.size()) || !seqs[p.seq].live)
+        throw Error("Session: no sequence " + std::to_string(p.seq));
+      if (seen[p.seq]++) throw Error("Session: sequence " + std::to_string(p.seq) + " appears twice in one step");
+      if (p.n <= 0) throw Error("Session: append needs at least one token");
+      const Seq& q = seqs[p.seq];
+      if (q.length + p.n > limit)
+        throw Error("Session: " + std::to_string(q.length + p.n) + " tokens exceed " +
+                    (limit == c.max_position_embeddings ? "max_position_embeddings = " : "the cache capacity max_tokens = ") +
+                    std::to_string(limit));
+      for (int64_t i = 0; i < p.n; ++i)
+        if (p.tokens[i] < 0 || p.tokens[i] >= c.vocab_size)
+          throw Error("Session: token " + std::to_string(p.tokens[i]) + " out of range [0, " + std::to_string(c.vocab_size) + ")");
+      const int64_t pages = (q.length + p.n + kCachePageTokens - 1) / kCachePageTokens;
+      pages_needed += std::max<int64_t>(0, pages - static_cast<int64_t>(q.pages.size()));
     }
-    for (int64_t i = 0; i < n; ++i)
-      if (tokens[i] < 0 || tokens[i] >= c.vocab_size)
-        throw Error("Session: token " + std::to_string(tokens[i]) + " out of range [0, " + std::to_string(c.vocab_size) + ")");
+    if (pages_needed > static_cast<int64_t>(free_pages.size()))
+      throw Error("Session: the step needs " + std::to_string(pages_needed) + " more cache pages of " +
+                  std::to_string(kCachePageTokens) + " tokens, and " + std::to_string(free_pages.size()) + " of the pool's " +
+                  std::to_string(num_pages) + " are free (max_tokens = " + std::to_string(capacity) + ")");
+  }
+
+  // One step: parts[i].n tokens appended to sequence parts[i].seq. Several parts only as a decode
+  // batch (n = next_n each). out: the logits of every row (all_logits) or of each part's last row.
+  void step(std::vector<Part> parts, int next_n, bool all_logits, std::vector<float>& out) {
+    const Config& c = m.cfg;
+    check_step(parts);
+    int64_t n = 0, longest = 0, cached = 0;
+    for (Part& p : parts) {
+      p.row0 = n;
+      n += p.n;
+      Seq& q = seqs[p.seq];
+      longest = std::max(longest, q.length + p.n);
+      cached += q.length;
+      while (static_cast<int64_t>(q.pages.size()) * kCachePageTokens < q.length + p.n) {
+        q.pages.push_back(free_pages.back());
+        free_pages.pop_back();
+      }
+    }
     const float eps = static_cast<float>(c.rms_norm_eps);
-    const int64_t total = length + n;
-    const int Kr = opt.mode == AttentionMode::kDense ? static_cast<int>(total) : static_cast<int>(std::min<int64_t>(K, total));
-    grow(pos, n);
-    grow(ctx, n);
-    grow(sel, n * Kr);
-    int32_t* tab = grow(tables, n * num_pages);
-    for (int64_t i = 0; i < n; ++i) {
-      pos[i] = static_cast<int32_t>(length + i);
-      std::memcpy(tab + i * num_pages, block_table.data(), sizeof(int32_t) * num_pages);
+    const int Kr = opt.mode == AttentionMode::kDense ? static_cast<int>(longest) : static_cast<int>(std::min<int64_t>(K, longest));
+    size_step(n, longest, Kr, cached);
+    // host index arrays → executor memory (ks_d stays zero: every row's keys start at position 0)
+    tok_h.resize(static_cast<size_t>(n));
+    pos_h.resize(static_cast<size_t>(n));
+    ctx_h.resize(static_cast<size_t>(n));
+    tab_h.assign(static_cast<size_t>(n * num_pages), 0);
+    for (const Part& p : parts) {
+      const Seq& q = seqs[p.seq];
+      for (int64_t i = 0; i < p.n; ++i) {
+        const int64_t r = p.row0 + i;
+        tok_h[r] = p.tokens[i];
+        pos_h[r] = static_cast<int32_t>(q.length + i);
+        ctx_h[r] = static_cast<int32_t>(q.length + i + 1);
+        std::copy(q.pages.begin(), q.pages.end(), tab_h.begin() + r * num_pages);
+      }
     }
-    grow(x, n * d.D);
-    cpu::embedding_forward(tokens, m.P(m.embed), x.data(), n, d.V, d.D);
-    grow(xn, n * d.D); grow(qa, n * d.qr); grow(rstd, n); grow(qan, n * d.qr); grow(q, n * d.H * d.dq);
-    grow(kva, n * d.Dm); grow(c_raw, n * d.kvr); grow(cn, n * d.kvr); grow(qm, n * d.H * d.Dm); grow(kvm, n * d.Dm);
-    grow(iq, n * d.HI * d.DI); grow(kpre, n * d.DI); grow(kmean, n); grow(krstd, n); grow(ik, n * d.DI); grow(iw, n * d.HI);
-    grow(olat, n * d.H * d.kvr); grow(lse, n * d.H); grow(o, n * d.H * d.dv); grow(attn, n * d.D); grow(hn, n * d.D);
-    grow(g, n * d.F); grow(u, n * d.F); grow(a, n * d.F); grow(mlp, n * d.D);
-    std::vector<float> rstd2(static_cast<size_t>(n));
+    if (opt.mode != AttentionMode::kSparse) {
+      sel_h.resize(static_cast<size_t>(n * Kr));
+      for (int64_t i = 0; i < n; ++i)
+        for (int j = 0; j < Kr; ++j) {
+          const int64_t p = opt.mode == AttentionMode::kDense ? j : ctx_h[i] - 1 - j;
+          sel_h[i * Kr + j] = (opt.mode == AttentionMode::kDense ? p < ctx_h[i] : p >= 0) ? static_cast<int32_t>(p) : kInvalidIndex;
+        }
+    }
+    const auto up = [&](IBuf& dst, const std::vector<int32_t>& src) {
+      ex->upload_bytes(dst.data(), src.data(), static_cast<int64_t>(src.size() * sizeof(int32_t)));
+    };
+    up(tok_d, tok_h); up(pos_d, pos_h); up(ctx_d, ctx_h); up(tab_d, tab_h);
+    Backend& ops = ex->ops();
+    ops.embedding_forward(tok_d.data(), ex->param(m.embed), x.data(), n, d.V, d.D);
+    const bool prefill_kernels = gpu && parts.size() == 1 && n > kMaxDecodeRows;
     for (int l = 0; l < c.num_hidden_layers; ++l) {
       const LayerParams& L = m.layers[l];
-      cpu::rmsnorm_forward(x.data(), m.P(L.input_norm), xn.data(), rstd.data(), n, d.D, eps);
-      mla_project(*ex, m, l, xn.data(), n, pos.data(), qa.data(), rstd2.data(), qan.data(), q.data(), kva.data(),
+      ops.rmsnorm_forward(x.data(), ex->param(L.input_norm), xn.data(), rstd.data(), n, d.D, eps);
+      mla_project(*ex, m, l, xn.data(), n, pos_d.data(), qa.data(), rstd2.data(), qan.data(), q.data(), kva.data(),
                   c_raw.data(), rstd2.data(), cn.data(), qm.data(), kvm.data());
-      write_kv(l, n);
-      select(l, n, next_n, Kr);
-      cpu::paged_to_physical(static_cast<int>(n), 1, Kr, tab, num_pages, num_pages, sel.data());
-      if (v32_latent) {
+      write_kv(l, parts, n);
+      select(l, parts, n, next_n, Kr, longest);
+      ops.paged_to_physical(static_cast<int>(n), 1, Kr, tab_d.data(), num_pages, num_pages, sel_d.data());
+      if (prefill_kernels && *opt.kv_format == KvCacheFormat::kBf16) {
+        // a GPU prefill chunk over the bf16 cache: the sparse prefill kernel reads the cache rows
+        // [slots, 576] in place at the physical slots
+        uint16_t* qb = reinterpret_cast<uint16_t*>(grow(qmb, n * d.H * d.Dm * 2));
+        ex->to_bf16(qm.data(), qb, n * d.H * d.Dm);
+        AttentionParams ap = mqa_attention_params(m, d, static_cast<int>(n), static_cast<int>(capacity), nullptr, nullptr);
+        ap.dtype = DType::kBF16;
+        ap.q_bf16 = qb;
+        ap.kv_bf16 = reinterpret_cast<const uint16_t*>(kv[l].data());
+        ap.K = Kr;
+        ap.indices = sel_d.data();
+        ops.sparse_attention_forward(ap, AttentionForwardOut{olat.data(), lse.data(), nullptr});
+      } else if (v32_latent) {
         SparseDecodeParams sp;
         sp.B = static_cast<int>(n / next_n);
         sp.next_n = next_n;
@@ -263,94 +463,166 @@ struct Session::Impl {
         sp.num_slots = capacity;
         sp.scale = m.scale;
         sp.format = *opt.kv_format;
-        sp.q = qm.data();
-        sp.cache = kv_cache(l);
-        sp.indices = sel.data();
+        if (bf16_decode_q) {
+          uint16_t* qb = reinterpret_cast<uint16_t*>(grow(qmb, n * d.H * d.Dm * 2));
+          ex->to_bf16(qm.data(), qb, n * d.H * d.Dm);
+          sp.q_dtype = DType::kBF16;
+          sp.q_bf16 = qb;
+        } else {
+          sp.q = qm.data();
+        }
+        sp.cache = kv[l].data();
+        sp.indices = sel_d.data();
         sp.out = olat.data();
         sp.lse = lse.data();
-        cpu::sparse_attention_decode(sp);
+        ops.sparse_attention_decode(sp);
       } else {
         AttentionParams ap = mqa_attention_params(m, d, static_cast<int>(n), static_cast<int>(capacity), qm.data(),
-                                                  kv_f32[l].data());
+                                                  reinterpret_cast<const float*>(kv[l].data()));
         ap.K = Kr;
-        ap.indices = sel.data();
-        cpu::sparse_attention_forward(ap, AttentionForwardOut{olat.data(), lse.data(), nullptr});
+        ap.indices = sel_d.data();
+        ops.sparse_attention_forward(ap, AttentionForwardOut{olat.data(), lse.data(), nullptr});
       }
       absorb_out(*ex, m, l, olat.data(), n, o.data());
-      mm_xwt(true, n, d.H * d.dv, d.D, o.data(), d.H * d.dv, m.P(L.o), d.H * d.dv, attn.data(), d.D);
-      for (int64_t i = 0; i < n * d.D; ++i) x[i] += attn[i];
-      cpu::rmsnorm_forward(x.data(), m.P(L.post_norm), hn.data(), rstd.data(), n, d.D, eps);
-      mm_xwt(true, n, d.D, d.F, hn.data(), d.D, m.P(L.gate), d.D, g.data(), d.F);
-      mm_xwt(true, n, d.D, d.F, hn.data(), d.D, m.P(L.up), d.D, u.data(), d.F);
-      cpu::swiglu_forward(g.data(), u.data(), a.data(), n * d.F);
-      mm_xwt(true, n, d.F, d.D, a.data(), d.F, m.P(L.down), d.F, mlp.data(), d.D);
-      for (int64_t i = 0; i < n * d.D; ++i) x[i] += mlp[i];
+      ex->mm_xwt(n, d.H * d.dv, d.D, o.data(), d.H * d.dv, ex->param(L.o), d.H * d.dv, attn.data(), d.D);
+      ex->add(x.data(), attn.data(), n * d.D);
+      ops.rmsnorm_forward(x.data(), ex->param(L.post_norm), hn.data(), rstd.data(), n, d.D, eps);
+      ex->mm_xwt(n, d.D, d.F, hn.data(), d.D, ex->param(L.gate), d.D, g.data(), d.F);
+      ex->mm_xwt(n, d.D, d.F, hn.data(), d.D, ex->param(L.up), d.D, u.data(), d.F);
+      ops.swiglu_forward(g.data(), u.data(), a.data(), n * d.F);
+      ex->mm_xwt(n, d.F, d.D, a.data(), d.F, ex->param(L.down), d.F, mlp.data(), d.D);
+      ex->add(x.data(), mlp.data(), n * d.D);
     }
-    length = total;
-    const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
-    grow(xf, rows * d.D);
-    cpu::rmsnorm_forward(x.data() + first * d.D, m.P(m.final_norm), xf.data(), rstd.data(), rows, d.D, eps);
+    // the rows whose logits are returned: all, or each part's last
+    int64_t rows = n;
+    const float* xs = x.data();
+    if (!all_logits) {
+      rows = static_cast<int64_t>(parts.size());
+      if (parts.size() == 1) {
+        xs = x.data() + (n - 1) * d.D;
+      } else {
+        float* last = grow(xf, 2 * rows * d.D);   // [rows, D] gathered here, normalised into the second half
+        for (size_t i = 0; i < parts.size(); ++i)
+          ex->copy(last + static_cast<int64_t>(i) * d.D, x.data() + (parts[i].row0 + parts[i].n - 1) * d.D, d.D);
+        xs = last;
+      }
+    }
+    float* xnorm = grow(xf, 2 * rows * d.D) + rows * d.D;
+    grow(logits, rows * d.V);
+    ops.rmsnorm_forward(xs, ex->param(m.final_norm), xnorm, rstd.data(), rows, d.D, eps);
+    ex->mm_xwt(rows, d.D, d.V, xnorm, d.D, ex->param(m.lm_head), d.D, logits.data(), d.V);
     out.resize(static_cast<size_t>(rows * d.V));
-    mm_xwt(true, rows, d.D, d.V, xf.data(), d.D, m.P(m.lm_head), d.D, out.data(), d.V);
+    ex->download_bytes(out.data(), logits.data(), rows * d.V * static_cast<int64_t>(sizeof(float)));   // waits for the step
+    for (const Part& p : parts) seqs[p.seq].length += p.n;
   }
 };
 
 namespace {
-std::unique_ptr<Session::Impl> make_session(const Model::Impl& model, const SessionOptions& options) {
+std::unique_ptr<Session::Impl> make_session(const Model::Impl& model, const SessionOptions& options,
+                                           std::shared_ptr<Exec> exec, bool pooled) {
   try {
-    return std::make_unique<Session::Impl>(model, options);
+    return std::make_unique<Session::Impl>(model, options, std::move(exec), pooled);
   } catch (const std::bad_alloc&) {
     throw Error("Session: out of memory allocating the caches (max_tokens = " + std::to_string(options.max_tokens) +
                 ", max_position_embeddings = " + std::to_string(model.cfg.max_position_embeddings) + ")");
   }
 }
-}  // namespace
 
-Session::Session(const Model& model, const SessionOptions& options) : impl_(make_session(*model.impl_, options)) {}
-Session::~Session() = default;
-
-std::vector<float> Session::append(const std::vector<int32_t>& tokens, bool all_logits) {
-  std::vector<float> out;
-  impl_->step(tokens.data(), static_cast<int64_t>(tokens.size()), 1, all_logits, out);
-  return out;
-}
-
-std::vector<float> Session::prefill(const std::vector<int32_t>& tokens, int chunk_size, bool all_logits) {
+// prefill of one sequence in chunks of chunk_size (≤ 0: one step)
+std::vector<float> prefill_chunks(Session::Impl& s, int id, const std::vector<int32_t>& tokens, int chunk_size, bool all_logits) {
   if (tokens.empty()) throw Error("Session: prefill needs at least one token");
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t chunk = chunk_size > 0 ? chunk_size : n;
   std::vector<float> out, part;
-  for (int64_t s = 0; s < n; s += chunk) {
-    const int64_t len = std::min(chunk, n - s);
-    impl_->step(tokens.data() + s, len, 1, all_logits, part);
+  for (int64_t i = 0; i < n; i += chunk) {
+    s.step({{id, tokens.data() + i, std::min(chunk, n - i)}}, 1, all_logits, part);
     if (all_logits) out.insert(out.end(), part.begin(), part.end());
     else out.swap(part);
   }
   return out;
 }
 
-std::vector<float> Session::decode(int32_t token) {
+// one decode step of next_n tokens for each of ids (tokens [ids.size() · next_n])
+std::vector<float> decode_batch(Session::Impl& s, const std::vector<int>& ids, const std::vector<int32_t>& tokens, int next_n) {
+  if (ids.empty()) throw Error("BatchSession: decode needs at least one sequence");
+  if (tokens.size() != ids.size() * static_cast<size_t>(next_n))
+    throw Error("BatchSession: decode" + std::string(next_n == 2 ? "2" : "") + " got " + std::to_string(tokens.size()) +
+                " tokens for " + std::to_string(ids.size()) + " sequences (" + std::to_string(next_n) + " each)");
+  std::vector<Session::Impl::Part> parts;
+  for (size_t i = 0; i < ids.size(); ++i) parts.push_back({ids[i], tokens.data() + i * next_n, next_n});
   std::vector<float> out;
-  impl_->step(&token, 1, 1, false, out);
+  s.step(parts, next_n, /*all_logits=*/true, out);
+  return out;
+}
+}  // namespace
+
+Session::Session(const Model& model, const SessionOptions& options) : Session(model, options, nullptr) {}
+Session::Session(const Model& model, const SessionOptions& options, std::shared_ptr<Exec> exec)
+    : impl_(make_session(*model.impl_, options, std::move(exec), /*pooled=*/false)) {
+  impl_->add_sequence();   // sequence 0: the session's one sequence
+}
+Session::~Session() = default;
+
+std::vector<float> Session::append(const std::vector<int32_t>& tokens, bool all_logits) {
+  std::vector<float> out;
+  impl_->step({{0, tokens.data(), static_cast<int64_t>(tokens.size())}}, 1, all_logits, out);
   return out;
 }
 
-std::vector<float> Session::decode2(int32_t t0, int32_t t1) {
-  const int32_t t[2] = {t0, t1};
-  std::vector<float> out;
-  impl_->step(t, 2, 2, true, out);
-  return out;
+std::vector<float> Session::prefill(const std::vector<int32_t>& tokens, int chunk_size, bool all_logits) {
+  return prefill_chunks(*impl_, 0, tokens, chunk_size, all_logits);
 }
+
+std::vector<float> Session::decode(int32_t token) { return decode_batch(*impl_, {0}, {token}, 1); }
+
+std::vector<float> Session::decode2(int32_t t0, int32_t t1) { return decode_batch(*impl_, {0}, {t0, t1}, 2); }
 
 void Session::truncate(int64_t length) {
-  if (length < 0 || length > impl_->length)
-    throw Error("Session: truncate(" + std::to_string(length) + ") outside [0, " + std::to_string(impl_->length) + "]");
-  impl_->length = length;   // later appends overwrite the dropped slots
+  Session::Impl::Seq& q = impl_->seqs[0];
+  if (length < 0 || length > q.length)
+    throw Error("Session: truncate(" + std::to_string(length) + ") outside [0, " + std::to_string(q.length) + "]");
+  q.length = length;   // later appends overwrite the dropped slots
 }
 
-int64_t Session::length() const { return impl_->length; }
+int64_t Session::length() const { return impl_->seqs[0].length; }
 int64_t Session::capacity() const { return impl_->capacity; }
 const SessionOptions& Session::options() const { return impl_->opt; }
+
+BatchSession::BatchSession(const Model& model, const SessionOptions& options) : BatchSession(model, options, nullptr) {}
+BatchSession::BatchSession(const Model& model, const SessionOptions& options, std::shared_ptr<Exec> exec)
+    : impl_(make_session(*model.impl_, options, std::move(exec), /*pooled=*/true)) {}
+BatchSession::~BatchSession() = default;
+
+int BatchSession::add() { return impl_->add_sequence(); }
+void BatchSession::remove(int id) { impl_->remove_sequence(id); }
+std::vector<float> BatchSession::prefill(int id, const std::vector<int32_t>& tokens, int chunk_size, bool all_logits) {
+  impl_->seq(id, "prefill");
+  return prefill_chunks(*impl_, id, tokens, chunk_size, all_logits);
+}
+std::vector<float> BatchSession::decode(const std::vector<int>& ids, const std::vector<int32_t>& tokens) {
+  return decode_batch(*impl_, ids, tokens, 1);
+}
+std::vector<float> BatchSession::decode2(const std::vector<int>& ids, const std::vector<int32_t>& tokens) {
+  return decode_batch(*impl_, ids, tokens, 2);
+}
+void BatchSession::truncate(int id, int64_t length) {
+  Session::Impl::Seq& q = impl_->seq(id, "truncate");
+  if (length < 0 || length > q.length)
+    throw Error("BatchSession: truncate(" + std::to_string(id) + ", " + std::to_string(length) + ") outside [0, " +
+                std::to_string(q.length) + "]");
+  q.length = length;
+}
+int64_t BatchSession::length(int id) const { return impl_->seq(id, "length").length; }
+std::vector<int> BatchSession::sequences() const {
+  std::vector<int> ids;
+  for (size_t i = 0; i < impl_->seqs.size(); ++i)
+    if (impl_->seqs[i].live) ids.push_back(static_cast<int>(i));
+  return ids;
+}
+int64_t BatchSession::free_tokens() const { return static_cast<int64_t>(impl_->free_pages.size()) * kCachePageTokens; }
+int64_t BatchSession::capacity() const { return impl_->capacity; }
+int64_t BatchSession::cache_bytes_per_token() const { return impl_->cache_bytes_per_token(); }
+const SessionOptions& BatchSession::options() const { return impl_->opt; }
 
 int64_t Session::cache_bytes_per_token() const { return impl_->cache_bytes_per_token(); }
 

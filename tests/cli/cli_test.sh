@@ -67,6 +67,20 @@ generate)
   a=$("$DSA" generate -m m -p Hello -n 6 --temperature 1 --top-k 1 -s 5 2>/dev/null)
   b=$("$DSA" generate -m m -p Hello -n 6 2>/dev/null)
   [[ $a == "$b" ]] || fail "--top-k 1 differs from greedy: '$a' vs '$b'"
+  # batched generation: each prompt's greedy completion equals its own single-prompt run
+  printf 'Hello\nOnce upon a time\n\nHi\n' > prompts.txt
+  "$DSA" generate -m m --prompts prompts.txt -n 6 >batch.txt 2>err.txt || fail "--prompts: $(cat err.txt)"
+  grep -q "batch of 3: prefill" err.txt || fail "--prompts did not report the batch: $(cat err.txt)"
+  for i in 0 1 2; do
+    p=$(sed -n "$((i + 1))p" <(grep -v '^$' prompts.txt))
+    one=$("$DSA" generate -m m -p "$p" -n 6 --no-stream 2>/dev/null)
+    grep -qxF "[$i] $one" batch.txt || fail "batched completion $i differs from '$one': $(cat batch.txt)"
+  done
+  "$DSA" generate -m m --random-prompt 20 --batch 4 -n 3 2>err.txt >/dev/null || fail "--batch: $(cat err.txt)"
+  grep -q "batch of 4: prefill 80 tokens" err.txt || fail "--batch 4: $(cat err.txt)"
+  expect_refused '--prompts missing.txt: cannot be read' "$DSA" generate -m m --prompts missing.txt
+  expect_refused '--batch B needs --random-prompt N' "$DSA" generate -m m -p Hi --batch 2
+  expect_refused 'give one of -p/--prompt, --prompts FILE' "$DSA" generate -m m -p Hi --prompts prompts.txt
   ;;
 train)
   # One document, byte tokenizer, relative paths: the hold-out is the document's tail; a refused
