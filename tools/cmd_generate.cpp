@@ -137,8 +137,10 @@ int run_batch(const dsa::model::Model& m, const dsa::Tokenizer& tok, const std::
   std::fprintf(stderr, "batch of %zu: prefill %lld tokens in %.3f s (%.1f tok/s); decode %lld tokens in %.3f s (%.1f tok/s)\n", B,
                prompt_tokens, pre_s, prompt_tokens / std::max(pre_s, 1e-9), decoded, dec_s, decoded / std::max(dec_s, 1e-9));
   const long long per_token = s.cache_bytes_per_token();
-  std::fprintf(stderr, "cache: %lld bytes per token (all layers); after prefill %lld tokens in use: %.2f MiB (pool %lld tokens: %.2f MiB)\n",
-               per_token, in_use, per_token * static_cast<double>(in_use) / (1 << 20), static_cast<long long>(s.capacity()),
+  std::fprintf(stderr,
+               "cache: %lld bytes per token (%lld per layer x %d layers); after prefill %lld tokens in use: %.2f MiB (pool %lld "
+               "tokens: %.2f MiB)\n",
+               per_token, per_token / c.num_hidden_layers, c.num_hidden_layers, in_use, per_token * static_cast<double>(in_use) / (1 << 20), static_cast<long long>(s.capacity()),
                per_token * static_cast<double>(s.capacity()) / (1 << 20));
   return 0;
 }
@@ -297,8 +299,8 @@ int run_generate(const dsa::cli::Args& args) {
   std::fprintf(stderr, "prefill: %zu tokens in %.3f s (%.1f tok/s); decode: %zu tokens in %.3f s (%.1f tok/s)\n", prompt.size(), pre_s,
                prompt.size() / std::max(pre_s, 1e-9), decoded, dec_s, decoded / std::max(dec_s, 1e-9));
   const long long per_token = session.cache_bytes_per_token();
-  std::fprintf(stderr, "cache: %lld bytes per token (all layers), %lld tokens in use: %.2f MiB (capacity %lld tokens: %.2f MiB)\n",
-               per_token, static_cast<long long>(session.length()), per_token * static_cast<double>(session.length()) / (1 << 20),
+  std::fprintf(stderr, "cache: %lld bytes per token (%lld per layer x %d layers), %lld tokens in use: %.2f MiB (capacity %lld tokens: %.2f MiB)\n",
+               per_token, per_token / c.num_hidden_layers, c.num_hidden_layers, static_cast<long long>(session.length()), per_token * static_cast<double>(session.length()) / (1 << 20),
                static_cast<long long>(session.capacity()), per_token * static_cast<double>(session.capacity()) / (1 << 20));
   return 0;
 }

@@ -11,9 +11,10 @@
 #   DSA_GTEST_FILTER      gtest filter of the table run                  (default: *)
 #   DSA_SANITIZER_FILTER  gtest filter of the memcheck run ("" skips it)  (default: indexer-side GPU exact rows)
 #   DSA_SANITIZER_TOOLS   compute-sanitizer tools, space separated        (default: memcheck)
-#   DSA_BENCH             "indexer", "attention", "all" or "none"          (default: indexer); "all"
+#   DSA_BENCH             "indexer", "attention", "session", "all" or "none" (default: indexer); "all"
 #                         also times one DSA layer at L = 128K (dsa_bench_layer, default and 1 GiB
-#                         indexer workspace) against the SDPA time attention_torch.py measured just before
+#                         indexer workspace) against the SDPA time attention_torch.py measured just before,
+#                         and the GPU inference session (bench/gpu/session_bench.sh through `dsa generate`)
 #   DSA_BENCH_ARGS        arguments of dsa_bench_gpu ("quick", op names)  (default: none)
 #   DSA_CUDA_ARCH         CMAKE_CUDA_ARCHITECTURES                        (default: 90a)
 #   DSA_TEST_TIMEOUT / DSA_SANITIZER_TIMEOUT / DSA_BENCH_TIMEOUT  seconds per stage (200 / 120 / 200)
@@ -68,7 +69,7 @@ else
   GEN=()
   command -v ninja >/dev/null && GEN=(-G Ninja)
   cmake -S . -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$ARCH" "${EXTRA[@]}" 2>&1 | tail -5
-  TARGETS=(--target dsa_tests --target dsa_bench_gpu)
+  TARGETS=(--target dsa_tests --target dsa_bench_gpu --target dsa_cli)
   [ "$BENCH" = attention ] || [ "$BENCH" = all ] && TARGETS+=(--target dsa_bench_attention)
   [ "$BENCH" = all ] && TARGETS+=(--target dsa_bench_layer)
   time cmake --build "$BUILD" -j "$JOBS" "${TARGETS[@]}" 2>&1 | grep -E "error|FAILED|warning: .*(cu|cuh):" | head -60
@@ -110,6 +111,12 @@ fi
       echo "dsa_bench_layer ${ws:+(workspace $ws MiB) }exit: $?"
     done
     rm -f "$OUT/attention_torch.txt"
+  fi
+  if [ "$BENCH" = session ] || [ "$BENCH" = all ]; then
+    mkdir -p /tmp/dsa_session_bench
+    timeout "${DSA_BENCH_TIMEOUT:-200}" bench/gpu/session_bench.sh "$BUILD/dsa" /tmp/dsa_session_bench
+    echo "session_bench exit: $?"
+    cp /tmp/dsa_session_bench/session_bench.csv "$OUT/" 2>/dev/null
   fi
   nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu,power.draw --format=csv 2>&1
 } >"$OUT/bench.log" 2>&1
