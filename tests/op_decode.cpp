@@ -754,7 +754,7 @@ void check_indexer_logits_paged(Backend& be) {
       {"B=3 2-D lens (DeepGEMM HEAD)", 2, 3, {100, 64, 7}, false, false, 64, 15},
       {"B=3 packed fp32 keys, MTP", 2, 8, {200, 37, 128}, true, true, 1, 16},
       {"B=1 long row, V3.2 HI=64", 2, 64, {1000}, true, true, 24, 17},
-      // HI = 64: the shapes the tensor-core class (kWgmma: one 64-key page per MMA tile) runs. Each
+      // HI = 64: the shapes the tensor-core classes run (one 64-key page per MMA tile). Each
       // breaks one thing: a one-key context; rows of length 0 (MTP with L = 1) and lengths ±1 around
       // the page; 2-D random lengths (keys past a row's length inside a read page must be −inf) with
       // max_context_len well past the last page; long rows whose pages the kernel splits over CTAs;
@@ -767,6 +767,10 @@ void check_indexer_logits_paged(Backend& be) {
       {"V3.2 HI=64 24 requests of mixed lengths", 1, 64,
        {17, 64, 65, 127, 128, 129, 1, 200, 255, 256, 257, 33, 640, 5, 63, 1000, 2, 191, 192, 193, 77, 320, 96, 1},
        false, false, 9, 36},
+      // Other head counts of the kMma class (HI a multiple of 16, next_n·HI ≤ 128): 8 head groups of one
+      // row; one head group per row.
+      {"HI=128 next_n=1, 2-D lens", 1, 128, {150, 64, 1}, false, true, 10, 37},
+      {"HI=16 MTP next_n=2", 2, 16, {90, 200, 2}, true, false, 0, 38},
   };
   for (const auto& c : cases) run_paged_logits_case(be, c);
   paged_logits_bad_inputs(be);

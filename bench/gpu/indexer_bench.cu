@@ -120,11 +120,16 @@ bool paged_runs_here(const std::string& row, const PagedIndexerParams& p, Varian
   }
 }
 
-// kWgmma vs kExact paged logits (both downloaded): −inf at the same places and no NaN over every
-// element; on a sample of 4096 visible elements, each against the float64 value from the device's
-// own bytes within its bound: kExact (128 + HI + 4)·u·mag (fp32 sums), kWgmma + 2^-9·mag (the fp8
-// tensor core's accumulation, tests/test_util.h kFp8AccumRel), mag = s·Σ_h |w|·Σ_d |q·k|.
-void check_paged(const PagedIndexerParams& p, const std::vector<float>& ex, const std::vector<float>& wg) {
+// A tensor-core variant's paged logits vs kExact's (both downloaded): −inf at the same places and no NaN
+// over every element; on a sample of 4096 visible elements, each against the float64 value from the
+// device's own bytes within its bound: kExact (128 + HI + 4)·u·mag (fp32 sums), the tensor-core variant
+// + 2^-9·mag (the fp8 tensor core's accumulation, tests/test_util.h kFp8AccumRel), mag = s·Σ_h |w|·Σ_d |q·k|.
+void check_paged(const PagedIndexerParams& p, const std::vector<float>& ex, const std::vector<float>& wg,
+                 const char* name) {
+  if (ex.size() != wg.size()) {
+    mismatch(std::string("indexer_logits_paged ") + name + ": no kExact output to compare with");
+    return;
+  }
   const int rows = p.B * p.next_n, L = p.max_context_len, HI = p.HI, DI = kIndexerKeyDim;
   const size_t page_bytes = size_t(kCachePageTokens) * kIndexerRecordBytes;
   size_t pattern_bad = 0;
@@ -139,10 +144,10 @@ void check_paged(const PagedIndexerParams& p, const std::vector<float>& ex, cons
   CHECK(cudaMemcpy(w.data(), p.w, w.size() * 4, cudaMemcpyDeviceToHost));
   CHECK(cudaMemcpy(lens.data(), p.context_lens, lens.size() * 4, cudaMemcpyDeviceToHost));
   CHECK(cudaMemcpy(table.data(), p.block_table, table.size() * 4, cudaMemcpyDeviceToHost));
-  const double u = 1.0 / (1 << 24), rel_exact = (DI + HI + 4) * u, rel_wgmma = rel_exact + 1.0 / (1 << 9);
+  const double u = 1.0 / (1 << 24), rel_exact = (DI + HI + 4) * u, rel_tensor = rel_exact + 1.0 / (1 << 9);
   std::mt19937_64 gen(99);
   int sample_bad = 0;
-  double worst_ex = 0, worst_wg = 0;
+  double worst_ex = 0, worst_tc = 0;
   constexpr int kSamples = 4096;
   for (int s = 0; s < kSamples; ++s) {
     const int r = int(gen() % rows);
@@ -168,13 +173,13 @@ void check_paged(const PagedIndexerParams& p, const std::vector<float>& ex, cons
     const size_t i = size_t(r) * L + j;
     const double e_ex = std::fabs(ex[i] - ref), e_wg = std::fabs(wg[i] - ref);
     worst_ex = std::max(worst_ex, e_ex / std::max(mag, 1e-300));
-    worst_wg = std::max(worst_wg, e_wg / std::max(mag, 1e-300));
-    sample_bad += !(e_ex <= rel_exact * mag + 1e-30) || !(e_wg <= rel_wgmma * mag + 1e-30);
+    worst_tc = std::max(worst_tc, e_wg / std::max(mag, 1e-300));
+    sample_bad += !(e_ex <= rel_exact * mag + 1e-30) || !(e_wg <= rel_tensor * mag + 1e-30);
   }
-  std::printf("indexer_logits_paged wgmma vs exact: %zu elements differ in -inf/NaN pattern; %d of %d sampled "
-              "elements beyond the bound (max err/mag: exact %.3g ≤ %.3g, wgmma %.3g ≤ %.3g)\n",
-              pattern_bad, sample_bad, kSamples, worst_ex, rel_exact, worst_wg, rel_wgmma);
-  if (pattern_bad || sample_bad) mismatch("indexer_logits_paged wgmma vs exact");
+  std::printf("indexer_logits_paged %s vs exact: %zu elements differ in -inf/NaN pattern; %d of %d sampled "
+              "elements beyond the bound (max err/mag: exact %.3g ≤ %.3g, %s %.3g ≤ %.3g)\n",
+              name, pattern_bad, sample_bad, kSamples, worst_ex, rel_exact, name, worst_tc, rel_tensor);
+  if (pattern_bad || sample_bad) mismatch(std::string("indexer_logits_paged ") + name + " vs exact");
 }
 
 }  // namespace
@@ -572,20 +577,20 @@ int main(int argc, char** argv) {
       const double flop = 2.0 * visible * HI * DI;
       const double bytes = double(B) * L * kIndexerRecordBytes + double(rows) * L * 4;
       const std::string sh = shape("B=%ld next_n=%ld L=%ld HI=%ld", B, next_n, L, HI);
-      std::vector<float> out_exact, out_wgmma;
-      for (Variant v : {Variant::kExact, Variant::kWgmma}) {
+      std::vector<float> out_exact, out_tc;
+      for (Variant v : {Variant::kExact, Variant::kMma, Variant::kWgmma}) {
         const std::string row = std::string("indexer_logits_paged_fp8_") + cuda::variant_name(v);
         if (!paged_runs_here(row, p, v)) continue;
         report(row.c_str(), sh, time_ms([&] { cuda::indexer_logits_paged(p, logits, nullptr, v); }, reps), flop, bytes);
-        std::vector<float>& out = v == Variant::kExact ? out_exact : out_wgmma;
+        std::vector<float>& out = v == Variant::kExact ? out_exact : out_tc;
         out.resize(size_t(rows) * L);
         CHECK(cudaMemcpy(out.data(), logits, out.size() * 4, cudaMemcpyDeviceToHost));
+        if (v != Variant::kExact) check_paged(p, out_exact, out_tc, cuda::variant_name(v));
       }
       std::printf("(indexer_logits_paged default on this device: %s)\n",
                   cuda::variant_name(cuda::resolve_variant(p, Variant::kAuto)));
       report("indexer_logits_paged_default", sh,
              time_ms([&] { cuda::indexer_logits_paged(p, logits, nullptr); }, reps), flop, bytes);
-      if (!out_wgmma.empty()) check_paged(p, out_exact, out_wgmma);
       CHECK(cudaFree(q));
       CHECK(cudaFree(cache));
       CHECK(cudaFree(w));

@@ -112,8 +112,11 @@ void indexer_backward(const IndexerBackwardParams& p, void* workspace, size_t wo
 //       e4m3 wgmma tile against all next_n·64 (row, head) pairs; the per-element arithmetic of the
 //       kWgmma indexer_logits (the tensor core's narrower fp8 accumulation, the same head-sum order),
 //       so it equals kWgmma indexer_logits on the gathered keys (indexer_logits_paged_wgmma.cu).
+//   kMma (HI % 16 == 0, next_n·HI ≤ 128, q_fp8 and cache 16-byte aligned, sm_89+): e4m3 mma.sync with
+//       indexer_logits kMma's per-element arithmetic, bitwise equal to it on the gathered keys
+//       (indexer_logits_paged_mma.cu).
 //   kExact (any HI, every arch): indexer_logits kExact's arithmetic per (row, key), bitwise deterministic.
-// kAuto: kWgmma where it runs, else kExact (the inputs are always e4m3).
+// kAuto: kWgmma, then kMma where they run, else kExact (the inputs are always e4m3).
 void indexer_logits_paged(const PagedIndexerParams& p, float* logits, cudaStream_t stream,
                           Variant variant = Variant::kAuto);
 void paged_to_physical(int B, int next_n, int K, const int32_t* block_table, int max_blocks, int num_pages,

@@ -12,11 +12,11 @@ namespace {
 // The rows a tensor-core class runs: the rows of the ops that have its variant AND whose table
 // tolerances hold for its arithmetic. The indexer's e4m3 mma.sync products are exact in fp32 (only
 // the order of the head sums differs), so the table's indexer rows take kMma as they are. The paged
-// indexer row bounds a kTensor backend by the fp8 wgmma accumulation (kFp8AccumRel), so the kWgmma
-// class runs it (its other cases, HI ≠ 64, run kExact through dev_for).
+// indexer row bounds a kTensor backend by the fp8 tensor-core accumulation (kFp8AccumRel), so the
+// kMma and kWgmma classes run it (the cases their variant does not take run kExact through dev_for).
 const std::vector<std::pair<cuda::Variant, std::vector<std::string>>>& class_rows() {
   static const std::vector<std::pair<cuda::Variant, std::vector<std::string>>> rows = {
-      {cuda::Variant::kMma, {"indexer_logits", "indexer_topk"}},
+      {cuda::Variant::kMma, {"indexer_logits", "indexer_topk", "indexer_logits_paged"}},
       {cuda::Variant::kWgmma, {"indexer_logits_paged"}},
   };
   return rows;

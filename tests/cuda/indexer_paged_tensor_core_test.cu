@@ -1,20 +1,23 @@
-// indexer_paged_wgmma_test.cu — indexer_logits_paged variant kWgmma (sm_90a;
-// src/cuda/indexer_logits_paged_wgmma.cu) against a float64 reference, against the kExact variant and
-// against the contiguous kWgmma indexer_logits on the gathered keys. Skipped without a GPU and where
-// kWgmma does not run (not sm_90 / no sm_90a code: asking for it there is a dsa::Error, which the last
-// test checks on any GPU).
+// indexer_paged_tensor_core_test.cu — the tensor-core variants of indexer_logits_paged: kWgmma (sm_90a;
+// src/cuda/indexer_logits_paged_wgmma.cu) and kMma (sm_89+; src/cuda/indexer_logits_paged_mma.cu),
+// against a float64 reference, against the kExact variant and against indexer_logits of the same
+// variant on the gathered keys. Each test runs the variants that run here (skipped without a GPU or
+// without either: asking for one that cannot run is a dsa::Error, which the last test checks).
 //
-// The table row (tests/op_decode.cpp, class cuda_wgmma) covers the op's contract on CPU-valid data;
-// this file adds what only the device sees and what pins the kernel's layouts:
+// The table row (tests/op_decode.cpp, classes cuda_mma and cuda_wgmma) covers the op's contract on
+// CPU-valid data; this file adds what only the device sees and what pins the kernels' layouts:
 //   * exact dots: q, k ∈ {0, ±1/2, ±1, ±2} (e4m3 codes): every partial sum of a dot is exact in any
-//     accumulator of ≥ 12 bits, so only the fp32 epilogue rounds (HI fmaf + 2 quad adds + the scale
-//     product): |got − ref| ≤ 2·(HI + 4)·u·act (first order, ×2 margin), act = s·Σ_h |w·ReLU(u_h)|.
-//     On such data the paged kernel and the contiguous kWgmma kernel share every rounding (same
-//     accumulators, same head-sum order: indexer_wgmma_tile.cuh), so they must agree BIT FOR BIT;
+//     accumulator of ≥ 12 bits, so only the fp32 epilogue rounds (HI fmaf / adds + the scale product):
+//     |got − ref| ≤ 2·(HI + 4)·u·act (first order, ×2 margin), act = s·Σ_h |w·ReLU(u_h)|;
+//   * paged ≡ contiguous: a paged variant shares its per-element arithmetic with indexer_logits of the
+//     same variant (indexer_wgmma_tile.cuh, indexer_mma_tile.cuh). With exact dots the accumulators
+//     agree whatever the MMA shape, so both variants must match their contiguous kernel BIT FOR BIT;
+//     on quantised normals kMma must too (the same mma.sync operands in the same order), kWgmma only
+//     reports it (its next_n = 1 tile is m64n64, the contiguous kernel's m64n128);
 //   * quantised normals (the production path): kFp8AccumRel·mag (test_util.h) plus the fp32 terms;
 //   * device-only data rules (the CPU refuses such data): a page id outside [0, num_pages) inside a
-//     context gives −inf for its 64 keys, in kWgmma and kExact alike; table entries past a request's
-//     pages are garbage and never read; unused pages and the keys past a row's length are NaN bytes;
+//     context gives −inf for its 64 keys, in every variant; table entries past a request's pages are
+//     garbage and never read; unused pages and the keys past a row's length are NaN bytes;
 //   * a decode-sized shape (B = 64, next_n = 2, mixed lengths up to 1500) against kExact;
 //   * every output element starts as NaN (unwritten → fail), device guards, bitwise reruns.
 #include <cuda_runtime.h>
@@ -28,8 +31,8 @@
 #include <vector>
 
 #include "cuda/device_buffer.h"
+#include "cuda/indexer_logits_paged_mma.cuh"
 #include "cuda/indexer_logits_paged_wgmma.cuh"
-#include "cuda/indexer_logits_wgmma.cuh"
 #include "dsa/cuda_ops.h"
 #include "test_util.h"
 
@@ -43,7 +46,7 @@ constexpr double kU = 1.0 / (1 << 24);                               // fp32 uni
 constexpr double kEpilogueRel = 2.0 * (kHI + 4) * kU;                // exact-dot data, see above
 constexpr double kFp32Rel = (kDI + kHI + 4) * kU;                    // kExact's bound (op_decode.cpp)
 constexpr uint8_t kNanByte = 0xFF;                                   // NaN as e4m3 and as fp32
-constexpr cuda::Variant kWgmma = cuda::Variant::kWgmma, kExact = cuda::Variant::kExact;
+constexpr cuda::Variant kWgmma = cuda::Variant::kWgmma, kMma = cuda::Variant::kMma, kExact = cuda::Variant::kExact;
 
 enum class Data { kExactDots, kNormals };
 
@@ -230,10 +233,10 @@ std::vector<float> run(const Inputs& in, int next_n, cuda::Variant v) {
   return ::testing::AssertionSuccess();
 }
 
-// The contiguous kWgmma indexer_logits of request b's gathered keys (ks = 0, ke = the row lengths,
+// indexer_logits (variant v) of request b's gathered keys (ks = 0, ke = the row lengths,
 // k_scale per key); a bad page's keys are zero codes with scale 1 (the paged result there is −inf and
 // is not compared). Returns [next_n, L] logits.
-std::vector<float> contiguous_wgmma(const Inputs& in, int next_n, int b, int L) {
+std::vector<float> contiguous(const Inputs& in, int next_n, int b, int L, cuda::Variant v) {
   std::vector<uint8_t> k(size_t(std::max(L, 1)) * kDI, 0);
   std::vector<float> ksc(std::max(L, 1), 1.0f);
   for (int64_t j = 0; j < L; ++j) {
@@ -250,7 +253,7 @@ std::vector<float> contiguous_wgmma(const Inputs& in, int next_n, int b, int L) 
   DeviceBuffer<float> dout(out.data(), out.size());
   const IndexerParams p{next_n, L, kHI, kDI, Precision::kFp8, dq.data(), dk.data(), dks.data(), dw.data(),
                         dks_.data(), dke.data()};
-  cuda::indexer_logits(p, dout.data(), nullptr, kWgmma);
+  cuda::indexer_logits(p, dout.data(), nullptr, v);
   sync_and_check("indexer_logits");
   dout.download(out.data(), "logits");
   return out;
@@ -266,132 +269,179 @@ std::vector<Case> cases() {
   };
 }
 
-IndexerParams contiguous_probe() {
-  static uint8_t dummy alignas(16)[16];
-  IndexerParams p;
-  p.HI = kHI;
-  p.DI = kDI;
-  p.precision = Precision::kFp8;
-  p.q = dummy;
-  p.k = dummy;
-  return p;
-}
-PagedIndexerParams paged_probe() {
+PagedIndexerParams paged_probe(int HI = kHI) {
   static uint8_t dummy alignas(16)[16];
   PagedIndexerParams p;
   p.B = 1;
   p.next_n = 2;
-  p.HI = kHI;
+  p.HI = HI;
   p.q_fp8 = dummy;
   p.cache = dummy;
   return p;
 }
 
-#define SKIP_UNLESS_PAGED_WGMMA()                                                                     \
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";                                                  \
-  if (!cuda::detail::use_paged_logits_wgmma(paged_probe()))                                           \
-  GTEST_SKIP() << "indexer_logits_paged kWgmma does not run here (needs sm_90 + sm_90a code); kAuto runs kExact"
+// Whether variant v runs p here (resolve_variant's reason otherwise, printed).
+bool runs(const PagedIndexerParams& p, cuda::Variant v) {
+  try {
+    cuda::resolve_variant(p, v);
+    return true;
+  } catch (const Error& e) {
+    std::printf("[ skipped ] %s: %s\n", cuda::variant_name(v), e.what());
+    return false;
+  }
+}
 
-TEST(CudaIndexerPagedWgmma, ExactDotsMatchFp64AndContiguousBitwise) {
-  SKIP_UNLESS_PAGED_WGMMA();
+// The tensor-core variants that run the V3.2 shape here (probed once).
+const std::vector<cuda::Variant>& tensor_variants() {
+  static const std::vector<cuda::Variant> here = [] {
+    std::vector<cuda::Variant> v;
+    if (!have_gpu()) return v;
+    for (cuda::Variant c : {kWgmma, kMma})
+      if (runs(paged_probe(), c)) v.push_back(c);
+    return v;
+  }();
+  return here;
+}
+
+#define SKIP_UNLESS_TENSOR_CORES()                                                                    \
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";                                                  \
+  if (tensor_variants().empty()) GTEST_SKIP() << "no tensor-core variant of indexer_logits_paged runs here"
+
+// paged ≡ indexer_logits of variant v on the gathered keys wherever the key is visible: bitwise
+// (must_match) or reported.
+void compare_contiguous(const Inputs& in, const Case& c, const std::vector<float>& got, cuda::Variant v,
+                        bool must_match) {
+  size_t differ = 0, compared = 0;
+  for (int b = 0; b < in.B; ++b) {
+    const int L = c.lens[b];
+    const std::vector<float> flat = contiguous(in, c.next_n, b, L, v);
+    for (int n = 0; n < c.next_n; ++n) {
+      const size_t row = size_t(b) * c.next_n + n;
+      for (int64_t j = 0; j < L; ++j) {
+        if (in.page_bad(b, j) || j >= in.lens[row]) continue;
+        const float a = flat[size_t(n) * L + j], g = got[row * in.max_ctx + j];
+        ++compared;
+        if (bitwise_equal(&a, &g, 1)) continue;
+        ++differ;
+        if (must_match)
+          FAIL() << cuda::variant_name(v) << ": request " << b << " row " << n << " key " << j << ": paged " << g
+                 << " vs indexer_logits " << a;
+      }
+    }
+  }
+  std::printf("[ paged vs indexer_logits ] %s %s: %zu of %zu visible logits differ in bits\n", c.name,
+              cuda::variant_name(v), differ, compared);
+}
+
+TEST(CudaIndexerPagedTensorCore, ExactDotsMatchFp64AndContiguousBitwise) {
+  SKIP_UNLESS_TENSOR_CORES();
   for (const Case& c : cases()) {
     SCOPED_TRACE(c.name);
     const Inputs in = make_inputs(c, Data::kExactDots);
     const Ref r = reference(in, c.next_n);
-    const std::vector<float> wg = run(in, c.next_n, kWgmma), again = run(in, c.next_n, kWgmma);
     const std::vector<float> ex = run(in, c.next_n, kExact);
-    double worst = 0, worst_ex = 0;
-    EXPECT_TRUE(within(wg, r, r.act, kEpilogueRel, &worst)) << "wgmma";
+    double worst_ex = 0;
     EXPECT_TRUE(within(ex, r, r.mag, kFp32Rel, &worst_ex)) << "exact";
-    EXPECT_TRUE(bitwise_equal(wg.data(), again.data(), wg.size())) << "wgmma rerun differs";
-    std::printf("[ exact dots ] %s: max |wgmma - ref| / act = %.3g (bound %.3g)\n", c.name, worst, kEpilogueRel);
-    if (!cuda::detail::use_logits_wgmma(contiguous_probe())) continue;   // same condition; probed apart
-    // The contiguous kWgmma kernel on the gathered keys: the same bits wherever the key is visible.
-    for (int b = 0; b < in.B; ++b) {
-      const int L = c.lens[b];
-      if (L == 0) continue;
-      const std::vector<float> flat = contiguous_wgmma(in, c.next_n, b, L);
-      for (int n = 0; n < c.next_n; ++n) {
-        const size_t row = size_t(b) * c.next_n + n;
-        for (int64_t j = 0; j < L; ++j) {
-          if (in.page_bad(b, j) || j >= in.lens[row]) continue;
-          const float a = flat[size_t(n) * L + j], g = wg[row * in.max_ctx + j];
-          ASSERT_TRUE(bitwise_equal(&a, &g, 1)) << "request " << b << " row " << n << " key " << j << ": paged " << g
-                                                << " vs contiguous " << a;
-        }
-      }
+    for (cuda::Variant v : tensor_variants()) {
+      SCOPED_TRACE(cuda::variant_name(v));
+      const std::vector<float> got = run(in, c.next_n, v), again = run(in, c.next_n, v);
+      double worst = 0;
+      EXPECT_TRUE(within(got, r, r.act, kEpilogueRel, &worst));
+      EXPECT_TRUE(bitwise_equal(got.data(), again.data(), got.size())) << "rerun differs";
+      std::printf("[ exact dots ] %s %s: max |got - ref| / act = %.3g (bound %.3g)\n", c.name, cuda::variant_name(v),
+                  worst, kEpilogueRel);
+      compare_contiguous(in, c, got, v, /*must_match=*/true);
     }
   }
 }
 
-TEST(CudaIndexerPagedWgmma, QuantizedNormalsMatchFp64AndExact) {
-  SKIP_UNLESS_PAGED_WGMMA();
+TEST(CudaIndexerPagedTensorCore, QuantizedNormalsMatchFp64AndExact) {
+  SKIP_UNLESS_TENSOR_CORES();
   for (const Case& c : cases()) {
     SCOPED_TRACE(c.name);
     const Inputs in = make_inputs(c, Data::kNormals);
     const Ref r = reference(in, c.next_n);
-    const std::vector<float> wg = run(in, c.next_n, kWgmma), again = run(in, c.next_n, kWgmma);
     const std::vector<float> ex = run(in, c.next_n, kExact);
-    double worst = 0, worst_ex = 0, worst_pair = 0;
-    EXPECT_TRUE(within(wg, r, r.mag, kFp8AccumRel + kFp32Rel, &worst)) << "wgmma";
+    double worst_ex = 0;
     EXPECT_TRUE(within(ex, r, r.mag, kFp32Rel, &worst_ex)) << "exact";
-    EXPECT_TRUE(bitwise_equal(wg.data(), again.data(), wg.size())) << "wgmma rerun differs";
-    // kWgmma vs kExact: both within their bounds of the reference → within the sum of the bounds,
-    // and −inf at the same places.
-    for (size_t i = 0; i < wg.size(); ++i) {
-      if (std::isinf(wg[i]) || std::isinf(ex[i])) {
-        ASSERT_EQ(wg[i], ex[i]) << "element " << i;
-        continue;
+    for (cuda::Variant v : tensor_variants()) {
+      SCOPED_TRACE(cuda::variant_name(v));
+      const std::vector<float> got = run(in, c.next_n, v), again = run(in, c.next_n, v);
+      double worst = 0, worst_pair = 0;
+      EXPECT_TRUE(within(got, r, r.mag, kFp8AccumRel + kFp32Rel, &worst));
+      EXPECT_TRUE(bitwise_equal(got.data(), again.data(), got.size())) << "rerun differs";
+      // vs kExact: both within their bounds of the reference → within the sum of the bounds, and −inf
+      // at the same places.
+      for (size_t i = 0; i < got.size(); ++i) {
+        if (std::isinf(got[i]) || std::isinf(ex[i])) {
+          ASSERT_EQ(got[i], ex[i]) << "element " << i;
+          continue;
+        }
+        worst_pair = std::max(worst_pair, std::fabs(double(got[i]) - ex[i]) / std::max(r.mag[i], 1e-300));
+        ASSERT_LE(std::fabs(double(got[i]) - ex[i]), (kFp8AccumRel + 2 * kFp32Rel) * r.mag[i] + 1e-30)
+            << "vs exact, element " << i;
       }
-      worst_pair = std::max(worst_pair, std::fabs(double(wg[i]) - ex[i]) / std::max(r.mag[i], 1e-300));
-      ASSERT_LE(std::fabs(double(wg[i]) - ex[i]), (kFp8AccumRel + 2 * kFp32Rel) * r.mag[i] + 1e-30)
-          << "wgmma vs exact, element " << i;
+      std::printf("[ normals ] %s %s: max |got - ref| / mag = %.3g, |exact - ref| / mag = %.3g, |got - exact| / mag = "
+                  "%.3g (bound %.3g)\n",
+                  c.name, cuda::variant_name(v), worst, worst_ex, worst_pair, kFp8AccumRel + kFp32Rel);
+      compare_contiguous(in, c, got, v, /*must_match=*/v == kMma);
     }
-    std::printf("[ normals ] %s: max |wgmma - ref| / mag = %.3g, |exact - ref| / mag = %.3g, |wgmma - exact| / mag = %.3g "
-                "(bound %.3g)\n",
-                c.name, worst, worst_ex, worst_pair, kFp8AccumRel + kFp32Rel);
   }
 }
 
 // A decode-sized call: 64 requests × next_n 2 of mixed lengths (MTP rule), so the grid holds many
 // CTAs per request and short requests finish early; kWgmma against kExact and the reference.
-TEST(CudaIndexerPagedWgmma, DecodeBatchMatchesExact) {
-  SKIP_UNLESS_PAGED_WGMMA();
+TEST(CudaIndexerPagedTensorCore, DecodeBatchMatchesExact) {
+  SKIP_UNLESS_TENSOR_CORES();
   Rng rng(46);
   Case c{"B = 64, next_n = 2, lengths 1..1500", 2, {}, true, 17, {}, 47};
   for (int b = 0; b < 64; ++b) c.lens.push_back(b % 9 == 0 ? rng.integer(1, 70) : rng.integer(1, 1500));
   const Inputs in = make_inputs(c, Data::kNormals);
   const Ref r = reference(in, c.next_n);
-  const std::vector<float> wg = run(in, c.next_n, kWgmma), ex = run(in, c.next_n, kExact);
-  double worst = 0, worst_ex = 0;
-  EXPECT_TRUE(within(wg, r, r.mag, kFp8AccumRel + kFp32Rel, &worst)) << "wgmma";
+  const std::vector<float> ex = run(in, c.next_n, kExact);
+  double worst_ex = 0;
   EXPECT_TRUE(within(ex, r, r.mag, kFp32Rel, &worst_ex)) << "exact";
-  for (int rep = 0; rep < 3; ++rep)
-    EXPECT_TRUE(bitwise_equal(wg.data(), run(in, c.next_n, kWgmma).data(), wg.size())) << "rerun " << rep << " differs";
-  std::printf("[ decode batch ] max |wgmma - ref| / mag = %.3g, |exact - ref| / mag = %.3g\n", worst, worst_ex);
+  for (cuda::Variant v : tensor_variants()) {
+    SCOPED_TRACE(cuda::variant_name(v));
+    const std::vector<float> got = run(in, c.next_n, v);
+    double worst = 0;
+    EXPECT_TRUE(within(got, r, r.mag, kFp8AccumRel + kFp32Rel, &worst));
+    for (int rep = 0; rep < 3; ++rep)
+      EXPECT_TRUE(bitwise_equal(got.data(), run(in, c.next_n, v).data(), got.size())) << "rerun " << rep << " differs";
+    std::printf("[ decode batch ] %s: max |got - ref| / mag = %.3g, |exact - ref| / mag = %.3g\n", cuda::variant_name(v),
+                worst, worst_ex);
+  }
 }
 
-// kWgmma takes HI = 64, next_n 1 or 2, 16-byte aligned q_fp8 and cache on an sm_90 device running
-// sm_90a code: asked for on other inputs it is a dsa::Error naming the op, the variant and the reason,
-// before anything is written (on any GPU); kAuto then runs kExact.
-TEST(CudaIndexerPagedWgmma, UnsupportedInputsAreNamedErrors) {
+// kWgmma takes HI = 64 on an sm_90 device running sm_90a code, kMma HI a multiple of 16 with
+// next_n·HI ≤ 128 on sm_89+ (both: next_n 1 or 2, q_fp8 and cache 16-byte aligned). Asked for on
+// other inputs a variant is a dsa::Error naming the op, the variant and the reason, before anything is
+// written (checked on any GPU); kAuto then takes the next variant that runs.
+TEST(CudaIndexerPagedTensorCore, UnsupportedInputsAreNamedErrors) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   constexpr const char* op = "indexer_logits_paged";
-  PagedIndexerParams heads32 = paged_probe();
-  heads32.HI = 32;
+  const bool wgmma_here = cuda::detail::use_paged_logits_wgmma(paged_probe());
+  const bool mma_here = cuda::detail::use_paged_logits_mma(paged_probe());
+  const PagedIndexerParams heads32 = paged_probe(32), heads24 = paged_probe(24);
+  PagedIndexerParams heads128 = paged_probe(128);   // next_n = 2: 256 (row, head) pairs
   EXPECT_TRUE(throws_naming([&] { cuda::resolve_variant(heads32, kWgmma); }, {op, "wgmma", "HI = 64", "HI = 32"}));
-  EXPECT_EQ(cuda::resolve_variant(heads32, cuda::Variant::kAuto), kExact);
-  EXPECT_EQ(cuda::resolve_variant(heads32, kExact), kExact);
-  EXPECT_TRUE(throws_naming([&] { cuda::resolve_variant(paged_probe(), cuda::Variant::kMma); }, {op, "no variant", "mma"}));
-  if (!cuda::detail::use_paged_logits_wgmma(paged_probe())) {
-    EXPECT_TRUE(throws_naming([&] { cuda::resolve_variant(paged_probe(), kWgmma); }, {op, "wgmma", "sm_90"}));
-    EXPECT_EQ(cuda::resolve_variant(paged_probe(), cuda::Variant::kAuto), kExact);
-    return;
-  }
-  EXPECT_EQ(cuda::resolve_variant(paged_probe(), cuda::Variant::kAuto), kWgmma);
-  // A cache that starts at byte 1 of its device copy: refused before anything is written.
+  EXPECT_TRUE(throws_naming([&] { cuda::resolve_variant(heads24, kMma); }, {op, "mma", "multiple of 16", "HI = 24"}));
+  EXPECT_TRUE(throws_naming([&] { cuda::resolve_variant(heads128, kMma); }, {op, "mma", "next_n·HI", "HI = 128"}));
+  EXPECT_TRUE(throws_naming([&] { cuda::resolve_variant(paged_probe(), cuda::Variant::kCublas); },
+                            {op, "no variant", "cublas"}));
+  EXPECT_EQ(cuda::resolve_variant(heads24, cuda::Variant::kAuto), kExact);
+  EXPECT_EQ(cuda::resolve_variant(heads32, cuda::Variant::kAuto), mma_here ? kMma : kExact);
+  EXPECT_EQ(cuda::resolve_variant(heads128, kExact), kExact);
+  heads128.next_n = 1;   // 128 pairs: kMma takes it
+  EXPECT_EQ(cuda::resolve_variant(heads128, cuda::Variant::kAuto), mma_here ? kMma : kExact);
+  if (!wgmma_here) EXPECT_TRUE(throws_naming([&] { cuda::resolve_variant(paged_probe(), kWgmma); }, {op, "wgmma", "sm_90"}));
+  if (!mma_here) EXPECT_TRUE(throws_naming([&] { cuda::resolve_variant(paged_probe(), kMma); }, {op, "mma", "sm_89"}));
+  EXPECT_EQ(cuda::resolve_variant(paged_probe(), cuda::Variant::kAuto), wgmma_here ? kWgmma : mma_here ? kMma : kExact);
+
+  // A cache that starts at byte 1 of its device copy: each tensor-core variant is refused before
+  // anything is written, and kAuto runs kExact.
   const Case c{"misaligned", 2, {70, 5}, true, 3, {}, 48};
-  Inputs in = make_inputs(c, Data::kExactDots);
+  const Inputs in = make_inputs(c, Data::kExactDots);
   std::vector<uint8_t> shifted(in.cache.size() + 1, 0);
   std::memcpy(shifted.data() + 1, in.cache.data(), in.cache.size());
   DeviceBuffer<uint8_t> q(in.q.data(), in.q.size()), cache(shifted.data(), shifted.size());
@@ -411,8 +461,11 @@ TEST(CudaIndexerPagedWgmma, UnsupportedInputsAreNamedErrors) {
   p.w = w.data();
   p.context_lens = lens.data();
   p.block_table = table.data();
-  EXPECT_TRUE(throws_naming([&] { cuda::indexer_logits_paged(p, dout.data(), nullptr, kWgmma); },
-                            {op, "wgmma", "16-byte aligned"}));
+  for (cuda::Variant v : {kWgmma, kMma}) {
+    if (!(v == kWgmma ? wgmma_here : mma_here)) continue;
+    EXPECT_TRUE(throws_naming([&] { cuda::indexer_logits_paged(p, dout.data(), nullptr, v); },
+                              {op, cuda::variant_name(v), "16-byte aligned"}));
+  }
   EXPECT_EQ(cuda::resolve_variant(p, cuda::Variant::kAuto), kExact);
   sync_and_check("indexer_logits_paged (refused variant)");
   dout.download(back.data(), "logits");
