@@ -37,8 +37,8 @@ class Backend : public dsa::Backend {
 // The skip reason of a GPU backend on a machine without a GPU (or a build without CUDA).
 inline constexpr const char* kNoGpu = "no GPU on this machine";
 
-// Every backend of the table: "cpu", then the GPU variant classes "cuda_exact", "cuda_mma"
-// … (tests/cuda/cuda_backend.cu; registered in every build, skipped where they cannot run).
+// Every backend of the table: "cpu", then the GPU variant classes "cuda_exact", "cuda_mma",
+// "cuda_wgmma" (tests/cuda/cuda_backend.cu; registered in every build, skipped where they cannot run).
 const std::vector<std::shared_ptr<Backend>>& backends();
 
 // The GPU backends (tests/cuda/ in CUDA builds; placeholders that skip otherwise).

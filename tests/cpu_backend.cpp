@@ -43,7 +43,7 @@ class NoCudaBackend final : public Backend {
 
 #ifndef DSA_HAVE_CUDA
 void append_gpu_backends(std::vector<std::shared_ptr<Backend>>& out) {
-  for (const char* name : {"cuda_exact", "cuda_mma"}) out.push_back(std::make_shared<NoCudaBackend>(name));
+  for (const char* name : {"cuda_exact", "cuda_mma", "cuda_wgmma"}) out.push_back(std::make_shared<NoCudaBackend>(name));
 }
 #endif
 

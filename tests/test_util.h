@@ -42,6 +42,13 @@ class Rng {
   std::mt19937_64 gen_;
 };
 
+// ── FP8 tensor-core accumulation ─────────────────────────────────────────────────────────────
+// |wgmma e4m3 logit − fp64| ≤ kFp8AccumRel · mag, mag = k_scale·Σ_h |w|·Σ_d |q·k|: each k32 wgmma step
+// aligns its 32 products and the running sum to the largest exponent and keeps ≈ 14 bits (DeepSeek-V3
+// §3.3.2) → ≤ ~2^-13 of Σ|q·k| per step; four steps → 2^-11; ×4 margin for the unpublished details
+// of the alignment. Shared by the indexer_logits / indexer_topk kWgmma tests and the paged table row.
+inline constexpr double kFp8AccumRel = 1.0 / (1 << 9);
+
 // ── guarded outputs ────────────────────────────────────────────────────────────────────────────
 // An output buffer with kGuard sentinel elements on each side. The body is pre-filled with a
 // "poison" value so that an op which forgets to write an element is caught too.

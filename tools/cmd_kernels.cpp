@@ -62,6 +62,12 @@ const dsa::cli::Register kKernels(
           dsa::IndexerParams p{kT, kS, kHI, kDI, dsa::Precision::kFp8, any, any, f32, f32, i32, i32};
           report(ops[i].op, "e4m3 q/k, HI 64, DI 128", ops[i],
                  [&](dsa::cuda::Variant v) { return dsa::cuda::resolve_variant(p, v, ops[i].op); });
+        } else if (op == "indexer_logits_paged") {
+          dsa::PagedIndexerParams p;
+          p.B = 64; p.next_n = 2; p.HI = kHI; p.num_pages = 64 * 512; p.max_blocks = 512; p.max_context_len = 32768;
+          p.q_fp8 = kAligned; p.cache = kAligned; p.w = f32; p.context_lens = i32; p.block_table = i32;
+          report(ops[i].op, "e4m3 q, 132-byte paged cache, next_n 2, HI 64", ops[i],
+                 [&](dsa::cuda::Variant v) { return dsa::cuda::resolve_variant(p, v); });
         } else if (op == "sparse_attention_decode") {
           dsa::SparseDecodeParams p;
           p.B = 64; p.H = kH; p.K = kK; p.num_slots = 32768; p.scale = 0.1f; p.q_dtype = dsa::DType::kBF16;

@@ -9,7 +9,8 @@
 // the line before them says which variant that is). Cross-checks print their tolerance; one beyond it
 // prints MISMATCH and the program exits 1 after the last row.
 // Usage: dsa_bench_gpu [quick] [op ...]
-//   ops: numerics rotations logits logits_full topk fused paged backward   (default: all)
+//   ops: numerics rotations logits logits_full topk topk_decode fused paged backward   (default: all)
+// paged: B 64 × next_n 2 and B 128 × next_n 1 at 32K context, every variant, then kWgmma vs kExact.
 // The torch baselines of the same run are bench/gpu/indexer_torch.py (tools/gpu/run_all.sh runs both).
 #include <cuda_runtime.h>
 
@@ -20,6 +21,7 @@
 #include <cstring>
 #include <exception>
 #include <functional>
+#include <random>
 #include <set>
 #include <string>
 #include <vector>
@@ -95,6 +97,89 @@ std::string shape(const char* fmt, long a, long b = 0, long c = 0, long d = 0) {
   char buf[128];
   std::snprintf(buf, sizeof buf, fmt, a, b, c, d);
   return buf;
+}
+
+// Every page's 64 fp32 key scales uniform in [1e-3, 1e-2) (the e4m3 bytes before them stay random).
+__global__ void fill_page_scales(uint8_t* cache, int pages, uint64_t seed) {
+  const size_t n = size_t(pages) * kCachePageTokens;
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    const size_t page = i / kCachePageTokens, o = i % kCachePageTokens;
+    float* scale = reinterpret_cast<float*>(cache + page * kCachePageTokens * kIndexerRecordBytes +
+                                            size_t(kCachePageTokens) * kIndexerKeyDim) + o;
+    *scale = 1e-3f + 9e-3f * (mix(seed * 0x9E3779B97F4A7C15ULL + i) >> 8) * (1.0f / 16777216.0f);
+  }
+}
+
+bool paged_runs_here(const std::string& row, const PagedIndexerParams& p, Variant v) {
+  try {
+    cuda::resolve_variant(p, v);
+    return true;
+  } catch (const std::exception& e) {
+    std::printf("%-30s skipped: %s\n", row.c_str(), e.what());
+    return false;
+  }
+}
+
+// A tensor-core variant's paged logits vs kExact's (both downloaded): −inf at the same places and no NaN
+// over every element; on a sample of 4096 visible elements, each against the float64 value from the
+// device's own bytes within its bound: kExact (128 + HI + 4)·u·mag (fp32 sums), the tensor-core variant
+// + 2^-9·mag (the fp8 tensor core's accumulation, tests/test_util.h kFp8AccumRel), mag = s·Σ_h |w|·Σ_d |q·k|.
+void check_paged(const PagedIndexerParams& p, const std::vector<float>& ex, const std::vector<float>& wg,
+                 const char* name) {
+  if (ex.size() != wg.size()) {
+    mismatch(std::string("indexer_logits_paged ") + name + ": no kExact output to compare with");
+    return;
+  }
+  const int rows = p.B * p.next_n, L = p.max_context_len, HI = p.HI, DI = kIndexerKeyDim;
+  const size_t page_bytes = size_t(kCachePageTokens) * kIndexerRecordBytes;
+  size_t pattern_bad = 0;
+  for (size_t i = 0; i < ex.size(); ++i)
+    pattern_bad += std::isnan(ex[i]) || std::isnan(wg[i]) || std::isinf(ex[i]) != std::isinf(wg[i]) ||
+                   (std::isinf(ex[i]) && ex[i] != wg[i]);
+  std::vector<uint8_t> q(size_t(rows) * HI * DI), cache(size_t(p.num_pages) * page_bytes);
+  std::vector<float> w(size_t(rows) * HI);
+  std::vector<int32_t> lens(rows), table(size_t(p.B) * p.max_blocks);
+  CHECK(cudaMemcpy(q.data(), p.q_fp8, q.size(), cudaMemcpyDeviceToHost));
+  CHECK(cudaMemcpy(cache.data(), p.cache, cache.size(), cudaMemcpyDeviceToHost));
+  CHECK(cudaMemcpy(w.data(), p.w, w.size() * 4, cudaMemcpyDeviceToHost));
+  CHECK(cudaMemcpy(lens.data(), p.context_lens, lens.size() * 4, cudaMemcpyDeviceToHost));
+  CHECK(cudaMemcpy(table.data(), p.block_table, table.size() * 4, cudaMemcpyDeviceToHost));
+  const double u = 1.0 / (1 << 24), rel_exact = (DI + HI + 4) * u, rel_tensor = rel_exact + 1.0 / (1 << 9);
+  std::mt19937_64 gen(99);
+  int sample_bad = 0;
+  double worst_ex = 0, worst_tc = 0;
+  constexpr int kSamples = 4096;
+  for (int s = 0; s < kSamples; ++s) {
+    const int r = int(gen() % rows);
+    if (lens[size_t(r)] == 0) continue;
+    const int j = int(gen() % uint64_t(lens[size_t(r)]));
+    const uint8_t* page = &cache[size_t(table[size_t(r / p.next_n) * p.max_blocks + j / kCachePageTokens]) * page_bytes];
+    const uint8_t* k = page + size_t(j % kCachePageTokens) * DI;
+    float sc;
+    std::memcpy(&sc, page + size_t(kCachePageTokens) * DI + size_t(j % kCachePageTokens) * 4, 4);
+    double acc = 0, mag = 0;
+    for (int h = 0; h < HI; ++h) {
+      double dot = 0, dot_abs = 0;
+      for (int d = 0; d < DI; ++d) {
+        const double prod = double(cpu::fp8_e4m3_to_float(q[(size_t(r) * HI + h) * DI + d])) * cpu::fp8_e4m3_to_float(k[d]);
+        dot += prod;
+        dot_abs += std::fabs(prod);
+      }
+      acc += w[size_t(r) * HI + h] * std::max(dot, 0.0);
+      mag += std::fabs(w[size_t(r) * HI + h]) * dot_abs;
+    }
+    const double ref = sc * acc;
+    mag *= sc;
+    const size_t i = size_t(r) * L + j;
+    const double e_ex = std::fabs(ex[i] - ref), e_wg = std::fabs(wg[i] - ref);
+    worst_ex = std::max(worst_ex, e_ex / std::max(mag, 1e-300));
+    worst_tc = std::max(worst_tc, e_wg / std::max(mag, 1e-300));
+    sample_bad += !(e_ex <= rel_exact * mag + 1e-30) || !(e_wg <= rel_tensor * mag + 1e-30);
+  }
+  std::printf("indexer_logits_paged %s vs exact: %zu elements differ in -inf/NaN pattern; %d of %d sampled "
+              "elements beyond the bound (max err/mag: exact %.3g ≤ %.3g, %s %.3g ≤ %.3g)\n",
+              name, pattern_bad, sample_bad, kSamples, worst_ex, rel_exact, name, worst_tc, rel_tensor);
+  if (pattern_bad || sample_bad) mismatch(std::string("indexer_logits_paged ") + name + " vs exact");
 }
 
 }  // namespace
@@ -201,7 +286,43 @@ int main(int argc, char** argv) {
                  time_ms([&] { cuda::indexer_logits(p, logits, nullptr, v); }, reps), flop,
                  double(T) * S * 4 + double(S) * (DI + 4));
       }
-      if (want("fused")) {
+      if (want("topk_decode")) {
+    // Decode-shaped top-k: few long rows (B·next_n = 64 or 128 rows of 32K or 128K logits, k = 2048),
+    // one block per row, so the grid is under one wave; the number that decides whether decode needs
+    // a row-splitting (cluster) top-k. Indices checked against cpu::topk_select on every row (bitwise).
+    for (const int rows : {64, 128})
+      for (const int Sd : {32768 / div, 131072 / div}) {
+        float* logits = dalloc<float>(size_t(rows) * Sd);
+        int32_t *ks = dalloc<int32_t>(rows), *ke = dalloc<int32_t>(rows), *idx = dalloc<int32_t>(size_t(rows) * K);
+        urand(logits, size_t(rows) * Sd, 21);
+        fill_iota_ranges<<<(rows + 255) / 256, 256>>>(ks, ke, rows, Sd, false);
+        TopkParams p{rows, Sd, K, logits, ks, ke, idx};
+        const size_t wsb = cuda::topk_select_workspace_bytes(rows, Sd, K);
+        void* ws = wsb ? dalloc<uint8_t>(wsb) : nullptr;
+        report("topk_select_decode", shape("rows=%ld S=%ld K=%ld", rows, Sd, K),
+               time_ms([&] { cuda::topk_select(p, ws, wsb, nullptr); }, reps), 0,
+               double(rows) * Sd * 4 + double(rows) * K * 4);
+        std::vector<float> hl(size_t(rows) * Sd);
+        std::vector<int32_t> hks(rows, 0), hke(rows, Sd), want_idx(size_t(rows) * K), got(size_t(rows) * K);
+        CHECK(cudaMemcpy(hl.data(), logits, hl.size() * sizeof(float), cudaMemcpyDeviceToHost));
+        CHECK(cudaMemcpy(got.data(), idx, got.size() * sizeof(int32_t), cudaMemcpyDeviceToHost));
+        cpu::topk_select(TopkParams{rows, Sd, K, hl.data(), hks.data(), hke.data(), want_idx.data()});
+        int bad_rows = 0;
+        for (int r = 0; r < rows; ++r)
+          bad_rows += !std::equal(got.begin() + size_t(r) * K, got.begin() + size_t(r + 1) * K,
+                                  want_idx.begin() + size_t(r) * K);
+        std::printf("topk_select_decode vs cpu::topk_select, %d rows: %d rows differ (tolerance: bitwise)\n", rows,
+                    bad_rows);
+        if (bad_rows) mismatch("topk_select_decode differs from the CPU");
+        if (ws) CHECK(cudaFree(ws));
+        CHECK(cudaFree(logits));
+        CHECK(cudaFree(ks));
+        CHECK(cudaFree(ke));
+        CHECK(cudaFree(idx));
+      }
+  }
+
+  if (want("fused")) {
         const std::string name = std::string("indexer_topk_fused_fp8_") + cuda::variant_name(v);
         if (runs_here(name, p, v, "indexer_topk")) {
           const size_t wsb = cuda::indexer_topk_workspace_bytes(p, K, v);
@@ -416,45 +537,67 @@ int main(int argc, char** argv) {
   }
 
   if (want("paged")) {
-    // Decode: B = 64 requests, next_n = 2 (MTP), 32K context each, HI = 64.
-    const int B = 64 / (quick ? 8 : 1), next_n = 2, L = 32768 / div, blocks = L / kCachePageTokens;
-    const int pages = B * blocks;
-    uint8_t* q = dalloc<uint8_t>(size_t(B) * next_n * HI * DI);
-    uint8_t* cache = dalloc<uint8_t>(size_t(pages) * kCachePageTokens * kIndexerRecordBytes);
-    float* w = dalloc<float>(size_t(B) * next_n * HI);
-    float* logits = dalloc<float>(size_t(B) * next_n * L);
-    int32_t *lens = dalloc<int32_t>(size_t(B) * next_n), *table = dalloc<int32_t>(size_t(B) * blocks);
-    fill_bytes<<<1024, 256>>>(q, size_t(B) * next_n * HI * DI, 12);
-    fill_bytes<<<1024, 256>>>(cache, size_t(pages) * kCachePageTokens * kIndexerRecordBytes, 13);
-    urand(w, size_t(B) * next_n * HI, 14);
-    fill_int<<<64, 256>>>(table, size_t(B) * blocks, 15, pages);
-    std::vector<int32_t> hl(size_t(B) * next_n);
-    for (int b = 0; b < B; ++b)
-      for (int n = 0; n < next_n; ++n) hl[size_t(b) * next_n + n] = L - next_n + n + 1;
-    CHECK(cudaMemcpy(lens, hl.data(), hl.size() * 4, cudaMemcpyHostToDevice));
-    // The page scales are random bytes too: the kernel does not branch on values, so timing is unaffected.
-    PagedIndexerParams p;
-    p.B = B;
-    p.next_n = next_n;
-    p.HI = HI;
-    p.num_pages = pages;
-    p.max_blocks = blocks;
-    p.max_context_len = L;
-    p.q_fp8 = q;
-    p.cache = cache;
-    p.w = w;
-    p.context_lens = lens;
-    p.block_table = table;
-    const double flop = 2.0 * B * next_n * double(L) * HI * DI;
-    report("indexer_logits_paged", shape("B=%ld next_n=%ld L=%ld HI=%ld", B, next_n, L, HI),
-           time_ms([&] { cuda::indexer_logits_paged(p, logits, nullptr); }, reps), flop,
-           double(B) * L * kIndexerRecordBytes + double(B) * next_n * L * 4);
-    CHECK(cudaFree(q));
-    CHECK(cudaFree(cache));
-    CHECK(cudaFree(w));
-    CHECK(cudaFree(logits));
-    CHECK(cudaFree(lens));
-    CHECK(cudaFree(table));
+    // Decode: 32K context per request, HI = 64; B = 64 × next_n = 2 (MTP) and B = 128 × next_n = 1.
+    // Every request owns its own pages (a shuffled permutation of the pool, as a server's allocator
+    // leaves them), so no page is read twice through L2.
+    for (const auto [B0, next_n] : {std::pair{64, 2}, std::pair{128, 1}}) {
+      const int B = B0 / (quick ? 8 : 1), L = 32768 / div, blocks = L / kCachePageTokens, rows = B * next_n;
+      const int pages = B * blocks;
+      const size_t cache_bytes = size_t(pages) * kCachePageTokens * kIndexerRecordBytes;
+      uint8_t* q = dalloc<uint8_t>(size_t(rows) * HI * DI);
+      uint8_t* cache = dalloc<uint8_t>(cache_bytes);
+      float* w = dalloc<float>(size_t(rows) * HI);
+      float* logits = dalloc<float>(size_t(rows) * L);
+      int32_t *lens = dalloc<int32_t>(rows), *table = dalloc<int32_t>(size_t(B) * blocks);
+      fill_bytes<<<1024, 256>>>(q, size_t(rows) * HI * DI, 12);
+      fill_bytes<<<1024, 256>>>(cache, cache_bytes, 13);
+      fill_page_scales<<<1024, 256>>>(cache, pages, 20);
+      urand(w, size_t(rows) * HI, 14);
+      std::vector<int32_t> ht(size_t(B) * blocks), hl(rows);
+      for (int i = 0; i < pages; ++i) ht[size_t(i)] = i;
+      std::shuffle(ht.begin(), ht.end(), std::mt19937(15));
+      CHECK(cudaMemcpy(table, ht.data(), ht.size() * 4, cudaMemcpyHostToDevice));
+      for (int b = 0; b < B; ++b)
+        for (int n = 0; n < next_n; ++n) hl[size_t(b) * next_n + n] = L - next_n + n + 1;
+      CHECK(cudaMemcpy(lens, hl.data(), hl.size() * 4, cudaMemcpyHostToDevice));
+      PagedIndexerParams p;
+      p.B = B;
+      p.next_n = next_n;
+      p.HI = HI;
+      p.num_pages = pages;
+      p.max_blocks = blocks;
+      p.max_context_len = L;
+      p.q_fp8 = q;
+      p.cache = cache;
+      p.w = w;
+      p.context_lens = lens;
+      p.block_table = table;
+      double visible = 0;
+      for (int32_t v : hl) visible += v;
+      const double flop = 2.0 * visible * HI * DI;
+      const double bytes = double(B) * L * kIndexerRecordBytes + double(rows) * L * 4;
+      const std::string sh = shape("B=%ld next_n=%ld L=%ld HI=%ld", B, next_n, L, HI);
+      std::vector<float> out_exact, out_tc;
+      for (Variant v : {Variant::kExact, Variant::kMma, Variant::kWgmma}) {
+        const std::string row = std::string("indexer_logits_paged_fp8_") + cuda::variant_name(v);
+        if (!paged_runs_here(row, p, v)) continue;
+        report(row.c_str(), sh, time_ms([&] { cuda::indexer_logits_paged(p, logits, nullptr, v); }, reps), flop, bytes);
+        std::vector<float>& out = v == Variant::kExact ? out_exact : out_tc;
+        out.resize(size_t(rows) * L);
+        CHECK(cudaMemcpy(out.data(), logits, out.size() * 4, cudaMemcpyDeviceToHost));
+        if (v != Variant::kExact) check_paged(p, out_exact, out_tc, cuda::variant_name(v));
+      }
+      std::printf("(indexer_logits_paged default on this device: %s)\n",
+                  cuda::variant_name(cuda::resolve_variant(p, Variant::kAuto)));
+      report("indexer_logits_paged_default", sh,
+             time_ms([&] { cuda::indexer_logits_paged(p, logits, nullptr); }, reps), flop, bytes);
+      CHECK(cudaFree(q));
+      CHECK(cudaFree(cache));
+      CHECK(cudaFree(w));
+      CHECK(cudaFree(logits));
+      CHECK(cudaFree(lens));
+      CHECK(cudaFree(table));
+    }
   }
 
   if (want("backward")) {

@@ -56,6 +56,7 @@ std::string device_description();
 Variant resolve_variant(const IndexerParams& p, Variant requested, const char* op = "indexer_logits");
 Variant resolve_variant(const AttentionParams& p, Variant requested, const char* op);
 Variant resolve_variant(const SparseDecodeParams& p, Variant requested);
+Variant resolve_variant(const PagedIndexerParams& p, Variant requested);
 
 // ── 1. numerics and cache records (src/cuda/numerics.cu) ─────────────────────────────────────
 void fp8_block_quantize(const Fp8BlockQuantizeParams& p, cudaStream_t stream);
@@ -105,7 +106,19 @@ void indexer_backward(const IndexerBackwardParams& p, void* workspace, size_t wo
                       cudaStream_t stream);
 
 // ── 11. decode-time indexer (src/cuda/indexer_logits_paged.cu) ─────────────────────────────────
-void indexer_logits_paged(const PagedIndexerParams& p, float* logits, cudaStream_t stream);
+// Variants (both write −inf at the same places: j ≥ context_lens[r], and every key of a page id outside
+// [0, num_pages)):
+//   kWgmma (HI == 64, next_n 1 or 2, q_fp8 and cache 16-byte aligned, sm_90a): one 64-key page per
+//       e4m3 wgmma tile against all next_n·64 (row, head) pairs; the per-element arithmetic of the
+//       kWgmma indexer_logits (the tensor core's narrower fp8 accumulation, the same head-sum order),
+//       so it equals kWgmma indexer_logits on the gathered keys (indexer_logits_paged_wgmma.cu).
+//   kMma (HI % 16 == 0, next_n·HI ≤ 128, q_fp8 and cache 16-byte aligned, sm_89+): e4m3 mma.sync with
+//       indexer_logits kMma's per-element arithmetic, bitwise equal to it on the gathered keys
+//       (indexer_logits_paged_mma.cu).
+//   kExact (any HI, every arch): indexer_logits kExact's arithmetic per (row, key), bitwise deterministic.
+// kAuto: kWgmma, then kMma where they run, else kExact (the inputs are always e4m3).
+void indexer_logits_paged(const PagedIndexerParams& p, float* logits, cudaStream_t stream,
+                          Variant variant = Variant::kAuto);
 void paged_to_physical(int B, int next_n, int K, const int32_t* block_table, int max_blocks, int num_pages,
                        int32_t* indices, cudaStream_t stream);
 

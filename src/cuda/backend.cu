@@ -80,7 +80,7 @@ class CudaBackend final : public Backend {
     cuda::indexer_kl_backward(p, dloss, d_index_logits, stream_);
   }
   void indexer_logits_paged(const PagedIndexerParams& p, float* logits) override {
-    cuda::indexer_logits_paged(p, logits, stream_);
+    cuda::indexer_logits_paged(p, logits, stream_, variant_for("indexer_logits_paged"));
   }
   void paged_to_physical(int B, int next_n, int K, const int32_t* block_table, int max_blocks, int num_pages,
                          int32_t* indices) override {

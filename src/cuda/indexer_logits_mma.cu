@@ -17,42 +17,29 @@
 // in distinct banks). Per tile each warp issues 8 n-tiles × 4 k-steps = 32 MMAs. Tiles outside every
 // query's range are written as −inf without MMAs.
 // Shared-memory plan: key tile 64 × 144 B (9216 B) + partials kWarps × 64 fp32 (2 KB) + ranges.
+// The MMA tile and its per-warp epilogue live in indexer_mma_tile.cuh (shared with the paged kMma
+// kernel, so paged ≡ contiguous bit for bit on the same keys).
 #include <cmath>
 
 #include "cuda/indexer_common.cuh"
 #include "cuda/indexer_logits_mma.cuh"
+#include "cuda/indexer_mma_tile.cuh"
 
 namespace dsa::cuda {
 namespace {
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * detail::kWarpSize;
-constexpr int kHeadTile = 16;                  // MMA M
-constexpr int kKeyTile = 64;                   // keys per shared-memory tile (8 MMA n-tiles)
-constexpr int kNTiles = kKeyTile / 8;
-constexpr int kKSteps = kIndexerKeyDim / 32;   // 4 MMA k-steps of 32 dims
-constexpr int kRowPitch = kIndexerKeyDim + 16; // bytes: conflict-free B-fragment loads
+constexpr int kHeadTile = mma_tile::kHeadTile;   // MMA M
+constexpr int kKeyTile = mma_tile::kKeyTile;     // keys per shared-memory tile (8 MMA n-tiles)
+constexpr int kKSteps = mma_tile::kKSteps;       // 4 MMA k-steps of 32 dims
+constexpr int kRowPitch = mma_tile::kRowPitch;   // bytes: conflict-free B-fragment loads
 constexpr int kKeysPerBlock = 1024;
 constexpr int kMaxQueriesPerBlock = kWarps;    // HI = 16
 constexpr int kMinSmVersion = 89;
 constexpr size_t kSmemBytes = size_t(kKeyTile) * kRowPitch + size_t(kWarps) * kKeyTile * sizeof(float) +
                               2 * kMaxQueriesPerBlock * sizeof(int);
 static_assert(kSmemBytes <= 48 * 1024, "static shared memory under the default 48 KB");
-static_assert(kRowPitch % 16 == 0, "16-byte aligned tile rows");
-
-__device__ __forceinline__ void mma_e4m3(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-  __trap();  // never launched below sm_89 (use_logits_mma checks the device)
-#endif
-}
-
-__device__ __forceinline__ float relu(float x) { return x < 0.0f ? 0.0f : x; }
 
 __global__ void __launch_bounds__(kThreads) indexer_logits_mma_kernel(IndexerParams p, int key_blocks,
                                                                       float* __restrict__ logits) {
@@ -65,7 +52,7 @@ __global__ void __launch_bounds__(kThreads) indexer_logits_mma_kernel(IndexerPar
   const int qg = blockIdx.x / key_blocks, kb = blockIdx.x % key_blocks;
   const int t0 = qg * queries;
   const int warp = threadIdx.x / detail::kWarpSize, lane = threadIdx.x % detail::kWarpSize;
-  const int g = lane >> 2, c = lane & 3;
+  const int g = lane >> 2;
   const int qi = warp / tiles_per_query, h0 = (warp % tiles_per_query) * kHeadTile;
   const int t = t0 + qi;
   const bool valid_t = t < p.T;
@@ -80,16 +67,7 @@ __global__ void __launch_bounds__(kThreads) indexer_logits_mma_kernel(IndexerPar
   // q fragments of this warp's 16 heads, all 4 k-steps (16 registers, loaded once).
   uint32_t a[kKSteps][4];
   const auto* q8 = static_cast<const uint8_t*>(p.q);
-  const int64_t q_base = (int64_t(t) * p.HI + h0) * kIndexerKeyDim;
-#pragma unroll
-  for (int ks = 0; ks < kKSteps; ++ks) {
-    const int d = ks * 32 + 4 * c;
-    a[ks][0] = valid_t ? __ldg(reinterpret_cast<const uint32_t*>(q8 + q_base + int64_t(g) * kIndexerKeyDim + d)) : 0u;
-    a[ks][1] = valid_t ? __ldg(reinterpret_cast<const uint32_t*>(q8 + q_base + int64_t(g + 8) * kIndexerKeyDim + d)) : 0u;
-    a[ks][2] = valid_t ? __ldg(reinterpret_cast<const uint32_t*>(q8 + q_base + int64_t(g) * kIndexerKeyDim + d + 16)) : 0u;
-    a[ks][3] =
-        valid_t ? __ldg(reinterpret_cast<const uint32_t*>(q8 + q_base + int64_t(g + 8) * kIndexerKeyDim + d + 16)) : 0u;
-  }
+  mma_tile::load_q_fragments(q8 + (int64_t(t) * p.HI + h0) * kIndexerKeyDim, valid_t, a);
   const float wA = valid_t ? __ldg(p.w + int64_t(t) * p.HI + h0 + g) : 0.0f;
   const float wB = valid_t ? __ldg(p.w + int64_t(t) * p.HI + h0 + g + 8) : 0.0f;
   __syncthreads();
@@ -114,32 +92,7 @@ __global__ void __launch_bounds__(kThreads) indexer_logits_mma_kernel(IndexerPar
         *reinterpret_cast<uint4*>(ktile + row * kRowPitch + col * 16) = v;
       }
       __syncthreads();
-      float acc[kNTiles][4];
-#pragma unroll
-      for (int j = 0; j < kNTiles; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
-#pragma unroll
-      for (int ks = 0; ks < kKSteps; ++ks) {
-#pragma unroll
-        for (int j = 0; j < kNTiles; ++j) {
-          const uint8_t* row = ktile + (j * 8 + g) * kRowPitch + ks * 32 + 4 * c;
-          mma_e4m3(acc[j], a[ks], *reinterpret_cast<const uint32_t*>(row), *reinterpret_cast<const uint32_t*>(row + 16));
-        }
-      }
-      // Epilogue: weighted ReLU of the two heads of this lane, butterfly over the 8 lane groups.
-#pragma unroll
-      for (int j = 0; j < kNTiles; ++j) {
-        float p0 = fmaf(wB, relu(acc[j][2]), wA * relu(acc[j][0]));
-        float p1 = fmaf(wB, relu(acc[j][3]), wA * relu(acc[j][1]));
-#pragma unroll
-        for (int o = 4; o < detail::kWarpSize; o *= 2) {
-          p0 += __shfl_xor_sync(detail::kFullMask, p0, o);
-          p1 += __shfl_xor_sync(detail::kFullMask, p1, o);
-        }
-        if (g == 0) {
-          part[warp][j * 8 + 2 * c] = p0;
-          part[warp][j * 8 + 2 * c + 1] = p1;
-        }
-      }
+      mma_tile::tile_head_partials(a, ktile, wA, wB, part[warp]);
       __syncthreads();
     }
     // Head-group sum in order, the key scale, the range mask; coalesced stores.

@@ -1,5 +1,8 @@
 // indexer_logits_paged.cu — op 11a on the GPU: indexer_logits_paged (DeepGEMM fp8_paged_mqa_logits
-// with 2-D context_lens and always-cleaned logits) and paged_to_physical.
+// with 2-D context_lens and always-cleaned logits) and paged_to_physical. This file is the op's one
+// host dispatch point: variant kWgmma (FP8 Hopper tensor cores) lives in
+// indexer_logits_paged_wgmma.cu, kMma (FP8 mma.sync, sm_89+) in indexer_logits_paged_mma.cu, variant
+// kExact (every arch, any HI) is the v1 kernel below.
 //
 // Contract (ops.h §11): row r = b·next_n + n; logical key j < context_lens[r] lives in slot
 // block_table[b, j/64]·64 + j%64 of the paged indexer cache (IndexerCacheParams layout);
@@ -10,11 +13,14 @@
 // length outside [0, min(max_context_len, max_blocks·64)] is clamped into it, a page id outside
 // [0, num_pages) yields −inf for its keys, and in paged_to_physical an index that cannot be mapped
 // becomes −1 (cuda_ops.h contract).
-// Plan: one thread per (r, j), kKeysPerBlock consecutive keys of one row per block; no shared memory.
+// kExact plan: one thread per (r, j), kKeysPerBlock consecutive keys of one row per block; no shared
+// memory (fp32 CUDA cores: the GPU oracle of the op).
 #include <cmath>
 
 #include "common/op_checks.h"
 #include "cuda/indexer_common.cuh"
+#include "cuda/indexer_logits_paged_mma.cuh"
+#include "cuda/indexer_logits_paged_wgmma.cuh"
 
 namespace dsa::cuda {
 namespace {
@@ -68,9 +74,14 @@ __global__ void paged_to_physical_kernel(int rows, int next_n, int K, const int3
 
 }  // namespace
 
-void indexer_logits_paged(const PagedIndexerParams& p, float* logits, cudaStream_t stream) {
+void indexer_logits_paged(const PagedIndexerParams& p, float* logits, cudaStream_t stream, Variant variant) {
   constexpr const char* op = "indexer_logits_paged";
   ::dsa::detail::validate_paged_indexer_args(p, logits);  // host-visible part only (no data read)
+  switch (resolve_variant(p, variant)) {   // the op's one dispatch point
+    case Variant::kWgmma: detail::indexer_logits_paged_wgmma(p, logits, stream); return;
+    case Variant::kMma: detail::indexer_logits_paged_mma(p, logits, stream); return;
+    default: break;
+  }
   const int key_tiles = detail::ceil_div(p.max_context_len, kKeysPerBlock);
   const int64_t blocks = int64_t(key_tiles) * p.B * p.next_n;
   indexer_logits_paged_v1_kernel<<<blocks, kKeysPerBlock, 0, stream>>>(p, key_tiles, logits);

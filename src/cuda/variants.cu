@@ -9,6 +9,8 @@
 #include "cuda/attention_common.cuh"
 #include "cuda/common.cuh"
 #include "cuda/indexer_logits_mma.cuh"
+#include "cuda/indexer_logits_paged_mma.cuh"
+#include "cuda/indexer_logits_paged_wgmma.cuh"
 #include "cuda/indexer_logits_wgmma.cuh"
 #include "cuda/sparse_attention_forward_wgmma.cuh"
 #include "dsa/cuda_ops.h"
@@ -20,6 +22,7 @@ constexpr Variant kIndexerVariants[] = {Variant::kWgmma, Variant::kMma, Variant:
 constexpr Variant kForwardVariants[] = {Variant::kWgmma, Variant::kMma, Variant::kExact};
 constexpr Variant kBackwardVariants[] = {Variant::kCublas, Variant::kExact};
 constexpr Variant kDecodeVariants[] = {Variant::kMma, Variant::kExact};
+constexpr Variant kPagedIndexerVariants[] = {Variant::kWgmma, Variant::kMma, Variant::kExact};
 constexpr int kIndexerTensorCoreDI = kIndexerKeyDim;   // DI of every e4m3 tensor-core indexer variant
 constexpr int kWgmmaIndexerHeads = 64;                 // HI of the wgmma indexer (V3.2)
 constexpr int kMmaHeadTile = 16, kMmaMaxHeads = 128;   // HI of the mma indexer: multiples of 16 up to 128
@@ -33,6 +36,7 @@ const OpVariants kOps[] = {
     {"sparse_attention_forward", DSA_VARIANT_LIST(kForwardVariants)},
     {"sparse_attention_backward", DSA_VARIANT_LIST(kBackwardVariants)},
     {"sparse_attention_decode", DSA_VARIANT_LIST(kDecodeVariants)},
+    {"indexer_logits_paged", DSA_VARIANT_LIST(kPagedIndexerVariants)},
 };
 #undef DSA_VARIANT_LIST
 
@@ -94,6 +98,25 @@ std::string decode_why_not(const SparseDecodeParams& p, Variant v) {
   if (v == Variant::kExact) return "";
   if (p.H % kAttentionHeadTile != 0) return "it needs H a multiple of 64 (H = " + std::to_string(p.H) + ")";
   if (!attn::sparse_decode_bf16_fits(p)) return "it needs 156 KiB of shared memory per block (" + device_sm() + ")";
+  return "";
+}
+
+std::string paged_indexer_why_not(const PagedIndexerParams& p, Variant v) {
+  if (v == Variant::kExact) return "";
+  if (p.next_n != 1 && p.next_n != 2) return "it needs next_n = 1 or 2 (next_n = " + std::to_string(p.next_n) + ")";
+  if (v == Variant::kMma) {
+    if (p.HI <= 0 || p.HI % kMmaHeadTile != 0 || int64_t(p.next_n) * p.HI > kMmaMaxHeads)
+      return "it needs HI a multiple of 16 with next_n·HI up to 128 (HI = " + std::to_string(p.HI) +
+             ", next_n = " + std::to_string(p.next_n) + ")";
+    if (misaligned(p.q_fp8) || misaligned(p.cache)) return "it needs q_fp8 and cache 16-byte aligned";
+    if (!detail::use_paged_logits_mma(p))
+      return "it needs an sm_89+ device running sm_89+ code of this binary (" + device_sm() + ")";
+    return "";
+  }
+  if (p.HI != kWgmmaIndexerHeads) return "it needs HI = 64 (HI = " + std::to_string(p.HI) + ")";
+  if (misaligned(p.q_fp8) || misaligned(p.cache)) return "it needs q_fp8 and cache 16-byte aligned";
+  if (!detail::use_paged_logits_wgmma(p))
+    return "it needs an sm_90 device running the sm_90a code of this binary (" + device_sm() + ")";
   return "";
 }
 
@@ -165,6 +188,12 @@ Variant resolve_variant(const AttentionParams& p, Variant requested, const char*
 Variant resolve_variant(const SparseDecodeParams& p, Variant requested) {
   return resolve("sparse_attention_decode", requested, p.q_dtype == DType::kBF16,
                  [&](Variant v) { return decode_why_not(p, v); });
+}
+
+Variant resolve_variant(const PagedIndexerParams& p, Variant requested) {
+  // The inputs are e4m3 by contract: kAuto may take the tensor-core variant.
+  return resolve("indexer_logits_paged", requested, /*tensor_core_inputs=*/true,
+                 [&](Variant v) { return paged_indexer_why_not(p, v); });
 }
 
 }  // namespace dsa::cuda

@@ -11,10 +11,13 @@ namespace {
 
 // The rows a tensor-core class runs: the rows of the ops that have its variant AND whose table
 // tolerances hold for its arithmetic. The indexer's e4m3 mma.sync products are exact in fp32 (only
-// the order of the head sums differs), so the table's indexer rows take kMma as they are.
+// the order of the head sums differs), so the table's indexer rows take kMma as they are. The paged
+// indexer row bounds a kTensor backend by the fp8 tensor-core accumulation (kFp8AccumRel), so the
+// kMma and kWgmma classes run it (the cases their variant does not take run kExact through dev_for).
 const std::vector<std::pair<cuda::Variant, std::vector<std::string>>>& class_rows() {
   static const std::vector<std::pair<cuda::Variant, std::vector<std::string>>> rows = {
-      {cuda::Variant::kMma, {"indexer_logits", "indexer_topk"}},
+      {cuda::Variant::kMma, {"indexer_logits", "indexer_topk", "indexer_logits_paged"}},
+      {cuda::Variant::kWgmma, {"indexer_logits_paged"}},
   };
   return rows;
 }
@@ -40,14 +43,28 @@ dsa::Backend& CudaBackend::dev() {
   return *dev_;
 }
 
+dsa::Backend& CudaBackend::exact() {
+  if (!exact_) exact_ = cuda::make_backend(cudaStreamLegacy, cuda::Variant::kExact);
+  return *exact_;
+}
+
 dsa::Backend& CudaBackend::dev_for(const IndexerParams& p, const char* op) {
   if (class_ == cuda::Variant::kExact) return dev();
   try {
     cuda::resolve_variant(p, class_, op);
     return dev();
   } catch (const Error&) {
-    if (!exact_) exact_ = cuda::make_backend(cudaStreamLegacy, cuda::Variant::kExact);
-    return *exact_;
+    return exact();
+  }
+}
+
+dsa::Backend& CudaBackend::dev_for(const PagedIndexerParams& p) {
+  if (class_ == cuda::Variant::kExact || !cuda::op_has_variant("indexer_logits_paged", class_)) return dev();
+  try {
+    cuda::resolve_variant(p, class_);
+    return dev();
+  } catch (const Error&) {
+    return exact();
   }
 }
 
@@ -56,7 +73,8 @@ Arith CudaBackend::arith(const std::string& op) const {
 }
 
 void append_gpu_backends(std::vector<std::shared_ptr<Backend>>& out) {
-  for (cuda::Variant v : {cuda::Variant::kExact, cuda::Variant::kMma}) out.push_back(std::make_shared<CudaBackend>(v));
+  for (cuda::Variant v : {cuda::Variant::kExact, cuda::Variant::kMma, cuda::Variant::kWgmma})
+    out.push_back(std::make_shared<CudaBackend>(v));
 }
 
 }  // namespace dsa::test

@@ -32,6 +32,11 @@ class CudaBackend final : public Backend {
   // alignment), else the exact backend — a row's fp32 / bf16 / odd-shape cases run the exact kernel,
   // which the cuda_exact row checks too, and every case the variant takes runs the variant.
   dsa::Backend& dev_for(const IndexerParams& p, const char* op);
+  // The same for a paged indexer call (kWgmma takes HI = 64 on sm_90a, kMma next_n·HI ≤ 128 in
+  // multiples of 16 on sm_89+; other cases run kExact).
+  dsa::Backend& dev_for(const PagedIndexerParams& p);
+  // The exact backend (cases a tensor-core class's variant does not take).
+  dsa::Backend& exact();
   cuda::Variant class_;
   std::shared_ptr<dsa::Backend> dev_, exact_;
 };

@@ -278,7 +278,7 @@ void CudaBackend::indexer_logits_paged(const PagedIndexerParams& p, float* logit
   d.w = w.data();
   d.context_lens = lens.data();
   d.block_table = table.data();
-  dev().indexer_logits_paged(d, out.data());
+  dev_for(d).indexer_logits_paged(d, out.data());
   sync_and_check(op);
   out.download(logits, "logits");
 }

@@ -14,11 +14,7 @@ namespace dsa::test {
 
 constexpr int kWgmmaHI = 64;   // the head count indexer_logits v3 supports (DI = kIndexerKeyDim)
 
-// |v3 logit − fp64| ≤ kFp8AccumRel · mag, mag = k_scale·Σ_h |w|·Σ_d |q·k|: each k32 wgmma step aligns
-// its 32 products and the running sum to the largest exponent and keeps ≈ 14 bits (DeepSeek-V3
-// §3.3.2) → ≤ ~2^-13 of Σ|q·k| per step; four steps → 2^-11; ×4 margin for the unpublished details
-// of the alignment.
-constexpr double kFp8AccumRel = 1.0 / (1 << 9);
+// The v3 logits' error bound on these inputs: kFp8AccumRel (test_util.h).
 
 struct Fp8IndexerInputs {
   std::vector<uint8_t> q, k;     // e4m3 [T, HI, DI], [S, DI]
