@@ -67,10 +67,14 @@ def _ranges(T: int, seq_lens: Optional[Sequence[int]], device) -> Tuple[Tensor, 
     lens = list(seq_lens) if seq_lens is not None else [T]
     if sum(lens) != T or any(n <= 0 for n in lens):
         raise ValueError(f"DSAttention: seq_lens {lens} must be positive and sum to T = {T}")
-    starts = torch.repeat_interleave(torch.cumsum(torch.tensor([0] + lens[:-1]), 0), torch.tensor(lens))
-    rows = torch.arange(T)
-    return ((rows - starts).to(torch.int32).to(device), starts.to(torch.int32).to(device),
-            (rows + 1).to(torch.int32).to(device))
+    # Plain Python over the (static) lengths, so torch.compile sees constants, not data-dependent shapes.
+    pos, ks, ke, start = [], [], [], 0
+    for n in lens:
+        pos += range(n)
+        ks += [start] * n
+        ke += range(start + 1, start + n + 1)
+        start += n
+    return tuple(torch.tensor(v, dtype=torch.int32, device=device) for v in (pos, ks, ke))
 
 
 class DSAttention(nn.Module):
