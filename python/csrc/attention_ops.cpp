@@ -178,7 +178,7 @@ std::tuple<Tensor, Tensor> sparse_attention_decode(const Tensor& q, const Tensor
   TORCH_CHECK_VALUE(cache.dim() >= 1, op, ": cache must have at least one dimension");
   const int64_t last = cache.size(cache.dim() - 1);
   if (cache.scalar_type() == at::kByte || cache.scalar_type() == at::kFloat8_e4m3fn) {
-    TORCH_CHECK_VALUE(last == dsa::kMlaRecordBytes, op, ": cache of dtype ", cache.scalar_type(),
+    TORCH_CHECK_VALUE(last == dsa::kMlaRecordBytes, op, ": cache of dtype ", dtype_name(cache.scalar_type()),
                       " holds 656-byte FP8 records: its last dimension is ", last, ", expected 656");
     p.format = dsa::KvCacheFormat::kFp8Record;
   } else {

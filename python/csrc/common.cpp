@@ -27,13 +27,31 @@ std::string dtype_list(std::initializer_list<at::ScalarType> dtypes) {
   std::ostringstream os;
   bool first = true;
   for (auto d : dtypes) {
-    os << (first ? "" : " or ") << c10::toString(d);
+    os << (first ? "" : " or ") << dtype_name(d);
     first = false;
   }
   return os.str();
 }
 
 }  // namespace
+
+// Python's spelling of a dtype (torch.int32, not Int), as the caller wrote it.
+std::string dtype_name(at::ScalarType d) {
+  switch (d) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kInt: return "torch.int32";
+    case at::kLong: return "torch.int64";
+    case at::kShort: return "torch.int16";
+    case at::kByte: return "torch.uint8";
+    case at::kChar: return "torch.int8";
+    case at::kBool: return "torch.bool";
+    case at::kFloat8_e4m3fn: return "torch.float8_e4m3fn";
+    default: return std::string("torch.") + c10::toString(d);
+  }
+}
 
 void check_tensor(const at::Tensor& t, const char* op, const char* name, std::initializer_list<at::ScalarType> dtypes,
                   const std::vector<int64_t>& shape, const at::Tensor* like) {
@@ -43,7 +61,7 @@ void check_tensor(const at::Tensor& t, const char* op, const char* name, std::in
                       like->device(), " (every tensor of one call must be on one device)");
   bool dtype_ok = false;
   for (auto d : dtypes) dtype_ok = dtype_ok || t.scalar_type() == d;
-  TORCH_CHECK_VALUE(dtype_ok, op, ": ", name, " has dtype ", t.scalar_type(), "; expected ", dtype_list(dtypes));
+  TORCH_CHECK_VALUE(dtype_ok, op, ": ", name, " has dtype ", dtype_name(t.scalar_type()), "; expected ", dtype_list(dtypes));
   bool shape_ok = t.dim() == static_cast<int64_t>(shape.size());
   for (size_t i = 0; shape_ok && i < shape.size(); ++i) shape_ok = shape[i] < 0 || t.size(i) == shape[i];
   TORCH_CHECK_VALUE(shape_ok, op, ": ", name, " has shape ", t.sizes(), "; expected ", shape_string(shape));

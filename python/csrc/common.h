@@ -28,6 +28,9 @@ void check_optional(const std::optional<at::Tensor>& t, const char* op, const ch
                     std::initializer_list<at::ScalarType> dtypes, const std::vector<int64_t>& shape,
                     const at::Tensor* like = nullptr);
 
+// Python's spelling of a dtype ("torch.int32").
+std::string dtype_name(at::ScalarType d);
+
 // A size that the library takes as int: refused by name when it does not fit or is negative.
 int to_int(int64_t v, const char* op, const char* name);
 

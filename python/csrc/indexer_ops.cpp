@@ -28,7 +28,7 @@ dsa::IndexerParams indexer_params(const char* op, const Tensor& q, const Tensor&
     check_tensor(*k_scale, op, "k_scale", {kF32}, {p.S}, &q);
   } else {
     TORCH_CHECK_VALUE(!(k_scale && k_scale->defined()), op, ": k_scale is only taken with float8_e4m3fn q and k (got ",
-                      q.scalar_type(), ")");
+                      dtype_name(q.scalar_type()), ")");
   }
   check_tensor(w, op, "w", {kF32}, {p.T, p.HI}, &q);
   check_tensor(ks, op, "ks", {kI32}, {p.T}, &q);
