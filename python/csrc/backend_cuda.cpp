@@ -2,7 +2,8 @@
 // dsa::cuda::make_backend on torch's current stream of its device, so the ops order with the caller's
 // other work and are captured by torch.cuda.graph. One backend per (device, stream), kept for the
 // process: its workspace grows stream-ordered (cudaMallocAsync) to the largest call seen, so a call
-// made once before capture (the usual warm-up) allocates nothing while a graph is being captured.
+// made once on the capture stream before capture (the usual warm-up, torch.cuda.graph(g, stream=s))
+// allocates nothing while a graph is being captured.
 #include <c10/cuda/CUDAStream.h>
 
 #include <map>

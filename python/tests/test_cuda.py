@@ -66,7 +66,7 @@ def test_runs_on_the_current_stream_and_in_a_cuda_graph():
             dsa.ops.sparse_attention(q, kv, idx, scale, 512)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=side):   # capture on the warmed stream: its backend is sized
         out, _, lse = dsa.ops.sparse_attention(q, kv, idx, scale, 512)
     q2, kv2, idx2, _ = attention_case(seed=4)
     q.copy_(q2)
