@@ -135,7 +135,7 @@ def flash_mla_with_kvcache(q: Tensor, k_cache: Tensor, block_table: Optional[Ten
 
 # ── DeepGEMM ────────────────────────────────────────────────────────────────────────────────────
 def fp8_mqa_logits(q: Tensor, kv: Tuple[Tensor, Tensor], weights: Tensor, cu_seq_len_k_start: Tensor,
-                   cu_seq_len_k_end: Tensor, clean_logits: bool = True) -> Tensor:
+                   cu_seq_len_k_end: Tensor, clean_logits: bool = True, max_seqlen_k: int = 0) -> Tensor:
     """DeepGEMM's prefill indexer contract: logits[i, j] = Σ_h weights[i, h] · ReLU(q[i, h] · kv[j] · scale[j])
     for j in [ks[i], ke[i]).
 
@@ -146,15 +146,27 @@ def fp8_mqa_logits(q: Tensor, kv: Tuple[Tensor, Tensor], weights: Tensor, cu_seq
         cu_seq_len_k_start, cu_seq_len_k_end: [seq_len] int32 key ranges.
         clean_logits: DeepGEMM leaves entries outside the ranges unspecified when False; dsa always
             writes -inf there, which satisfies both settings.
+        max_seqlen_k: 0, or DeepGEMM's "compressed logits": row i holds keys ks[i] + j for
+            j < max_seqlen_k (≥ every ke − ks), -inf past its range.
     Returns:
-        [seq_len, seq_len_kv] float32 (contiguous).
+        [seq_len, seq_len_kv] float32 (contiguous), or [seq_len, max_seqlen_k] when compressed.
     """
     fn = "fp8_mqa_logits"
     _require(isinstance(kv, (tuple, list)) and len(kv) == 2, fn, "kv must be the pair (kv_fp8, kv_scale)")
     k, k_scale = kv
     if k_scale.dim() == 2 and k_scale.shape[-1] == 1:
         k_scale = k_scale.view(-1)
-    return ops.indexer_logits(q, k, weights, cu_seq_len_k_start, cu_seq_len_k_end, k_scale=k_scale)
+    logits = ops.indexer_logits(q, k, weights, cu_seq_len_k_start, cu_seq_len_k_end, k_scale=k_scale)
+    if max_seqlen_k <= 0:
+        return logits
+    # Compressed form: a gather of each row's window (indexing only; the logits are the op's).
+    j = torch.arange(max_seqlen_k, device=logits.device).unsqueeze(0)
+    col = cu_seq_len_k_start.long().unsqueeze(1) + j
+    inside = col < cu_seq_len_k_end.long().unsqueeze(1)
+    width = cu_seq_len_k_end.long() - cu_seq_len_k_start.long()
+    _require(bool((width <= max_seqlen_k).all()), fn, f"max_seqlen_k = {max_seqlen_k} is less than a row's ke - ks")
+    out = logits.gather(1, col.clamp_max(logits.shape[1] - 1))
+    return out.masked_fill(~inside, float("-inf"))
 
 
 def get_paged_mqa_logits_metadata(context_lens: Tensor, block_kv: int, num_sms: int) -> Tensor:
@@ -168,7 +180,8 @@ def get_paged_mqa_logits_metadata(context_lens: Tensor, block_kv: int, num_sms: 
 
 
 def fp8_paged_mqa_logits(q: Tensor, kv_cache: Tensor, weights: Tensor, context_lens: Tensor, block_table: Tensor,
-                         schedule_meta: Optional[Tensor], max_context_len: int, clean_logits: bool = False) -> Tensor:
+                         schedule_meta: Optional[Tensor], max_context_len: int, clean_logits: bool = False,
+                         indices: Optional[Tensor] = None) -> Tensor:
     """DeepGEMM's decode indexer contract over the paged 132 B cache.
 
     Args:
@@ -184,6 +197,7 @@ def fp8_paged_mqa_logits(q: Tensor, kv_cache: Tensor, weights: Tensor, context_l
         [B·next_n, max_context_len] float32.
     """
     fn = "fp8_paged_mqa_logits"
+    _require(indices is None, fn, "indices (logits at given keys only) is not supported; pass None")
     _require(q.dim() == 4, fn, f"q has shape {tuple(q.shape)}; expected [B, next_n, H, 128]")
     B, next_n = q.shape[0], q.shape[1]
     if context_lens.dim() == 1:

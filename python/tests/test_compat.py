@@ -98,6 +98,13 @@ def test_fp8_mqa_logits_and_fused_topk():
     for clean in (True, False):
         logits = compat.fp8_mqa_logits(q, (kv, scale), weights, ks, ke, clean_logits=clean)
         ref.close(logits, deepgemm_reference(q.float(), kv.float(), scale, weights, ks, ke), ATOL, RTOL, "logits")
+    # compressed logits (max_seqlen_k): row i holds keys ks[i] + j
+    packed = compat.fp8_mqa_logits(q, (kv, scale), weights, ks, ke, max_seqlen_k=18)
+    assert packed.shape == (seq, 18)
+    for i in range(seq):
+        n = int(ke[i] - ks[i])
+        assert torch.equal(packed[i, :n], logits[i, int(ks[i]):int(ke[i])])
+        assert torch.isneginf(packed[i, n:]).all()
     top = compat.indexer_topk(q, (kv, scale), weights, ks, ke, 6)
     assert torch.equal(top, dsa.ops.topk(logits, 6, ks=ks, ke=ke))
 
