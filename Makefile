@@ -7,14 +7,19 @@ CMAKE_FLAGS ?=
 all: build
 
 deps:
-	@./scripts/install_deps.sh
+	@./scripts/install_deps.sh $(DEPS_ARGS)
+
+# The Python package (python/) is built and tested when the test environment .venv exists (made by
+# `make test`: scripts/install_deps.sh --python); without it ctest reports the Python tests as skipped.
+PYTHON_FLAGS = -DDSA_BUILD_PYTHON=ON $(if $(wildcard $(CURDIR)/.venv/bin/python),-DPython_EXECUTABLE=$(CURDIR)/.venv/bin/python)
 
 configure: deps
-	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS) >/dev/null
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(PYTHON_FLAGS) $(CMAKE_FLAGS) >/dev/null
 
 build: configure
 	@cmake --build $(BUILD) -j $(JOBS)
 
+test: DEPS_ARGS = --python
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
