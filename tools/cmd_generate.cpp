@@ -13,6 +13,7 @@
 #include "dsa/model.h"
 #include "dsa/tokenizer.h"
 #include "dsa/train.h"
+#include "selection_flags.h"
 
 namespace {
 
@@ -26,6 +27,8 @@ const char* kUsage =
     "  attention: --mode dense|sparse|window (default sparse)  --attn-topk K (keys per query; default the config's)\n"
     "             --kv-cache fp32|bf16|fp8  --indexer fp8|fp32  --chunk N (prefill chunk; 0: one step)\n"
     "             --max-tokens N (cache capacity)\n"
+    "  per-row k: --topk-policy fixed|mass|entropy|table --topk-p P --topk-min N --topk-max N --topk-a A\n"
+    "             --topk-b B --topk-table K,K,… (sparse mode: each row keeps its own k <= --attn-topk)\n"
     "  -t, --threads N            OpenMP threads (default: every core; waits are passive)\n"
     "  --tokenizer SPEC           byte | FILE.model (default: found next to the model, else byte)\n"
     "  --no-stream                print the text once at the end instead of token by token\n"
@@ -60,7 +63,8 @@ int run_generate(const dsa::cli::Args& args) {
   using Clock = std::chrono::steady_clock;
   const dsa::cli::Flags f(args,
                           {"model", "prompt", "max-new", "max-new-tokens", "temperature", "temp", "top-p", "top-k", "seed", "mode",
-                           "attn-topk", "topk", "kv-cache", "chunk", "max-tokens", "random-prompt", "tokenizer", "indexer", "threads"},
+                           "attn-topk", "topk", "kv-cache", "chunk", "max-tokens", "random-prompt", "tokenizer", "indexer", "threads",
+                           "topk-policy", "topk-p", "topk-min", "topk-max", "topk-a", "topk-b", "topk-table"},
                           {"fp8-indexer", "no-stream"},
                           {{"-m", "model"}, {"-p", "prompt"}, {"-n", "max-new-tokens"}, {"-s", "seed"}, {"-t", "threads"}});
   if (f.has("topk"))
@@ -117,6 +121,7 @@ int run_generate(const dsa::cli::Args& args) {
   dsa::model::SessionOptions so;
   so.mode = mode;
   so.topk = attn_topk;
+  so.selection = dsa::cli::parse_selection_policy(f, "generate");
   if (f.has("kv-cache")) so.kv_format = parse_cache(f.get("kv-cache"));   // else the config's (SessionOptions)
   // The indexer runs FP8 in inference (V3.2) whenever its record fits (index_head_dim 128).
   const std::string idx = f.has("fp8-indexer") ? "fp8" : f.get("indexer", c.index_head_dim == dsa::kIndexerKeyDim ? "fp8" : "fp32");

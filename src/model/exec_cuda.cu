@@ -136,6 +136,12 @@ class CudaExec final : public model::Exec {
     sync();
     return v;
   }
+  std::vector<int32_t> download(const model::IBuf& b) override {
+    std::vector<int32_t> v(static_cast<size_t>(b.size()));
+    DSA_CUDA_CALL("model exec", cudaMemcpyAsync(v.data(), b.data(), sizeof(int32_t) * v.size(), cudaMemcpyDeviceToHost, stream_));
+    sync();
+    return v;
+  }
 
   void copy(float* dst, const float* src, int64_t n) override {
     DSA_CUDA_CALL("model exec", cudaMemcpyAsync(dst, src, sizeof(float) * static_cast<size_t>(n), cudaMemcpyDeviceToDevice, stream_));

@@ -11,6 +11,7 @@
 #include <numeric>
 
 #include "common/checked_math.h"
+#include "common/topk_policy.h"
 #include "model/exec.h"
 
 namespace dsa::model {
@@ -51,6 +52,8 @@ struct Session::Impl {
       ilog, olat, lse, o, attn, hn, g, u, a, mlp, xf, logits;
   std::vector<uint8_t> qfp8, kfp8, rec;
   std::vector<int32_t> pos, ctx, tables, sel;
+  std::vector<int32_t> sel_len;     // per-row k of a non-default SelectionPolicy
+  int64_t selected_keys = 0, selected_rows = 0;   // Session::mean_selected_keys
 
   Impl(const Model::Impl& model, const SessionOptions& o) : m(model), opt(o), d(model.cfg) {
     ex->begin_run(m, nullptr);
@@ -59,6 +62,8 @@ struct Session::Impl {
       opt.kv_format = d.kvr == kMlaLatentDim && d.dr == kMlaRopeDim ? KvCacheFormat::kBf16 : KvCacheFormat::kFp32;
     K = opt.topk > 0 ? opt.topk : c.index_topk;
     if (K > kMaxTopK) throw Error("Session: topk = " + std::to_string(K) + " exceeds kMaxTopK");
+    for (int l = 0; l < c.num_hidden_layers; ++l)   // a bad policy fails here, not at the first step
+      ::dsa::detail::validate_topk_policy(layer_topk_policy(opt.selection, l, c.num_hidden_layers, K), K, "Session: selection policy");
     const int64_t want = opt.max_tokens > 0 ? opt.max_tokens : c.max_position_embeddings;
     if (want > c.max_position_embeddings && !opt.allow_beyond_max_position)
       throw Error("Session: max_tokens = " + std::to_string(want) + " exceeds max_position_embeddings = " +
@@ -99,6 +104,8 @@ struct Session::Impl {
   }
 
   int64_t cache_bytes_per_token() const;
+  bool ragged() const { return opt.mode == AttentionMode::kSparse && !opt.selection.is_default(); }
+  const int32_t* row_lengths() const { return ragged() ? sel_len.data() : nullptr; }
 
   int64_t slot_of(int64_t logical) const {
     return static_cast<int64_t>(block_table[logical / kCachePageTokens]) * kCachePageTokens + logical % kCachePageTokens;
@@ -206,6 +213,10 @@ struct Session::Impl {
     tp.ks = ks.data();
     tp.ke = ctx.data();
     tp.indices = sel.data();
+    if (ragged()) {   // the default policy runs the op as before policies existed
+      tp.policy = layer_topk_policy(opt.selection, l, m.cfg.num_hidden_layers, Kr);
+      tp.topk_length = grow(sel_len, n);
+    }
     cpu::topk_select(tp);
   }
 
@@ -253,6 +264,8 @@ struct Session::Impl {
                   c_raw.data(), rstd2.data(), cn.data(), qm.data(), kvm.data());
       write_kv(l, n);
       select(l, n, next_n, Kr);
+      if (opt.mode == AttentionMode::kSparse)
+        for (int64_t i = 0; i < n; ++i, ++selected_rows) selected_keys += ragged() ? sel_len[i] : std::min(Kr, ctx[i]);
       cpu::paged_to_physical(static_cast<int>(n), 1, Kr, tab, num_pages, num_pages, sel.data());
       if (v32_latent) {
         SparseDecodeParams sp;
@@ -266,6 +279,7 @@ struct Session::Impl {
         sp.q = qm.data();
         sp.cache = kv_cache(l);
         sp.indices = sel.data();
+        sp.topk_length = row_lengths();   // a ragged selection stops at each row's k
         sp.out = olat.data();
         sp.lse = lse.data();
         cpu::sparse_attention_decode(sp);
@@ -274,6 +288,7 @@ struct Session::Impl {
                                                   kv_f32[l].data());
         ap.K = Kr;
         ap.indices = sel.data();
+        ap.topk_length = row_lengths();
         cpu::sparse_attention_forward(ap, AttentionForwardOut{olat.data(), lse.data(), nullptr});
       }
       absorb_out(*ex, m, l, olat.data(), n, o.data());
@@ -351,6 +366,9 @@ void Session::truncate(int64_t length) {
 int64_t Session::length() const { return impl_->length; }
 int64_t Session::capacity() const { return impl_->capacity; }
 const SessionOptions& Session::options() const { return impl_->opt; }
+double Session::mean_selected_keys() const {
+  return impl_->selected_rows > 0 ? static_cast<double>(impl_->selected_keys) / static_cast<double>(impl_->selected_rows) : 0.0;
+}
 
 int64_t Session::cache_bytes_per_token() const { return impl_->cache_bytes_per_token(); }
 
