@@ -261,14 +261,15 @@ void indexer_backward(const IndexerBackwardParams& p);
 // n_t = ke[t] − ks[t] keys in range and cap = k_max (0: K):
 //   kFixed:   k_t = min(cap, n_t). With k_max = 0 this is the rule above, bit for bit.
 //   kMass:    k_t = min(n_t, clamp(k*, k_min, cap)), k* = the smallest k whose softmax mass
-//             Σ_{j<k} π[t, sel_j] reaches p, π = softmax of logits[t, ks:ke] (fp64, NaN ≡ −inf; a row
-//             of only −inf counts as uniform, +inf keys share the whole mass). p = 1 keeps every key
-//             of the row (the exact limit; no rounding decides it), so p = 1 with cap ≥ n_t ≡ dense.
+//             Σ_{j<k} π[t, sel_j] reaches p, π = softmax of logits[t, ks:ke] (NaN ≡ −inf; a row of
+//             only −inf counts as uniform, +inf keys share the whole mass). p = 1 keeps every key of
+//             the row (the exact limit; no rounding decides it), so p = 1 with cap ≥ n_t ≡ dense.
 //   kEntropy: k_t = min(n_t, clamp(ceil(a · exp(b · H_t)), k_min, cap)), H_t = −Σ π log π (nats) of the
 //             same softmax: exp(H_t) is the row's effective number of keys, a and b a fitted model of
 //             how many of them the attention needs (train::calibrate_topk_policy fits them).
-// The mass and the entropy are fp64 sums over the row; backends may order them differently, so k_t
-// may differ between backends only where the mass criterion sits within rounding of p (≈ 1e-12).
+// The softmax weights are fp32 (relative error ≲ 2^-22), summed in fp64; backends may order the sums
+// differently, so k_t may differ between backends only where the criterion sits within ≈ 1e-6
+// relative of its threshold.
 enum class TopkPolicyKind { kFixed, kMass, kEntropy };
 struct TopkPolicy {
   TopkPolicyKind kind = TopkPolicyKind::kFixed;

@@ -1,6 +1,7 @@
 // topk.cpp — op 4, topk_select: the K best keys of every row of precomputed logits.
 // The selection rule lives in topk_stream.h and is shared with the fused indexer_topk (op 5).
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "common/check.h"
@@ -17,32 +18,6 @@ void require_topk_budget(int K, const char* op) {
   if (K < 1 || K > kMaxTopK) ::dsa::detail::fail(op, "K = ", K, " must be in [1, kMaxTopK = ", kMaxTopK, "]");
 }
 }  // namespace detail
-
-namespace {
-
-// k_t of a kMass / kEntropy row (ops.h §4): the row's softmax statistics in fp64 (max, then the sums
-// in index order), then the cut over the selection sel[0, m) (best first).
-int policy_length(const TopkPolicy& policy, int cap, const float* row, int n, const int32_t* sel, int m, int32_t ks) {
-  double mx = -std::numeric_limits<double>::infinity();
-  for (int i = 0; i < n; ++i) mx = std::max(mx, ::dsa::detail::topk_policy_score(row[i]));
-  double z = 0.0, e = 0.0;
-  for (int i = 0; i < n; ++i) {
-    const double s = ::dsa::detail::topk_policy_score(row[i]);
-    z += ::dsa::detail::topk_policy_weight(s, mx);
-    if (policy.kind == TopkPolicyKind::kEntropy) e += ::dsa::detail::topk_policy_weighted_logit(s, mx);
-  }
-  if (policy.kind == TopkPolicyKind::kEntropy) return ::dsa::detail::topk_policy_entropy_length(policy, cap, n, z, e);
-  const double target = policy.p * z;
-  double mass = 0.0;
-  int reached = 0;
-  for (int j = 0; j < m && reached == 0; ++j) {
-    mass += ::dsa::detail::topk_policy_weight(::dsa::detail::topk_policy_score(row[sel[j] - ks]), mx);
-    if (mass >= target) reached = j + 1;
-  }
-  return ::dsa::detail::topk_policy_mass_clamp(policy, cap, n, reached);
-}
-
-}  // namespace
 
 void topk_select(const TopkParams& p) {
   constexpr const char* op = "topk_select";
@@ -71,7 +46,7 @@ void topk_select(const TopkParams& p) {
       stream.offer_block(row, n, p.ks[t]);
       stream.finish(out);
       int k = std::min(cap, n);
-      if (stats && n > 0) k = policy_length(p.policy, cap, row, n, out, k, p.ks[t]);
+      if (stats && n > 0) k = detail::topk_policy_length(p.policy, cap, row, n, out, k, p.ks[t]);
       if (stats || cap < p.K) std::fill(out + k, out + p.K, kInvalidIndex);   // (finish filled [n, cap))
       if (p.topk_length != nullptr) p.topk_length[t] = k;
     }

@@ -4,13 +4,14 @@
 //
 // Contract: given indices[t, 0..K) in the fixed rule's order (what topk.cu wrote), row t keeps its
 // first k_t slots and −1 fills [k_t, K); topk_length[t] = k_t when the pointer is given. k_t is the
-// rule of src/common/topk_policy.h (the CPU's own), from the row's fp64 softmax statistics:
+// rule of src/common/topk_policy.h (the CPU's own), from the row's softmax statistics:
 //   1. m = max over [ks, ke) of the cleaned scores (NaN ≡ −inf)            block max
-//   2. Z = Σ w(s), E = Σ w(s)·(s − m) over the row                         block sums, fp64, fixed tree
+//   2. Z = Σ w(s), E = Σ w(s)·(s − m) over the row, w = topk_policy_exp   block sums, fp64, fixed tree
 //   3. kMass: thread 0 walks the selection best first until the prefix reaches p·Z;
 //      kEntropy: k from H = log Z − E/Z.
-// The sums run in a fixed order (deterministic), not the CPU's index order, so k_t may differ from
-// the CPU only where the criterion sits within fp64 rounding of the threshold (ops.h).
+// The sums run in a fixed order (deterministic), not the CPU's, and the compiler may fuse the
+// polynomial's multiply-adds, so k_t may differ from the CPU only where the criterion sits within
+// ~1e-6 relative of its threshold (ops.h).
 // The selection kernel selects K keys even when the policy's cap is smaller: the cap's best keys are
 // the prefix of the K best, so cutting afterwards is exact.
 #include "common/topk_policy.h"
@@ -53,14 +54,14 @@ __global__ void __launch_bounds__(kPolicyThreads) topk_policy_kernel(TopkParams 
   int k = cap < n ? cap : n;
   if (::dsa::detail::topk_policy_needs_stats(p.policy) && n > 0) {
     // ── 1. row max ──
-    double m = -INFINITY;
-    for (int s = lo + threadIdx.x; s < hi; s += kPolicyThreads) m = fmax(m, ::dsa::detail::topk_policy_score(row[s]));
-    m = block_reduce<true>(m, s_part);
+    double mx = -INFINITY;
+    for (int s = lo + threadIdx.x; s < hi; s += kPolicyThreads) mx = fmax(mx, double(::dsa::detail::topk_policy_clean(row[s])));
+    const float m = static_cast<float>(block_reduce<true>(mx, s_part));   // a float's value: exact
     // ── 2. Z = Σ w, E = Σ w·(s − m) ──
     double z = 0.0, e = 0.0;
     const bool entropy = p.policy.kind == TopkPolicyKind::kEntropy;
     for (int s = lo + threadIdx.x; s < hi; s += kPolicyThreads) {
-      const double x = ::dsa::detail::topk_policy_score(row[s]);
+      const float x = ::dsa::detail::topk_policy_clean(row[s]);
       z += ::dsa::detail::topk_policy_weight(x, m);
       if (entropy) e += ::dsa::detail::topk_policy_weighted_logit(x, m);
     }
@@ -75,7 +76,7 @@ __global__ void __launch_bounds__(kPolicyThreads) topk_policy_kernel(TopkParams 
         double mass = 0.0;
         int reached = 0;
         for (int j = 0; j < k && reached == 0; ++j) {
-          mass += ::dsa::detail::topk_policy_weight(::dsa::detail::topk_policy_score(row[out[j]]), m);
+          mass += ::dsa::detail::topk_policy_weight(::dsa::detail::topk_policy_clean(row[out[j]]), m);
           if (mass >= target) reached = j + 1;
         }
         s_k = ::dsa::detail::topk_policy_mass_clamp(p.policy, cap, n, reached);
