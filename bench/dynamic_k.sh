@@ -50,3 +50,6 @@ for r in "$RUN" $(for s in $SEEDS; do echo "$RUN-seed$s"; done) "$RUN-mass"; do
   "$DSA" eval --run "$r" --topk 32 $EVAL --out "$r/eval-dynamic" > "$r/eval-dynamic.txt"
   sed -n '/per-row k/,$p' "$r/eval-dynamic.txt"
 done
+# The matched-budget comparison over the fixed-k runs (seeds), then the policy-trained run alone.
+python3 "$(dirname "$0")/dynamic_k_summary.py" "$RUN" $(for s in $SEEDS; do echo "$RUN-seed$s"; done)
+python3 "$(dirname "$0")/dynamic_k_summary.py" "$RUN-mass"

@@ -177,6 +177,9 @@ int run_generate(const dsa::cli::Args& args) {
   std::fprintf(stderr, "prefill: %zu tokens in %.3f s (%.1f tok/s); decode: %zu tokens in %.3f s (%.1f tok/s)\n", prompt.size(), pre_s,
                prompt.size() / std::max(pre_s, 1e-9), decoded, dec_s, decoded / std::max(dec_s, 1e-9));
   std::fprintf(stderr, "cache: %lld bytes per token (all layers)\n", static_cast<long long>(session.cache_bytes_per_token()));
+  if (mode == dsa::model::AttentionMode::kSparse)
+    std::fprintf(stderr, "attended keys per query row and layer: %.2f (%s)\n", session.mean_selected_keys(),
+                 dsa::model::describe(so.selection).c_str());
   return 0;
 }
 
