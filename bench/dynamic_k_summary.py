@@ -9,6 +9,8 @@ import math
 import statistics
 import sys
 
+ENTROPY_SCALES = [0.25, 0.5, 1, 2, 4]   # src/train/eval_dynamic_k.cpp kEntropyScales
+
 
 def load(run):
     with open(f"{run}/eval-dynamic/dynamic_k.csv", newline="") as f:
@@ -27,14 +29,25 @@ def interp(curve, x, key):
 
 def main(runs):
     tables = [load(r) for r in runs]
-    policies = [r["policy"] for r in tables[0] if r["family"] != "fixed"]
+    # Rows are matched by (family, position in the family's sweep): the entropy policy's fitted a, b
+    # differ from run to run, the sweep does not.
+    def keyed(t):
+        seen, out = {}, {}
+        for r in t:
+            i = seen.get(r["family"], 0)
+            seen[r["family"]] = i + 1
+            out[(r["family"], i)] = r
+        return out
+    keyed_tables = [keyed(t) for t in tables]
+    policies = [k for k in keyed_tables[0] if k[0] != "fixed"]
     print(f"runs: {', '.join(runs)}\n")
     print("| policy | avg k (runs) | PPL − fixed-k PPL at that avg k | recall − fixed-k recall | passkey (all runs) | fixed k at that avg k: PPL / recall run-to-run sd |")
     print("| --- | --- | --- | --- | --- | --- |")
     for pol in policies:
         ks, dppl, drec, fppl, frec, hits, trials = [], [], [], [], [], 0, 0
-        for t in tables:
-            row = next(r for r in t if r["policy"] == pol)
+        name = keyed_tables[0][pol]["policy"] if pol[0] != "entropy" else f"entropy, fitted a × {ENTROPY_SCALES[pol[1]]}"
+        for t, kt in zip(tables, keyed_tables):
+            row = kt[pol]
             curve = sorted((r for r in t if r["family"] == "fixed"), key=lambda r: float(r["avg_k"]))
             k = float(row["avg_k"])
             p, rc = interp(curve, k, "ppl"), interp(curve, k, "recall")
@@ -48,10 +61,10 @@ def main(runs):
             fppl.append(p)
             frec.append(rc)
         if not dppl:
-            print(f"| {pol} | {min(ks):.1f}–{max(ks):.1f} | outside the fixed-k curve | | {hits}/{trials} | |")
+            print(f"| {name} | {min(ks):.1f}–{max(ks):.1f} | outside the fixed-k curve | | {hits}/{trials} | |")
             continue
         sd = lambda v: statistics.stdev(v) if len(v) > 1 else float("nan")
-        print(f"| {pol} | {min(ks):.1f}–{max(ks):.1f} | {statistics.mean(dppl):+.3f} [{min(dppl):+.3f}, {max(dppl):+.3f}] | "
+        print(f"| {name} | {min(ks):.1f}–{max(ks):.1f} | {statistics.mean(dppl):+.3f} [{min(dppl):+.3f}, {max(dppl):+.3f}] | "
               f"{statistics.mean(drec):+.4f} [{min(drec):+.4f}, {max(drec):+.4f}] | {hits}/{trials} | {sd(fppl):.3f} / {sd(frec):.4f} |")
     print("\nfixed k (avg k, PPL, recall, passkey) per run:")
     for run, t in zip(runs, tables):

@@ -234,7 +234,7 @@ struct SelectionPolicy {
 // The op-level policy of layer l for a pass with budget K (clamps as above). Throws dsa::Error when
 // layer_k is set with a non-fixed rule, has the wrong length or a non-positive entry.
 TopkPolicy layer_topk_policy(const SelectionPolicy& s, int layer, int num_layers, int K);
-// "fixed", "mass p=0.9 k=[4,64]", "entropy a=1.5 b=1 k=[1,64]", "table 32,16" (reports, CSVs).
+// "fixed", "mass p=0.9 k=4..64", "entropy a=1.5 b=1 k=1..K", "table 32/16" (reports, CSVs; no commas).
 std::string describe(const SelectionPolicy& s);
 
 // ── Inference session options ───────────────────────────────────────────────────────────────────

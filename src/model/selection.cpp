@@ -31,10 +31,11 @@ TopkPolicy layer_topk_policy(const SelectionPolicy& s, int layer, int num_layers
 std::string describe(const SelectionPolicy& s) {
   std::ostringstream o;
   const TopkPolicy& r = s.rule;
-  auto range = [&] { o << " k=[" << r.k_min << "," << (r.k_max > 0 ? std::to_string(r.k_max) : std::string("k")) << "]"; };
+  // No commas: the description is a CSV field of dsa eval.
+  auto range = [&] { o << " k=" << r.k_min << ".." << (r.k_max > 0 ? std::to_string(r.k_max) : std::string("K")); };
   if (!s.layer_k.empty()) {
     o << "table";
-    for (size_t l = 0; l < s.layer_k.size(); ++l) o << (l ? "," : " ") << s.layer_k[l];
+    for (size_t l = 0; l < s.layer_k.size(); ++l) o << (l ? "/" : " ") << s.layer_k[l];
     return o.str();
   }
   switch (r.kind) {

@@ -36,6 +36,7 @@ constexpr int kDynamicBudgetFactor = 2;   // a dynamic row may keep up to 2k key
 constexpr int kFloorDivisor = 4;          // mass-floor: k_min = k/4
 constexpr int kCalibSequences = 8;
 constexpr uint64_t kCalibSeed = 0xCA11B;
+constexpr double kPlotFloor = 0.99, kPlotCeiling = 1.15;   // y range of the plot, × the dense PPL
 constexpr int kSpeedRepeats = 2;          // the faster of two timings (a shared machine's noise is one-sided)
 
 struct PassStats {
@@ -157,7 +158,9 @@ void write_files(const std::filesystem::path& dir, const EvalReport& r, bool plo
   std::ostringstream gp;
   gp << "set terminal pngcairo size 900,500 noenhanced\nset datafile separator ','\nset grid\nset key outside right\n"
      << "set output '" << d << "/ppl_vs_avg_k.png'\nset title 'validation perplexity vs average selected keys per row (context " << r.seq_len
-     << ")'\nset xlabel 'average k (keys attended per query row, all layers)'\nset ylabel 'perplexity'\nset logscale x 2\nplot";
+     << ")'\nset xlabel 'average k (keys attended per query row, all layers)'\nset ylabel 'perplexity'\nset logscale x 2\n"
+     // the region where the policies compete: within 15% of the dense PPL (starved budgets run off the top)
+     << "set yrange [" << kPlotFloor * r.dense_ppl << ":" << kPlotCeiling * r.dense_ppl << "]\nplot";
   const char* families[] = {"fixed", "mass", "mass-floor", "table", "entropy"};
   for (int i = 0; i < 5; ++i)
     gp << (i ? "," : "") << " \"< grep '^" << families[i] << ",' " << d << "/dynamic_k.csv | sort -t, -k4 -g\" using 4:6 with linespoints lw 2 title '"
