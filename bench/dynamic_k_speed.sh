@@ -13,9 +13,9 @@ ROUNDS=${ROUNDS:-5}
 DSA="$BUILD/dsa"
 [ -x "$DSA" ] || { echo "dynamic_k_speed: $DSA not found" >&2; exit 1; }
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive
-# ~8000 tokens of the demo tokenizer (≈ 3.6 characters per token on Austen): the model's 8192 positions
+# ~7900 tokens of the demo tokenizer (≈ 2.5 characters per token on Austen): the model's 8192 positions
 # hold the prompt and the 64 new tokens.
-PROMPT=$(head -c 28000 "$TEXT")
+PROMPT=$(head -c 19500 "$TEXT")
 COMMON=(-m "$MODEL" -n 64 --kv-cache fp32 --indexer fp32 --chunk 256 --no-stream)
 CONFIGS=(
   "fixed k=32|--attn-topk 32"
