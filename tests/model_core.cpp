@@ -329,3 +329,72 @@ TEST(ModelModes, BadBatches) {
 }
 
 }  // namespace
+
+namespace {
+dsa::model::SelectionPolicy mass_policy(double p, int k_min = 1) {
+  dsa::model::SelectionPolicy s;
+  s.rule.kind = dsa::TopkPolicyKind::kMass;
+  s.rule.p = p;
+  s.rule.k_min = k_min;
+  return s;
+}
+}  // namespace
+
+// Per-row budgets (SelectionPolicy): p = 1 with the budget at the context ≡ dense; a fixed cap at the
+// budget through topk_length ≡ the default path bit for bit; the k histogram counts what rows keep.
+TEST(ModelSelection, MassAtOneIsDenseAndFixedCapIsTheDefaultPath) {
+  Model m(micro_config());
+  m.init_random(41);
+  const Batch b = random_batch(m.config(), {11, 1, 6}, 42);
+  const auto dense = m.logits(b, AttentionMode::kDense);
+  const auto fixed = m.logits(b, AttentionMode::kSparse, 4);
+  const auto fixed_losses = m.evaluate(b, AttentionMode::kSparse, 4);
+  m.set_selection_policy(mass_policy(1.0));
+  const auto all = m.logits(b, AttentionMode::kSparse, 11);
+  for (size_t i = 0; i < dense.size(); ++i) ASSERT_NEAR(all[i], dense[i], 1e-4) << i;   // as MhaEqualsMqa…
+  const auto hist = m.evaluate(b, AttentionMode::kSparse, 11).k_histogram;
+  ASSERT_EQ(hist.size(), 2u);
+  for (const auto& h : hist) {   // every row keeps its whole causal range: 1..11, 1, 1..6 keys
+    std::vector<int64_t> want(12, 0);
+    for (int len : {11, 1, 6})
+      for (int n = 1; n <= len; ++n) ++want[static_cast<size_t>(n)];
+    EXPECT_EQ(h, want);
+  }
+  dsa::model::SelectionPolicy cap;
+  cap.rule.k_max = 4;
+  m.set_selection_policy(cap);
+  const auto capped = m.logits(b, AttentionMode::kSparse, 8);   // buffer 8, every row ≤ 4 keys
+  EXPECT_EQ(0, std::memcmp(capped.data(), fixed.data(), fixed.size() * sizeof(float))) << "cap 4 of 8 != fixed 4";
+  auto capped_hist = m.evaluate(b, AttentionMode::kSparse, 8).k_histogram;   // [layer][0..8]
+  for (auto& h : capped_hist) {
+    for (size_t k = 5; k < h.size(); ++k) EXPECT_EQ(h[k], 0) << "a row above the cap";
+    h.resize(5);
+  }
+  EXPECT_EQ(capped_hist, fixed_losses.k_histogram);
+  // A policy that cannot apply is refused when set.
+  dsa::model::SelectionPolicy bad = mass_policy(0.9);
+  bad.layer_k = {2, 3};
+  EXPECT_THROW(m.set_selection_policy(bad), dsa::Error);
+  bad = {};
+  bad.layer_k = {2};
+  EXPECT_THROW(m.set_selection_policy(bad), dsa::Error);
+}
+
+// Training with a ragged selection: the LM gradient through sparse attention over each row's own
+// keys and the indexer's selected-set KL over those keys both match finite differences.
+TEST(ModelSelection, RaggedSparseStageMatchesFiniteDifferences) {
+  Model m(micro_config());
+  m.init_random(43);
+  m.set_selection_policy(mass_policy(0.7));
+  const Batch b = random_batch(m.config(), {9, 6}, 44);
+  const auto losses = m.forward_backward(b, Stage::kSparse, 5);
+  EXPECT_GT(losses.kl_loss, 0.0);
+  int64_t rows = 0, below_budget = 0;
+  for (const auto& h : losses.k_histogram)
+    for (size_t k = 0; k < h.size(); ++k) rows += h[k], below_budget += k < 5 ? h[k] : 0;
+  EXPECT_EQ(rows, 2 * 15);
+  EXPECT_GT(below_budget, 16);   // the policy cuts rows below the budget (beyond the 2 × 8 with fewer keys)
+  const auto grads = m.grads();
+  check_grads(m, grads, [&] { return m.evaluate(b, AttentionMode::kSparse, 5).lm_loss; }, false, true, 45);
+  check_grads(m, grads, [&] { return m.evaluate(b, AttentionMode::kSparse, 5).kl_loss; }, true, false, 46);
+}

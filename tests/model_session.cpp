@@ -261,3 +261,42 @@ TEST(ModelSession, SamplerIsSeededAndRespectsTopP) {
 }
 
 }  // namespace
+
+// A ragged selection (mass policy) in the session: chunked prefill ≡ one shot, decode ≡ prefill row,
+// both bitwise, and the training path under the same policy agrees.
+TEST(ModelSession, RaggedSelectionKeepsEveryEquivalence) {
+  const auto c = micro_config();
+  Model m(c);
+  m.init_random(33);
+  const int n = 23;
+  const auto toks = random_tokens(c.vocab_size, n, 34);
+  SessionOptions o;
+  o.kv_format = dsa::KvCacheFormat::kFp32;
+  o.max_tokens = 40;
+  o.topk = 6;
+  o.selection.rule.kind = dsa::TopkPolicyKind::kMass;
+  o.selection.rule.p = 0.7;
+  const auto one = session_logits(m, o, toks, 0);
+  for (int chunk : {1, 5}) EXPECT_EQ(max_diff(one, session_logits(m, o, toks, chunk)), kExact) << chunk;
+  Session s(m, o);
+  s.prefill(std::vector<int32_t>(toks.begin(), toks.begin() + 12), 4);
+  for (int t = 12; t < n; ++t)
+    EXPECT_EQ(max_diff(s.decode(toks[t]), one, 0, static_cast<size_t>(t) * c.vocab_size, c.vocab_size), kExact) << t;
+  EXPECT_GT(s.mean_selected_keys(), 0.0);
+  EXPECT_LT(s.mean_selected_keys(), 6.0);   // rows keep fewer than the budget on average
+  m.set_selection_policy(o.selection);
+  dsa::model::Batch b;
+  b.tokens = toks;
+  b.targets.assign(toks.size(), -1);
+  b.seq_lens = {n};
+  EXPECT_LT(max_diff(one, m.logits(b, AttentionMode::kSparse, 6)), kRowTol);
+  // A bad policy is refused at construction, naming it.
+  SessionOptions bad = o;
+  bad.selection.rule.p = 1.5;
+  try {
+    Session refused(m, bad);
+    FAIL() << "p = 1.5 accepted";
+  } catch (const dsa::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("mass"), std::string::npos) << e.what();
+  }
+}

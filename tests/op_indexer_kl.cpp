@@ -229,6 +229,33 @@ void check_bad_inputs(Backend& be, const KlProblem& sparse, const KlProblem& den
   EXPECT_TRUE(dI.untouched());
 }
 
+// A ragged selection as topk_select writes it under a TopkPolicy (ops.h §4): row t holds k_t keys,
+// then −1, and topk_length = k_t. The KL is over each row's own set: the reference gradient agrees
+// with central differences, the op with the reference, and passing topk_length ≡ leaving it out
+// (the −1 fill already ends each row) bit for bit.
+void check_ragged(Backend& be) {
+  const std::vector<int32_t> lengths = {7, 1, 0, 4, 7, 2};
+  auto ragged = [&](AttnProblem a, bool with_length) {
+    for (int t = 0; t < a.T; ++t)
+      for (int k = lengths[size_t(t)]; k < a.K; ++k) a.indices[size_t(t) * a.K + k] = kInvalidIndex;
+    if (with_length) a.topk_length = lengths;
+    return a;
+  };
+  const AttnProblem base = sparse_problem(1011, 6, 16, 2, 8, 7, 0.0, 0.0);
+  const KlProblem kp = make_kl(be, ragged(base, true), 27);
+  check_kl_case(be, kp, "sparse ragged (policy selection)", 27);
+  check_reference_gradient(kp);
+  KlProblem no_len = kp;
+  no_len.attn.topk_length.clear();
+  Guarded<float> l1(kp.attn.T), l2(kp.attn.T), d1(kp.attn.T * kp.row()), d2(kp.attn.T * kp.row());
+  be.indexer_kl_forward(kp.params(), l1.data());
+  be.indexer_kl_forward(no_len.params(), l2.data());
+  be.indexer_kl_backward(kp.params(), nullptr, d1.data());
+  be.indexer_kl_backward(no_len.params(), nullptr, d2.data());
+  EXPECT_TRUE(bitwise_equal(l1.data(), l2.data(), l1.size())) << "ragged KL loss: topk_length vs the -1 fill";
+  EXPECT_TRUE(bitwise_equal(d1.data(), d2.data(), d1.size())) << "ragged KL dI: topk_length vs the -1 fill";
+}
+
 }  // namespace
 
 void check_indexer_kl(Backend& be) {
@@ -267,6 +294,7 @@ void check_indexer_kl(Backend& be) {
   // dsa-spec §4: head-summed, L1-normalised p = (1/H)·Σ_h P_h when lse is over exactly A(t).
   check_head_sum(be, make_kl(be, dense_problem(1009, {40, 3}, 5, 16), 19));
   check_head_sum(be, make_kl(be, sparse_problem(1010, 5, 50, 4, 16, 20, 0.2, 0.2), 20));
+  check_ragged(be);
   check_bad_inputs(be, sparse, dense);
 }
 

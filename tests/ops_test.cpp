@@ -16,6 +16,7 @@ const std::vector<OpRow>& op_table() {
       {"rope", check_rope},
       {"indexer_logits", check_indexer_logits},
       {"topk_select", check_topk_select},
+      {"topk_policy", check_topk_policy},
       {"indexer_topk", check_indexer_topk},
       {"indexer_backward", check_indexer_backward},
       {"sparse_attention_forward", check_sparse_attention_forward},

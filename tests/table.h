@@ -26,6 +26,8 @@ void check_indexer_logits(Backend&);
 void check_topk_select(Backend&);
 void check_indexer_topk(Backend&);
 void check_indexer_backward(Backend&);
+// tests/op_topk_policy.cpp
+void check_topk_policy(Backend&);
 // tests/op_attention.cpp
 void check_sparse_attention_forward(Backend&);
 void check_sparse_attention_backward(Backend&);

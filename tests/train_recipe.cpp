@@ -360,6 +360,10 @@ TEST_F(TrainRecipe, BadOptionsNameTheFlag) {
   o.loader.synthetic_ramp_steps = 0;
   o.checkpoint_every = 0;
   expect_error([&] { dsa::train::check_train_options(o); }, "--checkpoint-every");
+  o.checkpoint_every = 1;
+  o.selection.rule.kind = dsa::TopkPolicyKind::kMass;   // a per-row k belongs to the sparse stage
+  o.selection.rule.p = 0.9;
+  expect_error([&] { dsa::train::check_train_options(o); }, "--topk-policy mass p=0.9");
   dsa::train::LoaderOptions lo;
   lo.batch_size = 0;
   expect_error([&] { dsa::train::Loader(corpus, *tok, lo); }, "--batch");

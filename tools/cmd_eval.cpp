@@ -30,6 +30,8 @@ const char* kUsage =
     "  --speed-context N  --decode-tokens N  --prefill-chunk N  --speed-threads N (default 1)\n"
     "  --data PATH,…  --tokenizer SPEC  --holdout SUBSTR,…  -t, --threads N  --no-plots\n"
     "  --device cpu|cuda|cuda:N (PPL and passkey passes; default cpu)\n"
+    "  --dynamic-k (per-row k: fixed k vs the mass, per-layer table and fitted entropy policies at matched\n"
+    "  average budgets; PPL, recall, passkey, k per layer, speed; dynamic_k.csv, ppl_vs_avg_k.png)\n"
     "  PPL comes with a 95% confidence interval over the validation sequences, passkey accuracy with a\n"
     "  95% Wilson interval over its trials.\n";
 
@@ -37,7 +39,7 @@ int run_eval(const dsa::cli::Args& args) {
   dsa::cli::Flags f(args,
                     {"run", "checkpoint", "baseline", "topk", "seq-len", "val-sequences", "ks", "passkey-lengths", "trials", "speed-context",
                      "decode-tokens", "prefill-chunk", "speed-threads", "data", "tokenizer", "holdout", "threads", "seed", "device", "out"},
-                    {"no-plots"}, {{"-o", "out"}, {"-s", "seed"}, {"-t", "threads"}});
+                    {"no-plots", "dynamic-k"}, {{"-o", "out"}, {"-s", "seed"}, {"-t", "threads"}});
   dsa::train::EvalOptions o;
   o.run_dir = f.require("run");
   if (!fs::is_directory(o.run_dir)) throw dsa::Error("eval: --run folder " + o.run_dir + " does not exist");
@@ -56,6 +58,7 @@ int run_eval(const dsa::cli::Args& args) {
   o.speed_threads = f.get_i32("speed-threads", o.speed_threads, 0, 4096);
   o.seed = static_cast<uint64_t>(f.get_int("seed", static_cast<long long>(o.seed), 0, LLONG_MAX));
   o.plots = !f.has("no-plots");
+  o.dynamic_k = f.has("dynamic-k");
   o.attach_device = dsa::cli::parse_device(f.get("device", "cpu"), "eval");
   const auto data = dsa::cli::run_data(f, o.run_dir);
   const auto tok = dsa::load_tokenizer(data.tokenizer);

@@ -15,6 +15,7 @@
 #include "dsa/model.h"
 #include "dsa/tokenizer.h"
 #include "dsa/train.h"
+#include "selection_flags.h"
 
 namespace {
 
@@ -30,6 +31,8 @@ const char* kUsage =
     "             --max-tokens N (cache capacity)\n"
     "  --device cpu|cuda|cuda:N   where the session runs (default cpu): on a GPU the weights, the caches and\n"
     "                             every step stay in device memory\n"
+    "  per-row k: --topk-policy fixed|mass|entropy|table --topk-p P --topk-min N --topk-max N --topk-a A\n"
+    "             --topk-b B --topk-table K,K,… (sparse mode: each row keeps its own k <= --attn-topk)\n"
     "  -t, --threads N            OpenMP threads (default: every core; waits are passive)\n"
     "  --tokenizer SPEC           byte | FILE.model (default: found next to the model, else byte)\n"
     "  --no-stream                print the text once at the end instead of token by token\n"
@@ -149,7 +152,8 @@ int run_generate(const dsa::cli::Args& args) {
   using Clock = std::chrono::steady_clock;
   const dsa::cli::Flags f(args,
                           {"model", "prompt", "max-new", "max-new-tokens", "temperature", "temp", "top-p", "top-k", "seed", "mode",
-                           "attn-topk", "topk", "kv-cache", "chunk", "max-tokens", "random-prompt", "tokenizer", "indexer", "threads", "device", "prompts", "batch"},
+                           "attn-topk", "topk", "kv-cache", "chunk", "max-tokens", "random-prompt", "tokenizer", "indexer", "threads",
+                           "device", "prompts", "batch", "topk-policy", "topk-p", "topk-min", "topk-max", "topk-a", "topk-b", "topk-table"},
                           {"fp8-indexer", "no-stream"},
                           {{"-m", "model"}, {"-p", "prompt"}, {"-n", "max-new-tokens"}, {"-s", "seed"}, {"-t", "threads"}});
   if (f.has("topk"))
@@ -230,6 +234,7 @@ int run_generate(const dsa::cli::Args& args) {
     const std::string idx = f.get("indexer", c.index_head_dim == dsa::kIndexerKeyDim ? "fp8" : "fp32");
     if (idx != "fp8" && idx != "fp32") throw dsa::Error("generate: --indexer must be fp8 or fp32, not '" + idx + "'");
     so.indexer_precision = idx == "fp8" ? dsa::Precision::kFp8 : dsa::Precision::kFp32;
+    so.selection = dsa::cli::parse_selection_policy(f, "generate");
     return run_batch(m, *tok, prompts, prompt_lines, so, max_tokens_flag, max_new, chunk, sp, static_cast<uint64_t>(seed),
                      dsa::cli::parse_batch_session_device(f.get("device", "cpu"), "generate"));
   }
@@ -243,6 +248,7 @@ int run_generate(const dsa::cli::Args& args) {
   dsa::model::SessionOptions so;
   so.mode = mode;
   so.topk = attn_topk;
+  so.selection = dsa::cli::parse_selection_policy(f, "generate");
   if (f.has("kv-cache")) so.kv_format = parse_cache(f.get("kv-cache"));   // else the config's (SessionOptions)
   // The indexer runs FP8 in inference (V3.2) whenever its record fits (index_head_dim 128).
   const std::string idx = f.has("fp8-indexer") ? "fp8" : f.get("indexer", c.index_head_dim == dsa::kIndexerKeyDim ? "fp8" : "fp32");
@@ -302,6 +308,9 @@ int run_generate(const dsa::cli::Args& args) {
   std::fprintf(stderr, "cache: %lld bytes per token (%lld per layer x %d layers), %lld tokens in use: %.2f MiB (capacity %lld tokens: %.2f MiB)\n",
                per_token, per_token / c.num_hidden_layers, c.num_hidden_layers, static_cast<long long>(session.length()), per_token * static_cast<double>(session.length()) / (1 << 20),
                static_cast<long long>(session.capacity()), per_token * static_cast<double>(session.capacity()) / (1 << 20));
+  if (mode == dsa::model::AttentionMode::kSparse)
+    std::fprintf(stderr, "attended keys per query row and layer: %.2f (%s)\n", session.mean_selected_keys(),
+                 dsa::model::describe(so.selection).c_str());
   return 0;
 }
 

@@ -15,6 +15,7 @@
 #include "dsa/train.h"
 #include "model/json.h"
 #include "run_data.h"
+#include "selection_flags.h"
 
 namespace fs = std::filesystem;
 
@@ -109,6 +110,8 @@ const char* kUsage =
     "             row at init, so layer 0 can attend by position: include/dsa/model.h)\n"
     "  schedule:  --steps N --batch N --seq-len N --lr X --indexer-lr X --weight-decay X --clip X --warmup-steps N\n"
     "             --min-lr-ratio X --synthetic SHARE --seed N --init CKPT --topk K (sparse stage)\n"
+    "  per-row k: (sparse stage) --topk-policy fixed|mass|entropy|table --topk-p P --topk-min N --topk-max N\n"
+    "             --topk-a A --topk-b B --topk-table K,K,… (each row keeps its own k <= --topk; include/dsa/ops.h)\n"
     "  synthetic: --synthetic-mix P,K,C (weights of passkey, key-value recall, copy; default 1,1,1)\n"
     "             --synthetic-min-len N --synthetic-ramp STEPS (length curriculum: synthetic slots packed\n"
     "             with short tasks, the longest doubling every STEPS steps from N to --seq-len)\n"
@@ -122,7 +125,7 @@ int run_train(const dsa::cli::Args& args) {
            "kv-lora", "nope", "rope", "v-dim", "index-heads", "index-dim", "topk", "max-pos", "steps", "batch", "seq-len", "lr",
            "indexer-lr", "weight-decay", "clip", "warmup-steps", "min-lr-ratio", "synthetic", "synthetic-mix", "synthetic-min-len",
            "synthetic-ramp", "synthetic-first", "seed", "init", "checkpoint-every", "keep", "val-every", "shared-embedding",
-           "device"},
+           "device", "topk-policy", "topk-p", "topk-min", "topk-max", "topk-a", "topk-b", "topk-table"},
           {"no-progress", "no-plots"}, {{"-t", "threads"}, {"-s", "seed"}});
   dsa::train::TrainOptions o;
   o.run_dir = f.require("run");
@@ -148,6 +151,7 @@ int run_train(const dsa::cli::Args& args) {
   if (o.stage == dsa::model::Stage::kPretrain) set("topk", c.index_topk);
   o.shared_embedding = f.get_double("shared-embedding", 0.0, 0.0, 1e6);
   o.topk = f.get_i32("topk", 0, 0, 1 << 24);
+  o.selection = dsa::cli::parse_selection_policy(f, "train");
 
   // Stage defaults: pretraining a tiny model from scratch tolerates a high lr; the indexer warm-up
   // uses the paper's 1e-3; sparse training continues the model gently (dsa-spec §4).

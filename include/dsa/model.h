@@ -213,7 +213,29 @@ struct Losses {
   double lm_loss = 0;   // mean cross-entropy over scored targets (nats)
   double kl_loss = 0;   // Σ over layers of the mean over query rows of the indexer KL (0 in kPretrain)
   int64_t tokens = 0;   // scored targets
+  // kSparse passes: k_histogram[l][k] = query rows of layer l that attended k selected keys
+  // (k ≤ the pass's top-k budget); empty in other modes.
+  std::vector<std::vector<int64_t>> k_histogram;
 };
+
+// ── Per-row top-k budget (ops.h §4 TopkPolicy) ──────────────────────────────────────────────────
+// How many of its indexer's top keys each query row keeps in kSparse mode. The pass's budget k (the
+// topk argument, else index_topk) is the buffer width and the largest k a row may get; the rule's
+// k_min / k_max are clamped to it (and to the batch's longest sequence, as k itself is).
+//   default: kFixed, every row min(k, its keys) — the model's selection before policies existed;
+//   kMass / kEntropy: each row's own k from the indexer's score distribution (ops.h);
+//   layer_k (kFixed only): a calibrated table, layer l keeps min(layer_k[l], k) keys per row.
+// Training with a policy trains the indexer's selected-set KL over each row's own (ragged) set.
+struct SelectionPolicy {
+  TopkPolicy rule;
+  std::vector<int> layer_k;
+  bool is_default() const { return rule.kind == TopkPolicyKind::kFixed && rule.k_max == 0 && layer_k.empty(); }
+};
+// The op-level policy of layer l for a pass with budget K (clamps as above). Throws dsa::Error when
+// layer_k is set with a non-fixed rule, has the wrong length or a non-positive entry.
+TopkPolicy layer_topk_policy(const SelectionPolicy& s, int layer, int num_layers, int K);
+// "fixed", "mass p=0.9 k=4..64", "entropy a=1.5 b=1 k=1..K", "table 32/16" (reports, CSVs; no commas).
+std::string describe(const SelectionPolicy& s);
 
 // ── Inference session options ───────────────────────────────────────────────────────────────────
 struct SessionOptions {
@@ -226,6 +248,7 @@ struct SessionOptions {
   // scales); kFp32 keeps fp32 keys (any index_head_dim; equals the training path's selection).
   Precision indexer_precision = Precision::kFp32;
   int topk = 0;                                      // ≤ 0: config.index_topk
+  SelectionPolicy selection;                         // per-row budget within topk (kSparse)
   int max_tokens = 0;                                // cache capacity; ≤ 0: max_position_embeddings
   // Positions ≥ max_position_embeddings are refused (with max_tokens above it: at construction) unless
   // this is set: speed measurements that run past the trained context (RoPE extrapolation).
@@ -306,8 +329,14 @@ class Model {
     // The same two masses per layer (the totals above are their mean): a tiny model's layers differ
     // widely (a positional layer holds ~0.9 in top-k/8, a layer of broad context heads far less).
     std::vector<double> layer_mass, layer_oracle;
+    // With need_mass > 0, per layer and query row (rows of ≥ 2 keys): the entropy (nats) of the
+    // indexer's softmax over the row, and the smallest k whose indexer top-k holds need_mass of the
+    // head-mean dense attention (capped at the pass's k) — what a perfect per-row budget would keep:
+    // the data the entropy policy is fitted to (train::calibrate_topk_policy).
+    std::vector<std::vector<float>> row_entropy;
+    std::vector<std::vector<int32_t>> row_need;
   };
-  RecallStats indexer_recall(const Batch& batch, int topk = 0) const;
+  RecallStats indexer_recall(const Batch& batch, int topk = 0, double need_mass = 0) const;
 
   // Where forward_backward / evaluate / logits run: the CPU (the default, exec = null) or the GPU
   // executor that dsa::cuda::attach_model (dsa/model_cuda.h, the dsa_cuda library) installs — the same
@@ -317,6 +346,11 @@ class Model {
   // it is opened (the CPU, or a GPU through dsa::cuda::open_session).
   void set_exec(std::shared_ptr<Exec> exec);
   bool has_exec() const;
+
+  // The per-row top-k budget of every kSparse pass (forward_backward, evaluate, logits,
+  // indexer_recall); default: fixed k. Checked against the layer count here.
+  void set_selection_policy(const SelectionPolicy& s);
+  const SelectionPolicy& selection_policy() const;
 
   struct Impl;
  private:
@@ -360,6 +394,8 @@ class Session {
   // Cache bytes per token summed over layers: MLA record + indexer record.
   int64_t cache_bytes_per_token() const;
   const SessionOptions& options() const;
+  // Keys attended per query row and layer, averaged over every step so far (kSparse; 0 before any).
+  double mean_selected_keys() const;
 
   struct Impl;
  private:

@@ -257,12 +257,40 @@ void indexer_backward(const IndexerBackwardParams& p);
 // indices[t, 0..K) = the min(K, ke−ks) keys s in [ks[t], ke[t]) with the largest logits[t, s],
 // in descending order of score, ties → smaller s first, NaN ≡ −inf; the remaining slots −1.
 // 1 ≤ K ≤ kMaxTopK. Entries outside the range are never read.
+//
+// Per-row budget (TopkPolicy): row t keeps the first k_t of that order (a prefix, so ties and order
+// are those of the fixed rule), slots [k_t, K) are −1, and topk_length[t] = k_t when the pointer is
+// given (it then feeds AttentionParams / SparseDecodeParams::topk_length and IndexerKlParams). With
+// n_t = ke[t] − ks[t] keys in range and cap = k_max (0: K):
+//   kFixed:   k_t = min(cap, n_t). With k_max = 0 this is the rule above, bit for bit.
+//   kMass:    k_t = min(n_t, clamp(k*, k_min, cap)), k* = the smallest k whose softmax mass
+//             Σ_{j<k} π[t, sel_j] reaches p, π = softmax of logits[t, ks:ke] (NaN ≡ −inf; a row of
+//             only −inf counts as uniform, +inf keys share the whole mass). p = 1 keeps every key of
+//             the row (the exact limit; no rounding decides it), so p = 1 with cap ≥ n_t ≡ dense.
+//   kEntropy: k_t = min(n_t, clamp(ceil(a · exp(b · H_t)), k_min, cap)), H_t = −Σ π log π (nats) of the
+//             same softmax: exp(H_t) is the row's effective number of keys, a and b a fitted model of
+//             how many of them the attention needs (train::calibrate_topk_policy fits them).
+// The softmax weights are fp32 (relative error ≲ 2^-22), summed in fp64; backends may order the sums
+// differently, so k_t may differ between backends only where the criterion sits within ≈ 1e-6
+// relative of its threshold.
+enum class TopkPolicyKind { kFixed, kMass, kEntropy };
+struct TopkPolicy {
+  TopkPolicyKind kind = TopkPolicyKind::kFixed;
+  double p = 1.0;                   // kMass: target mass, in (0, 1]
+  int k_min = 1;                    // kMass / kEntropy: lower clamp, in [1, cap]
+  int k_max = 0;                    // every kind: upper clamp in [1, K]; 0 = K
+  double a = 1.0, b = 1.0;          // kEntropy: k = ceil(a · exp(b·H)); a > 0, b finite
+};
+const char* topk_policy_name(TopkPolicyKind kind);   // "fixed", "mass", "entropy"
+
 struct TopkParams {
   int T = 0, S = 0, K = 0;
   const float* logits = nullptr;    // [T, S]
   const int32_t* ks = nullptr;      // [T]
   const int32_t* ke = nullptr;      // [T]
   int32_t* indices = nullptr;       // [T, K]
+  TopkPolicy policy = {};           // default: kFixed at K, today's rule
+  int32_t* topk_length = nullptr;   // [T] out, k_t; may be null (the −1 fill says the same)
 };
 namespace cpu {
 void topk_select(const TopkParams& p);

@@ -193,6 +193,9 @@ struct TrainOptions {
   int64_t warmup_steps = 10;
   double min_lr_ratio = 0.1;
   int topk = 0;                         // sparse stage; ≤ 0: config.index_topk
+  // Sparse stage: each row's budget within topk (model.h SelectionPolicy), so the model and the
+  // indexer's ragged selected-set KL train with the policy the model will be served with.
+  model::SelectionPolicy selection;
   int64_t checkpoint_every = 50;
   int keep_checkpoints = 2;             // older ckpt-* are removed once a newer one is complete
   int val_every = 0;                    // > 0: validation LM loss every N steps (dense or DSA)
@@ -267,6 +270,11 @@ struct EvalOptions {
   int speed_threads = 1;
   uint64_t seed = 7;
   bool plots = true;
+  // Per-row k (model.h SelectionPolicy): PPL, recall, passkey and the k distribution per layer of
+  // fixed k, mass, per-layer table and entropy policies over a range of budgets, the entropy policy
+  // fitted on calibration sequences (not the evaluated ones), and prefill / decode time at
+  // speed_context (src/train/eval_dynamic_k.cpp; dynamic_k.csv, ppl_vs_avg_k.png).
+  bool dynamic_k = false;
   // As TrainOptions::attach_device: the PPL and passkey passes run there (recall, the attention map
   // and the speed test stay on the CPU).
   std::function<void(model::Model&)> attach_device;
@@ -286,7 +294,8 @@ struct EvalReport {
   struct RecallRow { int k = 0; double mass = 0, oracle = 0, overlap = 0; };   // Model::RecallStats
   // correct: trials whose whole key is the greedy continuation; digits_*: per key token (chance ≈ 0.1).
   struct PasskeyRow { std::string mode; int length = 0; double depth = 0; int correct = 0, trials = 0, digits_correct = 0, digits_total = 0; };
-  struct SpeedRow { std::string mode; int context = 0; double prefill_s = 0, prefill_tok_s = 0, decode_ms_per_token = 0; };
+  // avg_k: keys attended per query row and layer over the session's prefill and decode (kSparse).
+  struct SpeedRow { std::string mode; int context = 0; double prefill_s = 0, prefill_tok_s = 0, decode_ms_per_token = 0, avg_k = 0; };
   std::vector<PplRow> ppl;
   std::vector<RecallRow> recall;
   std::vector<PasskeyRow> passkey;
@@ -307,6 +316,26 @@ struct EvalReport {
   int copy_length = 0;
   double prefill_speedup = 0, decode_speedup = 0;                  // dense time / DSA time
   int speed_threads = 1;
+
+  // ── per-row k (EvalOptions::dynamic_k) ──
+  struct DynamicKRow {
+    std::string family;                 // fixed, mass, table, entropy
+    std::string policy;                 // model::describe of the policy
+    int budget = 0;                     // the pass's top-k buffer (the largest k a row may get)
+    double avg_k = 0;                   // keys per query row, all layers (rows with fewer keys count what they have)
+    std::vector<double> layer_avg, layer_p50, layer_p99;
+    double loss = 0, ppl = 0;
+    Interval ppl_ci;                    // 95% over the validation sequences
+    double recall = 0, ceiling = 0;     // dense attention mass on each row's own k keys; the dense top-k_t's
+    int passkey_correct = 0, passkey_trials = 0;
+    std::vector<double> seq_loss;       // per validation sequence (paired comparisons)
+  };
+  std::vector<DynamicKRow> dynamic_k;
+  // Entropy fit on the calibration sequences: log k_need = log a + b·H over every layer's rows,
+  // k_need = the smallest k of the indexer's order holding need_mass of the dense attention.
+  double need_mass = 0, fit_a = 0, fit_b = 0, fit_r2 = 0;
+  int64_t fit_rows = 0;
+  std::vector<SpeedRow> dynamic_speed;  // mode = the policy
 };
 
 // Dense attention of one layer for one sequence (head mean, [T, T], 0 above the diagonal) and the

@@ -19,4 +19,9 @@ void validate_indexer_backward_inputs(const IndexerBackwardParams& p, const char
 // 1 ≤ K ≤ kMaxTopK (topk.cpp).
 void require_topk_budget(int K, const char* op);
 
+// k_t of a kMass / kEntropy row of n ≥ 1 keys (topk_policy.cpp): the row's max, Z = Σ w and
+// E = Σ w·(s − m) in fp64, then the cut over sel[0, count), the row's selection best first (absolute
+// key ids; row points at key ks).
+int topk_policy_length(const TopkPolicy& policy, int cap, const float* row, int n, const int32_t* sel, int count, int32_t ks);
+
 }  // namespace dsa::cpu::detail

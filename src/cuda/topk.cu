@@ -24,9 +24,13 @@
 //   3. bitonic sort of the K selected 64-bit keys (descending) in shared memory; write indices.
 // Shared-memory plan: hist[4096] u32 (16 KB) + sel[next_pow2(K)] u64 (≤ 64 KB) = ≤ 80 KB
 // (opt-in limit: sm_80 163 KB, sm_89 99 KB, sm_90 227 KB).
+#include "common/topk_policy.h"
 #include "cuda/indexer_common.cuh"
 
 namespace dsa::cuda {
+namespace detail {
+void topk_apply_policy(const TopkParams& p, cudaStream_t stream);   // topk_policy.cu
+}
 namespace {
 
 constexpr int kTopkThreads = 1024;
@@ -644,6 +648,7 @@ void topk_select(const TopkParams& p, void*, size_t, cudaStream_t stream) {
   ::dsa::detail::require_non_negative(p.T, op, "T");
   ::dsa::detail::require_non_negative(p.S, op, "S");
   detail::validate_topk_budget(p.K, op);
+  ::dsa::detail::validate_topk_policy(p.policy, p.K, op);
   ::dsa::detail::require_ptr(p.logits, op, "logits");
   ::dsa::detail::require_ptr(p.indices, op, "indices");
   ::dsa::detail::require_ptr(p.ks, op, "ks");
@@ -651,13 +656,15 @@ void topk_select(const TopkParams& p, void*, size_t, cudaStream_t stream) {
   if (p.T == 0) return;
   if (p.K <= kSampledMaxK) {  // v2
     kV2Configs[0].launch(p, stream);
-    return;
+  } else {
+    const size_t smem = kHistBytes + size_t(detail::next_pow2(p.K)) * sizeof(uint64_t);
+    DSA_CUDA_CALL(op, cudaFuncSetAttribute(topk_v1_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(smem)));
+    topk_v1_kernel<<<p.T, kTopkThreads, smem, stream>>>(p);
+    DSA_CUDA_LAUNCH_CHECK(op);
   }
-  const size_t smem = kHistBytes + size_t(detail::next_pow2(p.K)) * sizeof(uint64_t);
-  DSA_CUDA_CALL(op, cudaFuncSetAttribute(topk_v1_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem)));
-  topk_v1_kernel<<<p.T, kTopkThreads, smem, stream>>>(p);
-  DSA_CUDA_LAUNCH_CHECK(op);
+  // A per-row budget (ops.h §4 TopkPolicy) cuts the K-selection afterwards (topk_policy.cu).
+  detail::topk_apply_policy(p, stream);
 }
 
 // Tuning hook for bench/gpu/indexer_bench.cu (declared there; not part of the public API): runs v2

@@ -54,6 +54,7 @@ class Exec {
   virtual IBuf upload(const std::vector<int32_t>& v) = 0;
   virtual FBuf upload(const std::vector<float>& v) = 0;
   virtual std::vector<float> download(const FBuf& b) = 0;
+  virtual std::vector<int32_t> download(const IBuf& b) = 0;
   FBuf clone(const FBuf& b) {
     FBuf c = zeros(b.size());
     copy(c.data(), b.data(), b.size());

@@ -42,6 +42,7 @@ class CpuExec final : public Exec {
     return b;
   }
   std::vector<float> download(const FBuf& b) override { return std::vector<float>(b.data(), b.data() + b.size()); }
+  std::vector<int32_t> download(const IBuf& b) override { return std::vector<int32_t>(b.data(), b.data() + b.size()); }
 
   void upload_bytes(void* dst, const void* host, int64_t n) override { std::memcpy(dst, host, static_cast<size_t>(n)); }
   void copy_bytes(void* dst, const void* src, int64_t n) override { std::memcpy(dst, src, static_cast<size_t>(n)); }

@@ -189,6 +189,12 @@ class CudaExec final : public model::Exec {
     sync();
     return v;
   }
+  std::vector<int32_t> download(const model::IBuf& b) override {
+    std::vector<int32_t> v(static_cast<size_t>(b.size()));
+    DSA_CUDA_CALL("model exec", cudaMemcpyAsync(v.data(), b.data(), sizeof(int32_t) * v.size(), cudaMemcpyDeviceToHost, stream_));
+    sync();
+    return v;
+  }
 
   void upload_bytes(void* dst, const void* host, int64_t n) override {
     if (n > 0) DSA_CUDA_CALL("model exec", cudaMemcpyAsync(dst, host, static_cast<size_t>(n), cudaMemcpyHostToDevice, stream_));

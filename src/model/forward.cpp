@@ -46,6 +46,7 @@ RopeParams rope(int64_t T, int H, int D, int offset, int R, RopeLayout layout, c
 struct LayerActs {
   FBuf x, xn, rstd_in, qa, rstd_qa, qan, q, kva, c_raw, rstd_kv, cn, qm, kvm, olat, lse, o, x1, hn, rstd_post, g, u, a;
   IBuf idx;   // [T, K] selection (sparse / window)
+  IBuf len;   // [T] per-row k of a non-default SelectionPolicy (kSparse); empty otherwise
 };
 
 struct RunOptions {
@@ -57,6 +58,7 @@ struct RunOptions {
   bool kl_backward = false;   // KL → indexer grads
   bool want_logits = false;
   bool recall = false;
+  double need_mass = 0;       // > 0: recall also records each row's entropy and needed k (RecallStats)
 };
 
 struct RunResult {
@@ -113,8 +115,10 @@ void indexer_param_backward(Exec& ex, const Model::Impl& m, int l, const LayerAc
 }
 
 // Indexer recall of one layer (host memory only: the CPU executor).
+// Under a SelectionPolicy row t keeps its own k_t: its recall is the mass on those k_t keys, the
+// ceiling and the overlap are against the dense attention's own top-k_t.
 void layer_recall(const Model::Impl& m, int l, const LayerActs& A, const FBuf& ilog, const std::vector<int32_t>& ks,
-                  const std::vector<int32_t>& ke, int Kr, Model::RecallStats& rec) {
+                  const std::vector<int32_t>& ke, int Kr, double need_mass, Model::RecallStats& rec) {
   const Dims d(m.cfg);
   const int64_t T = static_cast<int64_t>(ks.size());
   const int Ti = static_cast<int>(T);
@@ -130,20 +134,24 @@ void layer_recall(const Model::Impl& m, int l, const LayerActs& A, const FBuf& i
   }
   for (int64_t t = 0; t < T; ++t)
     for (int32_t s = ks[t]; s < ke[t]; ++s) p[t * T + s] = static_cast<float>(acc[t * T + s]);
-  std::vector<int32_t> sel(static_cast<size_t>(T * Kr)), best(static_cast<size_t>(T * Kr));
-  cpu::topk_select({Ti, Ti, Kr, ilog.data(), ks.data(), ke.data(), sel.data()});   // the indexer's top-k
+  std::vector<int32_t> sel(static_cast<size_t>(T * Kr)), best(static_cast<size_t>(T * Kr)), len(static_cast<size_t>(T));
+  TopkParams tp{Ti, Ti, Kr, ilog.data(), ks.data(), ke.data(), sel.data()};   // the indexer's top-k
+  tp.policy = layer_topk_policy(m.selection, l, m.cfg.num_hidden_layers, Kr);
+  tp.topk_length = len.data();
+  cpu::topk_select(tp);
   cpu::topk_select({Ti, Ti, Kr, p.data(), ks.data(), ke.data(), best.data()});     // the attention's own
   for (int64_t t = 0; t < T; ++t) {
     double mass = 0.0, oracle = 0.0;
     int n = 0, overlap = 0;
-    for (int j = 0; j < Kr; ++j)
+    const int kt = len[static_cast<size_t>(t)];
+    for (int j = 0; j < kt; ++j)
       if (best[t * Kr + j] >= 0) oracle += acc[t * T + best[t * Kr + j]];
-    for (int j = 0; j < Kr; ++j) {
+    for (int j = 0; j < kt; ++j) {
       const int32_t s = sel[t * Kr + j];
       if (s < 0) continue;
       ++n;
       mass += acc[t * T + s];
-      for (int i = 0; i < Kr; ++i)
+      for (int i = 0; i < kt; ++i)
         if (best[t * Kr + i] == s) { ++overlap; break; }
     }
     rec.mass_in_selected += mass;
@@ -152,6 +160,28 @@ void layer_recall(const Model::Impl& m, int l, const LayerActs& A, const FBuf& i
     rec.layer_oracle[static_cast<size_t>(l)] += oracle;
     rec.topk_overlap += n > 0 ? static_cast<double>(overlap) / n : 1.0;
     ++rec.rows;
+    const int keys = ke[t] - ks[t];
+    if (need_mass > 0 && keys >= 2) {
+      // The indexer's softmax entropy over the row (fp64), and the needed k in the indexer's order.
+      const float* row = ilog.data() + t * T;
+      double mx = -std::numeric_limits<double>::infinity(), z = 0.0, e = 0.0;
+      for (int32_t s = ks[t]; s < ke[t]; ++s) mx = std::max(mx, static_cast<double>(row[s]));
+      for (int32_t s = ks[t]; s < ke[t]; ++s) {
+        const double w = std::exp(static_cast<double>(row[s]) - mx);
+        z += w;
+        e += w * (static_cast<double>(row[s]) - mx);
+      }
+      std::vector<int32_t> order(static_cast<size_t>(Kr));
+      cpu::topk_select({1, Ti, Kr, row, &ks[t], &ke[t], order.data()});
+      double held = 0.0;
+      int need = std::min(Kr, keys);
+      for (int j = 0; j < std::min(Kr, keys); ++j) {
+        held += acc[t * T + order[static_cast<size_t>(j)]];
+        if (held >= need_mass) { need = j + 1; break; }
+      }
+      rec.row_entropy[static_cast<size_t>(l)].push_back(static_cast<float>(std::log(z) - e / z));
+      rec.row_need[static_cast<size_t>(l)].push_back(need);
+    }
   }
 }
 
@@ -223,6 +253,7 @@ RunResult run(const Model::Impl& m, Exec& ex, const Batch& batch, const RunOptio
     if (selection) {
       ap.K = K;
       ap.indices = A.idx.data();
+      if (A.len.size() > 0) ap.topk_length = A.len.data();   // a ragged selection (SelectionPolicy)
     } else {
       ap.ks = ks_b.data();
       ap.ke = ke_b.data();
@@ -231,9 +262,13 @@ RunResult run(const Model::Impl& m, Exec& ex, const Batch& batch, const RunOptio
   };
 
   RunResult res;
+  if (opt.mode == AttentionMode::kSparse)
+    res.losses.k_histogram.assign(static_cast<size_t>(c.num_hidden_layers), std::vector<int64_t>(static_cast<size_t>(K) + 1, 0));
   if (opt.recall) {
     res.recall.layer_mass.assign(static_cast<size_t>(c.num_hidden_layers), 0.0);
     res.recall.layer_oracle.assign(static_cast<size_t>(c.num_hidden_layers), 0.0);
+    res.recall.row_entropy.assign(opt.need_mass > 0 ? static_cast<size_t>(c.num_hidden_layers) : 0, {});
+    res.recall.row_need.assign(opt.need_mass > 0 ? static_cast<size_t>(c.num_hidden_layers) : 0, {});
   }
   FBuf x = ex.zeros(T * d.D);
   ex.ops().embedding_forward(tokens.data(), ex.param(m.embed), x.data(), T, d.V, d.D);
@@ -286,7 +321,21 @@ RunResult run(const Model::Impl& m, Exec& ex, const Batch& batch, const RunOptio
     if (selection) {
       A.idx = ex.upload(std::vector<int32_t>(static_cast<size_t>(T * K), kInvalidIndex));
       if (opt.mode == AttentionMode::kSparse) {
-        ex.ops().topk_select({Ti, Ti, K, ilog.data(), ks_b.data(), ke_b.data(), A.idx.data()});
+        TopkParams tp{Ti, Ti, K, ilog.data(), ks_b.data(), ke_b.data(), A.idx.data()};
+        // The default policy runs the op exactly as before policies existed (no topk_length).
+        const bool ragged = !m.selection.is_default();
+        if (ragged) {
+          A.len = ex.upload(std::vector<int32_t>(static_cast<size_t>(T), 0));
+          tp.policy = layer_topk_policy(m.selection, l, c.num_hidden_layers, K);
+          tp.topk_length = A.len.data();
+        }
+        ex.ops().topk_select(tp);
+        std::vector<int64_t>& hist = res.losses.k_histogram[static_cast<size_t>(l)];
+        if (ragged) {
+          for (const int32_t k : ex.download(A.len)) ++hist[static_cast<size_t>(k)];
+        } else {
+          for (int64_t t = 0; t < T; ++t) ++hist[static_cast<size_t>(std::min(K, ke[t] - ks[t]))];
+        }
       } else {
         ex.window_indices(ks_b.data(), ke_b.data(), T, K, A.idx.data());
       }
@@ -341,7 +390,8 @@ RunResult run(const Model::Impl& m, Exec& ex, const Batch& batch, const RunOptio
     }
 
     // ── indexer recall against the dense attention of this layer ──
-    if (opt.recall) layer_recall(m, l, A, ilog, ks, ke, std::min(opt.topk > 0 ? opt.topk : c.index_topk, max_len), res.recall);
+    if (opt.recall)
+      layer_recall(m, l, A, ilog, ks, ke, std::min(opt.topk > 0 ? opt.topk : c.index_topk, max_len), opt.need_mass, res.recall);
 
     // ── o_proj, residual, MLP ──
     A.x1 = ex.clone(A.x);
@@ -636,11 +686,12 @@ std::vector<float> Model::logits(const Batch& batch, AttentionMode mode, int top
   return run_pass(*impl_, batch, o, nullptr).logits;
 }
 
-Model::RecallStats Model::indexer_recall(const Batch& batch, int topk) const {
+Model::RecallStats Model::indexer_recall(const Batch& batch, int topk, double need_mass) const {
   RunOptions o;
   o.mode = AttentionMode::kDense;
   o.topk = topk;
   o.recall = true;
+  o.need_mass = need_mass;
   return run_pass(*impl_, batch, o, nullptr).recall;
 }
 

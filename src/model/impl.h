@@ -31,6 +31,7 @@ struct Model::Impl {
   std::shared_ptr<Exec> exec;
   // The buffers of CPU passes, reused from pass to pass (created with the Impl).
   std::shared_ptr<HostPool> host_pool;
+  SelectionPolicy selection;                       // Model::set_selection_policy
 
   explicit Impl(const Config& c);
   const float* P(int i) const { return params[i].data.data(); }

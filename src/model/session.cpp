@@ -15,6 +15,7 @@
 #include <numeric>
 
 #include "common/checked_math.h"
+#include "common/topk_policy.h"
 #include "model/exec.h"
 
 namespace dsa::model {
@@ -67,6 +68,9 @@ struct Session::Impl {
   IBuf tok_d, pos_d, ctx_d, ks_d, tab_d, sel_d;
   // Host staging of the step's index arrays: unchanged until the step's logits come back.
   std::vector<int32_t> tok_h, pos_h, ctx_h, tab_h, sel_h;
+  IBuf sel_len_d;                   // per-row k of a non-default SelectionPolicy
+  std::vector<int32_t> sel_len_h;   // … read back for mean_selected_keys
+  int64_t selected_keys = 0, selected_rows = 0;   // Session::mean_selected_keys
 
   // pooled: a BatchSession's pool (max_tokens is shared by the sequences and may exceed one sequence's
   // max_position_embeddings); else one sequence's cache (max_tokens past that limit is refused).
@@ -77,6 +81,8 @@ struct Session::Impl {
       opt.kv_format = d.kvr == kMlaLatentDim && d.dr == kMlaRopeDim ? KvCacheFormat::kBf16 : KvCacheFormat::kFp32;
     K = opt.topk > 0 ? opt.topk : c.index_topk;
     if (K > kMaxTopK) throw Error("Session: topk = " + std::to_string(K) + " exceeds kMaxTopK");
+    for (int l = 0; l < c.num_hidden_layers; ++l)   // a bad policy fails here, not at the first step
+      ::dsa::detail::validate_topk_policy(layer_topk_policy(opt.selection, l, c.num_hidden_layers, K), K, "Session: selection policy");
     const int64_t want = opt.max_tokens > 0 ? opt.max_tokens : c.max_position_embeddings;
     if (want > c.max_position_embeddings && !opt.allow_beyond_max_position && !pooled)
       throw Error("Session: max_tokens = " + std::to_string(want) + " exceeds max_position_embeddings = " +
@@ -127,6 +133,12 @@ struct Session::Impl {
   }
 
   int64_t cache_bytes_per_token() const;
+  bool ragged() const { return opt.mode == AttentionMode::kSparse && !opt.selection.is_default(); }
+  const int32_t* row_lengths() const { return ragged() ? sel_len_d.data() : nullptr; }
+  static int32_t* grow_host(std::vector<int32_t>& v, int64_t n) {
+    if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+    return v.data();
+  }
 
   int add_sequence() {
     for (size_t i = 0; i < seqs.size(); ++i)
@@ -223,7 +235,8 @@ struct Session::Impl {
     // A GPU prefill chunk (one sequence, more rows than a decode step): the fused indexer + top-k over
     // the sequence's keys made contiguous (never the n × context logits); a decode step and every CPU
     // step: logits over the cache, then top-k.
-    const bool fused = gpu && parts.size() == 1 && n > kMaxDecodeRows;
+    // (the fused op has no per-row policy: a ragged selection takes the unfused path)
+    const bool fused = gpu && parts.size() == 1 && n > kMaxDecodeRows && !ragged();
     if (fp8_indexer) {
       IndexerQuantizeParams qp;
       qp.T = static_cast<int>(n);
@@ -282,7 +295,7 @@ struct Session::Impl {
       pp.context_lens = ctx_d.data();
       pp.block_table = tab_d.data();
       ex->ops().indexer_logits_paged(pp, lg);
-      topk(lg, 0, n, longest, Kr);
+      topk(l, lg, 0, n, longest, Kr);
       return;
     }
     // fp32 keys live at their physical slots; each sequence's are gathered into logical order
@@ -315,12 +328,12 @@ struct Session::Impl {
       }
       float* lg = grow(ilog, p.n * total);
       ex->ops().indexer_logits(ip, lg);
-      topk(lg, p.row0, p.n, total, Kr);
+      topk(l, lg, p.row0, p.n, total, Kr);
     }
   }
 
-  // top-k of rows [row0, row0 + rows) from their logits [rows, S] into sel_d
-  void topk(const float* lg, int64_t row0, int64_t rows, int64_t S, int Kr) {
+  // top-k of rows [row0, row0 + rows) from their logits [rows, S] into sel_d (layer l's policy)
+  void topk(int l, const float* lg, int64_t row0, int64_t rows, int64_t S, int Kr) {
     TopkParams tp;
     tp.T = static_cast<int>(rows);
     tp.S = static_cast<int>(S);
@@ -329,6 +342,10 @@ struct Session::Impl {
     tp.ks = ks_d.data() + row0;
     tp.ke = ctx_d.data() + row0;
     tp.indices = sel_d.data() + row0 * Kr;
+    if (ragged()) {   // the default policy runs the op as before policies existed
+      tp.policy = layer_topk_policy(opt.selection, l, m.cfg.num_hidden_layers, Kr);
+      tp.topk_length = sel_len_d.data() + row0;
+    }
     ex->ops().topk_select(tp);
   }
 
@@ -354,6 +371,7 @@ struct Session::Impl {
     grow(ik, n * d.DI); grow(iw, n * d.HI); grow(olat, n * d.H * d.kvr); grow(lse, n * d.H); grow(o, n * d.H * d.dv);
     grow(attn, n * d.D); grow(hn, n * d.D); grow(g, n * d.F); grow(u, n * d.F); grow(a, n * d.F); grow(mlp, n * d.D);
     grow(tok_d, n); grow(pos_d, n); grow(ctx_d, n); grow(ks_d, n); grow(tab_d, n * num_pages); grow(sel_d, n * Kr);
+    grow(sel_len_d, n);
   }
 
   // Checks a step before anything is written: the sequences exist (once each), every token is in the
@@ -441,6 +459,10 @@ struct Session::Impl {
                   c_raw.data(), rstd2.data(), cn.data(), qm.data(), kvm.data());
       write_kv(l, parts, n);
       select(l, parts, n, next_n, Kr, longest);
+      if (opt.mode == AttentionMode::kSparse) {
+        if (ragged()) ex->download_bytes(grow_host(sel_len_h, n), sel_len_d.data(), n * static_cast<int64_t>(sizeof(int32_t)));
+        for (int64_t i = 0; i < n; ++i, ++selected_rows) selected_keys += ragged() ? sel_len_h[i] : std::min(Kr, ctx_h[i]);
+      }
       ops.paged_to_physical(static_cast<int>(n), 1, Kr, tab_d.data(), num_pages, num_pages, sel_d.data());
       if (prefill_kernels && *opt.kv_format == KvCacheFormat::kBf16) {
         // a GPU prefill chunk over the bf16 cache: the sparse prefill kernel reads the cache rows
@@ -453,6 +475,7 @@ struct Session::Impl {
         ap.kv_bf16 = reinterpret_cast<const uint16_t*>(kv[l].data());
         ap.K = Kr;
         ap.indices = sel_d.data();
+        ap.topk_length = row_lengths();   // a ragged selection stops at each row's k
         ops.sparse_attention_forward(ap, AttentionForwardOut{olat.data(), lse.data(), nullptr});
       } else if (v32_latent) {
         SparseDecodeParams sp;
@@ -473,6 +496,7 @@ struct Session::Impl {
         }
         sp.cache = kv[l].data();
         sp.indices = sel_d.data();
+        sp.topk_length = row_lengths();   // a ragged selection stops at each row's k
         sp.out = olat.data();
         sp.lse = lse.data();
         ops.sparse_attention_decode(sp);
@@ -481,6 +505,7 @@ struct Session::Impl {
                                                   reinterpret_cast<const float*>(kv[l].data()));
         ap.K = Kr;
         ap.indices = sel_d.data();
+        ap.topk_length = row_lengths();
         ops.sparse_attention_forward(ap, AttentionForwardOut{olat.data(), lse.data(), nullptr});
       }
       absorb_out(*ex, m, l, olat.data(), n, o.data());
@@ -587,6 +612,9 @@ void Session::truncate(int64_t length) {
 int64_t Session::length() const { return impl_->seqs[0].length; }
 int64_t Session::capacity() const { return impl_->capacity; }
 const SessionOptions& Session::options() const { return impl_->opt; }
+double Session::mean_selected_keys() const {
+  return impl_->selected_rows > 0 ? static_cast<double>(impl_->selected_keys) / static_cast<double>(impl_->selected_rows) : 0.0;
+}
 
 BatchSession::BatchSession(const Model& model, const SessionOptions& options) : BatchSession(model, options, nullptr) {}
 BatchSession::BatchSession(const Model& model, const SessionOptions& options, std::shared_ptr<Exec> exec)

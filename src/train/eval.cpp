@@ -13,6 +13,7 @@
 
 #include "dsa/ops.h"
 #include "dsa/train.h"
+#include "train/eval_dynamic_k.h"
 #include "train/rng.h"
 
 namespace fs = std::filesystem;
@@ -104,10 +105,14 @@ double mean_of(const std::vector<double>& x) {
 
 Interval exp_interval(const Interval& i) { return {std::exp(i.lo), std::exp(i.hi)}; }
 
+}  // namespace
+
+namespace detail {
 EvalReport::SpeedRow time_session(const model::Model& m, AttentionMode mode, int k, const std::vector<int32_t>& text, int context,
-                                  int decode_tokens, int chunk) {
+                                  int decode_tokens, int chunk, const model::SelectionPolicy& selection) {
   model::SessionOptions so;
   so.mode = mode;
+  so.selection = selection;
   so.kv_format = KvCacheFormat::kFp32;
   so.indexer_precision = Precision::kFp32;
   so.topk = k;
@@ -127,8 +132,18 @@ EvalReport::SpeedRow time_session(const model::Model& m, AttentionMode mode, int
   r.prefill_s = std::chrono::duration<double>(t1 - t0).count();
   r.prefill_tok_s = context / std::max(r.prefill_s, 1e-9);
   r.decode_ms_per_token = 1e3 * std::chrono::duration<double>(t2 - t1).count() / std::max(1, decode_tokens);
+  r.avg_k = session.mean_selected_keys();
   return r;
 }
+
+std::pair<int, int> passkey_tally(const model::Model& m, const std::vector<PasskeySample>& samples, int k) {
+  const PasskeyScore sc = passkey_score(m, samples, AttentionMode::kSparse, k);
+  return {sc.correct, static_cast<int>(samples.size())};
+}
+}  // namespace detail
+
+namespace {
+using detail::time_session;
 
 void write_text(const fs::path& p, const std::string& s) { write_file_atomic(p.string(), s); }
 
@@ -322,15 +337,16 @@ EvalReport evaluate_run(const EvalOptions& o, const Corpus& corpus, const Tokeni
   const int saved_threads = omp_get_max_threads();
   if (o.speed_threads > 0) omp_set_num_threads(o.speed_threads);
   for (AttentionMode mode : {AttentionMode::kDense, AttentionMode::kSparse})
-    r.speed.push_back(time_session(m, mode, k, loader.val_stream(), context, o.decode_tokens, o.prefill_chunk));
+    r.speed.push_back(time_session(m, mode, k, loader.val_stream(), context, o.decode_tokens, o.prefill_chunk, {}));
   omp_set_num_threads(saved_threads);
   r.speed_threads = o.speed_threads > 0 ? o.speed_threads : saved_threads;
   r.prefill_speedup = r.speed[0].prefill_s / std::max(r.speed[1].prefill_s, 1e-12);
   r.decode_speedup = r.speed[0].decode_ms_per_token / std::max(r.speed[1].decode_ms_per_token, 1e-12);
 
-  // ── files ──
+  // ── files (and the per-row k evaluation, which writes its own) ──
   const fs::path dir = o.out_dir.empty() ? fs::path(o.run_dir) / "eval" : fs::path(o.out_dir);
   fs::create_directories(dir);
+  if (o.dynamic_k) detail::evaluate_dynamic_k(m, o, corpus, tok, loader, val, lengths, context, dir, r);
   std::ostringstream ppl, rec, pk, by_depth, by_len, spd;
   ppl << "mode,k,loss,ppl,ppl_lo95,ppl_hi95\n";   // intervals for dense and DSA at the trained k
   for (const auto& p : r.ppl) {
@@ -467,6 +483,7 @@ std::string format_report(const EvalReport& r) {
   }
   std::snprintf(line, sizeof line, "  DSA speed-up over dense: prefill %.2fx, decode %.2fx\n", r.prefill_speedup, r.decode_speedup);
   s << line;
+  s << detail::format_dynamic_k(r);
   return s.str();
 }
 

@@ -59,7 +59,7 @@ std::string options_json(const TrainOptions& o, const model::Config& cfg) {
     return s.str();
   };
   j << "{\n  \"stage\": \"" << stage_name(o.stage) << "\",\n  \"init\": " << json::quote(o.init) << ",\n  \"steps\": " << o.steps
-    << ",\n  \"warmup_steps\": " << o.warmup_steps << ",\n  \"min_lr_ratio\": " << o.min_lr_ratio << ",\n  \"topk\": " << o.topk
+    << ",\n  \"warmup_steps\": " << o.warmup_steps << ",\n  \"min_lr_ratio\": " << o.min_lr_ratio << ",\n  \"topk\": " << o.topk << ",\n  \"selection\": " << json::quote(model::describe(o.selection))
     << ",\n  \"batch_size\": " << o.loader.batch_size << ",\n  \"seq_len\": " << o.loader.seq_len
     << ",\n  \"synthetic_share\": " << o.loader.synthetic_share << ",\n  \"synthetic_mix\": [" << o.loader.synthetic_mix[0] << ", "
     << o.loader.synthetic_mix[1] << ", " << o.loader.synthetic_mix[2] << "],\n  \"synthetic_min_len\": " << o.loader.synthetic_min_len
@@ -171,6 +171,8 @@ void check_train_options(const TrainOptions& o) {
   check_group_options(o.model_group, "model");
   check_group_options(o.indexer_group, "indexer");
   check_loader_options(o.loader);
+  if (!o.selection.is_default() && o.stage != model::Stage::kSparse)
+    throw Error("train: --topk-policy " + model::describe(o.selection) + " applies to the sparse stage only (the others attend densely)");
 }
 
 namespace {
@@ -247,6 +249,7 @@ TrainResult train_stage(const TrainOptions& o, const Corpus& corpus, const Token
   const bool train_model = o.stage != model::Stage::kWarmup;
   const bool train_indexer = o.stage != model::Stage::kPretrain;
   const int topk = o.stage == model::Stage::kSparse ? (o.topk > 0 ? o.topk : m.config().index_topk) : 0;
+  if (o.stage == model::Stage::kSparse) m.set_selection_policy(o.selection);   // checks it against the layers
 
   LoaderOptions lo = o.loader;
   lo.seed = mix_seed(o.seed, static_cast<uint64_t>(o.stage));

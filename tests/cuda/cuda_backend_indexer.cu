@@ -17,6 +17,7 @@
 
 #include "common/check.h"
 #include "common/op_checks.h"
+#include "common/topk_policy.h"
 #include "cpu/indexer_common.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/device_buffer.h"
@@ -215,17 +216,21 @@ void CudaBackend::topk_select(const TopkParams& p) {
   cpu::detail::require_topk_budget(p.K, op);
   ::dsa::detail::require_ptr(p.logits, op, "logits");
   ::dsa::detail::require_ptr(p.indices, op, "indices");
+  ::dsa::detail::validate_topk_policy(p.policy, p.K, op);
   ::dsa::detail::require_ranges(p.ks, p.ke, p.T, p.S, op);
   DeviceBuffer<float> logits(p.logits, sz(p.T, p.S));
   DeviceBuffer<int32_t> ks(p.ks, sz(p.T)), ke(p.ke, sz(p.T)), idx(p.indices, sz(p.T, p.K));
+  DeviceBuffer<int32_t> len(p.topk_length, p.topk_length != nullptr ? sz(p.T) : 0);
   TopkParams d = p;
   d.logits = logits.data();
   d.ks = ks.data();
   d.ke = ke.data();
   d.indices = idx.data();
+  d.topk_length = p.topk_length != nullptr ? len.data() : nullptr;
   dev().topk_select(d);
   sync_and_check(op);
   idx.download(p.indices, "indices");
+  if (p.topk_length != nullptr) len.download(p.topk_length, "topk_length");
 }
 
 void CudaBackend::indexer_topk(const IndexerParams& p, int K, int32_t* indices) {
