@@ -56,6 +56,11 @@ std::string device_description();
 Variant resolve_variant(const IndexerParams& p, Variant requested, const char* op = "indexer_logits");
 Variant resolve_variant(const AttentionParams& p, Variant requested, const char* op);
 Variant resolve_variant(const SparseDecodeParams& p, Variant requested);
+// The paged tensor-core variants of indexer_logits_paged (kWgmma, kMma) have not yet passed the GPU
+// test table: until they do, kAuto keeps the exact variant for that op and they run only when named
+// (the table's cuda_wgmma / cuda_mma classes name them). Set to true once the table and the
+// benchmark's cross-check pass on a GPU.
+inline constexpr bool kPagedTensorCoreDefault = false;
 Variant resolve_variant(const PagedIndexerParams& p, Variant requested);
 
 // ── 1. numerics and cache records (src/cuda/numerics.cu) ─────────────────────────────────────

@@ -191,8 +191,8 @@ Variant resolve_variant(const SparseDecodeParams& p, Variant requested) {
 }
 
 Variant resolve_variant(const PagedIndexerParams& p, Variant requested) {
-  // The inputs are e4m3 by contract: kAuto may take the tensor-core variant.
-  return resolve("indexer_logits_paged", requested, /*tensor_core_inputs=*/true,
+  // The inputs are e4m3 by contract: kAuto may take a tensor-core variant once they are the default.
+  return resolve("indexer_logits_paged", requested, /*tensor_core_inputs=*/kPagedTensorCoreDefault,
                  [&](Variant v) { return paged_indexer_why_not(p, v); });
 }
 

@@ -430,13 +430,15 @@ TEST(CudaIndexerPagedTensorCore, UnsupportedInputsAreNamedErrors) {
   EXPECT_TRUE(throws_naming([&] { cuda::resolve_variant(paged_probe(), cuda::Variant::kCublas); },
                             {op, "no variant", "cublas"}));
   EXPECT_EQ(cuda::resolve_variant(heads24, cuda::Variant::kAuto), kExact);
-  EXPECT_EQ(cuda::resolve_variant(heads32, cuda::Variant::kAuto), mma_here ? kMma : kExact);
+  const bool tc_default = cuda::kPagedTensorCoreDefault;   // kAuto may take a tensor-core variant
+  EXPECT_EQ(cuda::resolve_variant(heads32, cuda::Variant::kAuto), tc_default && mma_here ? kMma : kExact);
   EXPECT_EQ(cuda::resolve_variant(heads128, kExact), kExact);
   heads128.next_n = 1;   // 128 pairs: kMma takes it
-  EXPECT_EQ(cuda::resolve_variant(heads128, cuda::Variant::kAuto), mma_here ? kMma : kExact);
+  EXPECT_EQ(cuda::resolve_variant(heads128, cuda::Variant::kAuto), tc_default && mma_here ? kMma : kExact);
   if (!wgmma_here) EXPECT_TRUE(throws_naming([&] { cuda::resolve_variant(paged_probe(), kWgmma); }, {op, "wgmma", "sm_90"}));
   if (!mma_here) EXPECT_TRUE(throws_naming([&] { cuda::resolve_variant(paged_probe(), kMma); }, {op, "mma", "sm_89"}));
-  EXPECT_EQ(cuda::resolve_variant(paged_probe(), cuda::Variant::kAuto), wgmma_here ? kWgmma : mma_here ? kMma : kExact);
+  EXPECT_EQ(cuda::resolve_variant(paged_probe(), cuda::Variant::kAuto),
+            !tc_default ? kExact : wgmma_here ? kWgmma : mma_here ? kMma : kExact);
 
   // A cache that starts at byte 1 of its device copy: each tensor-core variant is refused before
   // anything is written, and kAuto runs kExact.
