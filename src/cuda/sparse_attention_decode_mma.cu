@@ -14,10 +14,10 @@
 // Shared memory (bf16 rows padded by 8 elements: 1168-byte rows → conflict-free ldmatrix):
 //   q [64][584] 74,752 B | kv [64][584] 74,752 B | P [64][72] 9,216 B | keys [64] int32 |
 //   row max [2][64] f32 | row sum [2][64] f32   = 159,744 B  (sm_80: 163 KiB, sm_90: 227 KiB;
-//   sm_89's 99 KiB is too small → v1 runs there).
+//   sm_89's 99 KiB is too small: the variant is refused there and kAuto takes kExact).
 // Loads convert the inputs on the fly: fp32 → bf16 (round to nearest even), bf16 → fp32 → bf16
 // (exact, so bf16 inputs holding the rounded values of fp32 ones give bitwise the same output); bf16
-// q / kv pointers must be 8-byte aligned (4-element loads; else v1 runs). Nothing is double-buffered.
+// q / kv pointers must be 8-byte aligned (4-element loads; else the variant is refused). Nothing is double-buffered.
 #include <cuda_bf16.h>
 
 #include "cuda/attention_common.cuh"

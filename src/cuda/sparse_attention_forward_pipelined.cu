@@ -14,7 +14,7 @@
 // through shared memory; O for heads 16g.. × value dims [256j, 256j+256) (64 MMAs, 128 accumulators).
 // Shared memory (rows padded by 8 bf16 → conflict-free ldmatrix):
 //   q [64][584] 74,752 B | kv [2][32][584] 74,752 B | P [64][40] 5,120 B | keys [2][32] |
-//   row max, row sum [2][64] f32   ≈ 155.9 KB (fits sm_80's 163 KiB and sm_90; not sm_89 → v1).
+//   row max, row sum [2][64] f32   ≈ 155.9 KB (fits sm_80's 163 KiB and sm_90; not sm_89: refused there).
 #include <cuda_bf16.h>
 
 #include "cuda/attention_common.cuh"
