@@ -68,7 +68,7 @@ size_t complete_utf8_prefix(const std::string& s) {
 
 // Batched generation: every prompt prefilled into its own sequence of one BatchSession, then one
 // decode step per new token for every sequence still generating (a sequence leaves when it reaches
-// max_new tokens or samples BOS / an id past the tokenizer).
+// max_new tokens or, for text prompts, samples BOS / an id past the tokenizer).
 int run_batch(const dsa::model::Model& m, const dsa::Tokenizer& tok, const std::vector<std::vector<int32_t>>& prompts,
               const std::vector<std::string>& lines, dsa::model::SessionOptions so, long long max_tokens_flag, int max_new,
               int chunk, const dsa::model::SamplerOptions& sp, uint64_t seed, const dsa::cli::BatchSessionOpener& open) {
@@ -115,7 +115,8 @@ int run_batch(const dsa::model::Model& m, const dsa::Tokenizer& tok, const std::
     std::vector<size_t> who;
     for (size_t b = 0; b < B; ++b) {
       if (!active[b]) continue;
-      const bool stop = next[b] >= tok.vocab_size() || next[b] == tok.bos_id();
+      // text prompts stop at BOS or an id past the tokenizer; random-prompt benchmarks run max_new steps
+      const bool stop = !lines.empty() && (next[b] >= tok.vocab_size() || next[b] == tok.bos_id());
       if (!stop) out[b].push_back(next[b]);
       if (stop || static_cast<int>(out[b].size()) >= max_new) {
         active[b] = 0;

@@ -78,6 +78,7 @@ generate)
   done
   "$DSA" generate -m m --random-prompt 20 --batch 4 -n 3 2>err.txt >/dev/null || fail "--batch: $(cat err.txt)"
   grep -q "batch of 4: prefill 80 tokens" err.txt || fail "--batch 4: $(cat err.txt)"
+  grep -q "decode 8 tokens" err.txt || fail "--batch 4 -n 3 did not run 2 decode steps of 4 rows: $(cat err.txt)"
   expect_refused '--prompts missing.txt: cannot be read' "$DSA" generate -m m --prompts missing.txt
   expect_refused '--batch B needs --random-prompt N' "$DSA" generate -m m -p Hi --batch 2
   expect_refused 'give one of -p/--prompt, --prompts FILE' "$DSA" generate -m m -p Hi --prompts prompts.txt
