@@ -1,5 +1,5 @@
 # tools/gpu/prebuilt_env.sh — sourced by the GPU training scripts (train_gpu.sh, retrieval_sweep.sh):
-# the prebuilt binaries, the shared libraries the device image lacks, the carried corpus, $OUT.
+# the prebuilt binaries, the shared libraries the device image lacks, the corpus copied alongside, $OUT.
 #   DSA_BIN  [.gpu-prof/bin]   DSA_LIB  [.gpu-prof/lib]   DSA_DATA (txt/.complete inside) [.gpu-data]
 set -uo pipefail
 OUT=${OUT:-/tmp/dsa_gpu_out}

@@ -4,9 +4,9 @@
 # compute-sanitizer memcheck on a filtered subset, and the GPU benchmarks with their torch baselines.
 # Logs go to $OUT (at most 8 files come back): env.log build.log tests.log sanitizer.log bench.log.
 #
-# Run from the repository root (the device tool does), carrying .deps (GoogleTest sources, built here
-# when the machine has no GTest package):
-#   mkdir -p .deps && cp -r /usr/src/googletest .deps/    (once, on the workstation; .deps is ignored)
+# Run from the repository root, with .deps (GoogleTest sources, built here when the machine has no
+# GTest package):
+#   mkdir -p .deps && cp -r /usr/src/googletest .deps/    (once, on the build machine; .deps is ignored)
 # Environment knobs (all optional):
 #   DSA_GTEST_FILTER      gtest filter of the table run                  (default: *)
 #   DSA_SANITIZER_FILTER  gtest filter of the memcheck run ("" skips it)  (default: indexer-side GPU exact rows)
@@ -18,9 +18,9 @@
 #   DSA_BENCH_ARGS        arguments of dsa_bench_gpu ("quick", op names)  (default: none)
 #   DSA_CUDA_ARCH         CMAKE_CUDA_ARCHITECTURES                        (default: 90a)
 #   DSA_TEST_TIMEOUT / DSA_SANITIZER_TIMEOUT / DSA_BENCH_TIMEOUT  seconds per stage (200 / 120 / 200)
-#   DSA_PREBUILT_DIR      a build folder carried from the workstation (built there with
+#   DSA_PREBUILT_DIR      a build folder made on another machine (built there with
 #                         -DCMAKE_CUDA_ARCHITECTURES=90a): skips the device build; its shared
-#                         libraries the image lacks (openblas, sentencepiece, …) are carried in .deps/lib
+#                         libraries the image lacks (openblas, sentencepiece, …) are in .deps/lib
 set -uo pipefail
 OUT=${OUT:-/tmp/dsa_out}
 mkdir -p "$OUT"

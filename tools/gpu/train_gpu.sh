@@ -3,8 +3,8 @@
 # run (docs/perf.md "Training on the GPU"): the GPU rows of the model-layer ops and the model executor,
 # `make demo`'s pipeline with --device cuda, the same pretraining steps on the host CPU (speed and the
 # loss curve side by side), and the retrieval recipe at several times the demo's budget.
-# Run from the repository root (the device tool does). Inputs (all optional):
-#   DSA_BIN      folder with the prebuilt dsa + dsa_tests (built on the workstation for sm_90a) [.gpu-prof/bin]
+# Run from the repository root. Inputs (all optional):
+#   DSA_BIN      folder with the prebuilt dsa + dsa_tests (built for sm_90a on another machine) [.gpu-prof/bin]
 #   DSA_LIB      shared libraries the image lacks (BLIS, SentencePiece)                       [.gpu-prof/lib]
 #   DSA_DATA     corpus folder with txt/.complete (scripts/fetch_corpus.sh output; the device has no network)
 #                                                                                              [.gpu-data]
