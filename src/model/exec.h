@@ -108,7 +108,8 @@ class Exec {
   // ── the ops of dsa/backend.h, on this executor's memory ──
   virtual Backend& ops() = 0;
 
- private:
+ protected:
+  // n elements of type T over the storage of a float buffer (shared ownership)
   template <class T>
   static Buf<T> view(const FBuf& f, int64_t n) {
     return Buf<T>(std::shared_ptr<T>(f.storage(), reinterpret_cast<T*>(f.data())), n);

@@ -153,7 +153,7 @@ class CudaExec final : public model::Exec {
         for (size_t i = 0; i < params_.size(); ++i)
           if (m.params[i].shape.size() == 2) {
             const int64_t n = params_[i].size();
-            matrices_[params_[i].data()] = Bf16Matrix{n, view_u16(zeros((n + 1) / 2))};
+            matrices_[params_[i].data()] = Bf16Matrix{n, view<uint16_t>(zeros((n + 1) / 2), n).storage()};
           }
       for (auto& [p, mat] : matrices_) to_bf16(p, mat.bf16.get(), mat.n);
     }
@@ -331,15 +331,12 @@ class CudaExec final : public model::Exec {
   const uint16_t* x_bf16(const float* x, int64_t ldx, int64_t N, int I) {
     const int64_t n = N * I;
     if (x_scratch_n_ < n) {
-      x_scratch_ = view_u16(zeros((n + 1) / 2));
+      x_scratch_ = view<uint16_t>(zeros((n + 1) / 2), n).storage();
       x_scratch_n_ = n;
     }
     rows_to_bf16_kernel<<<glue_blocks(n), kGlueThreads, 0, stream_>>>(x, ldx, N, I, x_scratch_.get());
     DSA_CUDA_LAUNCH_CHECK("model exec x_bf16");
     return x_scratch_.get();
-  }
-  static std::shared_ptr<uint16_t> view_u16(const model::FBuf& f) {
-    return std::shared_ptr<uint16_t>(f.storage(), reinterpret_cast<uint16_t*>(f.data()));
   }
 
   struct Bf16Matrix {
