@@ -1,5 +1,6 @@
 // model_io.cpp — safetensors parsing/writing and checkpoints: bit-exact round trip, BF16 and FP8
-// (128×128 weight_scale_inv) loading, and every malformed-file case → dsa::Error naming file/tensor.
+// (128×128 weight_scale_inv) loading, sharded checkpoints with model.safetensors.index.json, and
+// every malformed-file case → dsa::Error naming file/tensor.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -226,6 +227,78 @@ TEST(ModelIo, Fp8WeightsWithBlockScales) {
   } catch (const dsa::Error& e) {
     EXPECT_NE(std::string(e.what()).find("weight_scale_inv"), std::string::npos) << e.what();
   }
+  fs::remove_all(dir);
+}
+
+// Hugging Face's sharded layout: the tensors split over two shards named by an index.
+TEST(ModelIo, ShardedCheckpointWithIndex) {
+  const fs::path dir = temp_dir("sharded");
+  Model m(micro_config());
+  m.init_random(25);
+  m.save(dir.string());
+  const fs::path single = dir / "model.safetensors";
+  std::vector<st::RawTensor> shard[2];
+  std::string map;
+  {
+    const st::File f = st::File::open(single.string());
+    for (size_t i = 0; i < f.tensors().size(); ++i) {
+      const st::TensorInfo& t = f.tensors()[i];
+      const int s = static_cast<int>(i % 2);
+      shard[s].push_back({t.name, t.dtype, t.shape, std::vector<uint8_t>(f.data(t), f.data(t) + (t.end - t.begin))});
+      map += std::string(map.empty() ? "" : ",") + "\"" + t.name + "\": \"model-0000" + std::to_string(s + 1) +
+             "-of-00002.safetensors\"";
+    }
+  }
+  fs::remove(single);
+  const fs::path shard_path[2] = {dir / "model-00001-of-00002.safetensors", dir / "model-00002-of-00002.safetensors"};
+  for (int s = 0; s < 2; ++s) st::write_raw(shard_path[s].string(), shard[s]);
+  const fs::path index = dir / "model.safetensors.index.json";
+  auto write_index = [&](const std::string& weight_map) {
+    std::ofstream(index) << "{\"metadata\": {\"total_size\": 0}, \"weight_map\": {" << weight_map << "}}";
+  };
+  write_index(map);
+  // A stray file the index does not name is never opened (it would not even parse).
+  std::ofstream(dir / "stray.safetensors") << "not a safetensors file";
+  const Model r = Model::load(dir.string());
+  ASSERT_EQ(r.params().size(), m.params().size());
+  for (size_t p = 0; p < m.params().size(); ++p)
+    ASSERT_EQ(0, std::memcmp(r.params()[p].data.data(), m.params()[p].data.data(), m.params()[p].data.size() * 4))
+        << m.params()[p].name;
+
+  auto expect_load_error = [&](const std::vector<std::string>& needles) {
+    try {
+      Model::load(dir.string());
+      FAIL() << "loaded; expected '" << needles[0] << "'";
+    } catch (const dsa::Error& e) {
+      for (const std::string& n : needles) EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
+    }
+  };
+  const std::string first = shard[0][0].name;
+  // a shard the index names is missing
+  fs::rename(shard_path[1], dir / "moved");
+  expect_load_error({"model.safetensors.index.json", "shard 'model-00002-of-00002.safetensors'", "is missing"});
+  fs::rename(dir / "moved", shard_path[1]);
+  // a tensor mapped to a shard that does not hold it
+  write_index(map + ",\"model.extra.weight\": \"model-00001-of-00002.safetensors\"");
+  expect_load_error({"model-00001-of-00002.safetensors", "'model.extra.weight' is not in the shard"});
+  // a shard name with a path
+  write_index("\"" + first + "\": \"../model-00001-of-00002.safetensors\"");
+  expect_load_error({"must be the file name of a shard"});
+  // no weight_map
+  std::ofstream(index) << "{\"metadata\": {}}";
+  expect_load_error({"model.safetensors.index.json", "weight_map"});
+  // a tensor the index does not map is missing, even though a shard holds it
+  map.erase(0, map.find(',') + 1);
+  write_index(map);
+  expect_load_error({"'" + first + "' is missing"});
+  // without the index, a tensor in two files is ambiguous
+  fs::remove(index);
+  fs::remove(dir / "stray.safetensors");
+  st::write_raw((dir / "copy.safetensors").string(), {shard[0][0]});
+  expect_load_error({"'" + first + "' is in both", "copy.safetensors"});
+  fs::remove(dir / "copy.safetensors");
+  const Model r2 = Model::load(dir.string());   // the two shards alone, found by their extension
+  EXPECT_EQ(r2.params().size(), m.params().size());
   fs::remove_all(dir);
 }
 

@@ -292,8 +292,11 @@ class Model {
   void init_random(uint64_t seed, double shared_embedding = 0.0);
 
   // Checkpoint directory: config.json + model.safetensors (HF names). load accepts F32/BF16/F8_E4M3
-  // (+ 128×128 weight_scale_inv) and several *.safetensors shards; tensors of layers ≥
-  // num_hidden_layers (the MTP layer) are ignored. save writes F32 (bit-exact round trip) or BF16,
+  // (+ 128×128 weight_scale_inv) and Hugging Face's sharded layout (model.safetensors.index.json
+  // naming model-XXXXX-of-YYYYY.safetensors shards; without an index, every *.safetensors file of the
+  // directory, a tensor in one file only); tensors of layers ≥ num_hidden_layers (the MTP layer) are
+  // ignored. Files are memory-mapped and each tensor is converted straight into its parameter; any
+  // problem throws dsa::Error naming the file and the tensor, and no Model is returned. save writes F32 (bit-exact round trip) or BF16,
   // into a temporary directory that is fsynced and then renamed over `dir` (never a partial write).
   static Model load(const std::string& dir);
   enum class SaveDtype { kF32, kBf16 };

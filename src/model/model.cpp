@@ -16,6 +16,7 @@
 
 #include "common/file_io.h"
 #include "dsa/safetensors.h"
+#include "model/checkpoint_files.h"
 #include "model/exec.h"
 #include "model/impl.h"
 
@@ -188,17 +189,10 @@ Model Model::load(const std::string& dir) {
   const fs::path root(dir);
   if (!fs::is_directory(root)) throw Error("load: " + dir + " is not a directory");
   Model m(Config::from_json_file((root / kConfigFile).string()));
-  std::vector<st::File> files;
-  std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(root))
-    if (e.is_regular_file() && e.path().extension() == ".safetensors") names.push_back(e.path().string());
-  std::sort(names.begin(), names.end());
-  if (names.empty()) throw Error("load: no *.safetensors file in " + dir);
-  for (const std::string& n : names) files.push_back(st::File::open(n));
+  const CheckpointFiles files(dir);
   auto locate = [&](const std::string& name) -> std::pair<const st::File*, const st::TensorInfo*> {
-    for (const st::File& f : files)
-      if (const st::TensorInfo* t = f.find(name)) return {&f, t};
-    return {nullptr, nullptr};
+    const CheckpointFiles::Located l = files.locate(name);
+    return {l.file, l.info};
   };
   for (Tensor& p : m.impl_->params) {
     auto [f, t] = locate(p.name);
