@@ -6,7 +6,7 @@
 # is its own. Then the unfused indexer (logits [L, L] + top-k) at one large L for memory, and
 # cblas_sgemm of BLIS and OpenBLAS (the libraries found) as the GFLOP/s yardstick. Writes BUILD/bench/cpu_scaling.{tsv,md} and a
 # log-log plot of time vs L. The table names the CPU model and the ISA path of each op
-# (dsa_bench_cpu --isa = dsa::cpu::isa_report(); DSA_CPU_ISA=generic|avx2|avx512 forces a path).
+# (dsa_bench_cpu --isa = dsa::cpu::isa_report(); DSA_CPU_ISA=generic|avx2|avx512|neon forces a path).
 #
 # Environment:
 #   DSA_BENCH_L          sequence lengths (default "1024 2048 4096 8192 16384 32768")

@@ -29,10 +29,14 @@ class NoCudaBackend final : public Backend {
   bool host_memory() const override { return true; }
   void synchronize() override {}
   std::string skip_reason(const std::string&) const override { return kNoGpu; }
+  // Every op refuses; its parameters are named by DSA_OPS and unused here.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-parameter"
 #define DSA_TABLE_NO_OP(name, params, args) \
   void name params override { throw Error(#name ": this build has no CUDA backend"); }
   DSA_OPS(DSA_TABLE_NO_OP)
 #undef DSA_TABLE_NO_OP
+#pragma GCC diagnostic pop
 
  private:
   std::string name_;

@@ -1,12 +1,12 @@
 // cpu_isa.cpp — the CPU backend's instruction-set paths (include/dsa/cpu_isa.h) against each other.
 //
 // ctest also runs the whole op table once per path (tests/CMakeLists.txt, DSA_CPU_ISA=generic|avx2|
-// avx512); a path this CPU lacks makes that run exit with 77, which ctest reports as skipped. The
+// avx512|neon); a path this CPU lacks makes that run exit with 77, which ctest reports as skipped. The
 // tests below switch paths inside one process and compare their outputs on the same inputs:
 //   * bf16 / fp8 indexer: every product is exact in fp32, so FMA or not, every path gives the same
 //     bits (logits and top-k indices);
-//   * fp32 indexer: avx2 ≡ avx512 bitwise (same operations in the same order, FMA in both); the
-//     generic path (no FMA: each product rounded) differs by at most its rounding, bounded below.
+//   * fp32 indexer: avx2 ≡ avx512 (≡ neon on ARM64) bitwise (same operations in the same order, FMA
+//     in all); the generic path (no FMA: each product rounded) differs by at most its rounding, bounded below.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -29,8 +29,8 @@ using dsa::cpu::Isa;
 const bool kSkipUnsupported = [] {
   const char* env = std::getenv("DSA_CPU_ISA");
   if (env == nullptr) return false;
-  for (Isa i : {Isa::kGeneric, Isa::kAvx2, Isa::kAvx512})
-    if (std::strcmp(env, dsa::cpu::isa_name(i)) == 0 && static_cast<int>(i) > static_cast<int>(dsa::cpu::isa_best())) {
+  for (Isa i : dsa::cpu::kAllIsas)
+    if (std::strcmp(env, dsa::cpu::isa_name(i)) == 0 && !dsa::cpu::isa_supported(i)) {
       std::fprintf(stderr, "DSA_CPU_ISA=%s: this CPU lacks it (best path %s); skipped\n", env,
                    dsa::cpu::isa_name(dsa::cpu::isa_best()));
       std::exit(77);
@@ -40,8 +40,8 @@ const bool kSkipUnsupported = [] {
 
 std::vector<Isa> available_paths() {
   std::vector<Isa> v;
-  for (Isa i : {Isa::kGeneric, Isa::kAvx2, Isa::kAvx512})
-    if (static_cast<int>(i) <= static_cast<int>(dsa::cpu::isa_best())) v.push_back(i);
+  for (Isa i : dsa::cpu::kAllIsas)
+    if (dsa::cpu::isa_supported(i)) v.push_back(i);
   return v;
 }
 

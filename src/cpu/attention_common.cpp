@@ -58,7 +58,15 @@ void validate_backward_args(const AttentionBackwardArgs& b, const char* op) {
 
 // ── kernels of the ISA path in use (attention_kernels.h) ─────────────────────────────────────────
 namespace {
-const AttnKernels& k() { return isa() == Isa::kGeneric ? generic::kernels() : avx2::kernels(); }
+const AttnKernels& k() {
+  switch (isa()) {
+    case Isa::kGeneric: return generic::kernels();
+    case Isa::kNeon: return neon::kernels();
+    case Isa::kAvx2:
+    case Isa::kAvx512: break;
+  }
+  return avx2::kernels();
+}
 }  // namespace
 
 void dot_block(const float* const* a, int na, const float* const* b, int nb, int D, float scale, float* z, int ldz) {

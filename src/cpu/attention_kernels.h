@@ -1,8 +1,9 @@
 // attention_kernels.h — one table of the attention micro-kernels and tile steps per ISA instance
-// (attention_kernels.inc, compiled by attention_kernels_generic.cpp and attention_kernels_avx2.cpp).
+// (attention_kernels.inc, compiled by attention_kernels_{generic,avx2,neon}.cpp).
 // attention_common.cpp's functions of the same names forward to the table of the path isa() names:
 // generic → generic::kernels(), avx2 and avx512 → avx2::kernels() (16 lanes under AVX-512
-// measured no faster for the sparse forward, so AVX-512 CPUs run the 8-lane instance).
+// measured no faster for the sparse forward, so AVX-512 CPUs run the 8-lane instance), neon →
+// neon::kernels().
 #pragma once
 
 #include <vector>
@@ -30,6 +31,9 @@ namespace generic {
 const AttnKernels& kernels();
 }
 namespace avx2 {
+const AttnKernels& kernels();
+}
+namespace neon {
 const AttnKernels& kernels();
 }
 

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "common/check.h"
+#include "cpu/indexer_tiles.h"
 #include "cpu/isa_testing.h"
 
 namespace dsa::cpu {
@@ -17,6 +18,7 @@ const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::kAvx2: return "avx2";
     case Isa::kAvx512: return "avx512";
+    case Isa::kNeon: return "neon";
     case Isa::kGeneric: break;
   }
   return "generic";
@@ -31,9 +33,22 @@ Isa isa_best() {
     return avx2 ? Isa::kAvx2 : Isa::kGeneric;
   }();
   return best;
+#elif defined(__aarch64__)
+  return Isa::kNeon;   // Advanced SIMD with FMA is mandatory in ARMv8-A
 #else
   return Isa::kGeneric;
 #endif
+}
+
+bool isa_supported(Isa isa) {
+  const Isa best = isa_best();
+  switch (isa) {
+    case Isa::kGeneric: return true;
+    case Isa::kAvx2: return best == Isa::kAvx2 || best == Isa::kAvx512;
+    case Isa::kAvx512: return best == Isa::kAvx512;
+    case Isa::kNeon: return best == Isa::kNeon;
+  }
+  return false;
 }
 
 namespace {
@@ -42,13 +57,13 @@ Isa choose() {
   const Isa best = isa_best();
   const char* env = std::getenv("DSA_CPU_ISA");
   if (env == nullptr || *env == '\0') return best;
-  for (Isa i : {Isa::kGeneric, Isa::kAvx2, Isa::kAvx512}) {
+  for (Isa i : kAllIsas) {
     if (std::strcmp(env, isa_name(i)) != 0) continue;
-    if (static_cast<int>(i) > static_cast<int>(best))
+    if (!isa_supported(i))
       ::dsa::detail::fail("DSA_CPU_ISA", "\"", env, "\" is not supported by this CPU (best path: ", isa_name(best), ")");
     return i;
   }
-  ::dsa::detail::fail("DSA_CPU_ISA", "\"", env, "\" must be generic, avx2 or avx512");
+  ::dsa::detail::fail("DSA_CPU_ISA", "\"", env, "\" must be generic, avx2, avx512 or neon");
 }
 
 std::string cpu_model() {
@@ -80,7 +95,7 @@ namespace detail {
 
 Isa set_isa_for_testing(Isa next) {
   const Isa before = isa();
-  if (static_cast<int>(next) > static_cast<int>(isa_best()))
+  if (!isa_supported(next))
     ::dsa::detail::fail("set_isa_for_testing", isa_name(next), " is not supported by this CPU (best path: ",
                         isa_name(isa_best()), ")");
   g_test_isa.store(next == chosen() ? -1 : static_cast<int>(next), std::memory_order_relaxed);
@@ -103,6 +118,8 @@ std::string isa_report() {
       "compiled for the build target (-march with AVX2)";
 #elif defined(__x86_64__)
       "compiled for the build target (portable x86-64: SSE2)";
+#elif defined(__aarch64__)
+      "compiled for the build target (ARM64: NEON)";
 #else
       "compiled for the build target";
 #endif
@@ -110,10 +127,12 @@ std::string isa_report() {
   auto line = [&](const char* ops, const std::string& path) { os << "  " << ops << ": " << path << "\n"; };
   line("indexer_logits, indexer_topk (fp32, bf16, fp8)",
        !vec ? std::string("generic (heads in 4 lanes, no FMA; bf16/fp8 keys decoded per row)")
-            : std::string(isa_name(used)) + " (key tiles of " + (used == Isa::kAvx512 ? "16" : "8") +
+            : std::string(isa_name(used)) + " (key tiles of " + std::to_string(detail::tile_kernel(used).width) +
                   " keys, FMA; bf16/fp8 keys decoded once per call)");
   line("sparse/dense attention forward + backward, indexer_kl",
-       !vec ? std::string("generic (4 lanes, no FMA)") : std::string("avx2 (8 lanes, FMA)"));
+       !vec                   ? std::string("generic (4 lanes, no FMA)")
+       : used == Isa::kNeon ? std::string("neon (4 lanes, FMA)")
+                              : std::string("avx2 (8 lanes, FMA)"));
   line("indexer_backward, indexer_logits_paged, sparse_attention_decode, topk, layers, numerics, rotations", build);
   return os.str();
 }
