@@ -282,7 +282,7 @@ class Model {
   ~Model();
 
   // Matrices ~ N(0, initializer_range²) (o_proj/down_proj scaled by 1/√(2·layers)), norm weights 1,
-  // k_norm bias 0. Deterministic for a seed.
+  // k_norm bias and e_score_correction_bias 0. Deterministic for a seed.
   // shared_embedding = a > 0 then adds ONE vector c ~ N(0, (a·initializer_range)²) to every row of
   // embed_tokens (drawn after everything else, so the other tensors are the same as with a = 0).
   // Why: V3.2 has no biases, so layer 0 can attend by position alone (previous token, recent window)
