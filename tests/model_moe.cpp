@@ -296,8 +296,12 @@ TEST(ModelMoe, CheckpointRoundTripAndMissingExpert) {
   fs::remove_all(dir);
 }
 
-// The session routes each row on its own with row-invariant matmuls: chunked ≡ one-shot and decode ≡
-// prefill row hold bitwise (difference exactly 0), as for dense models (tests/model_session.cpp).
+// The session routes each row on its own with row-invariant matmuls: chunked ≡ one-shot, decode ≡
+// prefill row and a BatchSession's rows ≡ one Session per sequence hold bitwise (difference exactly 0),
+// as for dense models (tests/model_session.cpp).
+// Session vs the training-path forward: 1e-4 absolute on logits ≲ 10 (tests/model_session.cpp kRowTol).
+constexpr double kTrainPathTol = 1e-4;
+
 TEST(ModelMoe, SessionChunkedAndDecodeAreBitwise) {
   Model m(moe_config());
   init_moe_model(m, 19);
@@ -315,12 +319,34 @@ TEST(ModelMoe, SessionChunkedAndDecodeAreBitwise) {
       dsa::model::Session s(m, o);
       EXPECT_EQ(s.prefill(toks, chunk, true), all) << "chunk " << chunk;
     }
+    // the training-path forward (BLAS matmuls): fp32 reassociation only, as in tests/model_session.cpp
+    dsa::model::Batch batch;
+    batch.tokens = toks;
+    batch.targets.assign(toks.size(), -1);
+    batch.seq_lens = {n};
+    const auto train = m.logits(batch, mode);
+    double diff = 0;
+    for (size_t i = 0; i < all.size(); ++i) diff = std::max(diff, std::fabs(static_cast<double>(all[i]) - train[i]));
+    EXPECT_LT(diff, kTrainPathTol);
     dsa::model::Session s(m, o);
     s.prefill(std::vector<int32_t>(toks.begin(), toks.begin() + 8), 3);
     for (int t = 8; t < n; ++t) {
       const auto row = s.decode(toks[t]);
       EXPECT_TRUE(std::equal(row.begin(), row.end(), all.begin() + static_cast<int64_t>(t) * V)) << "row " << t;
     }
+    // a BatchSession step routes two sequences' rows together: each row equals its own Session's
+    const auto other = random_tokens(V, n, 21);
+    dsa::model::Session s2(m, o);
+    const auto all2 = s2.prefill(other, 0, true);
+    dsa::model::SessionOptions pool = o;
+    pool.max_tokens = 2 * dsa::kCachePageTokens;   // one page per sequence
+    dsa::model::BatchSession bs(m, pool);
+    const int a = bs.add(), b = bs.add();
+    bs.prefill(a, std::vector<int32_t>(toks.begin(), toks.begin() + 10));
+    bs.prefill(b, std::vector<int32_t>(other.begin(), other.begin() + 6));
+    const auto rows = bs.decode({a, b}, {toks[10], other[6]});
+    EXPECT_TRUE(std::equal(rows.begin(), rows.begin() + V, all.begin() + 10LL * V));
+    EXPECT_TRUE(std::equal(rows.begin() + V, rows.end(), all2.begin() + 6LL * V));
   }
 }
 
