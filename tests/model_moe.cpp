@@ -129,6 +129,17 @@ TEST(ModelMoe, TiesGoToTheSmallerIndex) {
   EXPECT_EQ(experts(route(one, z)), (std::vector<int32_t>{2, 3}));
 }
 
+TEST(ModelMoe, NonFiniteRouterLogitIsRefused) {
+  std::vector<float> z(8, 0.0f);
+  z[3] = std::nanf("");
+  try {
+    route(moe_config(), z);
+    FAIL() << "routed a NaN logit";
+  } catch (const dsa::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("row 0 for expert 3 is not finite"), std::string::npos) << e.what();
+  }
+}
+
 TEST(ModelMoe, SoftmaxScoring) {
   Config c = moe_config();
   c.scoring_func = "softmax";

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <functional>
 #include <numeric>
+#include <string>
 
 #include "model/moe.h"
 
@@ -58,6 +59,9 @@ MoeRouting moe_route(const Config& c, const float* logits, const float* bias, in
   for (int64_t t = 0; t < T; ++t) {
     const float* z = logits + t * E;
     float* s = r.score.data() + t * E;
+    for (int e = 0; e < E; ++e)   // a diverged model: no order to choose by
+      if (!std::isfinite(z[e]))
+        throw Error("MoE router: the logit of row " + std::to_string(t) + " for expert " + std::to_string(e) + " is not finite");
     if (sigmoid) {
       for (int e = 0; e < E; ++e) s[e] = static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(z[e]))));
     } else {
@@ -234,12 +238,14 @@ void moe_backward(Exec& ex, const Model::Impl& m, int l, const float* hn, int64_
   FBuf da = ex.zeros(P * Fm), dg = ex.zeros(P * Fm), du = ex.zeros(P * Fm), dxg = ex.zeros(P * D);
   for (int e = 0; e < E; ++e) {
     const int64_t p0 = r.offset[e], n = r.offset[e + 1] - p0;
+    if (n == 0) continue;
     ex.ops().linear_backward(A.a.data() + p0 * Fm, ex.param(L.expert_down(e)), dy.data() + p0 * D, da.data() + p0 * Fm,
                              ex.grad(L.expert_down(e)), n, Fm, D, false);
   }
   ex.ops().swiglu_backward(A.g.data(), A.u.data(), da.data(), dg.data(), du.data(), P * Fm);
   for (int e = 0; e < E; ++e) {
     const int64_t p0 = r.offset[e], n = r.offset[e + 1] - p0;
+    if (n == 0) continue;
     ex.ops().linear_backward(A.xg.data() + p0 * D, ex.param(L.expert_gate(e)), dg.data() + p0 * Fm, dxg.data() + p0 * D,
                              ex.grad(L.expert_gate(e)), n, D, Fm, false);
     ex.ops().linear_backward(A.xg.data() + p0 * D, ex.param(L.expert_up(e)), du.data() + p0 * Fm, dxg.data() + p0 * D,

@@ -28,7 +28,7 @@ struct MoeRouting {
   std::vector<int32_t> pair_row;       // [T·k] the row of each pair
   std::vector<int32_t> pair_choice;    // [T·k] its index t·k + j into expert / weight
 };
-// bias: e_score_correction_bias [E] (noaux_tc), else null.
+// bias: e_score_correction_bias [E] (noaux_tc), else null. Throws dsa::Error on a non-finite logit.
 MoeRouting moe_route(const Config& c, const float* logits, const float* bias, int64_t T);
 // d logits [T, E] from d weight [T, k] (through the scaling, the renormalisation and the scoring; the
 // choice itself is not differentiable).

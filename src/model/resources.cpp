@@ -24,6 +24,7 @@ using detail::mul_checked;
 constexpr int kTensorsPerLayer = 17;        // src/model/model.cpp Impl: the tensors of a dense layer
 constexpr int kDenseMlpTensors = 3;         // … of which gate, up, down
 constexpr int kExpertTensors = 3;           // a routed or shared expert: gate, up, down
+constexpr int kRouterTensors = 2;           // a MoE layer's router weight + e_score_correction_bias
 constexpr int64_t kTensorBookkeeping = 256; // bytes per Tensor beyond its data (struct, name, shape)
 
 std::atomic<int64_t> g_limit{0};            // set_memory_limit (0: none)
@@ -107,7 +108,7 @@ Footprint footprint(const Config& c) {
   // a MoE layer holds the router (+ bias), the routed experts and the shared experts instead of the dense MLP
   const int64_t moe_layers = c.num_moe_layers();
   const int64_t moe_tensors = add_checked(mul_checked(kExpertTensors, c.n_routed_experts, w + "expert tensors"),
-                                          kExpertTensors + 2 - kDenseMlpTensors, w + "MoE layer tensors");
+                                          kExpertTensors + kRouterTensors - kDenseMlpTensors, w + "MoE layer tensors");
   const int64_t tensors = add_checked(add_checked(mul_checked(kTensorsPerLayer, L, w + "tensors"), 3, w + "tensors"),
                                       mul_checked(moe_tensors, moe_layers, w + "MoE layers x tensors"), w + "tensors");
   const int64_t one_copy = add_checked(mul_checked(params, 4, w + "parameter bytes"),
