@@ -77,7 +77,7 @@ TEST(ModelConfig, JsonRoundTripAndValidation) {
   // YaRN softmax scale: qk_head_dim^-0.5 · mscale², mscale = 0.1·ln(4) + 1
   const double ms = 0.1 * std::log(4.0) + 1.0;
   EXPECT_NEAR(r.softmax_scale(), std::pow(10.0, -0.5) * ms * ms, 1e-6);
-  // MoE configs parse (tests/model_config_v32.cpp); Model refuses to build them.
+  // MoE configs parse (tests/model_config_v32.cpp) and build (tests/model_moe.cpp).
   try {
     Config::from_json(R"({"hidden_size": "wide"})", "cfg.json");
     FAIL();

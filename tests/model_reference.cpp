@@ -3,11 +3,14 @@
 // and on k_pe, softmax scale qk_head_dim^-½, indexer with rotate-half RoPE on the FIRST rope dims,
 // LayerNorm (with bias) on k, Hadamard on q and k, weights · HI^-½ · DI^-½, ReLU scores, top-k with
 // ties to the smaller index, then attention over the selection. A swapped RoPE layout, a wrong
-// scale, a missing Hadamard or a mis-sliced kv_b_proj changes the logits by O(1).
+// scale, a missing Hadamard or a mis-sliced kv_b_proj changes the logits by O(1). MoE layers: the
+// DeepSeek-V3 routing and experts from their definition (Ref::moe).
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <string>
 #include <numeric>
 #include <vector>
 
@@ -64,11 +67,76 @@ struct Ref {
     for (int i = 0; i < D; ++i) v[i] = out[i] / std::sqrt(static_cast<double>(D));
   }
 
+  // down(silu(gate(x)) · up(x)) of N rows, width F, tensors <p>{gate,up,down}_proj.weight
+  V swiglu(const std::string& p, const V& x, int N, int F) const {
+    const int D = c.hidden_size;
+    const V g = lin(x, P(p + "gate_proj.weight"), N, D, F), u = lin(x, P(p + "up_proj.weight"), N, D, F);
+    V act(g.size());
+    for (size_t i = 0; i < g.size(); ++i) act[i] = g[i] / (1 + std::exp(-g[i])) * u[i];
+    return lin(act, P(p + "down_proj.weight"), N, F, D);
+  }
+  // DeepSeek-V3's MoE from its definition (inference/model.py Gate + MoE): scores s = sigmoid or
+  // softmax of x·gateᵀ, choice by s + bias (noaux_tc), groups scored by the sum of their two best
+  // (noaux_tc) or their best (group_limited_greedy), topk_group groups kept, the top experts among
+  // them, weights = the chosen s (renormalised for sigmoid with norm_topk_prob) x routed_scaling_factor;
+  // plus the shared experts. Records the smallest gap at any routing cut in min_margin.
+  V moe(const std::string& p, const V& x, int T) const {
+    const int D = c.hidden_size, E = c.n_routed_experts, k = c.num_experts_per_tok, Fm = c.moe_intermediate_size;
+    const V z = lin(x, P(p + "gate.weight"), T, D, E);
+    V out = c.n_shared_experts > 0 ? swiglu(p + "shared_experts.", x, T, c.n_shared_experts * Fm) : V(x.size(), 0.0);
+    const bool groups = c.topk_method != "greedy" && c.n_group > 1;
+    const int per = E / (groups ? c.n_group : 1);
+    for (int t = 0; t < T; ++t) {
+      V s(E), ch(E);
+      double mx = -1e300, sum = 0;
+      for (int e = 0; e < E; ++e) mx = std::max(mx, z[t * E + e]);
+      for (int e = 0; e < E; ++e) sum += std::exp(z[t * E + e] - mx);
+      for (int e = 0; e < E; ++e) {
+        s[e] = c.scoring_func == "sigmoid" ? 1 / (1 + std::exp(-z[t * E + e])) : std::exp(z[t * E + e] - mx) / sum;
+        ch[e] = s[e] + (c.topk_method == "noaux_tc" ? P(p + "gate.e_score_correction_bias")[e] : 0.0);
+      }
+      std::vector<int> cand;
+      if (groups) {
+        V gs(c.n_group);
+        for (int g = 0; g < c.n_group; ++g) {
+          V m(ch.begin() + g * per, ch.begin() + (g + 1) * per);
+          std::sort(m.rbegin(), m.rend());
+          gs[g] = c.topk_method == "noaux_tc" ? m[0] + m[1] : m[0];
+        }
+        std::vector<int> order(c.n_group);
+        std::iota(order.begin(), order.end(), 0);
+        std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return gs[a] > gs[b]; });
+        if (c.topk_group < c.n_group) min_margin = std::min(min_margin, gs[order[c.topk_group - 1]] - gs[order[c.topk_group]]);
+        for (int j = 0; j < c.topk_group; ++j)
+          for (int e = order[j] * per; e < (order[j] + 1) * per; ++e) cand.push_back(e);
+        std::sort(cand.begin(), cand.end());
+      } else {
+        cand.resize(E);
+        std::iota(cand.begin(), cand.end(), 0);
+      }
+      std::stable_sort(cand.begin(), cand.end(), [&](int a, int b) { return ch[a] > ch[b]; });
+      if (static_cast<int>(cand.size()) > k) min_margin = std::min(min_margin, ch[cand[k - 1]] - ch[cand[k]]);
+      double wsum = 0;
+      for (int j = 0; j < k; ++j) wsum += s[cand[j]];
+      const V row(x.begin() + t * D, x.begin() + (t + 1) * D);
+      for (int j = 0; j < k; ++j) {
+        const int e = cand[j];
+        const double w = (c.scoring_func == "sigmoid" && c.norm_topk_prob ? s[e] / wsum : s[e]) * c.routed_scaling_factor;
+        const V y = swiglu(p + "experts." + std::to_string(e) + ".", row, 1, Fm);
+        for (int i = 0; i < D; ++i) out[t * D + i] += w * y[i];
+      }
+    }
+    return out;
+  }
+
+  mutable double min_margin = 0;   // the smallest routing gap of the last logits() call
+
   // logits [T, vocab] of one sequence; topk ≤ 0: dense
   V logits(const std::vector<int32_t>& tok, int topk) const {
     const int T = static_cast<int>(tok.size()), D = c.hidden_size, H = c.num_attention_heads;
     const int qr = c.q_lora_rank, kvr = c.kv_lora_rank, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim,
               dv = c.v_head_dim, dq = dn + dr, HI = c.index_n_heads, DI = c.index_head_dim, F = c.intermediate_size;
+    min_margin = std::numeric_limits<double>::infinity();
     const auto& E = P("model.embed_tokens.weight");
     V x(static_cast<size_t>(T) * D);
     for (int t = 0; t < T; ++t)
@@ -145,14 +213,11 @@ struct Ref {
       const V out = lin(o, P(a + "o_proj.weight"), T, H * dv, D);
       for (size_t i = 0; i < x.size(); ++i) x[i] += out[i];
       const V hn = rms(x, P(p + "post_attention_layernorm.weight"), T, D);
-      const V g = lin(hn, P(p + "mlp.gate_proj.weight"), T, D, F), u = lin(hn, P(p + "mlp.up_proj.weight"), T, D, F);
-      V act(g.size());
-      for (size_t i = 0; i < g.size(); ++i) act[i] = g[i] / (1 + std::exp(-g[i])) * u[i];
-      const V mlp = lin(act, P(p + "mlp.down_proj.weight"), T, F, D);
+      const V mlp = c.is_moe_layer(l) ? moe(p + "mlp.", hn, T) : swiglu(p + "mlp.", hn, T, F);
       for (size_t i = 0; i < x.size(); ++i) x[i] += mlp[i];
     }
     const V xf = rms(x, P("model.norm.weight"), T, D);
-    return lin(xf, P("lm_head.weight"), T, D, c.vocab_size);
+    return lin(xf, P(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"), T, D, c.vocab_size);
   }
 };
 
@@ -177,6 +242,38 @@ TEST(ModelReference, DenseAndSparseMatchFloat64Reference) {
     const auto got = m.logits(b, k > 0 ? dsa::model::AttentionMode::kSparse : dsa::model::AttentionMode::kDense, k);
     ASSERT_EQ(got.size(), want.size());
     for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(got[i], want[i], kRefTol) << "k=" << k << " at " << i;
+  }
+}
+
+// A MoE model (layer 0 dense, layers 1-2 DeepSeekMoE with V3's noaux_tc sigmoid routing, a non-zero
+// e_score_correction_bias, routed_scaling_factor 2.5, a shared expert) against the float64 reference.
+// Routing is a discrete choice: the test first checks that every routing cut of the reference has a
+// gap far above fp32 rounding (1e-4 ≫ the ~1e-6 score error), so both sides choose the same experts;
+// then the same kRefTol as above (observed ≤ 1.6e-6 on logits ≲ 3.5; smallest routing gap 1.4e-4).
+constexpr double kRoutingGap = 1e-4;
+
+TEST(ModelReference, MoeMatchesFloat64Reference) {
+  for (const char* method : {"noaux_tc", "group_limited_greedy", "greedy"}) {
+    auto cfg = dsa::test_model::moe_config();
+    cfg.initializer_range = 0.3;
+    cfg.topk_method = method;
+    if (cfg.topk_method != "noaux_tc") cfg.scoring_func = "softmax";   // V2's routings score with softmax
+    Model m(cfg);
+    dsa::test_model::init_moe_model(m, 43);
+    const int T = 12;
+    const auto tok = dsa::test_model::random_tokens(cfg.vocab_size, T, 44);
+    dsa::model::Batch b;
+    b.tokens = tok;
+    b.targets.assign(T, -1);
+    b.seq_lens = {T};
+    const Ref ref(m);
+    for (const int k : {0, 3}) {
+      const V want = ref.logits(tok, k);
+      ASSERT_GT(ref.min_margin, kRoutingGap) << method << ": a routing near-tie; pick another seed";
+      const auto got = m.logits(b, k > 0 ? dsa::model::AttentionMode::kSparse : dsa::model::AttentionMode::kDense, k);
+      ASSERT_EQ(got.size(), want.size());
+      for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(got[i], want[i], kRefTol) << method << " k=" << k << " at " << i;
+    }
   }
 }
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <random>
+#include <string>
 #include <vector>
 
 #include "dsa/model.h"
@@ -51,6 +52,35 @@ inline model::Config v32_record_config() {
   c.max_position_embeddings = 512;
   c.initializer_range = 0.05;   // logits ≲ 1: cache-precision bounds stay meaningful
   return c;
+}
+
+// micro_config with DeepSeekMoE layers: layer 0 dense, layers 1 and 2 MoE with 8 routed experts in 4
+// groups (2 kept per token), 2 experts per token, 1 shared expert, V3's noaux_tc sigmoid routing.
+inline model::Config moe_config() {
+  model::Config c = micro_config();
+  c.num_hidden_layers = 3;
+  c.first_k_dense_replace = 1;
+  c.n_routed_experts = 8;
+  c.n_shared_experts = 1;
+  c.num_experts_per_tok = 2;
+  c.moe_intermediate_size = 7;
+  c.n_group = 4;
+  c.topk_group = 2;
+  c.routed_scaling_factor = 2.5;
+  c.norm_topk_prob = true;
+  c.scoring_func = "sigmoid";
+  c.topk_method = "noaux_tc";
+  return c;
+}
+
+// init_random, then a non-zero e_score_correction_bias (init_random leaves it 0) in every MoE layer.
+inline void init_moe_model(model::Model& m, uint64_t seed, double bias_std = 0.3) {
+  m.init_random(seed);
+  std::mt19937_64 g(seed + 1);
+  std::normal_distribution<double> nd(0.0, bias_std);
+  for (auto& t : m.params())
+    if (t.name.find("e_score_correction_bias") != std::string::npos)
+      for (float& v : t.data) v = static_cast<float>(nd(g));
 }
 
 inline model::Batch random_batch(const model::Config& c, const std::vector<int>& lens, uint64_t seed) {

@@ -137,7 +137,6 @@ int run_train(const dsa::cli::Args& args) {
   auto set = [&](const char* flag, int& field) { field = f.get_i32(flag, field, 1, 1 << 24); };
   set("hidden", c.hidden_size);
   set("layers", c.num_hidden_layers);
-  c.first_k_dense_replace = c.num_hidden_layers;
   set("heads", c.num_attention_heads);
   set("intermediate", c.intermediate_size);
   set("q-lora", c.q_lora_rank);

@@ -16,7 +16,8 @@
 //   MHA mode (evaluation only, an oracle): k[h] = [c·W_UK[h]ᵀ | k_pe], v[h] = c·W_UV[h]ᵀ
 //   softmax scale = (nope + rope)^-0.5 · yarn_softmax_mscale²
 //   x   += (out [T, H·v]) · o_projᵀ
-//   x   += SwiGLU MLP(RMSNorm(x; post_attention_layernorm))
+//   x   += SwiGLU MLP(RMSNorm(x; post_attention_layernorm)), or in a MoE layer the routed + shared
+//          experts (src/model/moe.h)
 // Indexer (per layer, inputs DETACHED in training): qi = qr · wq_bᵀ [T, HI, DI]; ki = LayerNorm(h·wkᵀ;
 //   k_norm weight+bias); rotate-half RoPE on the FIRST rope dims of qi and ki; Hadamard on both;
 //   w = h · weights_projᵀ · HI^-0.5 · DI^-0.5; I = Σ_h w·ReLU(qi·ki) (op 3); top-k of min(index_topk,
@@ -59,8 +60,12 @@ struct Config {
 
   // Mixture of experts (DeepSeekMoE). Layer i is a MoE layer when n_routed_experts > 0,
   // i >= first_k_dense_replace and i % moe_layer_freq == 0; every other layer has the dense SwiGLU MLP
-  // of intermediate_size. Config parses, validates and counts MoE configs; Model (the forward and
-  // backward passes) builds dense-MLP configs only and refuses the others (check_model_supported).
+  // of intermediate_size. A MoE layer's MLP: the router (mlp.gate) picks num_experts_per_tok of the
+  // n_routed_experts SwiGLU experts per token (src/model/moe.h has the rule), their outputs are summed
+  // with the router's weights, and the shared experts (one SwiGLU of n_shared_experts ·
+  // moe_intermediate_size) are added. e_score_correction_bias (noaux_tc) steers the choice only; it is
+  // a fixed parameter here (zero gradient: DeepSeek updates it by a load-balancing rule, not by
+  // gradient), and no auxiliary balance loss is trained.
   int first_k_dense_replace = 2;     // absent from config.json: num_hidden_layers
   int n_routed_experts = 0;          // 0: no experts
   int n_shared_experts = 0;          // always-on experts of moe_intermediate_size each
@@ -104,9 +109,6 @@ struct Config {
   // > n_routed_experts, n_routed_experts not divisible by n_group or ep_size, unknown scoring_func or
   // topk_method), an unknown quantization_config, etc.
   void validate() const;
-  // Throws dsa::Error naming n_routed_experts / first_k_dense_replace when the config has MoE layers,
-  // which Model does not build (no MoE forward); Model's constructor and the trainer call it.
-  void check_model_supported() const;
 
   bool is_moe_layer(int64_t layer) const;   // layers ≥ num_hidden_layers are the MTP modules
   int num_moe_layers() const;                // among the num_hidden_layers main layers
@@ -116,7 +118,7 @@ struct Config {
   int mqa_dim() const { return static_cast<int>(static_cast<int64_t>(kv_lora_rank) + qk_rope_head_dim); }   // Dqk of the MQA-mode ops
   float softmax_scale() const;       // qk_head_dim^-0.5 · mscale² (YaRN), explicit (dsa-spec §2.4)
   // Parameter count of the main model (embeddings, num_hidden_layers layers with indexer and dense or
-  // MoE MLP, final norm, lm_head), checked int64: param_counts().main. For a dense config, what Model holds.
+  // MoE MLP, final norm, lm_head), checked int64: param_counts().main: what Model holds.
   int64_t num_params() const;
   struct ParamCounts;
   ParamCounts param_counts() const;   // the breakdown below (checked int64; throws naming the product)
@@ -280,7 +282,7 @@ class Model {
   ~Model();
 
   // Matrices ~ N(0, initializer_range²) (o_proj/down_proj scaled by 1/√(2·layers)), norm weights 1,
-  // k_norm bias 0. Deterministic for a seed.
+  // k_norm bias and e_score_correction_bias 0. Deterministic for a seed.
   // shared_embedding = a > 0 then adds ONE vector c ~ N(0, (a·initializer_range)²) to every row of
   // embed_tokens (drawn after everything else, so the other tensors are the same as with a = 0).
   // Why: V3.2 has no biases, so layer 0 can attend by position alone (previous token, recent window)

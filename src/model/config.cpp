@@ -351,19 +351,7 @@ bool Config::is_moe_layer(int64_t layer) const {
   return n_routed_experts > 0 && layer >= first_k_dense_replace && moe_layer_freq > 0 && layer % moe_layer_freq == 0;
 }
 
-
 int Config::num_moe_layers() const { return static_cast<int>(moe_layers_in(*this, 0, num_hidden_layers)); }
-
-void Config::check_model_supported() const {
-  const int moe = num_moe_layers();
-  if (moe == 0) return;
-  const int64_t first = (static_cast<int64_t>(first_k_dense_replace) + moe_layer_freq - 1) / moe_layer_freq * moe_layer_freq;
-  fail("config", "MoE layers are not supported by the model code: n_routed_experts = ", n_routed_experts,
-       " with first_k_dense_replace = ", first_k_dense_replace, " < num_hidden_layers = ", num_hidden_layers, " makes ", moe,
-       " MoE layers (the first is layer ", first,
-       "); the forward and backward passes have dense SwiGLU MLP layers only (first_k_dense_replace = num_hidden_layers or "
-       "n_routed_experts = 0). The config itself parses: `dsa inspect --config` reports its sizes");
-}
 
 float Config::softmax_scale() const {
   double mscale = 1.0;

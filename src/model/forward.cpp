@@ -9,7 +9,7 @@
 #include <limits>
 
 #include "common/blas.h"
-#include "model/exec.h"
+#include "model/moe.h"
 
 namespace dsa::model {
 namespace {
@@ -47,6 +47,7 @@ struct LayerActs {
   FBuf x, xn, rstd_in, qa, rstd_qa, qan, q, kva, c_raw, rstd_kv, cn, qm, kvm, olat, lse, o, x1, hn, rstd_post, g, u, a;
   IBuf idx;   // [T, K] selection (sparse / window)
   IBuf len;   // [T] per-row k of a non-default SelectionPolicy (kSparse); empty otherwise
+  MoeActs moe;   // a MoE layer's MLP (g, u, a stay empty)
 };
 
 struct RunOptions {
@@ -403,14 +404,18 @@ RunResult run(const Model::Impl& m, Exec& ex, const Batch& batch, const RunOptio
     A.hn = ex.zeros(T * d.D);
     A.rstd_post = ex.zeros(T);
     ex.ops().rmsnorm_forward(A.x1.data(), ex.param(L.post_norm), A.hn.data(), A.rstd_post.data(), T, d.D, eps);
-    A.g = ex.zeros(T * d.F);
-    A.u = ex.zeros(T * d.F);
-    A.a = ex.zeros(T * d.F);
-    ex.ops().linear_forward(A.hn.data(), ex.param(L.gate), A.g.data(), T, d.D, d.F);
-    ex.ops().linear_forward(A.hn.data(), ex.param(L.up), A.u.data(), T, d.D, d.F);
-    ex.ops().swiglu_forward(A.g.data(), A.u.data(), A.a.data(), T * d.F);
     FBuf mlp = ex.zeros(T * d.D);
-    ex.ops().linear_forward(A.a.data(), ex.param(L.down), mlp.data(), T, d.F, d.D);
+    if (L.moe) {
+      moe_forward(ex, m, l, A.hn.data(), T, mlp.data(), opt.lm_backward ? &A.moe : nullptr);
+    } else {
+      A.g = ex.zeros(T * d.F);
+      A.u = ex.zeros(T * d.F);
+      A.a = ex.zeros(T * d.F);
+      ex.ops().linear_forward(A.hn.data(), ex.param(L.gate), A.g.data(), T, d.D, d.F);
+      ex.ops().linear_forward(A.hn.data(), ex.param(L.up), A.u.data(), T, d.D, d.F);
+      ex.ops().swiglu_forward(A.g.data(), A.u.data(), A.a.data(), T * d.F);
+      ex.ops().linear_forward(A.a.data(), ex.param(L.down), mlp.data(), T, d.F, d.D);
+    }
     x = ex.clone(A.x1);
     ex.add(x.data(), mlp.data(), T * d.D);
   }
@@ -449,12 +454,17 @@ RunResult run(const Model::Impl& m, Exec& ex, const Batch& batch, const RunOptio
     for (int l = c.num_hidden_layers - 1; l >= 0; --l) {
       const LayerParams& L = m.layers[l];
       LayerActs& A = acts[l];
-      // inverts x_out = x1 + down(swiglu(gate(hn), up(hn))), hn = RMSNorm(x1)
-      FBuf da = ex.zeros(T * d.F), dg = ex.zeros(T * d.F), du = ex.zeros(T * d.F), dhn = ex.zeros(T * d.D);
-      ex.ops().linear_backward(A.a.data(), ex.param(L.down), dx.data(), da.data(), ex.grad(L.down), T, d.F, d.D, false);
-      ex.ops().swiglu_backward(A.g.data(), A.u.data(), da.data(), dg.data(), du.data(), T * d.F);
-      ex.ops().linear_backward(A.hn.data(), ex.param(L.gate), dg.data(), dhn.data(), ex.grad(L.gate), T, d.D, d.F, false);
-      ex.ops().linear_backward(A.hn.data(), ex.param(L.up), du.data(), dhn.data(), ex.grad(L.up), T, d.D, d.F, true);
+      // inverts x_out = x1 + mlp(hn), hn = RMSNorm(x1); mlp = down(swiglu(gate(hn), up(hn))) or the MoE
+      FBuf dhn = ex.zeros(T * d.D);
+      if (L.moe) {
+        moe_backward(ex, m, l, A.hn.data(), T, A.moe, dx.data(), dhn.data());
+      } else {
+        FBuf da = ex.zeros(T * d.F), dg = ex.zeros(T * d.F), du = ex.zeros(T * d.F);
+        ex.ops().linear_backward(A.a.data(), ex.param(L.down), dx.data(), da.data(), ex.grad(L.down), T, d.F, d.D, false);
+        ex.ops().swiglu_backward(A.g.data(), A.u.data(), da.data(), dg.data(), du.data(), T * d.F);
+        ex.ops().linear_backward(A.hn.data(), ex.param(L.gate), dg.data(), dhn.data(), ex.grad(L.gate), T, d.D, d.F, false);
+        ex.ops().linear_backward(A.hn.data(), ex.param(L.up), du.data(), dhn.data(), ex.grad(L.up), T, d.D, d.F, true);
+      }
       ex.ops().rmsnorm_backward(A.x1.data(), ex.param(L.post_norm), A.rstd_post.data(), dhn.data(), tmp.data(),
                           ex.grad(L.post_norm), T, d.D);
       ex.add(dx.data(), tmp.data(), T * d.D);   // dx is now d x1

@@ -12,11 +12,21 @@ namespace dsa::model {
 class Exec;       // model/exec.h: where a pass runs
 class HostPool;   // model/exec.h: host buffers reused across CPU passes
 
-// Indices into params()/grads() of one layer's tensors.
+// Indices into params()/grads() of one layer's tensors. A dense layer has gate/up/down; a MoE layer
+// (Config::is_moe_layer) has the router, its bias (noaux_tc), the routed experts (expert e's gate, up,
+// down at expert0 + kExpertTensors·e + 0, 1, 2) and the shared experts; the others are -1.
 struct LayerParams {
+  static constexpr int kExpertTensors = 3;   // gate_proj, up_proj, down_proj
   int input_norm, q_a, q_a_norm, q_b, kv_a, kv_a_norm, kv_b, o;
   int idx_wq, idx_wk, idx_norm_w, idx_norm_b, idx_w;
-  int post_norm, gate, up, down;
+  int post_norm;
+  int gate = -1, up = -1, down = -1;
+  bool moe = false;
+  int router = -1, router_bias = -1, expert0 = -1;
+  int shared_gate = -1, shared_up = -1, shared_down = -1;
+  int expert_gate(int e) const { return expert0 + kExpertTensors * e; }
+  int expert_up(int e) const { return expert0 + kExpertTensors * e + 1; }
+  int expert_down(int e) const { return expert0 + kExpertTensors * e + 2; }
 };
 
 struct Model::Impl {

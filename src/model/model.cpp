@@ -40,7 +40,6 @@ int64_t Tensor::numel() const {
 
 Model::Impl::Impl(const Config& c) : cfg(c), host_pool(std::make_shared<HostPool>()) {
   cfg.validate();
-  cfg.check_model_supported();          // MoE layers: refused before the footprint and any allocation
   const Footprint fp = footprint(cfg);   // refused here, before the first allocation, when it cannot fit
   check_memory(fp.param_bytes, "model: parameters and gradients (" + fp.param_breakdown + ")");
   const Dims d(cfg);
@@ -69,9 +68,30 @@ Model::Impl::Impl(const Config& c) : cfg(c), host_pool(std::make_shared<HostPool
     lp.idx_norm_b = add(a + "indexer.k_norm.bias", {d.DI});
     lp.idx_w = add(a + "indexer.weights_proj.weight", {d.HI, d.D});
     lp.post_norm = add(p + "post_attention_layernorm.weight", {d.D});
-    lp.gate = add(p + "mlp.gate_proj.weight", {d.F, d.D});
-    lp.up = add(p + "mlp.up_proj.weight", {d.F, d.D});
-    lp.down = add(p + "mlp.down_proj.weight", {d.D, d.F});
+    if (cfg.is_moe_layer(l)) {
+      // DeepSeekMoE: router (+ its bias with noaux_tc), routed experts, shared experts (HF names)
+      const int64_t E = cfg.n_routed_experts, Fm = cfg.moe_intermediate_size;
+      const int64_t Fs = static_cast<int64_t>(cfg.n_shared_experts) * Fm;
+      lp.moe = true;
+      lp.router = add(p + "mlp.gate.weight", {E, d.D});
+      if (cfg.topk_method == "noaux_tc") lp.router_bias = add(p + "mlp.gate.e_score_correction_bias", {E});
+      for (int e = 0; e < cfg.n_routed_experts; ++e) {
+        const std::string x = p + "mlp.experts." + std::to_string(e) + ".";
+        const int g = add(x + "gate_proj.weight", {Fm, d.D});
+        if (e == 0) lp.expert0 = g;
+        add(x + "up_proj.weight", {Fm, d.D});
+        add(x + "down_proj.weight", {d.D, Fm});
+      }
+      if (Fs > 0) {
+        lp.shared_gate = add(p + "mlp.shared_experts.gate_proj.weight", {Fs, d.D});
+        lp.shared_up = add(p + "mlp.shared_experts.up_proj.weight", {Fs, d.D});
+        lp.shared_down = add(p + "mlp.shared_experts.down_proj.weight", {d.D, Fs});
+      }
+    } else {
+      lp.gate = add(p + "mlp.gate_proj.weight", {d.F, d.D});
+      lp.up = add(p + "mlp.up_proj.weight", {d.F, d.D});
+      lp.down = add(p + "mlp.down_proj.weight", {d.D, d.F});
+    }
     layers.push_back(lp);
   }
   final_norm = add("model.norm.weight", {d.D});
@@ -123,7 +143,8 @@ void Model::init_random(uint64_t seed, double shared_embedding) {
   for (Tensor& t : impl_->params) {
     const bool is_norm = t.shape.size() == 1;
     if (is_norm) {
-      const bool is_bias = t.name.size() >= 5 && t.name.compare(t.name.size() - 5, 5, ".bias") == 0;
+      // biases (k_norm.bias, the router's e_score_correction_bias) start at 0, norm weights at 1
+      const bool is_bias = t.name.size() >= 4 && t.name.compare(t.name.size() - 4, 4, "bias") == 0;
       std::fill(t.data.begin(), t.data.end(), is_bias ? 0.0f : 1.0f);
       continue;
     }

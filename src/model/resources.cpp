@@ -21,7 +21,10 @@ namespace {
 using detail::add_checked;
 using detail::mul_checked;
 
-constexpr int kTensorsPerLayer = 17;        // src/model/model.cpp Impl: the tensors of one layer
+constexpr int kTensorsPerLayer = 17;        // src/model/model.cpp Impl: the tensors of a dense layer
+constexpr int kDenseMlpTensors = 3;         // … of which gate, up, down
+constexpr int kExpertTensors = 3;           // a routed or shared expert: gate, up, down
+constexpr int kRouterTensors = 2;           // a MoE layer's router weight + e_score_correction_bias
 constexpr int64_t kTensorBookkeeping = 256; // bytes per Tensor beyond its data (struct, name, shape)
 
 std::atomic<int64_t> g_limit{0};            // set_memory_limit (0: none)
@@ -102,7 +105,12 @@ Footprint footprint(const Config& c) {
   const int64_t dv = c.v_head_dim, F = c.intermediate_size, HI = c.index_n_heads, DI = c.index_head_dim;
   const std::string w = "config: memory footprint: ";
   const int64_t params = c.num_params();
-  const int64_t tensors = add_checked(mul_checked(kTensorsPerLayer, L, w + "tensors"), 3, w + "tensors");
+  // a MoE layer holds the router (+ bias), the routed experts and the shared experts instead of the dense MLP
+  const int64_t moe_layers = c.num_moe_layers();
+  const int64_t moe_tensors = add_checked(mul_checked(kExpertTensors, c.n_routed_experts, w + "expert tensors"),
+                                          kExpertTensors + kRouterTensors - kDenseMlpTensors, w + "MoE layer tensors");
+  const int64_t tensors = add_checked(add_checked(mul_checked(kTensorsPerLayer, L, w + "tensors"), 3, w + "tensors"),
+                                      mul_checked(moe_tensors, moe_layers, w + "MoE layers x tensors"), w + "tensors");
   const int64_t one_copy = add_checked(mul_checked(params, 4, w + "parameter bytes"),
                                        mul_checked(tensors, kTensorBookkeeping, w + "tensor bookkeeping"), w + "parameter bytes");
   f.param_bytes = mul_checked(one_copy, 2, w + "parameters + gradients");
@@ -114,7 +122,16 @@ Footprint footprint(const Config& c) {
   for (const int64_t v : {3 * D, 2 * qr, 2 * kvr, H * dq, H * Dm, H * kvr, H * dv, H, 2 * Dm, 3 * F, HI * DI, 2 * DI, HI,
                           static_cast<int64_t>(c.index_topk), static_cast<int64_t>(8)})
     per_layer = add_checked(per_layer, v, w + "activations per layer");
-  const int64_t layers = mul_checked(per_layer, L, w + "num_hidden_layers x activations per layer");
+  int64_t layers = mul_checked(per_layer, L, w + "num_hidden_layers x activations per layer");
+  if (moe_layers > 0) {
+    // a MoE layer keeps, instead of the dense 3 x F: the router scores, the shared experts' 3 x Fs and
+    // per routed pair the gathered row, its SwiGLU (3 x Fm) and its output
+    const int64_t Fm = c.moe_intermediate_size, k = c.num_experts_per_tok;
+    const int64_t moe = add_checked(add_checked(c.n_routed_experts, mul_checked(3LL * Fm, c.n_shared_experts, w + "shared experts"),
+                                                w + "MoE activations"),
+                                    mul_checked(k, add_checked(2 * D, 3 * Fm, w + "MoE pair"), w + "MoE pairs"), w + "MoE activations");
+    layers = add_checked(layers, mul_checked(moe - 3 * F, moe_layers, w + "MoE layers x activations"), w + "activations");
+  }
   const int64_t head = add_checked(mul_checked(V, 2, w + "logits"), 2 * D, w + "logits");
   f.activation_bytes_per_token = mul_checked(add_checked(layers, head, w + "activations"), 4, w + "activation bytes");
   const int64_t layer_bytes = mul_checked((params - (c.tie_word_embeddings ? 1 : 2) * V * D - D) / L, 8, w + "layer bytes");

@@ -16,7 +16,7 @@
 
 #include "common/checked_math.h"
 #include "common/topk_policy.h"
-#include "model/exec.h"
+#include "model/moe.h"
 
 namespace dsa::model {
 namespace {
@@ -353,7 +353,7 @@ struct Session::Impl {
   void size_step(int64_t n, int64_t longest, int Kr, int64_t cached) {
     const int64_t row_floats = 6LL * d.D + 2LL * d.qr + static_cast<int64_t>(d.H) * (d.dq + 2LL * d.Dm + d.kvr + d.dv + 1) +
                                3LL * d.Dm + 2LL * d.kvr + static_cast<int64_t>(d.HI) * (d.DI + 1) + 2LL * d.DI + d.HI +
-                               3LL * d.F + 2LL * Kr + num_pages + 2LL * d.V + 8;
+                               3LL * d.F + moe_row_floats(m.cfg) + 2LL * Kr + num_pages + 2LL * d.V + 8;
     // + the logits of n rows over `longest` keys and one sequence's keys in logical order
     const int64_t per_row = detail::add_checked(row_floats, longest, "Session: step scratch");
     const int64_t need = detail::add_checked(detail::mul_checked(n, per_row * 4, "Session: step scratch bytes"),
@@ -512,10 +512,14 @@ struct Session::Impl {
       ex->mm_xwt(n, d.H * d.dv, d.D, o.data(), d.H * d.dv, ex->param(L.o), d.H * d.dv, attn.data(), d.D);
       ex->add(x.data(), attn.data(), n * d.D);
       ops.rmsnorm_forward(x.data(), ex->param(L.post_norm), hn.data(), rstd.data(), n, d.D, eps);
-      ex->mm_xwt(n, d.D, d.F, hn.data(), d.D, ex->param(L.gate), d.D, g.data(), d.F);
-      ex->mm_xwt(n, d.D, d.F, hn.data(), d.D, ex->param(L.up), d.D, u.data(), d.F);
-      ops.swiglu_forward(g.data(), u.data(), a.data(), n * d.F);
-      ex->mm_xwt(n, d.F, d.D, a.data(), d.F, ex->param(L.down), d.F, mlp.data(), d.D);
+      if (L.moe) {
+        moe_forward(*ex, m, l, hn.data(), n, mlp.data(), nullptr);   // routing per row: row-invariant
+      } else {
+        ex->mm_xwt(n, d.D, d.F, hn.data(), d.D, ex->param(L.gate), d.D, g.data(), d.F);
+        ex->mm_xwt(n, d.D, d.F, hn.data(), d.D, ex->param(L.up), d.D, u.data(), d.F);
+        ops.swiglu_forward(g.data(), u.data(), a.data(), n * d.F);
+        ex->mm_xwt(n, d.F, d.D, a.data(), d.F, ex->param(L.down), d.F, mlp.data(), d.D);
+      }
       ex->add(x.data(), mlp.data(), n * d.D);
     }
     // the rows whose logits are returned: all, or each part's last

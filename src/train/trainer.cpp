@@ -198,7 +198,6 @@ void check_stage_start(const TrainOptions& o, int vocab_size) {
   if (from.empty()) cfg.vocab_size = vocab_size;
   else cfg = model::Config::from_json_file((fs::path(from) / "config.json").string());
   cfg.validate();
-  cfg.check_model_supported();
   if (cfg.vocab_size != vocab_size)
     throw Error("train: the model's vocab_size " + std::to_string(cfg.vocab_size) + " differs from the tokenizer's " +
                 std::to_string(vocab_size));
