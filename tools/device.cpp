@@ -18,7 +18,7 @@ int parse_ordinal(const std::string& spec, const std::string& command) {
   if (spec.rfind("cuda", 0) == 0) {
     const std::string rest = spec.substr(4);
     bool ok = rest.empty();
-    int ordinal = 0;
+    [[maybe_unused]] int ordinal = 0;   // used by CUDA builds
     if (!ok && rest[0] == ':' && rest.size() > 1) {
       char* stop = nullptr;
       const long v = std::strtol(rest.c_str() + 1, &stop, 10);
@@ -52,7 +52,7 @@ std::function<void(model::Model&)> parse_device(const std::string& spec, const s
 }
 
 SessionOpener parse_session_device(const std::string& spec, const std::string& command) {
-  const int ordinal = parse_ordinal(spec, command);
+  [[maybe_unused]] const int ordinal = parse_ordinal(spec, command);
 #ifdef DSA_HAVE_CUDA
   if (ordinal >= 0)
     return [ordinal](const model::Model& m, const model::SessionOptions& o) { return cuda::open_session(m, o, ordinal); };
@@ -61,7 +61,7 @@ SessionOpener parse_session_device(const std::string& spec, const std::string& c
 }
 
 BatchSessionOpener parse_batch_session_device(const std::string& spec, const std::string& command) {
-  const int ordinal = parse_ordinal(spec, command);
+  [[maybe_unused]] const int ordinal = parse_ordinal(spec, command);
 #ifdef DSA_HAVE_CUDA
   if (ordinal >= 0)
     return [ordinal](const model::Model& m, const model::SessionOptions& o) { return cuda::open_batch_session(m, o, ordinal); };
