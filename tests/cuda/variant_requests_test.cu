@@ -465,7 +465,7 @@ TEST(VariantRequests, PagedIndexerInvalidPageIds) {
   std::vector<uint8_t> q(size_t(rows) * kIdxHeads * kIndexerKeyDim);
   for (auto& v : q) v = kExactDotCodes[rng.integer(0, 6)];
   const std::vector<float> w = rng.normal_vec(size_t(rows) * kIdxHeads);
-  std::vector<int32_t> ctx(size_t(rows));
+  std::vector<int32_t> ctx(static_cast<size_t>(rows));
   for (int r = 0; r < rows; ++r) ctx[size_t(r)] = lens[size_t(r / next_n)] - next_n + r % next_n + 1;
   const std::pair<int, int> bad_pages[] = {{0, 3}, {1, 0}, {2, 1}};   // (request, logical page)
   std::vector<int32_t> bad_table = table;
