@@ -17,7 +17,7 @@ namespace dsa::test {
 // The arithmetic a backend runs an op with, which sets a row's tolerance.
 enum class Arith {
   kExact,     // fp32 inputs, fp32/fp64 arithmetic (the CPU, the GPU's kExact variants)
-  kTensor,    // tensor cores: bf16 q/kv/P for attention, e4m3 products with narrower accumulation for the indexer
+  kTensor,    // tensor cores: bf16 q/kv/P (and dS) for attention, e4m3 products with narrower accumulation for the indexer
 };
 
 class Backend : public dsa::Backend {
@@ -32,13 +32,17 @@ class Backend : public dsa::Backend {
     (void)op;
     return Arith::kExact;
   }
+  // Whether the backend runs a row's device-scale cases: shapes that exist to cross a GPU kernel's
+  // chunk or grid limits, whose float64 reference and CPU run would take minutes (the GPU classes).
+  virtual bool device_scale() const { return false; }
 };
 
 // The skip reason of a GPU backend on a machine without a GPU (or a build without CUDA).
 inline constexpr const char* kNoGpu = "no GPU on this machine";
 
 // Every backend of the table: "cpu", then the GPU variant classes "cuda_exact", "cuda_mma",
-// "cuda_wgmma" (tests/cuda/cuda_backend.cu; registered in every build, skipped where they cannot run).
+// "cuda_wgmma", "cuda_cublas" (tests/cuda/cuda_backend.cu; registered in every build, skipped where
+// they cannot run).
 const std::vector<std::shared_ptr<Backend>>& backends();
 
 // The GPU backends (tests/cuda/ in CUDA builds; placeholders that skip otherwise).

@@ -47,7 +47,8 @@ class NoCudaBackend final : public Backend {
 
 #ifndef DSA_HAVE_CUDA
 void append_gpu_backends(std::vector<std::shared_ptr<Backend>>& out) {
-  for (const char* name : {"cuda_exact", "cuda_mma", "cuda_wgmma"}) out.push_back(std::make_shared<NoCudaBackend>(name));
+  for (const char* name : {"cuda_exact", "cuda_mma", "cuda_wgmma", "cuda_cublas"})
+    out.push_back(std::make_shared<NoCudaBackend>(name));
 }
 #endif
 

@@ -1,17 +1,19 @@
-// op_indexer.cpp — rows indexer_logits, topk_select, indexer_topk, indexer_backward (ops 3, 4, 5, 10
-// of dsa/ops.h), every op run through the Backend under test, against float64 references:
+// op_indexer.cpp — rows indexer_logits, topk_select, indexer_topk (ops 3, 4, 5 of dsa/ops.h), every op
+// run through the Backend under test, against float64 references:
 //   * logits: fp64 sums of the very operands the op sees (tight, a rigorous fp32 error bound), plus
 //     for bf16/fp8 a second reference on the exact fp32 inputs with a bound derived from the
 //     rounding of the inputs (DeepGEMM's two-reference scheme);
 //   * top-k: a stable fp64 sort by (score desc, index asc), NaN ≡ −inf — exact index equality;
-//   * fused indexer_topk ≡ topk_select(indexer_logits) bitwise;
-//   * backward: an fp64 backward, itself checked against central differences of the fp64 forward.
+//   * fused indexer_topk ≡ topk_select(indexer_logits) bitwise (one shot, and in chunks on the GPU).
+// A tensor-core class (Arith::kTensor) is held to the same bounds plus the fp8 accumulation term
+// kFp8AccumRel on quantised inputs; on exact-dot inputs (kExactDotCodes) to the fp32 bound alone.
 #include <algorithm>
 #include <array>
 #include <cstring>
 #include <numeric>
 #include <set>
 
+#include "indexer_cases.h"
 #include "table.h"
 
 namespace dsa::test {
@@ -48,18 +50,6 @@ double expected_scale(double amax, ScaleFormat f) {
 }
 
 // ── cases ─────────────────────────────────────────────────────────────────────────────────────
-struct IndexerCase {
-  std::string name;
-  int T = 0, S = 0, HI = 0, DI = 0;
-  std::vector<int32_t> ks, ke;
-};
-
-IndexerCase packed(const std::string& name, std::vector<int> lens, int HI, int DI) {
-  IndexerCase c{name, 0, 0, HI, DI, {}, {}};
-  packed_causal_ranges(lens, c.ks, c.ke);
-  c.T = c.S = static_cast<int>(c.ks.size());
-  return c;
-}
 
 // Shapes: T = S = 1, sizes ±1 around 64 and 128, packed multi-sequence causal ranges, empty rows
 // (at 0, inside, at S), a decode-like rectangle, DI not a multiple of the vector width.
@@ -94,14 +84,37 @@ std::vector<IndexerCase> indexer_cases() {
   return v;
 }
 
-// fp32 inputs of a case: q, k, w ~ N(0, 1) (w of both signs: negative logits and exact-zero ties).
-struct Fp32Inputs {
-  std::vector<float> q, k, w;
-};
-Fp32Inputs make_inputs(const IndexerCase& c, uint64_t seed) {
-  Rng rng(seed);
-  return {rng.normal_vec(size_t(c.T) * c.HI * c.DI), rng.normal_vec(size_t(c.S) * c.DI), rng.normal_vec(size_t(c.T) * c.HI)};
+// The V3.2 indexer shape (HI = 64, DI = 128: the heads the kWgmma variant takes, four 16-head groups
+// of kMma) on e4m3 inputs, at the edges of the tensor-core kernels' tiles: T = 1 (idle query slots in
+// a block), S = 1, S = 1000 (not a multiple of the 64-key tile) with full / empty / last-key /
+// tile-aligned / almost-full ranges, causal rows, packed sequences whose 79 key tiles are split over
+// blocks (T = 7, S = 5000), several query blocks (T = 66) with random, empty and full ranges.
+inline constexpr int kV32IndexerHeads = 64;
+inline constexpr int kV32TopK = 2048;   // V3.2's index_topk
+std::vector<IndexerCase> v32_indexer_cases() {
+  constexpr int HI = kV32IndexerHeads, DI = kIndexerKeyDim;
+  std::vector<IndexerCase> v;
+  v.push_back({"V32_T1_S1", 1, 1, HI, DI, {0}, {1}});
+  v.push_back({"V32_T1_S200", 1, 200, HI, DI, {0}, {200}});
+  v.push_back({"V32_S1000_ranges", 5, 1000, HI, DI, {0, 10, 999, 64, 1}, {1000, 10, 1000, 640, 999}});
+  IndexerCase causal{"V32_causal_T9_S777", 9, 777, HI, DI, {}, {}};
+  for (int t = 0; t < causal.T; ++t) causal.ks.push_back(0), causal.ke.push_back(causal.S - causal.T + t + 1);
+  v.push_back(causal);
+  v.push_back({"V32_packed_T7_S5000", 7, 5000, HI, DI, {0, 0, 0, 2000, 2000, 2000, 2000},
+               {1000, 1250, 1500, 2700, 3400, 4100, 5000}});
+  IndexerCase many{"V32_T66_S300", 66, 300, HI, DI, {}, {}};
+  Rng rng(77);
+  for (int t = 0; t < many.T; ++t) {
+    int a = rng.integer(0, many.S), e = rng.integer(0, many.S);
+    if (t % 11 == 3) e = a;                   // empty
+    if (t % 13 == 5) a = 0, e = many.S;       // the whole row
+    many.ks.push_back(std::min(a, e));
+    many.ke.push_back(std::max(a, e));
+  }
+  v.push_back(many);
+  return v;
 }
+
 
 // The operands of one precision mode: the buffers handed to the op, and their exact values.
 struct ModeInputs {
@@ -165,6 +178,26 @@ ModeInputs make_fp8(Backend& b, const IndexerCase& c, const Fp32Inputs& in, Scal
     check_block(x, k8.data() + size_t(s) * c.DI, ksc[s], "k token " + std::to_string(s));
   }
   m.q8 = q8.vec(), m.k8 = k8.vec(), m.k_scale = ksc.vec(), m.w_folded = wf.vec();
+  for (uint8_t v : m.q8) m.qv.push_back(fp8_value(v));
+  for (uint8_t v : m.k8) m.kv.push_back(fp8_value(v));
+  m.wv.assign(m.w_folded.begin(), m.w_folded.end());
+  m.sv.assign(m.k_scale.begin(), m.k_scale.end());
+  return m;
+}
+
+// Exact-dot e4m3 operands (kExactDotCodes, test_util.h): q and k codes drawn from {0, ±1/2, ±1, ±2},
+// k_scale in [1/4, 2], w the case's fp32 w (as w_folded).
+ModeInputs make_exact_dots(const IndexerCase& c, const Fp32Inputs& in, uint64_t seed) {
+  Rng rng(seed);
+  ModeInputs m;
+  m.precision = Precision::kFp8;
+  auto code = [&] { return kExactDotCodes[rng.integer(0, static_cast<int>(std::size(kExactDotCodes)) - 1)]; };
+  m.q8.resize(in.q.size());
+  m.k8.resize(in.k.size());
+  for (auto& v : m.q8) v = code();
+  for (auto& v : m.k8) v = code();
+  m.k_scale = rng.uniform_vec(size_t(c.S), 0.25f, 2.0f);
+  m.w_folded = in.w;
   for (uint8_t v : m.q8) m.qv.push_back(fp8_value(v));
   for (uint8_t v : m.k8) m.kv.push_back(fp8_value(v));
   m.wv.assign(m.w_folded.begin(), m.w_folded.end());
@@ -276,7 +309,8 @@ void expect_selection_invariants(const int32_t* idx, int T, int K, const std::ve
 
 // ═══════════════════════════════ row: indexer_logits (+ indexer_quantize_fp8) ════════════════
 void check_indexer_logits(Backend& b) {
-  const auto cases = indexer_cases();
+  auto cases = indexer_cases();
+  for (IndexerCase& c : v32_indexer_cases()) cases.push_back(std::move(c));
   uint64_t seed = 100;
   for (const auto& c : cases) {
     const Fp32Inputs in = make_inputs(c, ++seed);
@@ -287,26 +321,35 @@ void check_indexer_logits(Backend& b) {
       Precision precision;
       ScaleFormat format;
       const char* name;
+      bool exact_dots = false;
     };
     std::vector<Mode> modes = {{Precision::kFp32, ScaleFormat::kUe8m0, "fp32"}, {Precision::kBf16, ScaleFormat::kUe8m0, "bf16"}};
     if (c.DI == kIndexerKeyDim) {  // the fp8 preparation needs DI = 128 (one scale per head / token)
       modes.push_back({Precision::kFp8, ScaleFormat::kUe8m0, "fp8_ue8m0"});
       modes.push_back({Precision::kFp8, ScaleFormat::kFloat, "fp8_float"});
     }
+    if (c.HI == kV32IndexerHeads)  // the tensor-core shape: the production fp8 path, and exact dots
+      modes = {{Precision::kFp8, ScaleFormat::kUe8m0, "fp8_ue8m0"},
+               {Precision::kFp8, ScaleFormat::kUe8m0, "fp8_exact_dots", true}};
     for (const Mode& mode : modes) {
       const std::string name = c.name + "/" + mode.name;
-      const ModeInputs m = make_mode(b, c, in, mode.precision, mode.format);
+      const ModeInputs m = mode.exact_dots ? make_exact_dots(c, in, seed + 1000) : make_mode(b, c, in, mode.precision, mode.format);
       const std::vector<float> got = run_logits(b, m.params(c, in), name);
 
       // Tight reference on the operands the op sees. Rigorous fp32 bound: each of the DI products
       // and DI−1 sums of a dot, the w product, the HI head sums and the k_scale product round once
       // (≤ u each), so |err| ≤ (DI + HI + 3)·u·mag to first order (bf16/fp8 products are exact).
+      // A tensor-core variant on e4m3 operands sums each dot in the fp8 tensor core's narrower
+      // accumulator: + kFp8AccumRel·mag (test_util.h derives it); on exact dots that sum is exact.
       const LogitsRef tight = logits_ref(c, m.qv, m.kv, m.wv, m.sv);
+      const bool fp8_accum = b.arith("indexer_logits") == Arith::kTensor && mode.precision == Precision::kFp8 &&
+                             !mode.exact_dots;
+      const double rel = (c.DI + c.HI + 3) * kU32 * (1 + 1e-6) + (fp8_accum ? kFp8AccumRel : 0.0);
       std::vector<double> tol(tight.mag.size());
-      for (size_t i = 0; i < tol.size(); ++i) tol[i] = (c.DI + c.HI + 3) * kU32 * tight.mag[i] * (1 + 1e-6);
+      for (size_t i = 0; i < tol.size(); ++i) tol[i] = rel * tight.mag[i];
       EXPECT_TRUE(within(got.data(), tight, tol)) << name << " vs the fp64 reference on the op's operands";
 
-      if (mode.precision == Precision::kFp32) continue;
+      if (mode.precision == Precision::kFp32 || mode.exact_dots) continue;  // no fp32 originals to compare with
       // Loose reference on the exact fp32 inputs: add the input rounding, |q'k' − qk| ≤
       // |q'−q|·|k'| + |q|·|k'−k| with |x'−x| ≤ 2^-8|x| (bf16 RNE) or max(2^-4|x|, 2^-10·s) (e4m3),
       // plus u·|w|·|ReLU| for the rounding of w_folded = w·s_q.
@@ -451,6 +494,15 @@ void check_topk_select(Backend& b) {
   TopkCase lng{"K8192_long_row", 3, 20000, kMaxTopK, {0, 100, 5}, {20000, 8000, 5}, std::vector<float>(3 * 20000)};
   for (auto& x : lng.logits) x = float(rng.integer(-20000, 20000)) * 0.25f;  // many exact ties
   cases.push_back(std::move(lng));
+  // V3.2's K = 2048 on 60000-key rows of ~100 distinct values (heavy ties), with NaN, −0 and −inf
+  // scattered in; rows shorter than K, of exactly K keys, near the end of S, and empty.
+  TopkCase ties{"K2048_long_rows_ties_nan", 6, 60000, kV32TopK, {0, 0, 17, 1000, 59000, 5},
+                {60000, 1500, 60000, 3048, 60000, 5}, std::vector<float>(size_t(6) * 60000)};
+  for (auto& x : ties.logits) x = std::round(rng.normal() * 8.0f) / 8.0f;
+  for (int i = 0; i < 500; ++i) ties.logits[size_t(rng.integer(0, 6 * 60000 - 1))] = kNanF;
+  for (int i = 0; i < 500; ++i) ties.logits[size_t(rng.integer(0, 6 * 60000 - 1))] = -0.0f;
+  for (int i = 0; i < 100; ++i) ties.logits[size_t(rng.integer(0, 6 * 60000 - 1))] = -kInfF;
+  cases.push_back(std::move(ties));
 
   for (const auto& c : cases) {
     Guarded<int32_t> idx(size_t(c.T) * c.K);
@@ -514,20 +566,47 @@ void check_topk_select(Backend& b) {
 
 // ═══════════════════════════════ row: indexer_topk (fused) ═══════════════════════════════════
 void check_indexer_topk(Backend& b) {
-  auto cases = indexer_cases();
+  struct TopkCase {
+    IndexerCase c;
+    std::vector<int> budgets;          // empty: {1, 5, 64, max_len, max_len + 3}
+    std::vector<Precision> precisions; // empty: fp32, bf16, and fp8 where DI = 128
+  };
+  std::vector<TopkCase> cases;
+  for (IndexerCase& c : indexer_cases()) cases.push_back({std::move(c), {}, {}});
   // A long-row case where the running top-K must compact many times (HI = 1: half of the logits
   // are exact-zero ties, as ReLU clips), with rows starting at odd offsets.
-  IndexerCase lr{"long_rows_HI1", 4, 3000, 1, 128, {0, 5, 1000, 2999}, {3000, 2000, 2999, 3000}};
-  cases.push_back(lr);
+  cases.push_back({{"long_rows_HI1", 4, 3000, 1, 128, {0, 5, 1000, 2999}, {3000, 2000, 2999, 3000}}, {1, 16, 300, 3000}, {}});
+  // The V3.2 shape on e4m3 inputs (the tensor-core variants' logits, then topk_select): S < K, K = S,
+  // budgets around the tile and V3.2's K = 2048.
+  const std::vector<IndexerCase> v32 = v32_indexer_cases();
+  const std::vector<Precision> fp8 = {Precision::kFp8};
+  cases.push_back({v32[0], {1, 4}, fp8});
+  cases.push_back({v32[1], {1, 64, 199, 200, kV32TopK}, fp8});
+  cases.push_back({v32[3], {1, 128, 777, kV32TopK}, fp8});
+  cases.push_back({v32[4], {1, 300, kV32TopK}, fp8});
+  cases.push_back({{"V32_long_rows_T3_S20000", 3, 20000, kV32IndexerHeads, kIndexerKeyDim, {0, 100, 0}, {20000, 15000, 1500}},
+                   {kV32TopK},
+                   fp8});
+  if (b.device_scale()) {
+    // T = 300 × S = 131071 causal rows: the GPU's chunked indexer_topk holds ⌊128 MiB / (4·S)⌋ = 256
+    // rows of logits at a time, so its rows fall into two chunks [0, 256) and [256, 300); chunked
+    // fused ≡ one-shot topk_select(indexer_logits) bit for bit, rows on both sides of the boundary.
+    IndexerCase chunks{"V32_causal_T300_S131071_two_chunks", 300, 131071, kV32IndexerHeads, kIndexerKeyDim, {}, {}};
+    for (int t = 0; t < chunks.T; ++t) chunks.ks.push_back(0), chunks.ke.push_back(chunks.S - chunks.T + t + 1);
+    cases.push_back({chunks, {kV32TopK}, fp8});
+  }
   uint64_t seed = 300;
-  for (const auto& c : cases) {
+  for (const auto& [c, case_budgets, case_precisions] : cases) {
     const Fp32Inputs in = make_inputs(c, ++seed);
     int max_len = 0;
     for (int t = 0; t < c.T; ++t) max_len = std::max(max_len, c.ke[t] - c.ks[t]);
-    std::vector<int> budgets = {1, 5, 64, std::max(1, max_len), max_len + 3};
-    if (c.name == "long_rows_HI1") budgets = {1, 16, 300, 3000};
-    std::vector<Precision> precisions = {Precision::kFp32, Precision::kBf16};
-    if (c.DI == kIndexerKeyDim) precisions.push_back(Precision::kFp8);
+    std::vector<int> budgets = case_budgets;
+    if (budgets.empty()) budgets = {1, 5, 64, std::max(1, max_len), max_len + 3};
+    std::vector<Precision> precisions = case_precisions;
+    if (precisions.empty()) {
+      precisions = {Precision::kFp32, Precision::kBf16};
+      if (c.DI == kIndexerKeyDim) precisions.push_back(Precision::kFp8);
+    }
     for (Precision prec : precisions) {
       const ModeInputs m = make_mode(b, c, in, prec);
       const IndexerParams p = m.params(c, in);
@@ -579,244 +658,6 @@ void check_indexer_topk(Backend& b) {
   expect_bad(p, 4, idx.data(), {"indexer_topk", "ke[1]"});
   p = good, p.q = nullptr;
   expect_bad(p, 4, idx.data(), {"indexer_topk", "q is null"});
-}
-
-// ═══════════════════════════════ row: indexer_backward ═══════════════════════════════════════
-namespace {
-
-// One backward problem in fp64: dense dI [T,S] (K = 0) or sparse dI [T,K] at indices.
-struct BackwardCase {
-  std::string name;
-  IndexerCase shape;
-  int K = 0;
-  std::vector<int32_t> indices;
-  std::vector<float> d_logits;
-};
-
-// Pairs (t, s, dI) of the case in a fixed order.
-template <class Fn>
-void for_each_pair(const BackwardCase& bc, Fn&& fn) {
-  const IndexerCase& c = bc.shape;
-  for (int t = 0; t < c.T; ++t) {
-    if (bc.K == 0) {
-      for (int s = c.ks[t]; s < c.ke[t]; ++s) fn(t, s, double(bc.d_logits[size_t(t) * c.S + s]));
-    } else {
-      for (int j = 0; j < bc.K; ++j) {
-        const int32_t s = bc.indices[size_t(t) * bc.K + j];
-        if (s != kInvalidIndex) fn(t, s, double(bc.d_logits[size_t(t) * bc.K + j]));
-      }
-    }
-  }
-}
-
-// f = Σ_pairs dI · I[t,s] in fp64 (the scalar whose gradient indexer_backward computes).
-double forward_loss(const BackwardCase& bc, const std::vector<double>& q, const std::vector<double>& k,
-                    const std::vector<double>& w) {
-  const IndexerCase& c = bc.shape;
-  double f = 0;
-  for_each_pair(bc, [&](int t, int s, double g) {
-    double I = 0;
-    for (int h = 0; h < c.HI; ++h) {
-      double u = 0;
-      for (int d = 0; d < c.DI; ++d) u += q[(size_t(t) * c.HI + h) * c.DI + d] * k[size_t(s) * c.DI + d];
-      I += w[size_t(t) * c.HI + h] * std::max(u, 0.0);
-    }
-    f += g * I;
-  });
-  return f;
-}
-
-// fp64 backward; mag_* = the same sums over |terms| (the scale of fp64 reordering error).
-struct Grads {
-  std::vector<double> dq, dk, dw, mag_dq, mag_dk, mag_dw;
-};
-Grads backward_ref(const BackwardCase& bc, const std::vector<double>& q, const std::vector<double>& k,
-                   const std::vector<double>& w) {
-  const IndexerCase& c = bc.shape;
-  Grads g{std::vector<double>(q.size()), std::vector<double>(k.size()), std::vector<double>(w.size()),
-          std::vector<double>(q.size()), std::vector<double>(k.size()), std::vector<double>(w.size())};
-  for_each_pair(bc, [&](int t, int s, double dI) {
-    for (int h = 0; h < c.HI; ++h) {
-      const size_t th = size_t(t) * c.HI + h;
-      double u = 0;
-      for (int d = 0; d < c.DI; ++d) u += q[th * c.DI + d] * k[size_t(s) * c.DI + d];
-      if (u <= 0) continue;
-      g.dw[th] += dI * u, g.mag_dw[th] += std::fabs(dI * u);
-      const double gg = dI * w[th];
-      for (int d = 0; d < c.DI; ++d) {
-        g.dq[th * c.DI + d] += gg * k[size_t(s) * c.DI + d], g.mag_dq[th * c.DI + d] += std::fabs(gg * k[size_t(s) * c.DI + d]);
-        g.dk[size_t(s) * c.DI + d] += gg * q[th * c.DI + d], g.mag_dk[size_t(s) * c.DI + d] += std::fabs(gg * q[th * c.DI + d]);
-      }
-    }
-  });
-  return g;
-}
-
-BackwardCase make_backward_case(const std::string& name, IndexerCase shape, int K, uint64_t seed) {
-  Rng rng(seed);
-  BackwardCase bc{name, std::move(shape), K, {}, {}};
-  const IndexerCase& c = bc.shape;
-  if (K == 0) {
-    // dI only over the ranges; NaN elsewhere proves those entries are never read.
-    bc.d_logits.assign(size_t(c.T) * c.S, kNanF);
-    for (int t = 0; t < c.T; ++t)
-      for (int s = c.ks[t]; s < c.ke[t]; ++s) bc.d_logits[size_t(t) * c.S + s] = rng.normal();
-  } else {
-    // A random subset of each range (−1 for rows shorter than K), one −1 slot in the middle of
-    // every row, and NaN dI at −1 slots (must be ignored).
-    bc.indices.assign(size_t(c.T) * K, kInvalidIndex);
-    bc.d_logits.assign(size_t(c.T) * K, kNanF);
-    for (int t = 0; t < c.T; ++t) {
-      std::vector<int32_t> range(size_t(c.ke[t] - c.ks[t]));
-      std::iota(range.begin(), range.end(), c.ks[t]);
-      std::shuffle(range.begin(), range.end(), rng.engine());
-      for (int j = 0; j < K && j < int(range.size()); ++j) {
-        if (j == K / 2) continue;
-        bc.indices[size_t(t) * K + j] = range[size_t(j)];
-        bc.d_logits[size_t(t) * K + j] = rng.normal();
-      }
-    }
-  }
-  return bc;
-}
-
-}  // namespace
-
-void check_indexer_backward(Backend& b) {
-  std::vector<BackwardCase> cases;
-  IndexerCase small = packed("small", {7, 6}, 3, 5);
-  small.ks[4] = small.ke[4];  // an empty row: its dq, dw must be 0
-  cases.push_back(make_backward_case("small_dense", small, 0, 11));
-  cases.push_back(make_backward_case("small_sparse_K4", small, 4, 12));
-  const IndexerCase mid = packed("mid", {64, 1, 6}, 4, 64);
-  cases.push_back(make_backward_case("mid_dense", mid, 0, 13));
-  cases.push_back(make_backward_case("mid_sparse_K16", mid, 16, 14));
-
-  for (const auto& bc : cases) {
-    const IndexerCase& c = bc.shape;
-    const Fp32Inputs in = make_inputs(c, 500 + bc.K);
-    std::vector<double> q(in.q.begin(), in.q.end()), k(in.k.begin(), in.k.end()), w(in.w.begin(), in.w.end());
-    const Grads ref = backward_ref(bc, q, k, w);
-
-    // 1. the fp64 reference backward vs central differences of the fp64 forward (small cases).
-    //    f is piecewise linear in each single element, so the central difference is exact up to
-    //    roundoff (~1e-16·|f|/h) unless the step crosses a ReLU kink: elements with any |u| < 1e-3
-    //    are skipped.
-    if (c.T * c.HI * c.DI <= 1000) {
-      const double h = 1e-6;
-      std::vector<double> u(size_t(c.T) * c.HI * c.S, kInf);  // |u| of every evaluated (t, h, s)
-      for_each_pair(bc, [&](int t, int s, double) {
-        for (int hh = 0; hh < c.HI; ++hh) {
-          double acc = 0;
-          for (int d = 0; d < c.DI; ++d) acc += q[(size_t(t) * c.HI + hh) * c.DI + d] * k[size_t(s) * c.DI + d];
-          u[(size_t(t) * c.HI + hh) * c.S + s] = std::fabs(acc);
-        }
-      });
-      auto f = [&] { return forward_loss(bc, q, k, w); };
-      int checked = 0, skipped = 0;
-      auto check = [&](std::vector<double>& x, size_t i, double want, bool near_kink, const char* what) {
-        if (near_kink) return void(++skipped);
-        ++checked;
-        const double fd = central_difference(x, i, f, h);
-        EXPECT_NEAR(fd, want, 1e-7 * (1 + std::fabs(want))) << bc.name << ": finite difference of " << what << "[" << i << "]";
-      };
-      for (size_t i = 0; i < q.size(); ++i) {
-        const size_t th = i / c.DI;
-        bool kink = false;
-        for (int s = 0; s < c.S; ++s) kink |= u[th * c.S + s] < 1e-3;
-        check(q, i, ref.dq[i], kink, "q");
-      }
-      for (size_t i = 0; i < k.size(); ++i) {
-        const int s = int(i / c.DI);
-        bool kink = false;
-        for (size_t th = 0; th < size_t(c.T) * c.HI; ++th) kink |= u[th * c.S + s] < 1e-3;
-        check(k, i, ref.dk[i], kink, "k");
-      }
-      for (size_t i = 0; i < w.size(); ++i) check(w, i, ref.dw[i], false, "w");  // linear in w: no kink
-      EXPECT_GE(checked, 9 * (checked + skipped) / 10) << bc.name << ": too many elements near a ReLU kink";
-    }
-
-    // 2. the backend backward vs the fp64 reference. Both sum fp64 terms built from the same fp32
-    //    inputs; they differ by reordering (≤ n·2^-53·mag) and the final fp32 rounding (≤ u·|ref|),
-    //    so |got − ref| ≤ 2u·|ref| + 1e-12·mag leaves a 2× margin on both.
-    Guarded<float> dq(q.size()), dk(k.size()), dw(w.size());
-    IndexerBackwardParams p;
-    p.fwd = make_mode(b, c, in, Precision::kFp32).params(c, in);
-    p.K = bc.K;
-    p.indices = bc.K ? bc.indices.data() : nullptr;
-    p.d_logits = bc.d_logits.data();
-    p.dq = dq.data(), p.dk = dk.data(), p.dw = dw.data();
-    b.indexer_backward(p);
-    EXPECT_GUARDS(dq) << bc.name;
-    EXPECT_GUARDS(dk) << bc.name;
-    EXPECT_GUARDS(dw) << bc.name;
-    auto expect_close = [&](const Guarded<float>& got, const std::vector<double>& want, const std::vector<double>& mag,
-                            const char* what) {
-      for (size_t i = 0; i < want.size(); ++i) {
-        const double tol = 2 * kU32 * std::fabs(want[i]) + 1e-12 * mag[i];
-        if (!(std::fabs(got[i] - want[i]) <= tol)) {
-          ADD_FAILURE() << bc.name << ": " << what << "[" << i << "] = " << got[i] << ", want " << want[i];
-          return;
-        }
-      }
-    };
-    expect_close(dq, ref.dq, ref.mag_dq, "dq");
-    expect_close(dk, ref.dk, ref.mag_dk, "dk");
-    expect_close(dw, ref.dw, ref.mag_dw, "dw");
-    // Determinism: dk is a reduction over (t, h); a rerun must match bitwise.
-    Guarded<float> dq2(q.size()), dk2(k.size()), dw2(w.size());
-    p.dq = dq2.data(), p.dk = dk2.data(), p.dw = dw2.data();
-    b.indexer_backward(p);
-    EXPECT_TRUE(bitwise_equal(dq.data(), dq2.data(), dq.size()) && bitwise_equal(dk.data(), dk2.data(), dk.size()) &&
-                bitwise_equal(dw.data(), dw2.data(), dw.size()))
-        << bc.name << ": rerun differs";
-  }
-
-  // ── bad inputs: outputs untouched ──
-  const BackwardCase& bc = cases[1];  // sparse
-  const IndexerCase& c = bc.shape;
-  const Fp32Inputs in = make_inputs(c, 77);
-  Guarded<float> dq(in.q.size()), dk(in.k.size()), dw(in.w.size());
-  IndexerBackwardParams good;
-  good.fwd = make_mode(b, c, in, Precision::kFp32).params(c, in);
-  good.K = bc.K, good.indices = bc.indices.data(), good.d_logits = bc.d_logits.data();
-  good.dq = dq.data(), good.dk = dk.data(), good.dw = dw.data();
-  auto expect_bad = [&](const IndexerBackwardParams& p, std::initializer_list<const char*> what) {
-    EXPECT_TRUE(throws_naming([&] { b.indexer_backward(p); }, what));
-    EXPECT_TRUE(dq.untouched() && dk.untouched() && dw.untouched());
-  };
-  IndexerBackwardParams p = good;
-  p.K = -1;
-  expect_bad(p, {"indexer_backward", "K = -1"});
-  p.K = kMaxTopK + 1;
-  expect_bad(p, {"indexer_backward", "K = 8193"});
-  p = good, p.indices = nullptr;
-  expect_bad(p, {"indexer_backward", "indices is null"});
-  p = good, p.K = 0;  // dense mode must not get indices
-  expect_bad(p, {"indexer_backward", "indices"});
-  std::vector<int32_t> bad_idx = bc.indices;
-  bad_idx[size_t(2) * bc.K] = c.ke[2];  // one past the row's range
-  p = good, p.indices = bad_idx.data();
-  expect_bad(p, {"indexer_backward", "indices[2,0]"});
-  bad_idx = bc.indices, bad_idx[1] = -2;
-  p = good, p.indices = bad_idx.data();
-  expect_bad(p, {"indexer_backward", "indices[0,1] = -2"});
-  p = good, p.d_logits = nullptr;
-  expect_bad(p, {"indexer_backward", "d_logits is null"});
-  p = good, p.dq = nullptr;
-  expect_bad(p, {"indexer_backward", "dq is null"});
-  p = good, p.dk = nullptr;
-  expect_bad(p, {"indexer_backward", "dk is null"});
-  p = good, p.dw = nullptr;
-  expect_bad(p, {"indexer_backward", "dw is null"});
-  p = good, p.fwd.precision = Precision::kBf16;
-  expect_bad(p, {"indexer_backward", "precision"});
-  p = good, p.fwd.q = nullptr;
-  expect_bad(p, {"indexer_backward", "q is null"});
-  std::vector<int32_t> bad_ke = c.ke;
-  bad_ke[0] = c.S + 1;
-  p = good, p.fwd.ke = bad_ke.data();
-  expect_bad(p, {"indexer_backward", "ke[0]"});
 }
 
 }  // namespace dsa::test

@@ -25,6 +25,7 @@ void check_rope(Backend&);
 void check_indexer_logits(Backend&);
 void check_topk_select(Backend&);
 void check_indexer_topk(Backend&);
+// tests/op_indexer_backward.cpp
 void check_indexer_backward(Backend&);
 // tests/op_topk_policy.cpp
 void check_topk_policy(Backend&);
@@ -36,8 +37,9 @@ void check_dense_attention_backward(Backend&);
 void check_sparse_equals_dense(Backend&);
 // tests/op_indexer_kl.cpp
 void check_indexer_kl(Backend&);
-// tests/op_decode.cpp
+// tests/op_indexer_paged.cpp
 void check_indexer_logits_paged(Backend&);
+// tests/op_decode.cpp
 void check_sparse_attention_decode(Backend&);
 // tests/op_layers.cpp
 void check_linear(Backend&);

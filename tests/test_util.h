@@ -46,8 +46,14 @@ class Rng {
 // |wgmma e4m3 logit − fp64| ≤ kFp8AccumRel · mag, mag = k_scale·Σ_h |w|·Σ_d |q·k|: each k32 wgmma step
 // aligns its 32 products and the running sum to the largest exponent and keeps ≈ 14 bits (DeepSeek-V3
 // §3.3.2) → ≤ ~2^-13 of Σ|q·k| per step; four steps → 2^-11; ×4 margin for the unpublished details
-// of the alignment. Shared by the indexer_logits / indexer_topk kWgmma tests and the paged table row.
+// of the alignment. Added to a tensor-core class's bound by the indexer_logits and indexer_logits_paged
+// rows on quantised e4m3 inputs.
 inline constexpr double kFp8AccumRel = 1.0 / (1 << 9);
+// "Exact dots": e4m3 codes of {0, ±1/2, ±1, ±2}. Every product of two is a multiple of 1/4 and a
+// 128-term dot stays within ±512, so every partial sum of a dot is exact in any accumulator of ≥ 12
+// significant bits (the fp8 tensor core's included): on such data only the fp32 epilogue rounds, and
+// a tensor-core variant is held to the exact variants' bound, with no kFp8AccumRel term.
+inline constexpr uint8_t kExactDotCodes[] = {0x00, 0x30, 0xB0, 0x38, 0xB8, 0x40, 0xC0};
 
 // ── guarded outputs ────────────────────────────────────────────────────────────────────────────
 // An output buffer with kGuard sentinel elements on each side. The body is pre-filled with a

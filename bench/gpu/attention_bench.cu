@@ -142,7 +142,7 @@ int main(int argc, char** argv) {
     // The variants on the fp32 inputs (the tensor-core ones round q / kv to bf16 themselves), each
     // against kExact (fp32; itself checked against fp64 by the test table) and kWgmma against kMma
     // (same bf16 operand rounding) on the first 64 (query, head) rows and on every row. The bound is
-    // the bf16 test tolerance (2e-2, tests/cuda/attention_bf16_test.cu); above it a kernel is broken.
+    // the bf16 test tolerance (2e-2, tests/op_attention.cpp); above it a kernel is broken.
     std::vector<float> ref_out, mma_out, h;
     for (const Variant v : {Variant::kExact, Variant::kMma, Variant::kWgmma}) {
       const std::string row = std::string("sparse_fwd_") + cuda::variant_name(v);
@@ -205,7 +205,7 @@ int main(int argc, char** argv) {
     }
     // ── the bf16 tensor-core backward: kCublas on the fp32 inputs (it rounds q / kv itself), then the
     // default path (bf16 q / kv, no variant named); each at Tb against kExact's dq / dkv (bound: the
-    // bf16 backward test tolerance 3e-2, tests/cuda/attention_bwd_bf16_test.cu), then at the full T ──
+    // bf16 backward test tolerance 3e-2, tests/op_attention.cpp), then at the full T ──
     // Bytes (docs/kernels/sparse_attention.md): the contract I/O (q — 4 or 2 bytes —, dout, out, lse, dq)
     // plus what the chunks move through HBM per query: Kg written once and read by two GEMMs
     // (3·K·Dqk·2), SP written and read (2·2H·K·4), G written once and read 1.5 times (2.5·2H·K·2), part

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # attention_device_run.sh — one GPU machine run for the attention side: builds the op table (the CPU
 # ops, every CUDA kernel, the tests) without the model/tokenizer dependencies (OpenBLAS,
-# sentencepiece are not on the device image), runs the attention rows on the GPU backends and the
-# bf16 test, compute-sanitizer memcheck + racecheck on them, then the benchmarks and the torch
+# sentencepiece are not on the device image), runs the attention rows on the GPU backends (the bf16
+# tensor-core classes included) and the attention variant-request tests, compute-sanitizer memcheck
+# + racecheck on them, then the benchmarks and the torch
 # baselines. Logs go to $OUT. Usage (repo root, on the device):
 #   OUT=... bench/gpu/attention_device_run.sh ["90a 80" archs, the first also sanitised and timed] [gtest_src]
 # CudaBackend methods of ops whose wrappers are not in tests/cuda/ yet get throwing stubs (listed
@@ -61,7 +62,7 @@ add_executable(attention_bench $ROOT/bench/gpu/attention_bench.cu)
 target_link_libraries(attention_bench PRIVATE ops)
 CM
 
-ROWS='*sparse_attention_forward__cuda*:*sparse_attention_backward__cuda*:*dense_attention_*__cuda*:*sparse_equals_dense__cuda*:*indexer_kl__cuda*:*sparse_attention_decode__cuda*:*CudaAttentionBf16*'
+ROWS='*sparse_attention_forward__cuda*:*sparse_attention_backward__cuda*:*dense_attention_*__cuda*:*sparse_equals_dense__cuda*:*indexer_kl__cuda*:*sparse_attention_decode__cuda*:VariantRequests.Attention*:VariantRequests.AutoPicks*:VariantRequests.CublasBackward*'
 FIRST=""
 for A in $ARCH; do
   echo "== build (sm_$A)"
@@ -75,14 +76,14 @@ for A in $ARCH; do
 done
 echo "stubbed wrappers: $(tr '\n' ' ' < "$OUT/stubs.txt")"
 BIN="$B/b_$FIRST"
-echo "== compute-sanitizer memcheck (cuda_exact rows + bf16 test)"
-V1=${MEMCHECK_FILTER:-'*attention*__cuda_exact*:*sparse_equals_dense__cuda_exact*:*indexer_kl__cuda_exact*:*CudaAttentionBf16*'}
+echo "== compute-sanitizer memcheck (cuda_exact rows + the bf16 tensor-core rows)"
+V1=${MEMCHECK_FILTER:-'*attention*__cuda_exact*:*sparse_equals_dense__cuda_exact*:*indexer_kl__cuda_exact*:*sparse_attention_forward__cuda_mma*:*sparse_attention_decode__cuda_mma*:*sparse_attention_backward__cuda_cublas*'}
 timeout "${MEMCHECK_S:-240}" compute-sanitizer --tool memcheck --error-exitcode 9 "$BIN/dsa_tests" --gtest_filter="$V1" > "$OUT/memcheck.log" 2>&1
 echo "memcheck rc=$?"; grep -E "ERROR SUMMARY|Invalid|PASSED|FAILED" "$OUT/memcheck.log" | sort | uniq -c | head
 if [ "${SKIP_RACE:-0}" = 1 ]; then echo "racecheck skipped (SKIP_RACE=1)"; else
 echo "== compute-sanitizer racecheck"
 timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 "$BIN/dsa_tests" \
-  --gtest_filter='*sparse_attention_forward__cuda_exact*:*indexer_kl__cuda_exact*:*sparse_attention_decode__cuda_exact*:*CudaAttentionBf16*' > "$OUT/racecheck.log" 2>&1
+  --gtest_filter='*sparse_attention_forward__cuda_exact*:*indexer_kl__cuda_exact*:*sparse_attention_decode__cuda_exact*:*sparse_attention_forward__cuda_mma*:*sparse_attention_decode__cuda_mma*' > "$OUT/racecheck.log" 2>&1
 echo "racecheck rc=$?"; grep -E "RACECHECK SUMMARY|ERROR SUMMARY|hazard|PASSED|FAILED" "$OUT/racecheck.log" | sort | uniq -c | head
 fi
 

@@ -51,7 +51,7 @@
 //
 // Summation-order note: Hopper's fp8 tensor-core accumulation is narrower than fp32 (DeepSeek-V3
 // report §3.3.2: about 14 bits kept per addition), so v3 differs from v2 by more than reordering
-// alone; tests/cuda/indexer_wgmma_test.cu bounds it against the fp64 reference.
+// alone; the test table's indexer_logits__cuda_wgmma row bounds it against the fp64 reference.
 #include <algorithm>
 #include <cmath>
 

@@ -9,7 +9,7 @@
 // (AttentionParams::dtype; bf16 ones are used as they are, fp32 ones rounded to nearest even, so a
 // bf16 input holding the rounded values of an fp32 one gives bitwise the same dq / dkv); dout, out,
 // lse and the outputs dq / dkv are fp32. Operands are rounded to bf16 (q, kv, dout, P, dZ); every product is accumulated in fp32 and dkv is summed in fp32 → relative error ~1e-3..1e-2
-// vs fp64 (tests/cuda/attention_bwd_bf16_test.cu states the tolerance).
+// vs fp64 (tests/op_attention.cpp states the tolerance of the table's cuda_cublas row).
 //
 // Algorithm: the queries go through in chunks of Tc (a fixed function of the shapes and of
 // workspace_bytes: default_chunk, largest_chunk). Once per call: fp32 kv → bf16 (kvb [S,Dqk]; bf16 kv

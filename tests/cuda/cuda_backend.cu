@@ -9,15 +9,17 @@
 namespace dsa::test {
 namespace {
 
-// The rows a tensor-core class runs: the rows of the ops that have its variant AND whose table
-// tolerances hold for its arithmetic. The indexer's e4m3 mma.sync products are exact in fp32 (only
-// the order of the head sums differs), so the table's indexer rows take kMma as they are. The paged
-// indexer row bounds a kTensor backend by the fp8 tensor-core accumulation (kFp8AccumRel), so the
-// kMma and kWgmma classes run it (the cases their variant does not take run kExact through dev_for).
+// The rows a tensor-core class runs: the rows of the ops that have its variant. Each row's check
+// function sets its tolerance from arith(op) (kTensor for these classes: bf16 attention operands,
+// e4m3 tensor-core accumulation for the indexer) and runs every case; the cases a variant does not
+// take (other shapes, fp32 / bf16 indexer inputs) run kExact through dev_for, which the cuda_exact
+// row checks too.
 const std::vector<std::pair<cuda::Variant, std::vector<std::string>>>& class_rows() {
   static const std::vector<std::pair<cuda::Variant, std::vector<std::string>>> rows = {
-      {cuda::Variant::kMma, {"indexer_logits", "indexer_topk", "indexer_logits_paged"}},
-      {cuda::Variant::kWgmma, {"indexer_logits_paged"}},
+      {cuda::Variant::kMma,
+       {"indexer_logits", "indexer_topk", "indexer_logits_paged", "sparse_attention_forward", "sparse_attention_decode"}},
+      {cuda::Variant::kWgmma, {"indexer_logits", "indexer_topk", "indexer_logits_paged", "sparse_attention_forward"}},
+      {cuda::Variant::kCublas, {"sparse_attention_backward"}},
   };
   return rows;
 }
@@ -68,12 +70,34 @@ dsa::Backend& CudaBackend::dev_for(const PagedIndexerParams& p) {
   }
 }
 
+dsa::Backend& CudaBackend::dev_for(const AttentionParams& p, const char* op) {
+  if (class_ == cuda::Variant::kExact) return dev();
+  if (!cuda::op_has_variant(op, class_)) return exact();
+  try {
+    cuda::resolve_variant(p, class_, op);
+    return dev();
+  } catch (const Error&) {
+    return exact();
+  }
+}
+
+dsa::Backend& CudaBackend::dev_for(const SparseDecodeParams& p) {
+  if (class_ == cuda::Variant::kExact) return dev();
+  if (!cuda::op_has_variant("sparse_attention_decode", class_)) return exact();
+  try {
+    cuda::resolve_variant(p, class_);
+    return dev();
+  } catch (const Error&) {
+    return exact();
+  }
+}
+
 Arith CudaBackend::arith(const std::string& op) const {
   return variant(op.c_str()) == cuda::Variant::kExact ? Arith::kExact : Arith::kTensor;
 }
 
 void append_gpu_backends(std::vector<std::shared_ptr<Backend>>& out) {
-  for (cuda::Variant v : {cuda::Variant::kExact, cuda::Variant::kMma, cuda::Variant::kWgmma})
+  for (cuda::Variant v : {cuda::Variant::kExact, cuda::Variant::kMma, cuda::Variant::kWgmma, cuda::Variant::kCublas})
     out.push_back(std::make_shared<CudaBackend>(v));
 }
 

@@ -14,6 +14,7 @@ class CudaBackend final : public Backend {
   explicit CudaBackend(cuda::Variant cls) : class_(cls) {}
   std::string name() const override { return std::string("cuda_") + cuda::variant_name(class_); }
   bool host_memory() const override { return true; }
+  bool device_scale() const override { return true; }
   void synchronize() override {}
   std::string skip_reason(const std::string& op) const override;
   Arith arith(const std::string& op) const override;
@@ -35,6 +36,13 @@ class CudaBackend final : public Backend {
   // The same for a paged indexer call (kWgmma takes HI = 64 on sm_90a, kMma next_n·HI ≤ 128 in
   // multiples of 16 on sm_89+; other cases run kExact).
   dsa::Backend& dev_for(const PagedIndexerParams& p);
+  // The same for the attention ops (op: the AttentionParams op's name) and the sparse decode: the
+  // class's variant where it takes the call (kWgmma / kMma forward: Dqk 576, Dv 512, H % 64 == 0;
+  // kMma decode: H % 64 == 0; kCublas backward: any shape), else the exact backend — also for an op
+  // without a variant of this class, so that a row's other calls (the forward before a backward, a
+  // backward inside a forward row's bf16 check) run kExact whatever the input dtype.
+  dsa::Backend& dev_for(const AttentionParams& p, const char* op);
+  dsa::Backend& dev_for(const SparseDecodeParams& p);
   // The exact backend (cases a tensor-core class's variant does not take).
   dsa::Backend& exact();
   cuda::Variant class_;

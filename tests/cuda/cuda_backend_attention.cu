@@ -1,7 +1,9 @@
 // cuda_backend_attention.cu — the attention side of the GPU test rows: CudaBackend methods for ops
 // 6–9 and the sparse decode. Each copies the host inputs to the device (DeviceBuffer, with device-
 // side guard regions), runs dsa::cuda::<op> with this backend's variant on the default
-// stream, synchronises, and copies the outputs back (checking the device guards).
+// stream, synchronises, and copies the outputs back (checking the device guards). A tensor-core
+// class runs its variant where the call takes it (dev_for) and kExact otherwise; the ops without
+// variants (dense attention, the KL) run kExact in every class.
 //
 // Argument errors: the GPU ops check what the host can see (shapes, null pointers) themselves; the
 // data checks the CPU makes (indices in [0, S), ks ≤ ke, topk_length ≤ K) need the data, which the
@@ -85,26 +87,28 @@ void backward(const AttentionParams& p, const AttentionBackwardArgs& b, Selectio
 
 void CudaBackend::sparse_attention_forward(const AttentionParams& p, const AttentionForwardOut& o) {
   forward(p, o, Selection::kSparse, "sparse_attention_forward", [&](const AttentionParams& d, const AttentionForwardOut& od) {
-    dev().sparse_attention_forward(d, od);
+    dev_for(d, "sparse_attention_forward").sparse_attention_forward(d, od);
   });
 }
 
 void CudaBackend::dense_attention_forward(const AttentionParams& p, const AttentionForwardOut& o) {
   forward(p, o, Selection::kDense, "dense_attention_forward", [&](const AttentionParams& d, const AttentionForwardOut& od) {
-    dev().dense_attention_forward(d, od);
+    exact().dense_attention_forward(d, od);
   });
 }
 
 void CudaBackend::sparse_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b) {
   backward(
       p, b, Selection::kSparse, "sparse_attention_backward",
-      [&](const AttentionParams& d, const AttentionBackwardArgs& bd) { dev().sparse_attention_backward(d, bd); });
+      [&](const AttentionParams& d, const AttentionBackwardArgs& bd) {
+        dev_for(d, "sparse_attention_backward").sparse_attention_backward(d, bd);
+      });
 }
 
 void CudaBackend::dense_attention_backward(const AttentionParams& p, const AttentionBackwardArgs& b) {
   backward(
       p, b, Selection::kDense, "dense_attention_backward",
-      [&](const AttentionParams& d, const AttentionBackwardArgs& bd) { dev().dense_attention_backward(d, bd); });
+      [&](const AttentionParams& d, const AttentionBackwardArgs& bd) { exact().dense_attention_backward(d, bd); });
 }
 
 namespace {
@@ -138,7 +142,7 @@ void CudaBackend::indexer_kl_forward(const IndexerKlParams& p, float* loss) {
   detail::require_ptr(loss, op, "loss");
   DeviceKl in(p);
   DeviceBuffer<float> l(loss, sz(p.attn.T));
-  dev().indexer_kl_forward(in.d, l.data());
+  exact().indexer_kl_forward(in.d, l.data());
   sync_and_check(op);
   l.download(loss, "loss");
 }
@@ -149,7 +153,7 @@ void CudaBackend::indexer_kl_backward(const IndexerKlParams& p, const float* dlo
   detail::require_ptr(d_index_logits, op, "d_index_logits");
   DeviceKl in(p);
   DeviceBuffer<float> dl(dloss, sz(p.attn.T)), g(d_index_logits, in.logits_n);
-  dev().indexer_kl_backward(in.d, dl.data(), g.data());
+  exact().indexer_kl_backward(in.d, dl.data(), g.data());
   sync_and_check(op);
   g.download(d_index_logits, "d_index_logits");
 }
@@ -181,7 +185,7 @@ void CudaBackend::sparse_attention_decode(const SparseDecodeParams& p) {
   d.topk_length = len.data();
   d.out = out.data();
   d.lse = lse.data();
-  dev().sparse_attention_decode(d);
+  dev_for(d).sparse_attention_decode(d);
   sync_and_check(op);
   out.download(p.out, "out");
   lse.download(p.lse, "lse");
