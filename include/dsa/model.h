@@ -207,11 +207,12 @@ const char* weight_dtype_name(WeightDtype d);   // "F32", "F16", "BF16", "F8_E4M
 //     linear output, each RMSNorm / LayerNorm, RoPE and Hadamard output, the absorbed query latent,
 //     the attention output before and after W_UV, the SwiGLU product, and the residual stream after
 //     each add (the norm that follows an add reads the fp32 sum, as the reference's fused add + norm
-//     does). Kept fp32 as in the reference: the indexer head weights (weights_proj output and its
-//     HI^-0.5 · DI^-0.5 scaling), the indexer logits, the attention logits and the final logits (the
-//     lm_head runs in fp32 on the bf16 output of the final norm). Not reproduced: the reference
-//     rounds the softmax probabilities to bf16 before the value product; the attention ops keep
-//     them in full precision (docs/model.md "Parity with DeepSeek's reference" gives the effect).
+//     does); the attention probabilities before the value product on the CPU's V3.2-latent decode op
+//     (SparseDecodeParams::bf16_probs; GPU kernels and other latent dims keep them fp32). Kept fp32
+//     as in the reference: the indexer head weights (weights_proj output and its HI^-0.5 · DI^-0.5
+//     scaling), the indexer logits, the attention logits and the final logits (the lm_head runs in
+//     fp32 on the bf16 output of the final norm). The reference's FP8 indexer is indexer_precision
+//     kFp8, set separately. docs/model.md "Parity with DeepSeek's reference" gives measured numbers.
 //   kAuto: kReference when the weights were stored as BF16 or F8_E4M3 (a served checkpoint), else kFp32.
 enum class Numerics { kAuto, kFp32, kReference };
 const char* numerics_name(Numerics n);              // "auto", "fp32", "reference"
