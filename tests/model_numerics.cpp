@@ -1,12 +1,14 @@
 // model_numerics.cpp — the session's activation rounding (SessionOptions::numerics): the reference
 // numerics keep the session's guarantees (chunked prefill ≡ one-shot, decode ≡ prefill row, bitwise),
-// stay close to fp32, kAuto follows the checkpoint's stored dtype, bad names are refused; and the
-// recorded per-layer selections (SessionOptions::record_selections).
+// stay close to fp32, kAuto follows the checkpoint's stored dtype, bad names are refused; the
+// recorded per-layer selections (SessionOptions::record_selections); and the decode op's bf16
+// probabilities (SparseDecodeParams::bf16_probs).
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <random>
 #include <vector>
 
 #include "dsa/model.h"
@@ -145,6 +147,62 @@ TEST(ModelNumerics, RecordedSelections) {
   EXPECT_EQ(s.last_selections().rows, 1);
   // the same selections as a session that does not record them (recording changes nothing)
   EXPECT_EQ(max_diff(logits, Session(m, reference_options()).prefill(toks, 0, true)), 0.0);
+}
+
+// The CPU decode op's bf16 probabilities: out = Σ_i bf16(P_i) · v_i with P = softmax(scale · q·k), against
+// a float64 computation of the same (summation order only: 1e-6 on outputs of magnitude ≲ 1), and
+// different from the fp32-probability output.
+TEST(ModelNumerics, DecodeOpRoundsProbabilitiesToBf16) {
+  constexpr int kDim = dsa::kMlaLatentDim + dsa::kMlaRopeDim;   // 576
+  constexpr int kSlots = 12, kHeads = 2;
+  constexpr float kScale = 0.125f;
+  std::mt19937_64 g(51);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> q(static_cast<size_t>(kHeads) * kDim), cache(static_cast<size_t>(kSlots) * kDim);
+  for (float& v : q) v = nd(g);
+  for (float& v : cache) v = nd(g);
+  const std::vector<int32_t> idx = {3, 0, 7, 11, dsa::kInvalidIndex, 5};
+  const int K = static_cast<int>(idx.size());
+  std::vector<float> out(static_cast<size_t>(kHeads) * dsa::kMlaLatentDim), out32(out.size()), lse(kHeads);
+  dsa::SparseDecodeParams p;
+  p.B = 1;
+  p.H = kHeads;
+  p.K = K;
+  p.num_slots = kSlots;
+  p.scale = kScale;
+  p.format = dsa::KvCacheFormat::kFp32;
+  p.q = q.data();
+  p.cache = cache.data();
+  p.indices = idx.data();
+  p.lse = lse.data();
+  p.out = out32.data();
+  dsa::cpu::sparse_attention_decode(p);
+  p.bf16_probs = true;
+  p.out = out.data();
+  dsa::cpu::sparse_attention_decode(p);
+  for (int h = 0; h < kHeads; ++h) {
+    std::vector<double> z;
+    std::vector<int32_t> slots;
+    for (const int32_t s : idx)
+      if (s >= 0) {
+        double dot = 0;
+        for (int d = 0; d < kDim; ++d) dot += static_cast<double>(q[h * kDim + d]) * cache[static_cast<size_t>(s) * kDim + d];
+        z.push_back(kScale * dot);
+        slots.push_back(s);
+      }
+    const double m = *std::max_element(z.begin(), z.end());
+    double sum = 0;
+    for (const double v : z) sum += std::exp(v - m);
+    for (int d = 0; d < dsa::kMlaLatentDim; ++d) {
+      double acc = 0;
+      for (size_t i = 0; i < z.size(); ++i) {
+        const float prob = static_cast<float>(std::exp(z[i] - m) / sum);
+        acc += dsa::cpu::bf16_to_float(dsa::cpu::bf16_from_float(prob)) * cache[static_cast<size_t>(slots[i]) * kDim + d];
+      }
+      EXPECT_NEAR(out[h * dsa::kMlaLatentDim + d], acc, 1e-6) << h << "," << d;
+    }
+  }
+  EXPECT_GT(max_diff(out, out32), 0.0);
 }
 
 }  // namespace
