@@ -73,6 +73,7 @@ TEST(ModelNumerics, ReferenceIsCloseToFp32AndNotEqual) {
   const auto toks = random_tokens(c.vocab_size, 40, 44);
   SessionOptions o = reference_options();
   o.mode = AttentionMode::kDense;   // precision is judged in dense mode (a flipped top-k choice is O(1))
+  o.kv_format = dsa::KvCacheFormat::kBf16;   // the activations' rounding alone
   const auto ref = Session(m, o).prefill(toks, 0, true);
   o.numerics = Numerics::kFp32;
   const auto f32 = Session(m, o).prefill(toks, 0, true);
@@ -99,7 +100,11 @@ TEST(ModelNumerics, AutoFollowsTheStoredWeights) {
     m.save(dir.string(), save);
     const Model back = Model::load(dir.string());
     EXPECT_EQ(back.weight_dtype(), stored);
-    EXPECT_EQ(Session(back, o).options().numerics, expect);
+    const Session s(back, o);
+    EXPECT_EQ(s.options().numerics, expect);
+    // the V3.2 latent's cache: the reference's FP8 record with its numerics, else bf16
+    EXPECT_EQ(*s.options().kv_format,
+              expect == Numerics::kReference ? dsa::KvCacheFormat::kFp8Record : dsa::KvCacheFormat::kBf16);
     SessionOptions forced = o;
     forced.numerics = Numerics::kFp32;
     EXPECT_EQ(Session(back, forced).options().numerics, Numerics::kFp32);

@@ -265,8 +265,11 @@ std::string describe(const SelectionPolicy& s);
 struct SessionOptions {
   AttentionMode mode = AttentionMode::kSparse;      // kDense attends every cached key
   // MLA latent cache: kFp32 (any dims), kBf16 or kFp8Record (656 B; need kv_lora_rank 512, rope 64).
-  // Unset: chosen from the config — kBf16 for the V3.2 latent (512 + 64), else kFp32 — so a default
-  // SessionOptions works on every model Model accepts. Session::options() reports the choice.
+  // Unset: chosen from the config — for the V3.2 latent (512 + 64) kFp8Record with the reference
+  // numerics (the reference's FP8 latent cache), else kBf16; kFp32 for other dims — so a default
+  // SessionOptions works on every model Model accepts. Session::options() reports the choice. With the
+  // reference numerics the record's scales are ue8m0 (powers of two, as the reference quantises the
+  // latent), else amax / 448.
   std::optional<KvCacheFormat> kv_format;
   // Indexer: kFp8 uses the paged 132 B cache (needs index_head_dim 128; V3.2 inference, ue8m0
   // scales); kFp32 keeps fp32 keys (any index_head_dim; equals the training path's selection).

@@ -79,12 +79,14 @@ struct Session::Impl {
   Impl(const Model::Impl& model, const SessionOptions& o, std::shared_ptr<Exec> exec, bool pooled)
       : m(model), ex(exec ? std::move(exec) : std::shared_ptr<Exec>(make_cpu_exec(/*exact=*/true))), opt(o), d(model.cfg) {
     const Config& c = m.cfg;
-    if (!opt.kv_format)   // unset: the format the config's latent fits (SessionOptions)
-      opt.kv_format = d.kvr == kMlaLatentDim && d.dr == kMlaRopeDim ? KvCacheFormat::kBf16 : KvCacheFormat::kFp32;
     if (opt.numerics == Numerics::kAuto)   // a served (bf16 / FP8) checkpoint runs the reference's numerics
       opt.numerics = m.weight_dtype == WeightDtype::kBF16 || m.weight_dtype == WeightDtype::kF8E4M3 ? Numerics::kReference
                                                                                                     : Numerics::kFp32;
     bf16_acts = opt.numerics == Numerics::kReference;
+    if (!opt.kv_format) {   // unset: the format the config's latent fits (SessionOptions)
+      const bool v32 = d.kvr == kMlaLatentDim && d.dr == kMlaRopeDim;
+      opt.kv_format = !v32 ? KvCacheFormat::kFp32 : bf16_acts ? KvCacheFormat::kFp8Record : KvCacheFormat::kBf16;
+    }
     K = opt.topk > 0 ? opt.topk : c.index_topk;
     if (K > kMaxTopK) throw Error("Session: topk = " + std::to_string(K) + " exceeds kMaxTopK");
     for (int l = 0; l < c.num_hidden_layers; ++l)   // a bad policy fails here, not at the first step
@@ -214,7 +216,8 @@ struct Session::Impl {
     } else if (opt.kv_format == KvCacheFormat::kFp8Record) {
       MlaCacheParams mp;
       mp.N = n;
-      mp.format = ScaleFormat::kFloat;   // FlashMLA's test quantiser (amax / 448)
+      // the reference's FP8 latent (ue8m0 scales) with its numerics, else FlashMLA's test quantiser (amax / 448)
+      mp.format = bf16_acts ? ScaleFormat::kUe8m0 : ScaleFormat::kFloat;
       mp.kv = kvm.data();
       mp.records = grow(rec, n * kMlaRecordBytes);
       ex->ops().mla_cache_pack(mp);

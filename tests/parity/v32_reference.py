@@ -16,6 +16,8 @@ What it models (DeepSeek-V3.2-Exp inference/model.py + kernel.py, indexer RoPE r
   * prefill (start 0, several tokens) runs MHA mode: k = [c W_UK^T | k_pe], v = c W_UV^T, fp32 logits,
     softmax, bf16 probabilities times bf16 v; decode (one token) runs the absorbed MQA mode over the
     bf16 latent cache: q_lat = bf16(q_nope W_UK), fp32 logits, bf16 probabilities, o_lat, o_lat W_UV;
+  * the MLA latent (kv_lora_rank part) goes through FP8 e4m3 with ue8m0 block scales and back (the
+    reference's simulation of the deployed FP8 latent cache) before the cache and the prefill use it;
   * main RoPE interleaved on the last qk_rope_head_dim dims; logits fp32.
 
 Output directory (default tests/data/v32_parity):
@@ -219,6 +221,10 @@ class Reference:
         q_nope, q_pe = q[..., :dn], rope(q[..., dn:], pos, self.inv_freq, True)
         kva = linear(xn, w[a + "kv_a_proj_with_mqa.weight"])
         cn = rmsnorm(kva[:, :kvr], w[a + "kv_a_layernorm.weight"], eps)
+        # the deployed FP8 latent cache, simulated: e4m3 per 128-block with ue8m0 scales, back to bf16
+        # (exact: an e4m3 value times a power of two fits bf16); prefill and decode both use it
+        c8, cs = act_quant_ue8m0(cn)
+        cn = bf((c8.view(T, -1, QUANT_BLOCK) * cs[..., None]).view(T, kvr))
         k_pe = rope(kva[:, kvr:], pos, self.inv_freq, True)
         cache.kv[l][start:end], cache.pe[l][start:end] = cn, k_pe
         allowed = self.indexer(l, xn, qan, pos, start, cache)
