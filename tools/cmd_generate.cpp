@@ -29,6 +29,8 @@ const char* kUsage =
     "  attention: --mode dense|sparse|window (default sparse)  --attn-topk K (keys per query; default the config's)\n"
     "             --kv-cache fp32|bf16|fp8  --indexer fp8|fp32  --chunk N (prefill chunk; 0: one step)\n"
     "             --max-tokens N (cache capacity)\n"
+    "  --numerics fp32|reference|auto  activation rounding (default auto: reference, bf16 between ops as in\n"
+    "                             DeepSeek's reference inference, for a BF16 / FP8 checkpoint; else fp32)\n"
     "  --device cpu|cuda|cuda:N   where the session runs (default cpu): on a GPU the weights, the caches and\n"
     "                             every step stay in device memory\n"
     "  per-row k: --topk-policy fixed|mass|entropy|table --topk-p P --topk-min N --topk-max N --topk-a A\n"
@@ -154,7 +156,7 @@ int run_generate(const dsa::cli::Args& args) {
   const dsa::cli::Flags f(args,
                           {"model", "prompt", "max-new", "max-new-tokens", "temperature", "temp", "top-p", "top-k", "seed", "mode",
                            "attn-topk", "topk", "kv-cache", "chunk", "max-tokens", "random-prompt", "tokenizer", "indexer", "threads",
-                           "device", "prompts", "batch", "topk-policy", "topk-p", "topk-min", "topk-max", "topk-a", "topk-b", "topk-table"},
+                           "device", "prompts", "batch", "numerics", "topk-policy", "topk-p", "topk-min", "topk-max", "topk-a", "topk-b", "topk-table"},
                           {"fp8-indexer", "no-stream"},
                           {{"-m", "model"}, {"-p", "prompt"}, {"-n", "max-new-tokens"}, {"-s", "seed"}, {"-t", "threads"}});
   if (f.has("topk"))
@@ -236,6 +238,7 @@ int run_generate(const dsa::cli::Args& args) {
     if (idx != "fp8" && idx != "fp32") throw dsa::Error("generate: --indexer must be fp8 or fp32, not '" + idx + "'");
     so.indexer_precision = idx == "fp8" ? dsa::Precision::kFp8 : dsa::Precision::kFp32;
     so.selection = dsa::cli::parse_selection_policy(f, "generate");
+    so.numerics = dsa::model::parse_numerics(f.get("numerics", "auto"));
     return run_batch(m, *tok, prompts, prompt_lines, so, max_tokens_flag, max_new, chunk, sp, static_cast<uint64_t>(seed),
                      dsa::cli::parse_batch_session_device(f.get("device", "cpu"), "generate"));
   }
@@ -250,6 +253,7 @@ int run_generate(const dsa::cli::Args& args) {
   so.mode = mode;
   so.topk = attn_topk;
   so.selection = dsa::cli::parse_selection_policy(f, "generate");
+  so.numerics = dsa::model::parse_numerics(f.get("numerics", "auto"));
   if (f.has("kv-cache")) so.kv_format = parse_cache(f.get("kv-cache"));   // else the config's (SessionOptions)
   // The indexer runs FP8 in inference (V3.2) whenever its record fits (index_head_dim 128).
   const std::string idx = f.has("fp8-indexer") ? "fp8" : f.get("indexer", c.index_head_dim == dsa::kIndexerKeyDim ? "fp8" : "fp32");
@@ -312,6 +316,8 @@ int run_generate(const dsa::cli::Args& args) {
   if (mode == dsa::model::AttentionMode::kSparse)
     std::fprintf(stderr, "attended keys per query row and layer: %.2f (%s)\n", session.mean_selected_keys(),
                  dsa::model::describe(so.selection).c_str());
+  std::fprintf(stderr, "numerics: %s (weights stored as %s)\n", dsa::model::numerics_name(session.options().numerics),
+               dsa::model::weight_dtype_name(m.weight_dtype()));
   return 0;
 }
 

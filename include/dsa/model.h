@@ -196,6 +196,30 @@ enum class AttentionMode {
   kWindow,   // baseline: the last k causal keys (sliding window of k = index_topk or the override)
 };
 
+// How the checkpoint stored the model's weight matrices (Model::weight_dtype): kF8E4M3 when any matrix
+// is F8_E4M3 (block-scaled), else kBF16 / kF16 when every matrix is, else kF32 (also a random init).
+enum class WeightDtype { kF32, kF16, kBF16, kF8E4M3 };
+const char* weight_dtype_name(WeightDtype d);   // "F32", "F16", "BF16", "F8_E4M3"
+
+// Rounding of an inference session's activations (SessionOptions::numerics).
+//   kFp32: every activation between ops stays fp32 (the oracle; the session's behaviour on fp32 weights).
+//   kReference: DeepSeek's reference inference (DeepSeek-V3.2-Exp inference/model.py with the
+//     rotate-half indexer RoPE): activations are bf16 between ops, each op computes in fp32 and rounds
+//     its output to bf16 (round to nearest even) where the reference holds a bf16 tensor — every
+//     linear output, each RMSNorm / LayerNorm, RoPE and Hadamard output, the absorbed query latent,
+//     the attention output before and after W_UV, the SwiGLU product, and the residual stream after
+//     each add (the norm that follows an add reads the fp32 sum, as the reference's fused add + norm
+//     does); the attention probabilities before the value product on the CPU's V3.2-latent decode op
+//     (SparseDecodeParams::bf16_probs; GPU kernels and other latent dims keep them fp32). Kept fp32
+//     as in the reference: the indexer head weights (weights_proj output and its HI^-0.5 · DI^-0.5
+//     scaling), the indexer logits, the attention logits and the final logits (the lm_head runs in
+//     fp32 on the bf16 output of the final norm). The reference's FP8 indexer is indexer_precision
+//     kFp8, set separately. docs/model.md "Parity with DeepSeek's reference" gives measured numbers.
+//   kAuto: kReference when the weights were stored as BF16 or F8_E4M3 (a served checkpoint), else kFp32.
+enum class Numerics { kAuto, kFp32, kReference };
+const char* numerics_name(Numerics n);              // "auto", "fp32", "reference"
+Numerics parse_numerics(const std::string& name);   // the names above; dsa::Error names the bad value
+
 enum class Stage {
   kPretrain, // dense attention, LM loss → non-indexer params; indexer grads stay 0
   kWarmup,   // dense attention, model frozen (non-indexer grads exactly 0); indexer gets the gradient
@@ -243,8 +267,11 @@ std::string describe(const SelectionPolicy& s);
 struct SessionOptions {
   AttentionMode mode = AttentionMode::kSparse;      // kDense attends every cached key
   // MLA latent cache: kFp32 (any dims), kBf16 or kFp8Record (656 B; need kv_lora_rank 512, rope 64).
-  // Unset: chosen from the config — kBf16 for the V3.2 latent (512 + 64), else kFp32 — so a default
-  // SessionOptions works on every model Model accepts. Session::options() reports the choice.
+  // Unset: chosen from the config — for the V3.2 latent (512 + 64) kFp8Record with the reference
+  // numerics (the reference's FP8 latent cache), else kBf16; kFp32 for other dims — so a default
+  // SessionOptions works on every model Model accepts. Session::options() reports the choice. With the
+  // reference numerics the record's scales are ue8m0 (powers of two, as the reference quantises the
+  // latent), else amax / 448.
   std::optional<KvCacheFormat> kv_format;
   // Indexer: kFp8 uses the paged 132 B cache (needs index_head_dim 128; V3.2 inference, ue8m0
   // scales); kFp32 keeps fp32 keys (any index_head_dim; equals the training path's selection).
@@ -257,6 +284,20 @@ struct SessionOptions {
   bool allow_beyond_max_position = false;
   uint64_t page_order_seed = 0;                      // ≠ 0: pages handed out in a shuffled order
                                                      // (tests that indices really are physical)
+  // Activation rounding (Numerics above). Session::options() reports the resolved kFp32 / kReference.
+  Numerics numerics = Numerics::kAuto;
+  // Keep the last step's per-layer selections (Session::last_selections; costs a copy per layer).
+  bool record_selections = false;
+};
+
+// The keys every row of the last step selected, per layer (SessionOptions::record_selections):
+// layers[l][r·k + j] = the j-th selected logical position of row r (−1: none), in the indexer's top-k
+// order; rows = the step's rows, k = its selection width (min(topk, longest context) in kSparse, the
+// context in kDense, the window in kWindow). Empty before the first recorded step.
+struct StepSelections {
+  int64_t rows = 0;
+  int k = 0;
+  std::vector<std::vector<int32_t>> layers;
 };
 
 // Sampling for generation: temperature 0 (or top_k 1) → greedy (argmax, smallest id on ties); else
@@ -301,6 +342,9 @@ class Model {
   // problem throws dsa::Error naming the file and the tensor, and no Model is returned. save writes F32 (bit-exact round trip) or BF16,
   // into a temporary directory that is fsynced and then renamed over `dir` (never a partial write).
   static Model load(const std::string& dir);
+  // The dtype the weights were stored in (load), kF32 after init_random; SessionOptions::numerics
+  // kAuto follows it.
+  WeightDtype weight_dtype() const;
   enum class SaveDtype { kF32, kBf16 };
   void save(const std::string& dir, SaveDtype dtype = SaveDtype::kF32) const;
 
@@ -401,6 +445,8 @@ class Session {
   const SessionOptions& options() const;
   // Keys attended per query row and layer, averaged over every step so far (kSparse; 0 before any).
   double mean_selected_keys() const;
+  // The last step's selections when options().record_selections is set (else empty).
+  const StepSelections& last_selections() const;
 
   struct Impl;
  private:

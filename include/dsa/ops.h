@@ -422,6 +422,9 @@ struct SparseDecodeParams {
   const int32_t* topk_length = nullptr;         // [B·next_n], may be null
   float* out = nullptr;                         // [B, next_n, H, 512]
   float* lse = nullptr;                         // [B, H, next_n]
+  // true: P = softmax(z) is rounded to bf16 before the value product (DeepSeek's reference inference
+  // holds the probabilities in bf16); the CPU op only — the CUDA backend refuses it.
+  bool bf16_probs = false;
 };
 
 namespace cpu {

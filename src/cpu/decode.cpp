@@ -233,7 +233,8 @@ void sparse_attention_decode(const SparseDecodeParams& p) {
       const double log_sum = m + std::log(sum);           // lse = log Σ exp z
       double acc[kMlaLatentDim] = {};
       for (int64_t i = 0; i < nv; ++i) {
-        const double w = std::exp(zh[i] - log_sum);       // P = exp(z − lse)
+        double w = std::exp(zh[i] - log_sum);             // P = exp(z − lse)
+        if (p.bf16_probs) w = bf16_to_float(bf16_from_float(static_cast<float>(w)));
         const float* row = kv.data() + i * kRowDim;
         for (int d = 0; d < kMlaLatentDim; ++d) acc[d] += w * row[d];  // V = the first 512 dims
       }

@@ -87,6 +87,8 @@ class CudaBackend final : public Backend {
     cuda::paged_to_physical(B, next_n, K, block_table, max_blocks, num_pages, indices, stream_);
   }
   void sparse_attention_decode(const SparseDecodeParams& p) override {
+    if (p.bf16_probs)
+      throw ::dsa::Error("sparse_attention_decode: bf16_probs (bf16 probabilities) runs on the CPU only");
     const Variant v = variant_for("sparse_attention_decode");
     const size_t bytes = cuda::sparse_attention_decode_workspace_bytes(p, v);
     cuda::sparse_attention_decode(p, workspace(bytes), bytes, stream_, v);

@@ -71,6 +71,8 @@ class Exec {
   virtual void download_bytes(void* host, const void* src, int64_t n) = 0;
   // y[i] = bf16 bits of x[i], round to nearest even (cpu::bf16_from_float)
   virtual void to_bf16(const float* x, uint16_t* y, int64_t n) = 0;
+  // x[i] = the fp32 value of x[i]'s bf16 rounding (round to nearest even): a bf16 tensor held in fp32
+  virtual void round_bf16(float* x, int64_t n) = 0;
   // The first n logical positions of a paged FP8 indexer cache (IndexerCacheParams page layout, pages
   // block_table[0 …]) as contiguous keys: k_fp8 [n, 128] and k_scale [n] (what the contiguous-key
   // FP8 indexer ops take).

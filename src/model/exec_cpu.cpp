@@ -50,6 +50,9 @@ class CpuExec final : public Exec {
   void to_bf16(const float* x, uint16_t* y, int64_t n) override {
     for (int64_t i = 0; i < n; ++i) y[i] = cpu::bf16_from_float(x[i]);
   }
+  void round_bf16(float* x, int64_t n) override {
+    for (int64_t i = 0; i < n; ++i) x[i] = cpu::bf16_to_float(cpu::bf16_from_float(x[i]));
+  }
   void gather_indexer_keys(const uint8_t* cache, const int32_t* block_table, int64_t n, uint8_t* k_fp8,
                            float* k_scale) override {
     for (int64_t i = 0; i < n; ++i) {

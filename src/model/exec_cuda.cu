@@ -62,6 +62,12 @@ __global__ void to_bf16_kernel(const float* __restrict__ x, uint16_t* __restrict
     y[i] = __bfloat16_as_ushort(__float2bfloat16_rn(x[i]));
 }
 
+__global__ void round_bf16_kernel(float* __restrict__ x, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    x[i] = __bfloat162float(__float2bfloat16_rn(x[i]));
+}
+
 // One thread per 16-byte piece of a key (8 per key) plus one per scale: token i of the logical order
 // lives at slot i % 64 of page block_table[i / 64].
 constexpr int kKeyPieces = kIndexerKeyDim / 16;
@@ -210,6 +216,11 @@ class CudaExec final : public model::Exec {
     if (n <= 0) return;
     to_bf16_kernel<<<glue_blocks(n), kGlueThreads, 0, stream_>>>(x, y, n);
     DSA_CUDA_LAUNCH_CHECK("model exec to_bf16");
+  }
+  void round_bf16(float* x, int64_t n) override {
+    if (n <= 0) return;
+    round_bf16_kernel<<<glue_blocks(n), kGlueThreads, 0, stream_>>>(x, n);
+    DSA_CUDA_LAUNCH_CHECK("model exec round_bf16");
   }
   void gather_indexer_keys(const uint8_t* cache, const int32_t* block_table, int64_t n, uint8_t* k_fp8,
                            float* k_scale) override {

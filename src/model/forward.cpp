@@ -607,18 +607,28 @@ void mm_xw(bool exact, int64_t N, int I, int O, const float* x, int64_t ldx, con
 
 void mla_project(Exec& ex, const Model::Impl& m, int l, const float* xn, int64_t T, const int32_t* pos, float* qa,
                  float* rstd_qa, float* qan, float* q, float* kva, float* c_raw, float* rstd_kv, float* cn, float* qm,
-                 float* kvm) {
+                 float* kvm, bool round_bf16) {
   const Dims d(m.cfg);
   const LayerParams& L = m.layers[l];
   const float eps = static_cast<float>(m.cfg.rms_norm_eps);
+  const auto R = [&](float* p, int64_t n) {
+    if (round_bf16) ex.round_bf16(p, n);
+  };
   ex.mm_xwt(T, d.D, d.qr, xn, d.D, ex.param(L.q_a), d.D, qa, d.qr);
+  R(qa, T * d.qr);
   ex.ops().rmsnorm_forward(qa, ex.param(L.q_a_norm), qan, rstd_qa, T, d.qr, eps);
+  R(qan, T * d.qr);
   ex.mm_xwt(T, d.qr, d.H * d.dq, qan, d.qr, ex.param(L.q_b), d.qr, q, d.H * d.dq);
+  R(q, T * d.H * d.dq);
   ex.ops().rope_forward(rope(T, d.H, d.dq, d.dn, d.dr, RopeLayout::kInterleaved, pos, ex.inv_freq(), q));
+  R(q, T * d.H * d.dq);
   ex.mm_xwt(T, d.D, d.Dm, xn, d.D, ex.param(L.kv_a), d.D, kva, d.Dm);
+  R(kva, T * d.Dm);
   ex.copy_cols(c_raw, d.kvr, kva, d.Dm, T, d.kvr);
   ex.ops().rmsnorm_forward(c_raw, ex.param(L.kv_a_norm), cn, rstd_kv, T, d.kvr, eps);
+  R(cn, T * d.kvr);
   ex.ops().rope_forward(rope(T, 1, d.Dm, d.kvr, d.dr, RopeLayout::kInterleaved, pos, ex.inv_freq(), kva));
+  R(kva, T * d.Dm);
   ex.copy_cols(kvm, d.Dm, cn, d.kvr, T, d.kvr);
   ex.copy_cols(kvm + d.kvr, d.Dm, kva + d.kvr, d.Dm, T, d.dr);
   const float* Wkvb = ex.param(L.kv_b);
@@ -628,21 +638,38 @@ void mla_project(Exec& ex, const Model::Impl& m, int l, const float* xn, int64_t
              qm + h * d.Dm, d.H * d.Dm);
     ex.copy_cols(qm + h * d.Dm + d.kvr, d.H * d.Dm, q + h * d.dq + d.dn, d.H * d.dq, T, d.dr);
   }
+  R(qm, T * d.H * d.Dm);
 }
 
 void indexer_project(Exec& ex, const Model::Impl& m, int l, const float* xn, const float* qan, int64_t T,
-                     const int32_t* pos, float* iq, float* kpre, float* kmean, float* krstd, float* ik, float* iw) {
+                     const int32_t* pos, float* iq, float* kpre, float* kmean, float* krstd, float* ik, float* iw,
+                     bool round_bf16) {
   const Dims d(m.cfg);
   const LayerParams& L = m.layers[l];
+  const auto R = [&](float* p, int64_t n) {
+    if (round_bf16) ex.round_bf16(p, n);
+  };
   ex.mm_xwt(T, d.qr, d.HI * d.DI, qan, d.qr, ex.param(L.idx_wq), d.qr, iq, d.HI * d.DI);
+  R(iq, T * d.HI * d.DI);
   ex.ops().rope_forward(rope(T, d.HI, d.DI, 0, d.dr, RopeLayout::kRotateHalf, pos, ex.inv_freq(), iq));
+  R(iq, T * d.HI * d.DI);
   ex.ops().hadamard_transform(iq, T * d.HI, d.DI);
+  R(iq, T * d.HI * d.DI);
   ex.mm_xwt(T, d.D, d.DI, xn, d.D, ex.param(L.idx_wk), d.D, kpre, d.DI);
+  R(kpre, T * d.DI);
   ex.ops().layernorm_forward(kpre, ex.param(L.idx_norm_w), ex.param(L.idx_norm_b), ik, kmean, krstd, T, d.DI, kIndexerNormEps);
+  R(ik, T * d.DI);
   ex.ops().rope_forward(rope(T, 1, d.DI, 0, d.dr, RopeLayout::kRotateHalf, pos, ex.inv_freq(), ik));
+  R(ik, T * d.DI);
   ex.ops().hadamard_transform(ik, T, d.DI);
+  R(ik, T * d.DI);
   ex.mm_xwt(T, d.D, d.HI, xn, d.D, ex.param(L.idx_w), d.D, iw, d.HI);
-  ex.scale(iw, static_cast<float>(1.0 / std::sqrt(static_cast<double>(d.HI) * d.DI)), T * d.HI);
+  if (round_bf16) {   // the reference's order: HI^-0.5, then (after the q scale, a power of two) DI^-0.5
+    ex.scale(iw, static_cast<float>(1.0 / std::sqrt(static_cast<double>(d.HI))), T * d.HI);
+    ex.scale(iw, static_cast<float>(1.0 / std::sqrt(static_cast<double>(d.DI))), T * d.HI);
+  } else {
+    ex.scale(iw, static_cast<float>(1.0 / std::sqrt(static_cast<double>(d.HI) * d.DI)), T * d.HI);
+  }
 }
 
 void absorb_out(Exec& ex, const Model::Impl& m, int l, const float* olat, int64_t T, float* o) {

@@ -42,6 +42,7 @@ struct Model::Impl {
   // The buffers of CPU passes, reused from pass to pass (created with the Impl).
   std::shared_ptr<HostPool> host_pool;
   SelectionPolicy selection;                       // Model::set_selection_policy
+  WeightDtype weight_dtype = WeightDtype::kF32;    // Model::weight_dtype (set by load)
 
   explicit Impl(const Config& c);
   const float* P(int i) const { return params[i].data.data(); }
@@ -76,11 +77,12 @@ void mm_xw(bool exact, int64_t N, int I, int O, const float* x, int64_t ldx, con
 //   qm [T,H,Dm] (absorbed), kvm [T,Dm].
 void mla_project(Exec& ex, const Model::Impl& m, int l, const float* xn, int64_t T, const int32_t* pos, float* qa,
                  float* rstd_qa, float* qan, float* q, float* kva, float* c_raw, float* rstd_kv, float* cn,
-                 float* qm, float* kvm);
+                 float* qm, float* kvm, bool round_bf16 = false);
 // Indexer q/k/w of T rows (fp32, after RoPE and Hadamard; w with the HI^-0.5·DI^-0.5 scale):
 //   kpre [T,DI] (wk output, for LayerNorm backward), kmean/krstd [T].
 void indexer_project(Exec& ex, const Model::Impl& m, int l, const float* xn, const float* qan, int64_t T,
-                     const int32_t* pos, float* iq, float* kpre, float* kmean, float* krstd, float* ik, float* iw);
+                     const int32_t* pos, float* iq, float* kpre, float* kmean, float* krstd, float* ik, float* iw,
+                     bool round_bf16 = false);
 // The main attention of a layer in MQA mode over the latents: qm [T,H,Dm] against kvm [S,Dm] (V = the
 // first kvr dims) with the model's explicit softmax scale. The caller adds the key set: indices/K
 // (sparse) or ks/ke (dense).
@@ -100,5 +102,9 @@ inline AttentionParams mqa_attention_params(const Model::Impl& m, const Dims& d,
 
 // out[t,h] = o_lat[t,h] · W_UV[h]ᵀ → o [T, H·dv]
 void absorb_out(Exec& ex, const Model::Impl& m, int l, const float* olat, int64_t T, float* o);
+// round_bf16 = true (the session's Numerics::kReference): mla_project and indexer_project round each
+// intermediate to bf16 where DeepSeek's reference inference holds a bf16 tensor (dsa/model.h Numerics):
+// every linear output, the norms, RoPE and Hadamard outputs and the absorbed query latent; the indexer
+// head weights stay fp32, scaled by HI^-0.5 and then DI^-0.5 in the reference's order.
 
 }  // namespace dsa::model

@@ -136,6 +136,7 @@ bool Model::is_indexer_param(const std::string& name) { return name.find(".self_
 void Model::init_random(uint64_t seed, double shared_embedding) {
   if (!(shared_embedding >= 0) || !std::isfinite(shared_embedding))
     throw Error("init_random: shared_embedding = " + std::to_string(shared_embedding) + " must be a finite number >= 0");
+  impl_->weight_dtype = WeightDtype::kF32;
   std::mt19937_64 rng(seed);
   const Config& c = impl_->cfg;
   const double sigma = c.initializer_range;
@@ -206,6 +207,26 @@ void Model::save(const std::string& dir, SaveDtype dtype) const {
   }
 }
 
+namespace {
+// WeightDtype of the stored matrices (2-D parameters): F8_E4M3 when any is, BF16 / F16 when all are,
+// else F32. `locate` finds a tensor's file and header by name.
+template <class Locate>
+WeightDtype stored_weight_dtype(const std::vector<Tensor>& params, Locate locate) {
+  bool any_fp8 = false, all_bf16 = true, all_f16 = true;
+  for (const Tensor& p : params) {
+    if (p.shape.size() != 2) continue;
+    const st::Dtype dt = locate(p.name).second->dtype;
+    any_fp8 = any_fp8 || dt == st::Dtype::kF8E4M3;
+    all_bf16 = all_bf16 && dt == st::Dtype::kBF16;
+    all_f16 = all_f16 && dt == st::Dtype::kF16;
+  }
+  if (any_fp8) return WeightDtype::kF8E4M3;
+  if (all_bf16) return WeightDtype::kBF16;
+  if (all_f16) return WeightDtype::kF16;
+  return WeightDtype::kF32;
+}
+}  // namespace
+
 Model Model::load(const std::string& dir) {
   const fs::path root(dir);
   if (!fs::is_directory(root)) throw Error("load: " + dir + " is not a directory");
@@ -242,7 +263,35 @@ Model Model::load(const std::string& dir) {
       if (!std::isfinite(x)) throw Error("load: " + f->path() + ": tensor '" + p.name + "' has a non-finite value");
     p.data = std::move(v);
   }
+  m.impl_->weight_dtype = stored_weight_dtype(m.impl_->params, locate);
   return m;
+}
+
+WeightDtype Model::weight_dtype() const { return impl_->weight_dtype; }
+
+const char* weight_dtype_name(WeightDtype d) {
+  switch (d) {
+    case WeightDtype::kF32: return "F32";
+    case WeightDtype::kF16: return "F16";
+    case WeightDtype::kBF16: return "BF16";
+    case WeightDtype::kF8E4M3: return "F8_E4M3";
+  }
+  return "?";
+}
+
+const char* numerics_name(Numerics n) {
+  switch (n) {
+    case Numerics::kAuto: return "auto";
+    case Numerics::kFp32: return "fp32";
+    case Numerics::kReference: return "reference";
+  }
+  return "?";
+}
+
+Numerics parse_numerics(const std::string& name) {
+  for (const Numerics n : {Numerics::kAuto, Numerics::kFp32, Numerics::kReference})
+    if (name == numerics_name(n)) return n;
+  throw Error("numerics: unknown value '" + name + "' (expected auto, fp32 or reference)");
 }
 
 // ── Sampling ────────────────────────────────────────────────────────────────────────────────────

@@ -44,6 +44,8 @@ struct Session::Impl {
   bool fp8_indexer = false;
   bool gpu = false;                 // the executor is a GPU: prefill chunks take the prefill kernels
   bool bf16_decode_q = false;       // the GPU decode takes q in bf16 (its tensor-core variant)
+  bool bf16_acts = false;           // Numerics::kReference: activations rounded to bf16 between ops
+  StepSelections last_sel;          // Session::last_selections (record_selections)
   struct Seq {
     bool live = false;
     int64_t length = 0;
@@ -77,8 +79,14 @@ struct Session::Impl {
   Impl(const Model::Impl& model, const SessionOptions& o, std::shared_ptr<Exec> exec, bool pooled)
       : m(model), ex(exec ? std::move(exec) : std::shared_ptr<Exec>(make_cpu_exec(/*exact=*/true))), opt(o), d(model.cfg) {
     const Config& c = m.cfg;
-    if (!opt.kv_format)   // unset: the format the config's latent fits (SessionOptions)
-      opt.kv_format = d.kvr == kMlaLatentDim && d.dr == kMlaRopeDim ? KvCacheFormat::kBf16 : KvCacheFormat::kFp32;
+    if (opt.numerics == Numerics::kAuto)   // a served (bf16 / FP8) checkpoint runs the reference's numerics
+      opt.numerics = m.weight_dtype == WeightDtype::kBF16 || m.weight_dtype == WeightDtype::kF8E4M3 ? Numerics::kReference
+                                                                                                    : Numerics::kFp32;
+    bf16_acts = opt.numerics == Numerics::kReference;
+    if (!opt.kv_format) {   // unset: the format the config's latent fits (SessionOptions)
+      const bool v32 = d.kvr == kMlaLatentDim && d.dr == kMlaRopeDim;
+      opt.kv_format = !v32 ? KvCacheFormat::kFp32 : bf16_acts ? KvCacheFormat::kFp8Record : KvCacheFormat::kBf16;
+    }
     K = opt.topk > 0 ? opt.topk : c.index_topk;
     if (K > kMaxTopK) throw Error("Session: topk = " + std::to_string(K) + " exceeds kMaxTopK");
     for (int l = 0; l < c.num_hidden_layers; ++l)   // a bad policy fails here, not at the first step
@@ -208,7 +216,8 @@ struct Session::Impl {
     } else if (opt.kv_format == KvCacheFormat::kFp8Record) {
       MlaCacheParams mp;
       mp.N = n;
-      mp.format = ScaleFormat::kFloat;   // FlashMLA's test quantiser (amax / 448)
+      // the reference's FP8 latent (ue8m0 scales) with its numerics, else FlashMLA's test quantiser (amax / 448)
+      mp.format = bf16_acts ? ScaleFormat::kUe8m0 : ScaleFormat::kFloat;
       mp.kv = kvm.data();
       mp.records = grow(rec, n * kMlaRecordBytes);
       ex->ops().mla_cache_pack(mp);
@@ -231,7 +240,7 @@ struct Session::Impl {
       return;
     }
     indexer_project(*ex, m, l, xn.data(), qan.data(), n, pos_d.data(), iq.data(), kpre.data(), kmean.data(), krstd.data(),
-                    ik.data(), iw.data());
+                    ik.data(), iw.data(), bf16_acts);
     // A GPU prefill chunk (one sequence, more rows than a decode step): the fused indexer + top-k over
     // the sequence's keys made contiguous (never the n × context logits); a decode step and every CPU
     // step: logits over the cache, then top-k.
@@ -450,15 +459,30 @@ struct Session::Impl {
     };
     up(tok_d, tok_h); up(pos_d, pos_h); up(ctx_d, ctx_h); up(tab_d, tab_h);
     Backend& ops = ex->ops();
+    // Numerics::kReference: a bf16 tensor between ops (dsa/model.h); the norm after each residual add
+    // reads the fp32 sum, then the stream is rounded (the reference's fused add + norm)
+    const auto R = [&](float* p, int64_t count) {
+      if (bf16_acts) ex->round_bf16(p, count);
+    };
     ops.embedding_forward(tok_d.data(), ex->param(m.embed), x.data(), n, d.V, d.D);
+    R(x.data(), n * d.D);
     const bool prefill_kernels = gpu && parts.size() == 1 && n > kMaxDecodeRows;
+    if (opt.record_selections) {
+      last_sel.rows = n;
+      last_sel.k = Kr;
+      last_sel.layers.assign(static_cast<size_t>(c.num_hidden_layers), std::vector<int32_t>(static_cast<size_t>(n * Kr)));
+    }
     for (int l = 0; l < c.num_hidden_layers; ++l) {
       const LayerParams& L = m.layers[l];
       ops.rmsnorm_forward(x.data(), ex->param(L.input_norm), xn.data(), rstd.data(), n, d.D, eps);
+      R(xn.data(), n * d.D);
+      R(x.data(), n * d.D);
       mla_project(*ex, m, l, xn.data(), n, pos_d.data(), qa.data(), rstd2.data(), qan.data(), q.data(), kva.data(),
-                  c_raw.data(), rstd2.data(), cn.data(), qm.data(), kvm.data());
+                  c_raw.data(), rstd2.data(), cn.data(), qm.data(), kvm.data(), bf16_acts);
       write_kv(l, parts, n);
       select(l, parts, n, next_n, Kr, longest);
+      if (opt.record_selections)   // logical positions, before paged_to_physical rewrites them
+        ex->download_bytes(last_sel.layers[l].data(), sel_d.data(), n * Kr * static_cast<int64_t>(sizeof(int32_t)));
       if (opt.mode == AttentionMode::kSparse) {
         if (ragged()) ex->download_bytes(grow_host(sel_len_h, n), sel_len_d.data(), n * static_cast<int64_t>(sizeof(int32_t)));
         for (int64_t i = 0; i < n; ++i, ++selected_rows) selected_keys += ragged() ? sel_len_h[i] : std::min(Kr, ctx_h[i]);
@@ -499,6 +523,7 @@ struct Session::Impl {
         sp.topk_length = row_lengths();   // a ragged selection stops at each row's k
         sp.out = olat.data();
         sp.lse = lse.data();
+        sp.bf16_probs = bf16_acts && !gpu;   // the reference's bf16 probabilities (the CPU op)
         ops.sparse_attention_decode(sp);
       } else {
         AttentionParams ap = mqa_attention_params(m, d, static_cast<int>(n), static_cast<int>(capacity), qm.data(),
@@ -508,18 +533,29 @@ struct Session::Impl {
         ap.topk_length = row_lengths();
         ops.sparse_attention_forward(ap, AttentionForwardOut{olat.data(), lse.data(), nullptr});
       }
+      R(olat.data(), n * d.H * d.kvr);
       absorb_out(*ex, m, l, olat.data(), n, o.data());
+      R(o.data(), n * d.H * d.dv);
       ex->mm_xwt(n, d.H * d.dv, d.D, o.data(), d.H * d.dv, ex->param(L.o), d.H * d.dv, attn.data(), d.D);
+      R(attn.data(), n * d.D);
       ex->add(x.data(), attn.data(), n * d.D);
       ops.rmsnorm_forward(x.data(), ex->param(L.post_norm), hn.data(), rstd.data(), n, d.D, eps);
+      R(hn.data(), n * d.D);
+      R(x.data(), n * d.D);
       if (L.moe) {
-        moe_forward(*ex, m, l, hn.data(), n, mlp.data(), nullptr);   // routing per row: row-invariant
+        // Routing per row: row-invariant. Reference numerics round the layer's output; the experts'
+        // own intermediate products stay fp32.
+        moe_forward(*ex, m, l, hn.data(), n, mlp.data(), nullptr);
       } else {
         ex->mm_xwt(n, d.D, d.F, hn.data(), d.D, ex->param(L.gate), d.D, g.data(), d.F);
+        R(g.data(), n * d.F);
         ex->mm_xwt(n, d.D, d.F, hn.data(), d.D, ex->param(L.up), d.D, u.data(), d.F);
+        R(u.data(), n * d.F);
         ops.swiglu_forward(g.data(), u.data(), a.data(), n * d.F);
+        R(a.data(), n * d.F);
         ex->mm_xwt(n, d.F, d.D, a.data(), d.F, ex->param(L.down), d.F, mlp.data(), d.D);
       }
+      R(mlp.data(), n * d.D);
       ex->add(x.data(), mlp.data(), n * d.D);
     }
     // the rows whose logits are returned: all, or each part's last
@@ -539,6 +575,7 @@ struct Session::Impl {
     float* xnorm = grow(xf, 2 * rows * d.D) + rows * d.D;
     grow(logits, rows * d.V);
     ops.rmsnorm_forward(xs, ex->param(m.final_norm), xnorm, rstd.data(), rows, d.D, eps);
+    R(xnorm, rows * d.D);   // the lm_head itself runs in fp32 (the reference's fp32 head)
     ex->mm_xwt(rows, d.D, d.V, xnorm, d.D, ex->param(m.lm_head), d.D, logits.data(), d.V);
     out.resize(static_cast<size_t>(rows * d.V));
     ex->download_bytes(out.data(), logits.data(), rows * d.V * static_cast<int64_t>(sizeof(float)));   // waits for the step
@@ -616,6 +653,7 @@ void Session::truncate(int64_t length) {
 int64_t Session::length() const { return impl_->seqs[0].length; }
 int64_t Session::capacity() const { return impl_->capacity; }
 const SessionOptions& Session::options() const { return impl_->opt; }
+const StepSelections& Session::last_selections() const { return impl_->last_sel; }
 double Session::mean_selected_keys() const {
   return impl_->selected_rows > 0 ? static_cast<double>(impl_->selected_keys) / static_cast<double>(impl_->selected_rows) : 0.0;
 }

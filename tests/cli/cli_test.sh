@@ -79,6 +79,15 @@ generate)
   "$DSA" generate -m m --random-prompt 20 --batch 4 -n 3 2>err.txt >/dev/null || fail "--batch: $(cat err.txt)"
   grep -q "batch of 4: prefill 80 tokens" err.txt || fail "--batch 4: $(cat err.txt)"
   grep -q "decode 8 tokens" err.txt || fail "--batch 4 -n 3 did not run 2 decode steps of 4 rows: $(cat err.txt)"
+  # numerics: auto follows the stored weights (dsa init writes F32), --numerics chooses, a bad name is refused
+  "$DSA" generate -m m -p Hello -n 2 2>err.txt >/dev/null || fail "generate: $(cat err.txt)"
+  grep -q "numerics: fp32 (weights stored as F32)" err.txt || fail "auto on F32 weights: $(cat err.txt)"
+  "$DSA" generate -m m -p Hello -n 2 --numerics reference 2>err.txt >/dev/null || fail "--numerics reference: $(cat err.txt)"
+  grep -q "numerics: reference" err.txt || fail "--numerics reference: $(cat err.txt)"
+  "$DSA" init --config=cfg.json -o mb --bf16 >/dev/null || fail "init --bf16"
+  "$DSA" generate -m mb -p Hello -n 2 2>err.txt >/dev/null || fail "generate bf16: $(cat err.txt)"
+  grep -q "numerics: reference (weights stored as BF16)" err.txt || fail "auto on BF16 weights: $(cat err.txt)"
+  expect_refused "unknown value 'bf17'" "$DSA" generate -m m -p Hi --numerics bf17
   expect_refused '--prompts missing.txt: cannot be read' "$DSA" generate -m m --prompts missing.txt
   expect_refused '--batch B needs --random-prompt N' "$DSA" generate -m m -p Hi --batch 2
   expect_refused 'give one of -p/--prompt, --prompts FILE' "$DSA" generate -m m -p Hi --prompts prompts.txt
