@@ -236,4 +236,40 @@ TEST(ModelMtp, SpeculativeGreedyEqualsPlainGreedy) {
   }
 }
 
+// An MTP module built to copy the main model's rule: with every o_proj and down_proj zero, the main
+// model's final hidden state is norm(embed(t)), so its next token is f(t) = argmax head(norm(embed(t)));
+// a module with o_proj, down_proj zero and eh_proj = [I | 0] (the normalised embedding alone) predicts
+// f(token after next's predecessor) = exactly what the main model will say next. Every draft is accepted:
+// two tokens per main step, the same output as plain greedy decoding.
+TEST(ModelMtp, CopyingModuleIsAlwaysAccepted) {
+  constexpr int kNew = 21;
+  Config c = mtp_config(false);
+  c.vocab_size = 11;
+  Model m(c);
+  m.init_random(9);
+  const int D = c.hidden_size;
+  for (auto& t : m.params())
+    if (t.name.find("o_proj") != std::string::npos || t.name.find("down_proj") != std::string::npos)
+      std::fill(t.data.begin(), t.data.end(), 0.0f);
+  auto& eh = m.find_param("model.layers." + std::to_string(c.num_hidden_layers) + ".eh_proj.weight")->data;
+  std::fill(eh.begin(), eh.end(), 0.0f);
+  for (int i = 0; i < D; ++i) eh[static_cast<size_t>(i) * 2 * D + i] = 1.0f;
+  dsa::model::SessionOptions so;
+  const std::vector<int32_t> prompt = dsa::test_model::random_tokens(c.vocab_size, 6, 10);
+  std::vector<int32_t> plain;
+  {
+    dsa::model::Session s(m, so);
+    std::vector<float> logits = s.prefill(prompt, 0);
+    for (int i = 0; i < kNew; ++i) {
+      plain.push_back(static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
+      if (i + 1 < kNew) logits = s.decode(plain.back());
+    }
+  }
+  std::vector<int32_t> spec;
+  const auto [accepted, drafted] = speculative(m, so, prompt, kNew, spec);
+  EXPECT_EQ(spec, plain);
+  EXPECT_EQ(drafted, (kNew - 1) / 2);
+  EXPECT_EQ(accepted, drafted);
+}
+
 }  // namespace

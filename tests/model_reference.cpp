@@ -157,8 +157,8 @@ struct Ref {
   }
 
   // MTP module 0 from its definition: row t joins the main model's final hidden state of position t
-  // with the token after it (tok[t + 1], `next` for the last row): x = eh_proj · [enorm(embed) ;
-  // hnorm(h)], the module's decoder layer (checkpoint layer num_hidden_layers) at positions 0 … T-1,
+  // with the token after it (tok[t + 1], `next` for the last row; at position 0 a zero embedding):
+  // x = eh_proj · [enorm(embed) ; hnorm(h)], the module's decoder layer (checkpoint layer num_hidden_layers) at positions 0 … T-1,
   // then shared_head.norm and the main output head. logits [T, vocab].
   V mtp_logits(const std::vector<int32_t>& tok, int32_t next, int topk) const {
     const int T = static_cast<int>(tok.size()), D = c.hidden_size, L = c.num_hidden_layers;
@@ -167,7 +167,9 @@ struct Ref {
     std::vector<int32_t> after(tok.begin() + 1, tok.end());
     after.push_back(next);
     const std::string p = "model.layers." + std::to_string(L) + ".";
-    const V en = rms(embed(after), P(p + "enorm.weight"), T, D), hn = rms(h, P(p + "hnorm.weight"), T, D);
+    V e = embed(after);
+    std::fill(e.begin(), e.begin() + D, 0.0);   // position 0 takes no embedding
+    const V en = rms(e, P(p + "enorm.weight"), T, D), hn = rms(h, P(p + "hnorm.weight"), T, D);
     V cat(static_cast<size_t>(T) * 2 * D);
     for (int t = 0; t < T; ++t)
       for (int i = 0; i < D; ++i) {

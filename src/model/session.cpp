@@ -606,8 +606,8 @@ struct Session::Impl {
     size_step(n, longest, Kr, start);
     prepare(parts, n, Kr);
     constexpr int kModule = 0;   // the first MTP module drafts
-    mtp_input(*ex, m, kModule, tok_d.data(), hidden.data() + start * d.D, n, grow(mtp_e, n * d.D), grow(mtp_cat, 2 * n * d.D),
-              rstd.data(), x.data());
+    mtp_input(*ex, m, kModule, tok_d.data(), hidden.data() + start * d.D, start, n, grow(mtp_e, n * d.D),
+              grow(mtp_cat, 2 * n * d.D), rstd.data(), x.data());
     run_layer(m.cfg.num_hidden_layers + kModule, parts, n, 1, Kr, longest);
     mtp_logits(*ex, m, kModule, x.data() + (n - 1) * d.D, 1, hn.data(), rstd.data(), grow(logits, d.V));
     out.resize(static_cast<size_t>(d.V));
