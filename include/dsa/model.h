@@ -416,7 +416,8 @@ class Session {
   std::vector<float> draft(int32_t next);
   int64_t length() const;
   int64_t capacity() const;
-  // Cache bytes per token summed over layers: MLA record + indexer record.
+  // Cache bytes per token summed over layers: MLA record + indexer record (with SessionOptions::mtp
+  // also the MTP layer's records and the main model's final hidden state, hidden_size fp32).
   int64_t cache_bytes_per_token() const;
   const SessionOptions& options() const;
   // Keys attended per query row and layer, averaged over every step so far (kSparse; 0 before any).

@@ -29,11 +29,11 @@ namespace {
 constexpr int kWeightScaleBlock = 128;   // V3 FP8 weights: one weight_scale_inv per 128×128 block
 constexpr const char* kWeightsFile = "model.safetensors";
 constexpr const char* kConfigFile = "config.json";
-// Checkpoint copies of the shared tensors under each MTP module's prefix
+// Checkpoint copies of the shared tensors under each MTP module's prefix (mtp_prefix)
 constexpr const char* kMtpEmbedCopy = "embed_tokens.weight";
 constexpr const char* kMtpHeadCopy = "shared_head.head.weight";
 
-std::string mtp_copy_prefix(const Config& c, int k) { return "model.layers." + std::to_string(c.num_hidden_layers + k) + "."; }
+std::string mtp_prefix(const Config& c, int k) { return "model.layers." + std::to_string(c.num_hidden_layers + k) + "."; }
 
 }  // namespace
 
@@ -105,7 +105,7 @@ Model::Impl::Impl(const Config& c) : cfg(c), host_pool(std::make_shared<HostPool
   lm_head = cfg.tie_word_embeddings ? embed : add("lm_head.weight", {d.V, d.D});
   first_mtp_param = static_cast<int>(params.size());
   for (int k = 0; k < cfg.num_nextn_predict_layers; ++k) {
-    const std::string p = "model.layers." + std::to_string(cfg.num_hidden_layers + k) + ".";
+    const std::string p = mtp_prefix(cfg, k);
     MtpParams mp{};
     mp.enorm = add(p + "enorm.weight", {d.D});
     mp.hnorm = add(p + "hnorm.weight", {d.D});
@@ -212,11 +212,9 @@ void Model::save(const std::string& dir, SaveDtype dtype) const {
     // The MTP modules' copies of the shared embedding and output head, as the official layout stores them
     const Tensor& emb = impl_->params[static_cast<size_t>(impl_->embed)];
     const Tensor& head = impl_->params[static_cast<size_t>(impl_->lm_head)];
-    std::vector<std::string> copy_names;
-    for (int k = 0; k < impl_->cfg.num_nextn_predict_layers; ++k) copy_names.push_back(mtp_copy_prefix(impl_->cfg, k));
-    for (const std::string& p : copy_names) {
-      ws.push_back({p + kMtpEmbedCopy, dt, emb.shape, emb.data.data()});
-      ws.push_back({p + kMtpHeadCopy, dt, head.shape, head.data.data()});
+    for (int k = 0; k < impl_->cfg.num_nextn_predict_layers; ++k) {
+      ws.push_back({mtp_prefix(impl_->cfg, k) + kMtpEmbedCopy, dt, emb.shape, emb.data.data()});
+      ws.push_back({mtp_prefix(impl_->cfg, k) + kMtpHeadCopy, dt, head.shape, head.data.data()});
     }
     st::write((tmp / kWeightsFile).string(), ws, {{"format", "pt"}, {"producer", "dsa"}});
     io::fsync_path(tmp.string(), true, "save");
@@ -274,11 +272,11 @@ Model Model::load(const std::string& dir) {
   // The MTP modules share the main embedding and output head; the checkpoint's copies (the official
   // layout stores them) must equal them, and may be absent.
   for (int k = 0; k < m.impl_->cfg.num_nextn_predict_layers; ++k)
-    for (const auto& [suffix, main] : {std::pair{kMtpEmbedCopy, m.impl_->embed}, std::pair{kMtpHeadCopy, m.impl_->lm_head}}) {
-      const std::string name = mtp_copy_prefix(m.impl_->cfg, k) + suffix;
+    for (const auto& [suffix, shared] : {std::pair{kMtpEmbedCopy, m.impl_->embed}, std::pair{kMtpHeadCopy, m.impl_->lm_head}}) {
+      const std::string name = mtp_prefix(m.impl_->cfg, k) + suffix;
       auto [f, t] = locate(name);
       if (t == nullptr) continue;
-      const Tensor& p = m.impl_->params[static_cast<size_t>(main)];
+      const Tensor& p = m.impl_->params[static_cast<size_t>(shared)];
       if (t->dtype == st::Dtype::kF8E4M3) throw Error("load: " + f->path() + ": tensor '" + name + "' must be F32 or BF16");
       if (f->to_float(name, p.shape) != p.data)
         throw Error("load: " + f->path() + ": tensor '" + name + "' differs from '" + p.name +
