@@ -1,6 +1,8 @@
 // `dsa generate -m DIR -p TEXT` — text generation with the inference Session (paged caches, chunked
 // prefill, one-token decode), streaming the text as it is decoded and printing prefill and decode
-// tokens/s to stderr. Tokenizer: DIR/tokenizer.model (SentencePiece, from the training recipe) or one
+// tokens/s to stderr. --speculative mtp drafts one token per step with the checkpoint's
+// multi-token-prediction module and verifies it with a two-token step (greedy only; the same tokens as
+// plain greedy decoding). Tokenizer: DIR/tokenizer.model (SentencePiece, from the training recipe) or one
 // up to two levels above it when present, else bytes. DIR may be a model folder, a stage's `final`
 // file, a stage folder or a run folder (dsa::train::resolve_checkpoint).
 #include <algorithm>
@@ -33,6 +35,9 @@ const char* kUsage =
     "                             DeepSeek's reference inference, for a BF16 / FP8 checkpoint; else fp32)\n"
     "  --device cpu|cuda|cuda:N   where the session runs (default cpu): on a GPU the weights, the caches and\n"
     "                             every step stay in device memory\n"
+    "  --speculative mtp          greedy speculative decoding: the checkpoint's MTP module drafts the token\n"
+    "                             after next, one two-token step verifies it (accepted: two tokens per step);\n"
+    "                             the output equals plain greedy decoding. Reports accepted / drafted\n"
     "  per-row k: --topk-policy fixed|mass|entropy|table --topk-p P --topk-min N --topk-max N --topk-a A\n"
     "             --topk-b B --topk-table K,K,… (sparse mode: each row keeps its own k <= --attn-topk)\n"
     "  -t, --threads N            OpenMP threads (default: every core; waits are passive)\n"
@@ -156,7 +161,7 @@ int run_generate(const dsa::cli::Args& args) {
   const dsa::cli::Flags f(args,
                           {"model", "prompt", "max-new", "max-new-tokens", "temperature", "temp", "top-p", "top-k", "seed", "mode",
                            "attn-topk", "topk", "kv-cache", "chunk", "max-tokens", "random-prompt", "tokenizer", "indexer", "threads",
-                           "device", "prompts", "batch", "numerics", "topk-policy", "topk-p", "topk-min", "topk-max", "topk-a", "topk-b", "topk-table"},
+                            "device", "prompts", "batch", "numerics", "speculative", "topk-policy", "topk-p", "topk-min", "topk-max", "topk-a", "topk-b", "topk-table"},
                           {"fp8-indexer", "no-stream"},
                           {{"-m", "model"}, {"-p", "prompt"}, {"-n", "max-new-tokens"}, {"-s", "seed"}, {"-t", "threads"}});
   if (f.has("topk"))
@@ -187,6 +192,12 @@ int run_generate(const dsa::cli::Args& args) {
   const bool batched = f.has("prompts") || f.has("batch");
   if (random_prompt == 0 && !f.has("prompt") && !f.has("prompts"))
     throw dsa::Error("missing required flag -p/--prompt (or --prompts FILE, or --random-prompt N)");
+  const bool speculative = f.has("speculative");
+  if (speculative && f.get("speculative") != "mtp")
+    throw dsa::Error("generate: --speculative must be mtp, not '" + f.get("speculative") + "'");
+  if (speculative && !(sp.temperature == 0.0 || sp.top_k == 1))
+    throw dsa::Error("generate: --speculative mtp is greedy only (--temperature 0 or --top-k 1)");
+  if (speculative && batched) throw dsa::Error("generate: --speculative mtp runs one prompt (not --prompts / --batch)");
   std::vector<std::string> prompt_lines;
   if (f.has("prompts")) {   // read before the model: a bad file is refused first
     std::ifstream in(f.get("prompts"));
@@ -199,6 +210,9 @@ int run_generate(const dsa::cli::Args& args) {
   const std::string dir = dsa::train::resolve_checkpoint(f.require("model"));
   const dsa::model::Model m = dsa::model::Model::load(dir);
   const dsa::model::Config& c = m.config();
+  if (speculative && c.num_nextn_predict_layers < 1)
+    throw dsa::Error("generate: --speculative mtp needs a checkpoint with a multi-token-prediction module; " + dir +
+                     " has num_nextn_predict_layers = 0");
   if (sp.top_k > c.vocab_size)
     throw dsa::Error("flag --top-k = " + std::to_string(sp.top_k) + " exceeds the model's vocab_size " + std::to_string(c.vocab_size));
   // --tokenizer SPEC wins; else the training recipe's tokenizer.model in DIR or up to two levels
@@ -254,6 +268,7 @@ int run_generate(const dsa::cli::Args& args) {
   so.topk = attn_topk;
   so.selection = dsa::cli::parse_selection_policy(f, "generate");
   so.numerics = dsa::model::parse_numerics(f.get("numerics", "auto"));
+  so.mtp = speculative;
   if (f.has("kv-cache")) so.kv_format = parse_cache(f.get("kv-cache"));   // else the config's (SessionOptions)
   // The indexer runs FP8 in inference (V3.2) whenever its record fits (index_head_dim 128).
   const std::string idx = f.has("fp8-indexer") ? "fp8" : f.get("indexer", c.index_head_dim == dsa::kIndexerKeyDim ? "fp8" : "fp32");
@@ -287,16 +302,41 @@ int run_generate(const dsa::cli::Args& args) {
   std::vector<float> logits = max_new > 0 ? session.prefill(prompt, chunk) : std::vector<float>{};
   const auto t1 = Clock::now();
   std::vector<int32_t> out;
-  size_t decoded = 0;   // decode steps run (the last sampled token is not fed back)
-  for (int i = 0; i < max_new; ++i) {
-    const int32_t next = dsa::model::sample_token(logits.data(), c.vocab_size, sp, rng);
-    if (text && (next >= tok->vocab_size() || next == tok->bos_id())) break;
+  size_t decoded = 0;   // tokens fed back and kept in the cache (the last sampled token is not)
+  size_t drafted = 0, accepted = 0, main_steps = 0;   // --speculative mtp
+  const auto stops = [&](int32_t t) { return text && (t >= tok->vocab_size() || t == tok->bos_id()); };
+  const auto pick = [&](const float* row) { return dsa::model::sample_token(row, c.vocab_size, sp, rng); };
+  int32_t next = max_new > 0 ? pick(logits.data()) : 0;
+  while (static_cast<int>(out.size()) < max_new && !stops(next)) {
     out.push_back(next);
     if (stream) show(out, false);
-    if (i + 1 < max_new) {
-      logits = session.decode(next);
-      ++decoded;
+    const int left = max_new - static_cast<int>(out.size());
+    if (left == 0) break;
+    ++main_steps;
+    if (speculative && left >= 2) {
+      // draft the token after `next`, verify both in one step: row 0 predicts what follows `next`
+      const std::vector<float> d_logits = session.draft(next);
+      const int32_t draft = pick(d_logits.data());
+      ++drafted;
+      const std::vector<float> rows = session.decode2(next, draft);
+      const int32_t verified = pick(rows.data());
+      if (verified == draft) {
+        ++accepted;
+        decoded += 2;
+        if (stops(draft)) break;
+        out.push_back(draft);
+        if (stream) show(out, false);
+        next = pick(rows.data() + c.vocab_size);
+      } else {
+        session.truncate(session.length() - 1);   // drop the rejected draft
+        ++decoded;
+        next = verified;
+      }
+      continue;
     }
+    logits = session.decode(next);
+    ++decoded;
+    next = pick(logits.data());
   }
   const auto t2 = Clock::now();
   if (stream) {
@@ -310,9 +350,19 @@ int run_generate(const dsa::cli::Args& args) {
   std::fprintf(stderr, "prefill: %zu tokens in %.3f s (%.1f tok/s); decode: %zu tokens in %.3f s (%.1f tok/s)\n", prompt.size(), pre_s,
                prompt.size() / std::max(pre_s, 1e-9), decoded, dec_s, decoded / std::max(dec_s, 1e-9));
   const long long per_token = session.cache_bytes_per_token();
-  std::fprintf(stderr, "cache: %lld bytes per token (%lld per layer x %d layers), %lld tokens in use: %.2f MiB (capacity %lld tokens: %.2f MiB)\n",
-               per_token, per_token / c.num_hidden_layers, c.num_hidden_layers, static_cast<long long>(session.length()), per_token * static_cast<double>(session.length()) / (1 << 20),
+  // with --speculative mtp: one more layer (the MTP module's) and the main model's final hidden state
+  const long long hidden_bytes = speculative ? static_cast<long long>(c.hidden_size) * sizeof(float) : 0;
+  const int layers = c.num_hidden_layers + (speculative ? 1 : 0);
+  std::fprintf(stderr, "cache: %lld bytes per token (%lld per layer x %d layers%s), %lld tokens in use: %.2f MiB (capacity %lld tokens: %.2f MiB)\n",
+               per_token, (per_token - hidden_bytes) / layers, layers, speculative ? " incl. the MTP layer, + its hidden-state input" : "",
+               static_cast<long long>(session.length()), per_token * static_cast<double>(session.length()) / (1 << 20),
                static_cast<long long>(session.capacity()), per_token * static_cast<double>(session.capacity()) / (1 << 20));
+  if (speculative) {
+    const size_t after_first = out.empty() ? 0 : out.size() - 1;   // the tokens the decode steps produced
+    std::fprintf(stderr, "speculative (mtp): accepted %zu of %zu drafts (%.1f%%); %zu tokens in %zu main steps (%.2f per step)\n",
+                 accepted, drafted, 100.0 * static_cast<double>(accepted) / static_cast<double>(std::max<size_t>(drafted, 1)),
+                 after_first, main_steps, static_cast<double>(after_first) / static_cast<double>(std::max<size_t>(main_steps, 1)));
+  }
   if (mode == dsa::model::AttentionMode::kSparse)
     std::fprintf(stderr, "attended keys per query row and layer: %.2f (%s)\n", session.mean_selected_keys(),
                  dsa::model::describe(so.selection).c_str());

@@ -92,6 +92,11 @@ const dsa::cli::Register kInspect(
         for (float v : t.data) sq += static_cast<double>(v) * v;
       }
       std::printf("parameters: %lld (indexer %lld, %.2f%%)\n", total, indexer, 100.0 * indexer / total);
+      if (m.first_mtp_param() < m.params().size()) {
+        long long mtp = 0;
+        for (size_t i = m.first_mtp_param(); i < m.params().size(); ++i) mtp += m.params()[i].numel();
+        std::printf("of which MTP modules: %lld (drafts for dsa generate --speculative mtp)\n", mtp);
+      }
       std::printf("weights rms: %.6g\n", std::sqrt(sq / static_cast<double>(total)));
       std::printf("softmax scale: %.6g; attention: MLA (kv_lora_rank %d) + lightning indexer (%d heads x %d, top-%d)\n",
                   c.softmax_scale(), c.kv_lora_rank, c.index_n_heads, c.index_head_dim, c.index_topk);

@@ -81,8 +81,10 @@ struct Config {
   // "group_limited_greedy" (V2: group score = best score) or "greedy" (no groups).
   std::string topk_method = "noaux_tc";
   int ep_size = 1;                   // expert-parallel ranks the checkpoint was made for; divides n_routed_experts
-  // Multi-token prediction modules (layers num_hidden_layers … + num_nextn_predict_layers - 1 of the
-  // checkpoint): counted by param_counts(); Model::load ignores their tensors.
+  // Multi-token prediction (MTP) modules: checkpoint layers num_hidden_layers … + num_nextn_predict_layers
+  // - 1, each enorm, hnorm, eh_proj, a decoder layer (dense or MoE by its index) and shared_head.norm,
+  // sharing the main embedding and output head (docs/model.md "Multi-token prediction"). Model holds
+  // and loads them; Session::draft runs the first for speculative decoding; no pass trains them.
   int num_nextn_predict_layers = 0;
 
   // "quantization_config" of an FP8 checkpoint (V3: e4m3 weights, one fp32 weight_scale_inv per
@@ -118,7 +120,8 @@ struct Config {
   int mqa_dim() const { return static_cast<int>(static_cast<int64_t>(kv_lora_rank) + qk_rope_head_dim); }   // Dqk of the MQA-mode ops
   float softmax_scale() const;       // qk_head_dim^-0.5 · mscale² (YaRN), explicit (dsa-spec §2.4)
   // Parameter count of the main model (embeddings, num_hidden_layers layers with indexer and dense or
-  // MoE MLP, final norm, lm_head), checked int64: param_counts().main: what Model holds.
+  // MoE MLP, final norm, lm_head), checked int64: param_counts().main. Model holds param_counts().total
+  // (main + the MTP modules).
   int64_t num_params() const;
   struct ParamCounts;
   ParamCounts param_counts() const;   // the breakdown below (checked int64; throws naming the product)
@@ -288,6 +291,10 @@ struct SessionOptions {
   Numerics numerics = Numerics::kAuto;
   // Keep the last step's per-layer selections (Session::last_selections; costs a copy per layer).
   bool record_selections = false;
+  // Run the first multi-token-prediction module alongside (Session only; the model needs
+  // num_nextn_predict_layers ≥ 1): every step also keeps the main model's final hidden state of its
+  // positions, and Session::draft runs the module over its own caches (one more layer's records).
+  bool mtp = false;
 };
 
 // The keys every row of the last step selected, per layer (SessionOptions::record_selections):
@@ -337,8 +344,10 @@ class Model {
   // Checkpoint directory: config.json + model.safetensors (HF names). load accepts F32/BF16/F8_E4M3
   // (+ 128×128 weight_scale_inv) and Hugging Face's sharded layout (model.safetensors.index.json
   // naming model-XXXXX-of-YYYYY.safetensors shards; without an index, every *.safetensors file of the
-  // directory, a tensor in one file only); tensors of layers ≥ num_hidden_layers (the MTP layer) are
-  // ignored. Files are memory-mapped and each tensor is converted straight into its parameter; any
+  // directory, a tensor in one file only). The MTP modules' tensors are loaded like the others; their
+  // copies of the shared tensors (model.layers.{i}.embed_tokens.weight, …shared_head.head.weight, which
+  // save writes too, as the official layout has them) may be absent and, when present, must equal
+  // model.embed_tokens / lm_head. Files are memory-mapped and each tensor is converted straight into its parameter; any
   // problem throws dsa::Error naming the file and the tensor, and no Model is returned. save writes F32 (bit-exact round trip) or BF16,
   // into a temporary directory that is fsynced and then renamed over `dir` (never a partial write).
   static Model load(const std::string& dir);
@@ -350,12 +359,16 @@ class Model {
 
   const Config& config() const;
   // Same order, same names, same shapes. Names: model.embed_tokens.weight, model.layers.{i}.…,
-  // model.norm.weight, lm_head.weight (absent when tie_word_embeddings).
+  // model.norm.weight, lm_head.weight (absent when tie_word_embeddings), then per MTP module
+  // model.layers.{num_hidden_layers + k}.{enorm, hnorm, eh_proj, <the layer's tensors>, shared_head.norm}.
   std::vector<Tensor>& params();
   const std::vector<Tensor>& params() const;
   std::vector<Tensor>& grads();
   Tensor* find_param(const std::string& name);
   static bool is_indexer_param(const std::string& name);   // "….self_attn.indexer.…"
+  // params() [first_mtp_param(), end) are the MTP modules' (none without them): inference only, no
+  // pass computes their gradients (they stay zero) and the optimizer leaves them as they are.
+  size_t first_mtp_param() const;
 
   // Zeroes every grad, then runs forward + backward per the stage's rules (see Stage). topk ≤ 0:
   // config.index_topk (kSparse only). Gradients are of the reported means (lm_loss, kl_loss).
@@ -438,9 +451,17 @@ class Session {
   std::vector<float> decode(int32_t token);                 // s_q = 1: logits [vocab]
   std::vector<float> decode2(int32_t t0, int32_t t1);       // s_q = 2 (MTP verification): [2, vocab]
   void truncate(int64_t length);                            // drop cached positions ≥ length
+  // SessionOptions::mtp: the MTP module's logits [vocab] for the token at position length() + 1, given
+  // `next` as the token at position length() (the one the caller will append next). The module sees
+  // position j as (final hidden state of j, token at j + 1): a call runs it over the positions it has
+  // not seen yet, the last with `next`, and keeps their records for the following calls (entries
+  // that a truncate or a different `next` made stale are recomputed). For s_q = 2 speculative
+  // decoding: d = argmax draft(t); decode2(t, d); accept d when row 0's argmax is d, else truncate.
+  std::vector<float> draft(int32_t next);
   int64_t length() const;
   int64_t capacity() const;
-  // Cache bytes per token summed over layers: MLA record + indexer record.
+  // Cache bytes per token summed over layers: MLA record + indexer record (with SessionOptions::mtp
+  // also the MTP layer's records and the main model's final hidden state, hidden_size fp32).
   int64_t cache_bytes_per_token() const;
   const SessionOptions& options() const;
   // Keys attended per query row and layer, averaged over every step so far (kSparse; 0 before any).

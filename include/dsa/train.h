@@ -174,6 +174,7 @@ class AdamW {
   std::vector<std::vector<float>> m_, v_;
   std::vector<std::string> names_;
   std::vector<bool> is_indexer_;
+  size_t num_trained_ = 0;   // params [num_trained_, end) (the MTP modules') are left as they are
   int64_t t_model_ = 0, t_indexer_ = 0, t_ = 0;
 };
 

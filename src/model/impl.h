@@ -29,11 +29,21 @@ struct LayerParams {
   int expert_down(int e) const { return expert0 + kExpertTensors * e + 2; }
 };
 
+// Indices of multi-token-prediction module k's own tensors (checkpoint layer num_hidden_layers + k).
+// Its decoder layer is layers[num_hidden_layers + k]; its embedding and output head are the main
+// model's embed / lm_head (the checkpoint's copies are checked against them on load).
+struct MtpParams {
+  int enorm, hnorm, eh_proj, head_norm;   // enorm, hnorm [D]; eh_proj [D, 2D]; shared_head.norm [D]
+};
+
 struct Model::Impl {
   Config cfg;
   std::vector<Tensor> params, grads;
+  // num_hidden_layers main layers, then the num_nextn_predict_layers MTP modules' decoder layers
   std::vector<LayerParams> layers;
+  std::vector<MtpParams> mtp;
   int embed = -1, final_norm = -1, lm_head = -1;   // lm_head = embed when tied
+  int first_mtp_param = 0;                         // params [first_mtp_param, size) are the MTP modules'
   std::vector<float> inv_freq;                     // [qk_rope_head_dim / 2], YaRN-blended
   float scale = 0.0f;                              // main softmax scale
   // The executor of forward_backward / evaluate / logits when not the CPU (Model::set_exec); recall

@@ -29,6 +29,11 @@ namespace {
 constexpr int kWeightScaleBlock = 128;   // V3 FP8 weights: one weight_scale_inv per 128×128 block
 constexpr const char* kWeightsFile = "model.safetensors";
 constexpr const char* kConfigFile = "config.json";
+// Checkpoint copies of the shared tensors under each MTP module's prefix (mtp_prefix)
+constexpr const char* kMtpEmbedCopy = "embed_tokens.weight";
+constexpr const char* kMtpHeadCopy = "shared_head.head.weight";
+
+std::string mtp_prefix(const Config& c, int k) { return "model.layers." + std::to_string(c.num_hidden_layers + k) + "."; }
 
 }  // namespace
 
@@ -49,8 +54,8 @@ Model::Impl::Impl(const Config& c) : cfg(c), host_pool(std::make_shared<HostPool
     params.push_back(t);
     return static_cast<int>(params.size() - 1);
   };
-  embed = add("model.embed_tokens.weight", {d.V, d.D});
-  for (int l = 0; l < cfg.num_hidden_layers; ++l) {
+  // One decoder layer's tensors under model.layers.{l}. (main layer, or an MTP module's layer)
+  auto add_layer = [&](int l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     const std::string a = p + "self_attn.";
     LayerParams lp{};
@@ -93,9 +98,22 @@ Model::Impl::Impl(const Config& c) : cfg(c), host_pool(std::make_shared<HostPool
       lp.down = add(p + "mlp.down_proj.weight", {d.D, d.F});
     }
     layers.push_back(lp);
-  }
+  };
+  embed = add("model.embed_tokens.weight", {d.V, d.D});
+  for (int l = 0; l < cfg.num_hidden_layers; ++l) add_layer(l);
   final_norm = add("model.norm.weight", {d.D});
   lm_head = cfg.tie_word_embeddings ? embed : add("lm_head.weight", {d.V, d.D});
+  first_mtp_param = static_cast<int>(params.size());
+  for (int k = 0; k < cfg.num_nextn_predict_layers; ++k) {
+    const std::string p = mtp_prefix(cfg, k);
+    MtpParams mp{};
+    mp.enorm = add(p + "enorm.weight", {d.D});
+    mp.hnorm = add(p + "hnorm.weight", {d.D});
+    mp.eh_proj = add(p + "eh_proj.weight", {d.D, 2LL * d.D});
+    add_layer(cfg.num_hidden_layers + k);
+    mp.head_norm = add(p + "shared_head.norm.weight", {d.D});
+    mtp.push_back(mp);
+  }
   grads = params;
   inv_freq.assign(static_cast<size_t>(d.dr / 2), 0.0f);
   YarnScaling yarn = cfg.rope_scaling;
@@ -130,6 +148,8 @@ Tensor* Model::find_param(const std::string& name) {
     if (t.name == name) return &t;
   return nullptr;
 }
+
+size_t Model::first_mtp_param() const { return static_cast<size_t>(impl_->first_mtp_param); }
 
 bool Model::is_indexer_param(const std::string& name) { return name.find(".self_attn.indexer.") != std::string::npos; }
 
@@ -188,8 +208,15 @@ void Model::save(const std::string& dir, SaveDtype dtype) const {
   try {
     io::write_file_atomic((tmp / kConfigFile).string(), impl_->cfg.to_json(), "save");
     std::vector<st::WriteTensor> ws;
-    for (const Tensor& t : impl_->params)
-      ws.push_back({t.name, dtype == SaveDtype::kF32 ? st::Dtype::kF32 : st::Dtype::kBF16, t.shape, t.data.data()});
+    const st::Dtype dt = dtype == SaveDtype::kF32 ? st::Dtype::kF32 : st::Dtype::kBF16;
+    for (const Tensor& t : impl_->params) ws.push_back({t.name, dt, t.shape, t.data.data()});
+    // The MTP modules' copies of the shared embedding and output head, as the official layout stores them
+    const Tensor& emb = impl_->params[static_cast<size_t>(impl_->embed)];
+    const Tensor& head = impl_->params[static_cast<size_t>(impl_->lm_head)];
+    for (int k = 0; k < impl_->cfg.num_nextn_predict_layers; ++k) {
+      ws.push_back({mtp_prefix(impl_->cfg, k) + kMtpEmbedCopy, dt, emb.shape, emb.data.data()});
+      ws.push_back({mtp_prefix(impl_->cfg, k) + kMtpHeadCopy, dt, head.shape, head.data.data()});
+    }
     st::write((tmp / kWeightsFile).string(), ws, {{"format", "pt"}, {"producer", "dsa"}});
     io::fsync_path(tmp.string(), true, "save");
     if (fs::exists(target)) {
@@ -264,6 +291,19 @@ Model Model::load(const std::string& dir) {
     p.data = std::move(v);
   }
   m.impl_->weight_dtype = stored_weight_dtype(m.impl_->params, locate);
+  // The MTP modules share the main embedding and output head; the checkpoint's copies (the official
+  // layout stores them) must equal them, and may be absent.
+  for (int k = 0; k < m.impl_->cfg.num_nextn_predict_layers; ++k)
+    for (const auto& [suffix, shared] : {std::pair{kMtpEmbedCopy, m.impl_->embed}, std::pair{kMtpHeadCopy, m.impl_->lm_head}}) {
+      const std::string name = mtp_prefix(m.impl_->cfg, k) + suffix;
+      auto [f, t] = locate(name);
+      if (t == nullptr) continue;
+      const Tensor& p = m.impl_->params[static_cast<size_t>(shared)];
+      if (t->dtype == st::Dtype::kF8E4M3) throw Error("load: " + f->path() + ": tensor '" + name + "' must be F32 or BF16");
+      if (f->to_float(name, p.shape) != p.data)
+        throw Error("load: " + f->path() + ": tensor '" + name + "' differs from '" + p.name +
+                    "' (an MTP module shares the main model's embedding and output head)");
+    }
   return m;
 }
 

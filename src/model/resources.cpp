@@ -22,6 +22,7 @@ using detail::add_checked;
 using detail::mul_checked;
 
 constexpr int kTensorsPerLayer = 17;        // src/model/model.cpp Impl: the tensors of a dense layer
+constexpr int kMtpTensors = 4;              // an MTP module's own: enorm, hnorm, eh_proj, shared_head.norm
 constexpr int kDenseMlpTensors = 3;         // … of which gate, up, down
 constexpr int kExpertTensors = 3;           // a routed or shared expert: gate, up, down
 constexpr int kRouterTensors = 2;           // a MoE layer's router weight + e_score_correction_bias
@@ -104,13 +105,18 @@ Footprint footprint(const Config& c) {
   const int64_t qr = c.q_lora_rank, kvr = c.kv_lora_rank, dq = c.qk_head_dim(), Dm = c.mqa_dim();
   const int64_t dv = c.v_head_dim, F = c.intermediate_size, HI = c.index_n_heads, DI = c.index_head_dim;
   const std::string w = "config: memory footprint: ";
-  const int64_t params = c.num_params();
+  const int64_t params = c.param_counts().total;   // main + the MTP modules (Model holds both)
   // a MoE layer holds the router (+ bias), the routed experts and the shared experts instead of the dense MLP
   const int64_t moe_layers = c.num_moe_layers();
   const int64_t moe_tensors = add_checked(mul_checked(kExpertTensors, c.n_routed_experts, w + "expert tensors"),
                                           kExpertTensors + kRouterTensors - kDenseMlpTensors, w + "MoE layer tensors");
-  const int64_t tensors = add_checked(add_checked(mul_checked(kTensorsPerLayer, L, w + "tensors"), 3, w + "tensors"),
-                                      mul_checked(moe_tensors, moe_layers, w + "MoE layers x tensors"), w + "tensors");
+  // + per MTP module: a layer and its enorm, hnorm, eh_proj, shared_head.norm
+  int64_t mtp_moe_layers = 0;
+  for (int k = 0; k < c.num_nextn_predict_layers; ++k) mtp_moe_layers += c.is_moe_layer(L + k) ? 1 : 0;
+  const int64_t tensors = add_checked(
+      add_checked(mul_checked(kTensorsPerLayer + kMtpTensors, c.num_nextn_predict_layers, w + "MTP tensors"),
+                  add_checked(mul_checked(kTensorsPerLayer, L, w + "tensors"), 3, w + "tensors"), w + "tensors"),
+      mul_checked(moe_tensors, moe_layers + mtp_moe_layers, w + "MoE layers x tensors"), w + "tensors");
   const int64_t one_copy = add_checked(mul_checked(params, 4, w + "parameter bytes"),
                                        mul_checked(tensors, kTensorBookkeeping, w + "tensor bookkeeping"), w + "parameter bytes");
   f.param_bytes = mul_checked(one_copy, 2, w + "parameters + gradients");

@@ -17,6 +17,7 @@
 #include "common/checked_math.h"
 #include "common/topk_policy.h"
 #include "model/moe.h"
+#include "model/mtp.h"
 
 namespace dsa::model {
 namespace {
@@ -50,18 +51,27 @@ struct Session::Impl {
     bool live = false;
     int64_t length = 0;
     std::vector<int32_t> pages;     // logical page → physical page
+    std::vector<int32_t> tokens;    // the token at each cached position
   };
   std::vector<Seq> seqs;            // by id
   std::vector<int32_t> free_pages;  // back() is handed out next
-  // One step's share of a sequence: n tokens appended to seq, rows [row0, row0 + n) of the step.
+  // One step's share of a sequence: n tokens at positions [at, at + n) of seq (a main step: at =
+  // the sequence's length), rows [row0, row0 + n) of the step.
   struct Part {
     int seq;
     const int32_t* tokens;
-    int64_t n, row0 = 0;
+    int64_t n, row0 = 0, at = 0;
   };
   // Caches, per layer: kv [slots, Dm] fp32 | [slots, 576] bf16 | [slots, 656] FP8 records;
-  // idx [pages · 8448] FP8 pages or [slots, DI] fp32 keys.
+  // idx [pages · 8448] FP8 pages or [slots, DI] fp32 keys. With SessionOptions::mtp, entry
+  // num_hidden_layers holds the MTP module's caches (the same slots as the main positions).
   std::vector<Buf<uint8_t>> kv, idx;
+  // SessionOptions::mtp: the main model's final hidden state (after model.norm) of every position
+  // [capacity, D] by logical position; the MTP module's cache holds positions [0, mtp_len), the last
+  // of which was computed with mtp_next as the token after it.
+  FBuf hidden, mtp_e, mtp_cat;
+  int64_t mtp_len = 0;
+  int32_t mtp_next = 0;
   // Step buffers, grown to the largest step so far.
   FBuf x, xn, qa, rstd, rstd2, qan, q, kva, c_raw, cn, qm, kvm, iq, kpre, kmean, krstd, ik, iw, wfold, kscale, ilog, olat,
       lse, o, attn, hn, g, u, a, mlp, xf, logits;
@@ -108,6 +118,9 @@ struct Session::Impl {
     if (fp8_indexer && d.DI != kIndexerKeyDim)
       throw Error("Session: the FP8 indexer cache needs index_head_dim = 128; this config has " + std::to_string(d.DI));
     if (opt.indexer_precision == Precision::kBf16) throw Error("Session: indexer_precision must be kFp32 or kFp8");
+    if (opt.mtp && c.num_nextn_predict_layers < 1)
+      throw Error("Session: mtp needs a model with a multi-token-prediction module; this config has num_nextn_predict_layers = 0");
+    if (opt.mtp && pooled) throw Error("BatchSession: mtp (draft) is a Session option");
     std::vector<int32_t> order(static_cast<size_t>(num_pages));
     std::iota(order.begin(), order.end(), 0);
     if (opt.page_order_seed != 0) {
@@ -115,7 +128,7 @@ struct Session::Impl {
       std::shuffle(order.begin(), order.end(), rng);
     }
     free_pages.assign(order.rbegin(), order.rend());   // handed out in `order`
-    const int L = c.num_hidden_layers;
+    const int L = cache_layers();
     // Host: the model's footprint (parameters + gradients) is already held; a GPU: its parameter
     // mirror is allocated with the caches.
     model_bytes = ex->host_memory() ? footprint(c).param_bytes : ex->param_mirror_bytes(m);
@@ -127,6 +140,7 @@ struct Session::Impl {
                        ex->device_name());
     cache_bytes = cache;
     ex->begin_run(m, nullptr);
+    if (opt.mtp) hidden = ex->zeros(capacity * d.D);
     int64_t kv_row = 0;
     switch (*opt.kv_format) {
       case KvCacheFormat::kFp32: kv_row = static_cast<int64_t>(d.Dm) * sizeof(float); break;
@@ -141,6 +155,8 @@ struct Session::Impl {
   }
 
   int64_t cache_bytes_per_token() const;
+  // layers with caches: the main ones, + the MTP module's with SessionOptions::mtp
+  int cache_layers() const { return m.cfg.num_hidden_layers + (opt.mtp ? 1 : 0); }
   bool ragged() const { return opt.mode == AttentionMode::kSparse && !opt.selection.is_default(); }
   const int32_t* row_lengths() const { return ragged() ? sel_len_d.data() : nullptr; }
   static int32_t* grow_host(std::vector<int32_t>& v, int64_t n) {
@@ -151,10 +167,10 @@ struct Session::Impl {
   int add_sequence() {
     for (size_t i = 0; i < seqs.size(); ++i)
       if (!seqs[i].live) {
-        seqs[i] = Seq{true, 0, {}};
+        seqs[i] = Seq{true, 0, {}, {}};
         return static_cast<int>(i);
       }
-    seqs.push_back(Seq{true, 0, {}});
+    seqs.push_back(Seq{true, 0, {}, {}});
     return static_cast<int>(seqs.size() - 1);
   }
   Seq& seq(int id, const char* what) {
@@ -172,13 +188,13 @@ struct Session::Impl {
     return static_cast<int64_t>(q.pages[logical / kCachePageTokens]) * kCachePageTokens + logical % kCachePageTokens;
   }
 
-  // f(i, slot, run) for the part's rows [i, i + run) (0-based in the part), appended at its
-  // sequence's length, whose slots [slot, slot + run) are consecutive (one page).
+  // f(i, slot, run) for the part's rows [i, i + run) (0-based in the part), at positions p.at + i,
+  // whose slots [slot, slot + run) are consecutive (one page).
   template <class F>
   void for_slot_runs(const Part& p, F f) const {
     const Seq& q = seqs[p.seq];
     for (int64_t i = 0; i < p.n;) {
-      const int64_t logical = q.length + i;
+      const int64_t logical = p.at + i;
       const int64_t run = std::min<int64_t>(p.n - i, kCachePageTokens - logical % kCachePageTokens);
       f(i, slot_of(q, logical), run);
       i += run;
@@ -316,7 +332,7 @@ struct Session::Impl {
       });
     for (const Part& p : parts) {
       const Seq& q = seqs[p.seq];
-      const int64_t total = q.length + p.n;
+      const int64_t total = p.at + p.n;
       float* ks_logical = grow(kseq, total * d.DI);
       for_page_runs(q, total, [&](int64_t lp, int64_t slot, int64_t run) {
         ex->copy_bytes(ks_logical + lp * d.DI, keys + slot * d.DI, run * key_bytes);
@@ -352,7 +368,8 @@ struct Session::Impl {
     tp.ke = ctx_d.data() + row0;
     tp.indices = sel_d.data() + row0 * Kr;
     if (ragged()) {   // the default policy runs the op as before policies existed
-      tp.policy = layer_topk_policy(opt.selection, l, m.cfg.num_hidden_layers, Kr);
+      // the MTP layer keeps the last main layer's budget
+      tp.policy = layer_topk_policy(opt.selection, std::min(l, m.cfg.num_hidden_layers - 1), m.cfg.num_hidden_layers, Kr);
       tp.topk_length = sel_len_d.data() + row0;
     }
     ex->ops().topk_select(tp);
@@ -362,7 +379,8 @@ struct Session::Impl {
   void size_step(int64_t n, int64_t longest, int Kr, int64_t cached) {
     const int64_t row_floats = 6LL * d.D + 2LL * d.qr + static_cast<int64_t>(d.H) * (d.dq + 2LL * d.Dm + d.kvr + d.dv + 1) +
                                3LL * d.Dm + 2LL * d.kvr + static_cast<int64_t>(d.HI) * (d.DI + 1) + 2LL * d.DI + d.HI +
-                               3LL * d.F + moe_row_floats(m.cfg) + 2LL * Kr + num_pages + 2LL * d.V + 8;
+                               3LL * d.F + moe_row_floats(m.cfg) + 2LL * Kr + num_pages + 2LL * d.V + 8 +
+                               (opt.mtp ? 3LL * d.D : 0);   // the MTP input's embedding and concatenation
     // + the logits of n rows over `longest` keys and one sequence's keys in logical order
     const int64_t per_row = detail::add_checked(row_floats, longest, "Session: step scratch");
     const int64_t need = detail::add_checked(detail::mul_checked(n, per_row * 4, "Session: step scratch bytes"),
@@ -411,27 +429,10 @@ struct Session::Impl {
                   std::to_string(num_pages) + " are free (max_tokens = " + std::to_string(capacity) + ")");
   }
 
-  // One step: parts[i].n tokens appended to sequence parts[i].seq. Several parts only as a decode
-  // batch (n = next_n each). out: the logits of every row (all_logits) or of each part's last row.
-  void step(std::vector<Part> parts, int next_n, bool all_logits, std::vector<float>& out) {
-    const Config& c = m.cfg;
-    check_step(parts);
-    int64_t n = 0, longest = 0, cached = 0;
-    for (Part& p : parts) {
-      p.row0 = n;
-      n += p.n;
-      Seq& q = seqs[p.seq];
-      longest = std::max(longest, q.length + p.n);
-      cached += q.length;
-      while (static_cast<int64_t>(q.pages.size()) * kCachePageTokens < q.length + p.n) {
-        q.pages.push_back(free_pages.back());
-        free_pages.pop_back();
-      }
-    }
-    const float eps = static_cast<float>(c.rms_norm_eps);
-    const int Kr = opt.mode == AttentionMode::kDense ? static_cast<int>(longest) : static_cast<int>(std::min<int64_t>(K, longest));
-    size_step(n, longest, Kr, cached);
-    // host index arrays → executor memory (ks_d stays zero: every row's keys start at position 0)
+  // The step's index arrays for its n rows (part p's row i: token p.tokens[i] at position p.at + i)
+  // and the dense / window selection, host → executor memory (ks_d stays zero: every row's keys
+  // start at position 0).
+  void prepare(const std::vector<Part>& parts, int64_t n, int Kr) {
     tok_h.resize(static_cast<size_t>(n));
     pos_h.resize(static_cast<size_t>(n));
     ctx_h.resize(static_cast<size_t>(n));
@@ -441,8 +442,8 @@ struct Session::Impl {
       for (int64_t i = 0; i < p.n; ++i) {
         const int64_t r = p.row0 + i;
         tok_h[r] = p.tokens[i];
-        pos_h[r] = static_cast<int32_t>(q.length + i);
-        ctx_h[r] = static_cast<int32_t>(q.length + i + 1);
+        pos_h[r] = static_cast<int32_t>(p.at + i);
+        ctx_h[r] = static_cast<int32_t>(p.at + i + 1);
         std::copy(q.pages.begin(), q.pages.end(), tab_h.begin() + r * num_pages);
       }
     }
@@ -458,105 +459,141 @@ struct Session::Impl {
       ex->upload_bytes(dst.data(), src.data(), static_cast<int64_t>(src.size() * sizeof(int32_t)));
     };
     up(tok_d, tok_h); up(pos_d, pos_h); up(ctx_d, ctx_h); up(tab_d, tab_h);
+  }
+
+  // Layer l (a main layer, or the MTP module's at num_hidden_layers) over the step's n rows in x:
+  // writes the rows' latents and indexer keys into kv[l] / idx[l], attends, adds the MLP.
+  void run_layer(int l, const std::vector<Part>& parts, int64_t n, int next_n, int Kr, int64_t longest) {
     Backend& ops = ex->ops();
-    // Numerics::kReference: a bf16 tensor between ops (dsa/model.h); the norm after each residual add
-    // reads the fp32 sum, then the stream is rounded (the reference's fused add + norm)
-    const auto R = [&](float* p, int64_t count) {
-      if (bf16_acts) ex->round_bf16(p, count);
-    };
-    ops.embedding_forward(tok_d.data(), ex->param(m.embed), x.data(), n, d.V, d.D);
-    R(x.data(), n * d.D);
+    const float eps = static_cast<float>(m.cfg.rms_norm_eps);
     const bool prefill_kernels = gpu && parts.size() == 1 && n > kMaxDecodeRows;
+    const LayerParams& L = m.layers[l];
+    ops.rmsnorm_forward(x.data(), ex->param(L.input_norm), xn.data(), rstd.data(), n, d.D, eps);
+    round_acts(xn.data(), n * d.D);
+    round_acts(x.data(), n * d.D);
+    mla_project(*ex, m, l, xn.data(), n, pos_d.data(), qa.data(), rstd2.data(), qan.data(), q.data(), kva.data(),
+                c_raw.data(), rstd2.data(), cn.data(), qm.data(), kvm.data(), bf16_acts);
+    write_kv(l, parts, n);
+    select(l, parts, n, next_n, Kr, longest);
+    if (opt.record_selections && l < m.cfg.num_hidden_layers)   // logical positions, before paged_to_physical
+      ex->download_bytes(last_sel.layers[l].data(), sel_d.data(), n * Kr * static_cast<int64_t>(sizeof(int32_t)));
+    if (opt.mode == AttentionMode::kSparse && l < m.cfg.num_hidden_layers) {   // the main layers' statistic
+      if (ragged()) ex->download_bytes(grow_host(sel_len_h, n), sel_len_d.data(), n * static_cast<int64_t>(sizeof(int32_t)));
+      for (int64_t i = 0; i < n; ++i, ++selected_rows) selected_keys += ragged() ? sel_len_h[i] : std::min(Kr, ctx_h[i]);
+    }
+    ops.paged_to_physical(static_cast<int>(n), 1, Kr, tab_d.data(), num_pages, num_pages, sel_d.data());
+    if (prefill_kernels && *opt.kv_format == KvCacheFormat::kBf16) {
+      // a GPU prefill chunk over the bf16 cache: the sparse prefill kernel reads the cache rows
+      // [slots, 576] in place at the physical slots
+      uint16_t* qb = reinterpret_cast<uint16_t*>(grow(qmb, n * d.H * d.Dm * 2));
+      ex->to_bf16(qm.data(), qb, n * d.H * d.Dm);
+      AttentionParams ap = mqa_attention_params(m, d, static_cast<int>(n), static_cast<int>(capacity), nullptr, nullptr);
+      ap.dtype = DType::kBF16;
+      ap.q_bf16 = qb;
+      ap.kv_bf16 = reinterpret_cast<const uint16_t*>(kv[l].data());
+      ap.K = Kr;
+      ap.indices = sel_d.data();
+      ap.topk_length = row_lengths();   // a ragged selection stops at each row's k
+      ops.sparse_attention_forward(ap, AttentionForwardOut{olat.data(), lse.data(), nullptr});
+    } else if (v32_latent) {
+      SparseDecodeParams sp;
+      sp.B = static_cast<int>(n / next_n);
+      sp.next_n = next_n;
+      sp.H = d.H;
+      sp.K = Kr;
+      sp.num_slots = capacity;
+      sp.scale = m.scale;
+      sp.format = *opt.kv_format;
+      if (bf16_decode_q) {
+        uint16_t* qb = reinterpret_cast<uint16_t*>(grow(qmb, n * d.H * d.Dm * 2));
+        ex->to_bf16(qm.data(), qb, n * d.H * d.Dm);
+        sp.q_dtype = DType::kBF16;
+        sp.q_bf16 = qb;
+      } else {
+        sp.q = qm.data();
+      }
+      sp.cache = kv[l].data();
+      sp.indices = sel_d.data();
+      sp.topk_length = row_lengths();   // a ragged selection stops at each row's k
+      sp.out = olat.data();
+      sp.lse = lse.data();
+      sp.bf16_probs = bf16_acts && !gpu;   // the reference's bf16 probabilities (the CPU op)
+      ops.sparse_attention_decode(sp);
+    } else {
+      AttentionParams ap = mqa_attention_params(m, d, static_cast<int>(n), static_cast<int>(capacity), qm.data(),
+                                                reinterpret_cast<const float*>(kv[l].data()));
+      ap.K = Kr;
+      ap.indices = sel_d.data();
+      ap.topk_length = row_lengths();
+      ops.sparse_attention_forward(ap, AttentionForwardOut{olat.data(), lse.data(), nullptr});
+    }
+    round_acts(olat.data(), n * d.H * d.kvr);
+    absorb_out(*ex, m, l, olat.data(), n, o.data());
+    round_acts(o.data(), n * d.H * d.dv);
+    ex->mm_xwt(n, d.H * d.dv, d.D, o.data(), d.H * d.dv, ex->param(L.o), d.H * d.dv, attn.data(), d.D);
+    round_acts(attn.data(), n * d.D);
+    ex->add(x.data(), attn.data(), n * d.D);
+    ops.rmsnorm_forward(x.data(), ex->param(L.post_norm), hn.data(), rstd.data(), n, d.D, eps);
+    round_acts(hn.data(), n * d.D);
+    round_acts(x.data(), n * d.D);
+    if (L.moe) {
+      // Routing per row: row-invariant. Reference numerics round the layer's output; the experts'
+      // own intermediate products stay fp32.
+      moe_forward(*ex, m, l, hn.data(), n, mlp.data(), nullptr);
+    } else {
+      ex->mm_xwt(n, d.D, d.F, hn.data(), d.D, ex->param(L.gate), d.D, g.data(), d.F);
+      round_acts(g.data(), n * d.F);
+      ex->mm_xwt(n, d.D, d.F, hn.data(), d.D, ex->param(L.up), d.D, u.data(), d.F);
+      round_acts(u.data(), n * d.F);
+      ops.swiglu_forward(g.data(), u.data(), a.data(), n * d.F);
+      round_acts(a.data(), n * d.F);
+      ex->mm_xwt(n, d.F, d.D, a.data(), d.F, ex->param(L.down), d.F, mlp.data(), d.D);
+    }
+    round_acts(mlp.data(), n * d.D);
+    ex->add(x.data(), mlp.data(), n * d.D);
+  }
+
+  // Numerics::kReference: a bf16 tensor between ops (dsa/model.h); the norm after each residual add
+  // reads the fp32 sum, then the stream is rounded (the reference's fused add + norm).
+  void round_acts(float* p, int64_t count) {
+    if (bf16_acts) ex->round_bf16(p, count);
+  }
+
+  // One step: parts[i].n tokens appended to sequence parts[i].seq. Several parts only as a decode
+  // batch (n = next_n each). out: the logits of every row (all_logits) or of each part's last row.
+  void step(std::vector<Part> parts, int next_n, bool all_logits, std::vector<float>& out) {
+    const Config& c = m.cfg;
+    check_step(parts);
+    int64_t n = 0, longest = 0, cached = 0;
+    for (Part& p : parts) {
+      p.row0 = n;
+      n += p.n;
+      Seq& q = seqs[p.seq];
+      p.at = q.length;
+      longest = std::max(longest, q.length + p.n);
+      cached += q.length;
+      while (static_cast<int64_t>(q.pages.size()) * kCachePageTokens < q.length + p.n) {
+        q.pages.push_back(free_pages.back());
+        free_pages.pop_back();
+      }
+    }
+    const float eps = static_cast<float>(c.rms_norm_eps);
+    const int Kr = step_topk(longest);
+    size_step(n, longest, Kr, cached);
+    prepare(parts, n, Kr);
+    Backend& ops = ex->ops();
+    ops.embedding_forward(tok_d.data(), ex->param(m.embed), x.data(), n, d.V, d.D);
+    round_acts(x.data(), n * d.D);
     if (opt.record_selections) {
       last_sel.rows = n;
       last_sel.k = Kr;
       last_sel.layers.assign(static_cast<size_t>(c.num_hidden_layers), std::vector<int32_t>(static_cast<size_t>(n * Kr)));
     }
-    for (int l = 0; l < c.num_hidden_layers; ++l) {
-      const LayerParams& L = m.layers[l];
-      ops.rmsnorm_forward(x.data(), ex->param(L.input_norm), xn.data(), rstd.data(), n, d.D, eps);
-      R(xn.data(), n * d.D);
-      R(x.data(), n * d.D);
-      mla_project(*ex, m, l, xn.data(), n, pos_d.data(), qa.data(), rstd2.data(), qan.data(), q.data(), kva.data(),
-                  c_raw.data(), rstd2.data(), cn.data(), qm.data(), kvm.data(), bf16_acts);
-      write_kv(l, parts, n);
-      select(l, parts, n, next_n, Kr, longest);
-      if (opt.record_selections)   // logical positions, before paged_to_physical rewrites them
-        ex->download_bytes(last_sel.layers[l].data(), sel_d.data(), n * Kr * static_cast<int64_t>(sizeof(int32_t)));
-      if (opt.mode == AttentionMode::kSparse) {
-        if (ragged()) ex->download_bytes(grow_host(sel_len_h, n), sel_len_d.data(), n * static_cast<int64_t>(sizeof(int32_t)));
-        for (int64_t i = 0; i < n; ++i, ++selected_rows) selected_keys += ragged() ? sel_len_h[i] : std::min(Kr, ctx_h[i]);
-      }
-      ops.paged_to_physical(static_cast<int>(n), 1, Kr, tab_d.data(), num_pages, num_pages, sel_d.data());
-      if (prefill_kernels && *opt.kv_format == KvCacheFormat::kBf16) {
-        // a GPU prefill chunk over the bf16 cache: the sparse prefill kernel reads the cache rows
-        // [slots, 576] in place at the physical slots
-        uint16_t* qb = reinterpret_cast<uint16_t*>(grow(qmb, n * d.H * d.Dm * 2));
-        ex->to_bf16(qm.data(), qb, n * d.H * d.Dm);
-        AttentionParams ap = mqa_attention_params(m, d, static_cast<int>(n), static_cast<int>(capacity), nullptr, nullptr);
-        ap.dtype = DType::kBF16;
-        ap.q_bf16 = qb;
-        ap.kv_bf16 = reinterpret_cast<const uint16_t*>(kv[l].data());
-        ap.K = Kr;
-        ap.indices = sel_d.data();
-        ap.topk_length = row_lengths();   // a ragged selection stops at each row's k
-        ops.sparse_attention_forward(ap, AttentionForwardOut{olat.data(), lse.data(), nullptr});
-      } else if (v32_latent) {
-        SparseDecodeParams sp;
-        sp.B = static_cast<int>(n / next_n);
-        sp.next_n = next_n;
-        sp.H = d.H;
-        sp.K = Kr;
-        sp.num_slots = capacity;
-        sp.scale = m.scale;
-        sp.format = *opt.kv_format;
-        if (bf16_decode_q) {
-          uint16_t* qb = reinterpret_cast<uint16_t*>(grow(qmb, n * d.H * d.Dm * 2));
-          ex->to_bf16(qm.data(), qb, n * d.H * d.Dm);
-          sp.q_dtype = DType::kBF16;
-          sp.q_bf16 = qb;
-        } else {
-          sp.q = qm.data();
-        }
-        sp.cache = kv[l].data();
-        sp.indices = sel_d.data();
-        sp.topk_length = row_lengths();   // a ragged selection stops at each row's k
-        sp.out = olat.data();
-        sp.lse = lse.data();
-        sp.bf16_probs = bf16_acts && !gpu;   // the reference's bf16 probabilities (the CPU op)
-        ops.sparse_attention_decode(sp);
-      } else {
-        AttentionParams ap = mqa_attention_params(m, d, static_cast<int>(n), static_cast<int>(capacity), qm.data(),
-                                                  reinterpret_cast<const float*>(kv[l].data()));
-        ap.K = Kr;
-        ap.indices = sel_d.data();
-        ap.topk_length = row_lengths();
-        ops.sparse_attention_forward(ap, AttentionForwardOut{olat.data(), lse.data(), nullptr});
-      }
-      R(olat.data(), n * d.H * d.kvr);
-      absorb_out(*ex, m, l, olat.data(), n, o.data());
-      R(o.data(), n * d.H * d.dv);
-      ex->mm_xwt(n, d.H * d.dv, d.D, o.data(), d.H * d.dv, ex->param(L.o), d.H * d.dv, attn.data(), d.D);
-      R(attn.data(), n * d.D);
-      ex->add(x.data(), attn.data(), n * d.D);
-      ops.rmsnorm_forward(x.data(), ex->param(L.post_norm), hn.data(), rstd.data(), n, d.D, eps);
-      R(hn.data(), n * d.D);
-      R(x.data(), n * d.D);
-      if (L.moe) {
-        // Routing per row: row-invariant. Reference numerics round the layer's output; the experts'
-        // own intermediate products stay fp32.
-        moe_forward(*ex, m, l, hn.data(), n, mlp.data(), nullptr);
-      } else {
-        ex->mm_xwt(n, d.D, d.F, hn.data(), d.D, ex->param(L.gate), d.D, g.data(), d.F);
-        R(g.data(), n * d.F);
-        ex->mm_xwt(n, d.D, d.F, hn.data(), d.D, ex->param(L.up), d.D, u.data(), d.F);
-        R(u.data(), n * d.F);
-        ops.swiglu_forward(g.data(), u.data(), a.data(), n * d.F);
-        R(a.data(), n * d.F);
-        ex->mm_xwt(n, d.F, d.D, a.data(), d.F, ex->param(L.down), d.F, mlp.data(), d.D);
-      }
-      R(mlp.data(), n * d.D);
-      ex->add(x.data(), mlp.data(), n * d.D);
+    for (int l = 0; l < c.num_hidden_layers; ++l) run_layer(l, parts, n, next_n, Kr, longest);
+    if (opt.mtp) {   // the final hidden states the MTP module reads (a Session: one part)
+      float* h = hidden.data() + parts[0].at * d.D;
+      ops.rmsnorm_forward(x.data(), ex->param(m.final_norm), h, rstd.data(), n, d.D, eps);
+      round_acts(h, n * d.D);
     }
     // the rows whose logits are returned: all, or each part's last
     int64_t rows = n;
@@ -575,11 +612,49 @@ struct Session::Impl {
     float* xnorm = grow(xf, 2 * rows * d.D) + rows * d.D;
     grow(logits, rows * d.V);
     ops.rmsnorm_forward(xs, ex->param(m.final_norm), xnorm, rstd.data(), rows, d.D, eps);
-    R(xnorm, rows * d.D);   // the lm_head itself runs in fp32 (the reference's fp32 head)
+    round_acts(xnorm, rows * d.D);   // the lm_head itself runs in fp32 (the reference's fp32 head)
     ex->mm_xwt(rows, d.D, d.V, xnorm, d.D, ex->param(m.lm_head), d.D, logits.data(), d.V);
     out.resize(static_cast<size_t>(rows * d.V));
     ex->download_bytes(out.data(), logits.data(), rows * d.V * static_cast<int64_t>(sizeof(float)));   // waits for the step
-    for (const Part& p : parts) seqs[p.seq].length += p.n;
+    for (const Part& p : parts) {
+      Seq& q = seqs[p.seq];
+      q.tokens.resize(static_cast<size_t>(q.length));
+      q.tokens.insert(q.tokens.end(), p.tokens, p.tokens + p.n);
+      q.length += p.n;
+    }
+  }
+
+  // keys per row of a step whose longest sequence is `longest`: all (dense), else the budget
+  int step_topk(int64_t longest) const {
+    return opt.mode == AttentionMode::kDense ? static_cast<int>(longest) : static_cast<int>(std::min<int64_t>(K, longest));
+  }
+
+  // Session::draft: the MTP module catches up on the positions it has not seen (reusing its last entry
+  // when the token after it is still the one it was computed with), its last row taking `next`.
+  void draft(int32_t next, std::vector<float>& out) {
+    if (!opt.mtp) throw Error("Session: draft needs SessionOptions::mtp");
+    Seq& q = seqs[0];
+    if (q.length == 0) throw Error("Session: draft needs at least one token in the session");
+    if (next < 0 || next >= m.cfg.vocab_size)
+      throw Error("Session: token " + std::to_string(next) + " out of range [0, " + std::to_string(m.cfg.vocab_size) + ")");
+    int64_t start = std::min(mtp_len, q.length);
+    if (start > 0 && (start < q.length ? q.tokens[static_cast<size_t>(start)] : next) != mtp_next) --start;
+    const int64_t n = q.length - start, longest = q.length;
+    std::vector<int32_t> toks(static_cast<size_t>(n));   // row j: the token after position start + j
+    for (int64_t j = 0; j < n; ++j) toks[j] = start + j + 1 < q.length ? q.tokens[static_cast<size_t>(start + j + 1)] : next;
+    const std::vector<Part> parts{{0, toks.data(), n, 0, start}};
+    const int Kr = step_topk(longest);
+    size_step(n, longest, Kr, start);
+    prepare(parts, n, Kr);
+    constexpr int kModule = 0;   // the first MTP module drafts
+    mtp_input(*ex, m, kModule, tok_d.data(), hidden.data() + start * d.D, start, n, grow(mtp_e, n * d.D),
+              grow(mtp_cat, 2 * n * d.D), rstd.data(), x.data());
+    run_layer(m.cfg.num_hidden_layers + kModule, parts, n, 1, Kr, longest);
+    mtp_logits(*ex, m, kModule, x.data() + (n - 1) * d.D, 1, hn.data(), rstd.data(), grow(logits, d.V));
+    out.resize(static_cast<size_t>(d.V));
+    ex->download_bytes(out.data(), logits.data(), d.V * static_cast<int64_t>(sizeof(float)));   // waits for the step
+    mtp_len = q.length;
+    mtp_next = next;
   }
 };
 
@@ -643,11 +718,22 @@ std::vector<float> Session::decode(int32_t token) { return decode_batch(*impl_, 
 
 std::vector<float> Session::decode2(int32_t t0, int32_t t1) { return decode_batch(*impl_, {0}, {t0, t1}, 2); }
 
+std::vector<float> Session::draft(int32_t next) {
+  std::vector<float> out;
+  impl_->draft(next, out);
+  return out;
+}
+
 void Session::truncate(int64_t length) {
   Session::Impl::Seq& q = impl_->seqs[0];
   if (length < 0 || length > q.length)
     throw Error("Session: truncate(" + std::to_string(length) + ") outside [0, " + std::to_string(q.length) + "]");
+  if (length < impl_->mtp_len) {   // the MTP entry at length - 1 was computed with the token at `length`
+    impl_->mtp_next = q.tokens[static_cast<size_t>(length)];
+    impl_->mtp_len = length;
+  }
   q.length = length;   // later appends overwrite the dropped slots
+  q.tokens.resize(static_cast<size_t>(length));
 }
 
 int64_t Session::length() const { return impl_->seqs[0].length; }
@@ -681,6 +767,7 @@ void BatchSession::truncate(int id, int64_t length) {
     throw Error("BatchSession: truncate(" + std::to_string(id) + ", " + std::to_string(length) + ") outside [0, " +
                 std::to_string(q.length) + "]");
   q.length = length;
+  q.tokens.resize(static_cast<size_t>(length));
 }
 int64_t BatchSession::length(int id) const { return impl_->seq(id, "length").length; }
 std::vector<int> BatchSession::sequences() const {
@@ -707,7 +794,8 @@ int64_t Session::Impl::cache_bytes_per_token() const {
   int64_t idx = 0;
   if (s.opt.mode == AttentionMode::kSparse)
     idx = s.fp8_indexer ? kIndexerRecordBytes : static_cast<int64_t>(s.d.DI) * sizeof(float);
-  return (mla + idx) * s.m.cfg.num_hidden_layers;
+  // + with SessionOptions::mtp: the MTP layer's records and the main model's final hidden state
+  return (mla + idx) * s.cache_layers() + (s.opt.mtp ? static_cast<int64_t>(s.d.D) * sizeof(float) : 0);
 }
 
 }  // namespace dsa::model

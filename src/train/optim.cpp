@@ -45,6 +45,7 @@ AdamW::AdamW(const model::Model& m, const GroupOptions& model_group, const Group
     : model_(model_group), indexer_(indexer_group) {
   check_group_options(model_, "model");
   check_group_options(indexer_, "indexer");
+  num_trained_ = m.first_mtp_param();   // the MTP modules' tensors are not trained
   for (const auto& p : m.params()) {
     names_.push_back(p.name);
     is_indexer_.push_back(model::Model::is_indexer_param(p.name));
@@ -79,7 +80,7 @@ AdamW::StepStats AdamW::step(model::Model& m, double lr_scale, bool train_model,
 #pragma omp parallel for schedule(dynamic, 1)
   for (long i = 0; i < static_cast<long>(params.size()); ++i) {
     const int g = is_indexer_[i] ? 1 : 0;
-    if (!train[g]) continue;                       // frozen: not even weight decay touches it
+    if (!train[g] || static_cast<size_t>(i) >= num_trained_) continue;   // frozen: not even weight decay touches it
     const GroupOptions& o = *opt[g];
     const double lr = o.lr * lr_scale;
     const double bc1 = 1.0 - std::pow(o.beta1, static_cast<double>(t_group[g]));

@@ -91,6 +91,16 @@ generate)
   expect_refused '--prompts missing.txt: cannot be read' "$DSA" generate -m m --prompts missing.txt
   expect_refused '--batch B needs --random-prompt N' "$DSA" generate -m m -p Hi --batch 2
   expect_refused 'give one of -p/--prompt, --prompts FILE' "$DSA" generate -m m -p Hi --prompts prompts.txt
+  # speculative decoding with the MTP module: the same text as plain greedy decoding
+  sed -e 's/"num_hidden_layers": 2,/"num_hidden_layers": 2, "num_nextn_predict_layers": 1,/' cfg.json > cfg_mtp.json
+  "$DSA" init --config=cfg_mtp.json -o mm >/dev/null || fail "init with an MTP module"
+  a=$("$DSA" generate -m mm -p Hello -n 24 --speculative mtp 2>err.txt) || fail "--speculative mtp: $(cat err.txt)"
+  grep -q "speculative (mtp): accepted [0-9]* of [0-9]* drafts" err.txt || fail "no acceptance report: $(cat err.txt)"
+  b=$("$DSA" generate -m mm -p Hello -n 24 2>/dev/null)
+  [[ $a == "$b" ]] || fail "--speculative mtp differs from greedy: '$a' vs '$b'"
+  expect_refused 'needs a checkpoint with a multi-token-prediction module' "$DSA" generate -m m -p Hi --speculative mtp
+  expect_refused 'greedy only' "$DSA" generate -m mm -p Hi --speculative mtp --temperature 0.7
+  expect_refused '--speculative must be mtp' "$DSA" generate -m mm -p Hi --speculative eagle
   ;;
 train)
   # One document, byte tokenizer, relative paths: the hold-out is the document's tail; a refused
