@@ -22,16 +22,9 @@ using dsa::model::Numerics;
 using dsa::model::Session;
 using dsa::model::SessionOptions;
 using dsa::model::WeightDtype;
+using dsa::test_model::max_diff;
 using dsa::test_model::random_tokens;
 using dsa::test_model::v32_record_config;
-
-double max_diff(const std::vector<float>& a, const std::vector<float>& b, size_t off_a = 0, size_t off_b = 0,
-                size_t n = SIZE_MAX) {
-  n = std::min(n, std::min(a.size() - off_a, b.size() - off_b));
-  double d = 0;
-  for (size_t i = 0; i < n; ++i) d = std::max(d, std::fabs(static_cast<double>(a[off_a + i]) - b[off_b + i]));
-  return d;
-}
 
 SessionOptions reference_options() {
   SessionOptions o;

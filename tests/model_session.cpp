@@ -17,17 +17,10 @@ using dsa::model::AttentionMode;
 using dsa::model::Model;
 using dsa::model::Session;
 using dsa::model::SessionOptions;
+using dsa::test_model::max_diff;
 using dsa::test_model::micro_config;
 using dsa::test_model::random_tokens;
 using dsa::test_model::v32_record_config;
-
-double max_diff(const std::vector<float>& a, const std::vector<float>& b, size_t off_a = 0, size_t off_b = 0,
-                size_t n = SIZE_MAX) {
-  n = std::min(n, std::min(a.size() - off_a, b.size() - off_b));
-  double d = 0;
-  for (size_t i = 0; i < n; ++i) d = std::max(d, std::fabs(static_cast<double>(a[off_a + i]) - b[off_b + i]));
-  return d;
-}
 
 // The session's projections are row-invariant (mm_xwt exact) and every op works per row, so
 // chunked ≡ one-shot and decode ≡ prefill row hold bitwise: difference exactly 0.

@@ -1,6 +1,9 @@
 // model_util.h — shared helpers of the tests/model_*.cpp files: tiny configs and batches.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <random>
 #include <string>
 #include <vector>
@@ -8,6 +11,15 @@
 #include "dsa/model.h"
 
 namespace dsa::test_model {
+
+// max |a[off_a + i] − b[off_b + i]| over n elements (at most what both hold), in double.
+inline double max_diff(const std::vector<float>& a, const std::vector<float>& b, size_t off_a = 0, size_t off_b = 0,
+                       size_t n = SIZE_MAX) {
+  n = std::min(n, std::min(a.size() - off_a, b.size() - off_b));
+  double d = 0;
+  for (size_t i = 0; i < n; ++i) d = std::max(d, std::fabs(static_cast<double>(a[off_a + i]) - b[off_b + i]));
+  return d;
+}
 
 // A very small config: every dimension distinct so a transposed index shows up as a shape error.
 inline model::Config micro_config() {

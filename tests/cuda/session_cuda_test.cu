@@ -23,6 +23,7 @@ using dsa::model::Config;
 using dsa::model::Model;
 using dsa::model::Session;
 using dsa::model::SessionOptions;
+using dsa::test_model::max_diff;
 using dsa::test_model::random_tokens;
 
 bool have_gpu() { return dsa::cuda::device_count() > 0; }
@@ -35,14 +36,6 @@ bool have_gpu() { return dsa::cuda::device_count() > 0; }
       GTEST_SKIP() << "no GPU on this machine";                                     \
     }                                                                               \
   } while (0)
-
-double max_diff(const std::vector<float>& a, const std::vector<float>& b, size_t off_a = 0, size_t off_b = 0,
-                size_t n = SIZE_MAX) {
-  n = std::min(n, std::min(a.size() - off_a, b.size() - off_b));
-  double d = 0;
-  for (size_t i = 0; i < n; ++i) d = std::max(d, std::fabs(static_cast<double>(a[off_a + i]) - b[off_b + i]));
-  return d;
-}
 
 // The V3.2 latent (kv_lora 512, rope 64, indexer 128) with 64 heads: the width the GPU's tensor-core
 // decode variant serves (H a multiple of 64), the rest tiny.
