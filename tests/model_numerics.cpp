@@ -59,6 +59,51 @@ TEST(ModelNumerics, ReferenceKeepsChunkedAndDecodeBitwise) {
   }
 }
 
+// MoE layers (the experts' bf16 roundings) and the MTP module under the reference numerics: chunked
+// prefill ≡ one-shot, decode ≡ prefill row, and a draft after either ≡ the one-shot session's draft.
+TEST(ModelNumerics, ReferenceMoeAndDraftKeepChunkedAndDecodeBitwise) {
+  auto c = v32_record_config();   // the V3.2 latent and indexer dims, with moe_config()'s MoE layers
+  const auto moe = dsa::test_model::moe_config();
+  c.first_k_dense_replace = 1;
+  c.n_routed_experts = moe.n_routed_experts;
+  c.n_shared_experts = moe.n_shared_experts;
+  c.num_experts_per_tok = moe.num_experts_per_tok;
+  c.moe_intermediate_size = moe.moe_intermediate_size;
+  c.n_group = moe.n_group;
+  c.topk_group = moe.topk_group;
+  c.routed_scaling_factor = moe.routed_scaling_factor;
+  c.norm_topk_prob = moe.norm_topk_prob;
+  c.scoring_func = moe.scoring_func;
+  c.topk_method = moe.topk_method;
+  c.num_nextn_predict_layers = 1;
+  Model m(c);
+  dsa::test_model::init_moe_model(m, 45);
+  const int n = 30, prefix = 20;
+  const auto toks = random_tokens(c.vocab_size, n, 46);
+  const int32_t next = toks[0];   // the token the final drafts take
+  for (const AttentionMode mode : {AttentionMode::kSparse, AttentionMode::kDense}) {
+    SessionOptions o = reference_options();
+    o.mode = mode;
+    o.mtp = true;
+    o.max_tokens = c.max_position_embeddings;
+    Session one_shot(m, o);
+    const auto one = one_shot.prefill(toks, 0, true);
+    const auto draft = one_shot.draft(next);
+    for (int chunk : {1, 7}) {
+      Session s(m, o);
+      EXPECT_EQ(max_diff(one, s.prefill(toks, chunk, true)), 0.0) << chunk;
+      EXPECT_EQ(max_diff(draft, s.draft(next)), 0.0) << chunk;
+    }
+    Session s(m, o);
+    s.prefill(std::vector<int32_t>(toks.begin(), toks.begin() + prefix), 3);
+    for (int t = prefix; t < n; ++t) {
+      s.draft(toks[t]);   // the module catches up one position at a time
+      EXPECT_EQ(max_diff(s.decode(toks[t]), one, 0, static_cast<size_t>(t) * c.vocab_size, c.vocab_size), 0.0) << t;
+    }
+    EXPECT_EQ(max_diff(draft, s.draft(next)), 0.0);
+  }
+}
+
 TEST(ModelNumerics, ReferenceIsCloseToFp32AndNotEqual) {
   const auto c = v32_record_config();
   Model m(c);

@@ -11,6 +11,10 @@
 //   * argmax agreement of the session's decode steps with the reference's decode steps, next to the
 //     reference's own decode-vs-prefill agreement (its prefill runs MHA mode, its decode the absorbed
 //     MQA mode: their roundings differ, which flips near-tie selections).
+// A second fixture (tests/parity/v32_reference_moe.py, tests/data/v32_parity_moe): a tiny V3.2 with one
+// dense and two MoE layers (noaux_tc routing, a shared expert) and an MTP module, run with the
+// reference numerics and SessionOptions::mtp: the same measures, rows of logits over the bf16-noise
+// bound (flipped routings), and Session::draft's logits vs the reference's module.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -31,6 +35,7 @@ using dsa::model::Session;
 using dsa::model::SessionOptions;
 
 const std::string kDir = std::string(DSA_TEST_DATA_DIR) + "/v32_parity";
+const std::string kMoeDir = std::string(DSA_TEST_DATA_DIR) + "/v32_parity_moe";
 
 // Targets for the reference numerics (logit std ~1). Dense: what is left is fp32 summation order
 // inside ops before a bf16 rounding (a rounding that lands on the other side moves a value by one bf16
@@ -43,15 +48,22 @@ constexpr double kOverlapLayer0 = 0.995;   // layer 0: the same inputs up to rou
 // the FP8 quantiser turns it into near-tie flips. Measured 0.991 / 0.980 vs the prefill and 0.994 /
 // 0.979 vs the decode steps (fp32 activations: 0.979 / 0.969 and 0.973 / 0.964); bound 0.975.
 constexpr double kOverlapLater = 0.975;
+// MoE fixture, later layers: the routing adds discontinuities (a one-ulp change of a router input can
+// swap an expert), so more near-tie flips reach the indexer. Measured 0.989 / 0.970 vs the prefill and
+// 0.993 / 0.973 vs the decode steps; bound 0.965.
+constexpr double kMoeOverlapLater = 0.965;
 
 struct Fixtures {
   std::vector<int32_t> tokens;
   int prefill_len = 0, layers = 0, rows = 0, k = 0, vocab = 0;
   std::vector<float> dense, dsa, dense_decode, dsa_decode, selections, decode_selections;
+  // MoE fixture: the MTP module's logits at positions prefill_len − 1 … rows − 2 [rows − prefill_len, V],
+  // from its prefill over the main prefill's hidden states, and in the session's form (decode steps)
+  std::vector<float> dense_mtp, dsa_mtp, dense_mtp_decode, dsa_mtp_decode;
 };
 
-Fixtures read_fixtures(const dsa::model::Config& c) {
-  const auto f = dsa::safetensors::File::open(kDir + "/fixtures.safetensors");
+Fixtures read_fixtures(const std::string& dir, const dsa::model::Config& c) {
+  const auto f = dsa::safetensors::File::open(dir + "/fixtures.safetensors");
   Fixtures x;
   for (const float t : f.to_float("tokens")) x.tokens.push_back(static_cast<int32_t>(t));
   x.prefill_len = static_cast<int>(f.to_float("prefill_len", {1})[0]);
@@ -66,6 +78,12 @@ Fixtures read_fixtures(const dsa::model::Config& c) {
   x.dsa_decode = f.to_float("dsa_decode_logits", {D, V});
   x.selections = f.to_float("selections", {x.layers, T, x.k});
   x.decode_selections = f.to_float("decode_selections", {x.layers, D, x.k});
+  if (f.find("dense_mtp_logits")) {
+    x.dense_mtp = f.to_float("dense_mtp_logits", {D, V});
+    x.dsa_mtp = f.to_float("dsa_mtp_logits", {D, V});
+    x.dense_mtp_decode = f.to_float("dense_mtp_decode_logits", {D, V});
+    x.dsa_mtp_decode = f.to_float("dsa_mtp_decode_logits", {D, V});
+  }
   return x;
 }
 
@@ -89,12 +107,31 @@ void count_overlap(const float* ref, std::vector<int32_t> ours, int K, int64_t* 
   }
 }
 
+// Rows of [rows, V] logits whose max |a − b| exceeds bound: a flipped routing or selection, where
+// bf16 noise alone stays under it.
+int rows_over(const float* a, const float* b, int rows, int V, double bound) {
+  int n = 0;
+  for (int r = 0; r < rows; ++r) {
+    double d = 0;
+    for (int v = 0; v < V; ++v) d = std::max(d, std::fabs(static_cast<double>(a[int64_t{r} * V + v]) - b[int64_t{r} * V + v]));
+    n += d > bound;
+  }
+  return n;
+}
+
+int argmax_agree(const float* a, const float* b, int rows, int V) {
+  int n = 0;
+  for (int r = 0; r < rows; ++r) n += argmax(a + int64_t{r} * V, V) == argmax(b + int64_t{r} * V, V);
+  return n;
+}
+
 double share(int64_t hit, int64_t total) { return total > 0 ? static_cast<double>(hit) / static_cast<double>(total) : 1.0; }
 
 struct Measured {
   // dense logits vs the reference's prefill (MHA mode) and vs its decode steps (the absorbed MQA mode,
   // the session's form); DSA logits vs its prefill
   double dense_max_diff = 0, dense_decode_max_diff = 0, dsa_max_diff = 0;
+  int dense_rows_over = 0;   // dense rows over kDenseMaxDiff vs the reference's prefill
   // per layer: vs the reference's prefill selections, and vs its decode steps' selections
   std::vector<double> overlap, decode_overlap;
   int decode_agree = 0, prefill_agree = 0, decode_steps = 0;
@@ -109,6 +146,7 @@ Measured measure(const Model& m, const Fixtures& fx, Numerics numerics) {
   o.mode = AttentionMode::kDense;
   const auto dense = Session(m, o).prefill(fx.tokens, 0, true);
   r.dense_max_diff = max_diff(dense, fx.dense);
+  r.dense_rows_over = rows_over(dense.data(), fx.dense.data(), fx.rows, fx.vocab, kDenseMaxDiff);
   r.dense_decode_max_diff = max_diff(std::vector<float>(dense.begin() + static_cast<int64_t>(fx.prefill_len) * fx.vocab, dense.end()),
                                      fx.dense_decode);
   o.mode = AttentionMode::kSparse;
@@ -146,8 +184,8 @@ Measured measure(const Model& m, const Fixtures& fx, Numerics numerics) {
 }
 
 void print(const char* name, const Measured& r) {
-  std::printf("[parity] %-9s dense max|diff| %.4f (vs ref decode %.4f)  dsa max|diff| %.4f  overlap", name, r.dense_max_diff,
-              r.dense_decode_max_diff, r.dsa_max_diff);
+  std::printf("[parity] %-9s dense max|diff| %.4f (rows over %.2f: %d; vs ref decode %.4f)  dsa max|diff| %.4f  overlap", name,
+              r.dense_max_diff, kDenseMaxDiff, r.dense_rows_over, r.dense_decode_max_diff, r.dsa_max_diff);
   for (const double v : r.overlap) std::printf(" %.4f", v);
   std::printf(" (decode steps");
   for (const double v : r.decode_overlap) std::printf(" %.4f", v);
@@ -156,18 +194,68 @@ void print(const char* name, const Measured& r) {
               r.decode_steps);
 }
 
+// The reference's own decode vs prefill argmax agreement (MQA decode vs MHA prefill), printed.
+int reference_self_agreement(const Fixtures& fx) {
+  int agree = 0;
+  const int steps = fx.rows - fx.prefill_len;
+  for (int i = 0; i < steps; ++i)
+    agree += argmax(fx.dsa_decode.data() + static_cast<int64_t>(i) * fx.vocab, fx.vocab) ==
+             argmax(fx.dsa.data() + static_cast<int64_t>(fx.prefill_len + i) * fx.vocab, fx.vocab);
+  std::printf("[parity] reference decode vs its own prefill: argmax agree %d/%d\n", agree, steps);
+  return agree;
+}
+
+struct MtpMeasured {
+  // vs the reference's module prefill, and vs its session-form decode steps: max |diff| over every
+  // drafted logit, rows over kDenseMaxDiff, argmax agreement
+  double max_diff = 0, decode_max_diff = 0;
+  int rows_over = 0, decode_rows_over = 0, agree = 0, decode_agree = 0, rows = 0;
+};
+
+// The MTP module's draft logits against the reference's ([rows − prefill_len, V] each): a session with
+// mtp prefills prefill_len tokens, then before appending token t it drafts with t, which returns the
+// module's logits at position t − 1 (its first draft catches the module up on positions 0 … t − 1).
+MtpMeasured measure_mtp(const Model& m, const Fixtures& fx, AttentionMode mode, const std::vector<float>& ref,
+                        const std::vector<float>& ref_decode) {
+  SessionOptions o;
+  o.numerics = Numerics::kReference;
+  o.indexer_precision = dsa::Precision::kFp8;
+  o.max_tokens = fx.rows;
+  o.mode = mode;
+  o.mtp = true;
+  Session s(m, o);
+  s.prefill(std::vector<int32_t>(fx.tokens.begin(), fx.tokens.begin() + fx.prefill_len), 0);
+  std::vector<float> drafts;
+  for (int t = fx.prefill_len; t < fx.rows; ++t) {
+    const std::vector<float> draft = s.draft(fx.tokens[t]);
+    drafts.insert(drafts.end(), draft.begin(), draft.end());
+    s.decode(fx.tokens[t]);
+  }
+  MtpMeasured r;
+  r.rows = fx.rows - fx.prefill_len;
+  r.max_diff = max_diff(drafts, ref);
+  r.decode_max_diff = max_diff(drafts, ref_decode);
+  r.rows_over = rows_over(drafts.data(), ref.data(), r.rows, fx.vocab, kDenseMaxDiff);
+  r.decode_rows_over = rows_over(drafts.data(), ref_decode.data(), r.rows, fx.vocab, kDenseMaxDiff);
+  for (int i = 0; i < r.rows; ++i) {
+    const int64_t at = int64_t{i} * fx.vocab;
+    const int mine = argmax(drafts.data() + at, fx.vocab);
+    r.agree += mine == argmax(ref.data() + at, fx.vocab);
+    r.decode_agree += mine == argmax(ref_decode.data() + at, fx.vocab);
+  }
+  std::printf("[parity] mtp draft (%s): vs the reference's module prefill max|diff| %.4f (rows over %.2f: %d), argmax agree "
+              "%d/%d; vs its decode steps max|diff| %.4f (rows over: %d), argmax agree %d/%d\n",
+              mode == AttentionMode::kDense ? "dense" : "dsa", r.max_diff, kDenseMaxDiff, r.rows_over, r.agree, r.rows,
+              r.decode_max_diff, r.decode_rows_over, r.decode_agree, r.rows);
+  return r;
+}
+
 TEST(ModelParity, SessionMatchesTheReferenceNumerics) {
   const Model m = Model::load(kDir + "/checkpoint");
   ASSERT_EQ(m.weight_dtype(), dsa::model::WeightDtype::kBF16);
-  const Fixtures fx = read_fixtures(m.config());
+  const Fixtures fx = read_fixtures(kDir, m.config());
   ASSERT_GT(fx.rows, fx.k);   // the selection matters
-  // the reference's own decode vs prefill agreement (MQA decode vs MHA prefill)
-  int self_agree = 0;
-  const int steps = fx.rows - fx.prefill_len;
-  for (int i = 0; i < steps; ++i)
-    self_agree += argmax(fx.dsa_decode.data() + static_cast<int64_t>(i) * fx.vocab, fx.vocab) ==
-                  argmax(fx.dsa.data() + static_cast<int64_t>(fx.prefill_len + i) * fx.vocab, fx.vocab);
-  std::printf("[parity] reference decode vs its own prefill: argmax agree %d/%d\n", self_agree, steps);
+  const int self_agree = reference_self_agreement(fx);
 
   const Measured ref = measure(m, fx, Numerics::kReference);
   const Measured f32 = measure(m, fx, Numerics::kFp32);
@@ -189,6 +277,57 @@ TEST(ModelParity, SessionMatchesTheReferenceNumerics) {
   }
   // the session agrees with the reference's decode at least as often as the reference's prefill does
   EXPECT_GE(ref.decode_agree, self_agree);
+}
+
+
+TEST(ModelParity, MoeAndMtpMatchTheReferenceNumerics) {
+  const Model m = Model::load(kMoeDir + "/checkpoint");
+  ASSERT_EQ(m.weight_dtype(), dsa::model::WeightDtype::kBF16);
+  const dsa::model::Config& c = m.config();
+  ASSERT_EQ(c.num_moe_layers(), c.num_hidden_layers - c.first_k_dense_replace);
+  ASSERT_GT(c.num_moe_layers(), 0);
+  ASSERT_EQ(c.num_nextn_predict_layers, 1);
+  const Fixtures fx = read_fixtures(kMoeDir, c);
+  ASSERT_GT(fx.rows, fx.k);
+  ASSERT_FALSE(fx.dense_mtp.empty());
+  const int self_agree = reference_self_agreement(fx);
+  const Measured ref = measure(m, fx, Numerics::kReference);
+  print("moe", ref);
+  // the reference's own decode form vs its prefill form: rows over the noise bound (flipped routings or
+  // selections) and argmax agreement
+  const int steps = fx.rows - fx.prefill_len, V = fx.vocab;
+  const int64_t skip = int64_t{fx.prefill_len} * V;
+  const int self_dense_over = rows_over(fx.dense_decode.data(), fx.dense.data() + skip, steps, V, kDenseMaxDiff);
+  const int self_mtp_dense_over = rows_over(fx.dense_mtp_decode.data(), fx.dense_mtp.data(), steps, V, kDenseMaxDiff);
+  const int self_mtp_dense_agree = argmax_agree(fx.dense_mtp_decode.data(), fx.dense_mtp.data(), steps, V);
+  const int self_mtp_dsa_agree = argmax_agree(fx.dsa_mtp_decode.data(), fx.dsa_mtp.data(), steps, V);
+  std::printf("[parity] reference decode vs its own prefill, rows over %.2f: logits dense %d, dsa %d; mtp dense %d, dsa %d; "
+              "mtp argmax agree dense %d/%d, dsa %d/%d\n",
+              kDenseMaxDiff, self_dense_over, rows_over(fx.dsa_decode.data(), fx.dsa.data() + skip, steps, V, kDenseMaxDiff),
+              self_mtp_dense_over, rows_over(fx.dsa_mtp_decode.data(), fx.dsa_mtp.data(), steps, V, kDenseMaxDiff),
+              self_mtp_dense_agree, steps, self_mtp_dsa_agree, steps);
+  const MtpMeasured dense_mtp = measure_mtp(m, fx, AttentionMode::kDense, fx.dense_mtp, fx.dense_mtp_decode);
+  const MtpMeasured dsa_mtp = measure_mtp(m, fx, AttentionMode::kSparse, fx.dsa_mtp, fx.dsa_mtp_decode);
+
+  // Dense logits: every row within bf16 noise of the reference's decode steps (the session's MQA form);
+  // against its MHA prefill, rows with a flipped routing differ by O(1), no more often per row than the
+  // reference's own prefill and decode disagree (2 of its 64 decode rows: at most 4 of 128 rows).
+  EXPECT_LE(ref.dense_decode_max_diff, kDenseMaxDiff);
+  EXPECT_LE(ref.dense_rows_over, self_dense_over * fx.rows / steps);
+  ASSERT_EQ(ref.overlap.size(), static_cast<size_t>(fx.layers));
+  EXPECT_GE(ref.overlap[0], kOverlapLayer0);
+  EXPECT_GE(ref.decode_overlap[0], kOverlapLayer0);
+  for (int l = 1; l < fx.layers; ++l) {
+    EXPECT_GE(ref.overlap[l], kMoeOverlapLater) << "layer " << l;
+    EXPECT_GE(ref.decode_overlap[l], kMoeOverlapLater) << "layer " << l;
+  }
+  EXPECT_GE(ref.decode_agree, self_agree);
+  // MTP drafts against the reference's session-form drafts: rows over the bf16-noise bound of the dense
+  // logits (a flipped routing in the module's MoE layer or below) no more often than the reference's
+  // own two forms differ, argmax agreement at least the reference's own
+  EXPECT_LE(dense_mtp.decode_rows_over, self_mtp_dense_over);
+  EXPECT_GE(dense_mtp.decode_agree, self_mtp_dense_agree);
+  EXPECT_GE(dsa_mtp.decode_agree, self_mtp_dsa_agree);
 }
 
 }  // namespace

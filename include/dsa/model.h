@@ -212,7 +212,10 @@ const char* weight_dtype_name(WeightDtype d);   // "F32", "F16", "BF16", "F8_E4M
 //     linear output, each RMSNorm / LayerNorm, RoPE and Hadamard output, the absorbed query latent,
 //     the attention output before and after W_UV, the SwiGLU product, and the residual stream after
 //     each add (the norm that follows an add reads the fp32 sum, as the reference's fused add + norm
-//     does); the attention probabilities before the value product on the CPU's V3.2-latent decode op
+//     does); in MoE layers each expert's (and the shared experts') linear outputs and SwiGLU product,
+//     the weighted routed outputs summed in fp32 in expert order, the shared experts' output added
+//     last, then the layer's output rounded (router logits and weights fp32); the MTP module's norm
+//     and eh_proj outputs; the attention probabilities before the value product on the CPU's V3.2-latent decode op
 //     (SparseDecodeParams::bf16_probs; GPU kernels and other latent dims keep them fp32). Kept fp32
 //     as in the reference: the indexer head weights (weights_proj output and its HI^-0.5 · DI^-0.5
 //     scaling), the indexer logits, the attention logits and the final logits (the lm_head runs in

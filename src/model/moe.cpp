@@ -143,7 +143,8 @@ std::vector<float> moe_route_backward(const Config& c, const MoeRouting& r, cons
   return dz;
 }
 
-void moe_forward(Exec& ex, const Model::Impl& m, int l, const float* hn, int64_t T, float* out, MoeActs* keep) {
+void moe_forward(Exec& ex, const Model::Impl& m, int l, const float* hn, int64_t T, float* out, MoeActs* keep,
+                 bool round_bf16) {
   const Config& c = m.cfg;
   const LayerParams& L = m.layers[l];
   const int D = c.hidden_size, E = c.n_routed_experts, Fm = c.moe_intermediate_size;
@@ -161,18 +162,31 @@ void moe_forward(Exec& ex, const Model::Impl& m, int l, const float* hn, int64_t
   A.route = moe_route(c, ex.download(z).data(), bias.empty() ? nullptr : bias.data(), T);
   const MoeRouting& r = A.route;
   const int64_t P = T * r.k;   // (row, choice) pairs
-  // shared experts over every row: out = down(silu(gate(hn)) · up(hn)); no shared experts: out = 0
+  const auto round_acts = [&](float* p, int64_t count) {
+    if (round_bf16) ex.round_bf16(p, count);
+  };
+  // shared experts over every row: down(silu(gate(hn)) · up(hn)), into out (fp32) or, rounding, into
+  // its own buffer added after the routed experts (the reference's order); no shared experts: out = 0
+  FBuf shared;
   if (Fs > 0) {
     A.sg = ex.zeros(T * Fs);
     A.su = ex.zeros(T * Fs);
     A.sa = ex.zeros(T * Fs);
+    float* so = out;
+    if (round_bf16) {
+      shared = ex.zeros(T * D);
+      so = shared.data();
+    }
     ex.mm_xwt(T, D, Fs, hn, D, ex.param(L.shared_gate), D, A.sg.data(), Fs);
+    round_acts(A.sg.data(), T * Fs);
     ex.mm_xwt(T, D, Fs, hn, D, ex.param(L.shared_up), D, A.su.data(), Fs);
+    round_acts(A.su.data(), T * Fs);
     ex.ops().swiglu_forward(A.sg.data(), A.su.data(), A.sa.data(), T * Fs);
-    ex.mm_xwt(T, Fs, D, A.sa.data(), Fs, ex.param(L.shared_down), Fs, out, D);
-  } else {
-    ex.scale(out, 0.0f, T * D);
+    round_acts(A.sa.data(), T * Fs);
+    ex.mm_xwt(T, Fs, D, A.sa.data(), Fs, ex.param(L.shared_down), Fs, so, D);
+    round_acts(so, T * D);
   }
+  if (Fs == 0 || round_bf16) ex.scale(out, 0.0f, T * D);
   // routed experts over their gathered rows: y_p = expert_e(hn[row_p])
   A.rows = ex.upload(r.pair_row);
   A.xg = ex.zeros(P * D);
@@ -187,18 +201,23 @@ void moe_forward(Exec& ex, const Model::Impl& m, int l, const float* hn, int64_t
     ex.mm_xwt(n, D, Fm, A.xg.data() + p0 * D, D, ex.param(L.expert_gate(e)), D, A.g.data() + p0 * Fm, Fm);
     ex.mm_xwt(n, D, Fm, A.xg.data() + p0 * D, D, ex.param(L.expert_up(e)), D, A.u.data() + p0 * Fm, Fm);
   }
+  round_acts(A.g.data(), P * Fm);
+  round_acts(A.u.data(), P * Fm);
   ex.ops().swiglu_forward(A.g.data(), A.u.data(), A.a.data(), P * Fm);
+  round_acts(A.a.data(), P * Fm);
   for (int e = 0; e < E; ++e) {
     const int64_t p0 = r.offset[e], n = r.offset[e + 1] - p0;
     if (n == 0) continue;
     ex.mm_xwt(n, Fm, D, A.a.data() + p0 * Fm, Fm, ex.param(L.expert_down(e)), Fm, A.y.data() + p0 * D, D);
   }
+  round_acts(A.y.data(), P * D);
   // out[row_p] += w_p · y_p, pairs in expert order (the scatter-add keeps that order per row)
   std::vector<float> w(static_cast<size_t>(P));
   for (int64_t p = 0; p < P; ++p) w[p] = r.weight[r.pair_choice[p]];
   FBuf yw = ex.clone(A.y);
   scale_rows(ex, yw.data(), w, D);
   ex.ops().embedding_backward(A.rows.data(), yw.data(), out, P, static_cast<int>(T), D);
+  if (round_bf16 && Fs > 0) ex.add(out, shared.data(), T * D);
 }
 
 void moe_backward(Exec& ex, const Model::Impl& m, int l, const float* hn, int64_t T, const MoeActs& A, const float* dout,

@@ -47,8 +47,12 @@ struct MoeActs {
 // out [T, D] = Σ_j w_j · expert_j(hn) + shared_experts(hn), for T rows of hn [T, D] in `ex`'s memory.
 // The experts run on their gathered rows, the weighted outputs are added in ascending expert order, so
 // a row's result does not depend on the other rows (with `ex`'s exact matmuls: bitwise).
-// keep: filled for moe_backward when not null.
-void moe_forward(Exec& ex, const Model::Impl& m, int l, const float* hn, int64_t T, float* out, MoeActs* keep);
+// keep: filled for moe_backward when not null. round_bf16 (the session's Numerics::kReference, the
+// reference's Expert / MLP): each expert's and the shared experts' gate and up outputs, SwiGLU product
+// and down output are rounded to bf16; the weighted routed outputs are summed in fp32 from 0 in ascending
+// expert order and the shared experts' output is added last (the caller rounds the sum).
+void moe_forward(Exec& ex, const Model::Impl& m, int l, const float* hn, int64_t T, float* out, MoeActs* keep,
+                 bool round_bf16 = false);
 // Inverts moe_forward: gradients into the experts, the shared experts and the router weight (the
 // bias gets none); dhn [T, D] = d hn (overwritten).
 void moe_backward(Exec& ex, const Model::Impl& m, int l, const float* hn, int64_t T, const MoeActs& A, const float* dout,

@@ -537,9 +537,9 @@ struct Session::Impl {
     round_acts(hn.data(), n * d.D);
     round_acts(x.data(), n * d.D);
     if (L.moe) {
-      // Routing per row: row-invariant. Reference numerics round the layer's output; the experts'
-      // own intermediate products stay fp32.
-      moe_forward(*ex, m, l, hn.data(), n, mlp.data(), nullptr);
+      // Routing per row: row-invariant. Reference numerics round the experts' products as the
+      // reference's Expert / MLP do, and the layer's output below.
+      moe_forward(*ex, m, l, hn.data(), n, mlp.data(), nullptr, bf16_acts);
     } else {
       ex->mm_xwt(n, d.D, d.F, hn.data(), d.D, ex->param(L.gate), d.D, g.data(), d.F);
       round_acts(g.data(), n * d.F);
@@ -648,9 +648,9 @@ struct Session::Impl {
     prepare(parts, n, Kr);
     constexpr int kModule = 0;   // the first MTP module drafts
     mtp_input(*ex, m, kModule, tok_d.data(), hidden.data() + start * d.D, start, n, grow(mtp_e, n * d.D),
-              grow(mtp_cat, 2 * n * d.D), rstd.data(), x.data());
+              grow(mtp_cat, 2 * n * d.D), rstd.data(), x.data(), bf16_acts);
     run_layer(m.cfg.num_hidden_layers + kModule, parts, n, 1, Kr, longest);
-    mtp_logits(*ex, m, kModule, x.data() + (n - 1) * d.D, 1, hn.data(), rstd.data(), grow(logits, d.V));
+    mtp_logits(*ex, m, kModule, x.data() + (n - 1) * d.D, 1, hn.data(), rstd.data(), grow(logits, d.V), bf16_acts);
     out.resize(static_cast<size_t>(d.V));
     ex->download_bytes(out.data(), logits.data(), d.V * static_cast<int64_t>(sizeof(float)));   // waits for the step
     mtp_len = q.length;

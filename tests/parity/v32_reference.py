@@ -248,24 +248,33 @@ class Reference:
             o = bf(torch.einsum("shc,hdc->shd", o_lat, Wkvb[:, dn:]))
         return linear(o.reshape(T, H * dv), w[a + "o_proj.weight"])
 
+    def mlp(self, l, xn):
+        """The dense SwiGLU MLP of layer l (the reference's MLP: bf16 linear outputs and product)."""
+        p = f"model.layers.{l}.mlp."
+        g, u = linear(xn, self.w[p + "gate_proj.weight"]), linear(xn, self.w[p + "up_proj.weight"])
+        return linear(bf(F.silu(g) * u), self.w[p + "down_proj.weight"])
+
+    def layer(self, l, h, residual, pos, start, cache):
+        """Decoder layer l: (its output, the residual stream), both bf16; residual None for the first."""
+        p, eps = f"model.layers.{l}.", self.c["rms_norm_eps"]
+        s = h if residual is None else h + residual                  # fp32 sum of two bf16 tensors
+        xn, residual = rmsnorm(s, self.w[p + "input_layernorm.weight"], eps), bf(s)
+        s = self.mla(l, xn, pos, start, cache) + residual
+        xn, residual = rmsnorm(s, self.w[p + "post_attention_layernorm.weight"], eps), bf(s)
+        return self.mlp(l, xn), residual
+
     def forward(self, tokens, start, cache):
-        """Logits [T, V] (fp32) of tokens appended at positions start…; fills the cache."""
+        """Logits [T, V] (fp32) of tokens appended at positions start…; fills the cache. Keeps the
+        final hidden state (after model.norm, bf16) in self.hidden."""
         c, w = self.c, self.w
-        eps = c["rms_norm_eps"]
         self.selections = []
         pos = torch.arange(start, start + len(tokens))
         h = w["model.embed_tokens.weight"][torch.tensor(tokens)]
         residual = None
         for l in range(c["num_hidden_layers"]):
-            p = f"model.layers.{l}."
-            s = h if residual is None else h + residual              # fp32 sum of two bf16 tensors
-            xn, residual = rmsnorm(s, w[p + "input_layernorm.weight"], eps), bf(s)
-            s = self.mla(l, xn, pos, start, cache) + residual
-            xn, residual = rmsnorm(s, w[p + "post_attention_layernorm.weight"], eps), bf(s)
-            g, u = linear(xn, w[p + "mlp.gate_proj.weight"]), linear(xn, w[p + "mlp.up_proj.weight"])
-            h = linear(bf(F.silu(g) * u), w[p + "mlp.down_proj.weight"])
-        xf = rmsnorm(h + residual, w["model.norm.weight"], eps)
-        return xf @ w["lm_head.weight"].T                            # fp32 head
+            h, residual = self.layer(l, h, residual, pos, start, cache)
+        self.hidden = rmsnorm(h + residual, w["model.norm.weight"], c["rms_norm_eps"])
+        return self.hidden @ w["lm_head.weight"].T                   # fp32 head
 
 
 def run(cfg, w, tokens, topk):
