@@ -4,7 +4,8 @@
 # first part of Persuasion, held out of the demo's training), fp32 caches and indexer, one thread, 64
 # greedy tokens. The configurations run in turn, ROUNDS times (default 5), and each reports the fastest
 # of its rounds: on a shared machine the noise only ever adds time. Per configuration: prefill s, decode
-# ms/token and the keys attended per query row and layer over the whole session.
+# ms/token and the keys attended per query row and layer over the whole session. DSA_DEVICE=cuda (or
+# cuda:N) runs the sessions on a GPU (default cpu).
 set -euo pipefail
 BUILD=${1:-build}
 MODEL=${2:-runs/demo}
@@ -16,7 +17,7 @@ export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive
 # ~7900 tokens of the demo tokenizer (≈ 2.5 characters per token on Austen): the model's 8192 positions
 # hold the prompt and the 64 new tokens.
 PROMPT=$(head -c 19500 "$TEXT")
-COMMON=(-m "$MODEL" -n 64 --kv-cache fp32 --indexer fp32 --chunk 256 --no-stream)
+COMMON=(-m "$MODEL" -n 64 --kv-cache fp32 --indexer fp32 --chunk 256 --no-stream --device "${DSA_DEVICE:-cpu}")
 CONFIGS=(
   "fixed k=32|--attn-topk 32"
   "fixed k=32 through topk_length (buffer 64)|--attn-topk 64 --topk-policy fixed --topk-max 32"
